@@ -1,0 +1,96 @@
+"""Effective settings, read from the environment once and passed around explicitly.
+
+Every process of the system (CLI, Dagster webserver, daemon and runs, dbt, Streamlit) reads
+the same variables, so `penguin up` only has to export them to its children for all of them
+to share one PostgreSQL server, one SMTP sink and one `PENGUIN_HOME`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Variables a user may set, with what they mean; `penguin env` and the README list them.
+VARIABLES: dict[str, str] = {
+    "PENGUIN_HOME": "state folder: embedded PostgreSQL, Maildir sink, uploads inbox, Dagster",
+    "DATABASE_URL": "external PostgreSQL (owner role, runs migrations); unset: embedded server",
+    "PENGUIN_APP_PASSWORD": "password of role penguin_app, which the engine connects as",
+    "PENGUIN_ANALYTICS_PASSWORD": "password of role penguin_analytics (dbt, dashboards)",
+    "PENGUIN_SMTP_SINK_PORT": "port of the local SMTP sink used by senders with no SMTP host",
+    "PENGUIN_DAGSTER_PORT": "port of the Dagster UI started by `penguin up`",
+    "PENGUIN_DASHBOARD_PORT": "port of the Streamlit dashboards started by `penguin up`",
+}
+
+
+class ConfigError(ValueError):
+    """A setting a user gave cannot be used; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not 0 < value < 65536:
+        raise ConfigError(f"{name}={value} is not a TCP port (1-65535)")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str | None
+    app_password: str | None = None
+    analytics_password: str | None = None
+    smtp_sink_host: str = "127.0.0.1"
+    smtp_sink_port: int = 2525
+    dagster_port: int = 3000
+    dashboard_port: int = 8501
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("PENGUIN_HOME") or ".penguin").expanduser().absolute()
+        return cls(
+            home=home,
+            database_url=env.get("DATABASE_URL") or None,
+            app_password=env.get("PENGUIN_APP_PASSWORD") or None,
+            analytics_password=env.get("PENGUIN_ANALYTICS_PASSWORD") or None,
+            smtp_sink_port=_int(env, "PENGUIN_SMTP_SINK_PORT", cls.smtp_sink_port),
+            dagster_port=_int(env, "PENGUIN_DAGSTER_PORT", cls.dagster_port),
+            dashboard_port=_int(env, "PENGUIN_DASHBOARD_PORT", cls.dashboard_port),
+        )
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def maildir(self) -> Path:
+        return self.home / "maildir"
+
+    @property
+    def uploads_inbox(self) -> Path:
+        return self.home / "uploads" / "inbox"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+
+#: Roles created by the migrations (cluster-wide, so every database of a server shares them).
+APP_ROLE = "penguin_app"
+ANALYTICS_ROLE = "penguin_analytics"
+
+#: The repository root: dbt project, workspace.yaml and the Streamlit app live beside the code.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
