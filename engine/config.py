@@ -75,8 +75,8 @@ class Settings:
         return self.home / "maildir"
 
     @property
-    def uploads_inbox(self) -> Path:
-        return self.home / "uploads" / "inbox"
+    def uploads(self) -> Path:
+        return self.home / "uploads"
 
     @property
     def dagster_home(self) -> Path:

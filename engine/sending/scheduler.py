@@ -1,0 +1,252 @@
+"""The scheduler between store and messenger: claim → render → SMTP → record → advance.
+
+Progress lives in the database, never only in memory: each stage commits before the next, so
+a restart resumes exactly where the last worker stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from engine.db import tenant_transaction
+from engine.senders import SenderConfigError, SmtpServer, smtp_server_for
+from engine.sending import store
+from engine.sending.messenger import Delivery, OutgoingEmail, deliver
+from engine.templates import TemplateRenderError, contact_context, render
+from engine.tenants import all_tenants
+
+
+@dataclass(frozen=True)
+class Config:
+    batch_size: int = 500
+    lease: timedelta = timedelta(minutes=5)
+    max_attempts: int = 5
+    retry_backoff: timedelta = timedelta(minutes=1)
+    max_batches_per_tenant: int = 100
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_attempts < 1 or self.max_batches_per_tenant < 1:
+            raise ValueError("batch_size, max_attempts and max_batches_per_tenant must be >= 1")
+        if self.lease <= timedelta(0):
+            raise ValueError("lease must be positive")
+
+    def backoff(self, attempt: int) -> timedelta:
+        return self.retry_backoff * (2 ** (attempt - 1))
+
+
+@dataclass
+class SendReport:
+    claimed: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    bounced: int = 0
+    suppressed: int = 0
+    in_doubt: int = 0
+    waits: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+@dataclass(frozen=True)
+class _Pending:
+    row: sa.Row
+    message_row_id: uuid.UUID
+    email: OutgoingEmail
+    attempt: int
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def send_due(
+    app: Engine,
+    sink: SmtpServer,
+    now: datetime,
+    *,
+    config: Config = Config(),
+    worker: str | None = None,
+    env: Mapping[str, str] = os.environ,
+    on_batch: Callable[[SendReport], None] | None = None,
+) -> SendReport:
+    """Work through every due enrollment of every tenant; return what happened."""
+    worker = worker or default_worker_name()
+    report = SendReport()
+    for tenant_id, _name in all_tenants(app):
+        for _ in range(config.max_batches_per_tenant):
+            with tenant_transaction(app, tenant_id) as conn:
+                rows = store.claim(conn, worker, now, config.lease, config.batch_size)
+            if not rows:
+                break
+            report.claimed += len(rows)
+            _process(app, tenant_id, rows, sink, now, config, env, report)
+            if on_batch:
+                on_batch(report)
+    return report
+
+
+def _process(
+    app: Engine,
+    tenant_id: uuid.UUID,
+    rows: list[sa.Row],
+    sink: SmtpServer,
+    now: datetime,
+    config: Config,
+    env: Mapping[str, str],
+    report: SendReport,
+) -> None:
+    pending: list[_Pending] = []
+    with tenant_transaction(app, tenant_id) as conn:
+        for row in rows:
+            if row.suppressed:
+                store.exit_enrollment(conn, row.enrollment_id, "suppressed", now)
+                report.suppressed += 1
+            elif row.step_type == "wait":
+                resume = row.wait_until or now + row.wait_duration
+                store.advance(conn, row.enrollment_id, row.step_id, now, next_run_at=resume)
+                report.waits += 1
+            elif row.step_type != "email":
+                store.exit_enrollment(conn, row.enrollment_id, f"unsupported step {row.step_type}", now)
+                report.errors.append(f"step type {row.step_type} is not supported")
+            else:
+                item = _prepare_email(conn, row, now, report)
+                if item is not None:
+                    pending.append(item)
+
+    by_server: dict[SmtpServer | str, list[_Pending]] = defaultdict(list)
+    for item in pending:
+        try:
+            by_server[smtp_server_for(item.row, sink, env)].append(item)
+        except SenderConfigError as exc:
+            by_server[str(exc)].append(item)
+    outcomes: list[tuple[_Pending, Delivery]] = []
+    for server, items in by_server.items():
+        if isinstance(server, str):  # the sender cannot be used: a configuration problem
+            outcomes += [(item, Delivery(False, server)) for item in items]
+        else:
+            outcomes += zip(items, deliver(server, [i.email for i in items]), strict=True)
+
+    with tenant_transaction(app, tenant_id) as conn:
+        for item, delivery in outcomes:
+            _record(conn, item, delivery, now, config, report)
+
+
+def _prepare_email(
+    conn: sa.Connection, row: sa.Row, now: datetime, report: SendReport
+) -> _Pending | None:
+    """Write the message row (or pick up the existing one) before any SMTP traffic."""
+    if row.message_row_id is not None:
+        if row.message_status == "sent":  # sent, but the worker stopped before advancing
+            store.advance(conn, row.enrollment_id, row.step_id, now, next_run_at=now)
+            return None
+        if row.message_status == "sending":
+            conn.execute(store.MARK_IN_DOUBT, {"id": row.message_row_id, "now": now})
+            store.advance(conn, row.enrollment_id, row.step_id, now, next_run_at=now)
+            report.in_doubt += 1
+            return None
+        if row.message_status != "queued":
+            store.exit_enrollment(conn, row.enrollment_id, f"message {row.message_status}", now)
+            return None
+    context = contact_context(row._mapping)
+    try:
+        subject = render(row.subject, context, where=f"step {row.step_order} subject")
+        body_text = render(row.body_text, context, where=f"step {row.step_order} body_text")
+        body_html = (
+            render(row.body_html, context, where=f"step {row.step_order} body_html")
+            if row.body_html
+            else None
+        )
+    except TemplateRenderError as exc:
+        store.exit_enrollment(conn, row.enrollment_id, f"template error: {exc}", now)
+        report.errors.append(str(exc))
+        return None
+    if row.message_row_id is not None:
+        message_row_id = conn.execute(store.RETRY_MESSAGE, {"id": row.message_row_id, "now": now}).scalar()
+        message_id, attempt = row.message_id, row.attempts + 1
+        if message_row_id is None:
+            return None
+    else:
+        domain = row.sender_email.rsplit("@", 1)[-1]
+        message_id = f"{uuid.uuid4()}@{domain}"
+        message_row_id = conn.execute(
+            store.BEGIN_MESSAGE,
+            {
+                "enrollment_id": row.enrollment_id,
+                "campaign_id": row.campaign_id,
+                "step_id": row.step_id,
+                "contact_id": row.contact_id,
+                "sender_id": row.sender_id,
+                "recipient": row.email,
+                "subject": subject,
+                "message_id": message_id,
+                "now": now,
+            },
+        ).scalar()
+        attempt = 1
+        if message_row_id is None:  # another worker created it meanwhile
+            return None
+    email = OutgoingEmail(
+        message_id=message_id,
+        sender_email=row.sender_email,
+        sender_name=row.sender_name,
+        recipient=row.email,
+        subject=subject,
+        body_text=body_text,
+        body_html=body_html,
+        date=now,
+        headers={"List-Unsubscribe": f"<mailto:{row.sender_email}?subject=unsubscribe>"},
+    )
+    return _Pending(row, message_row_id, email, attempt)
+
+
+def _record(
+    conn: sa.Connection,
+    item: _Pending,
+    delivery: Delivery,
+    now: datetime,
+    config: Config,
+    report: SendReport,
+) -> None:
+    row = item.row
+    values = {"id": item.message_row_id, "now": now, "response": None, "error": None,
+              "sent_at": None, "next_attempt_at": None}
+    if delivery.ok:
+        conn.execute(store.RECORD, {**values, "status": "sent", "response": delivery.response,
+                                    "sent_at": now})
+        store.advance(conn, row.enrollment_id, row.step_id, now, next_run_at=now, sent_at=now)
+        report.sent += 1
+    elif delivery.permanent:
+        error = f"{delivery.code} {delivery.response}"
+        conn.execute(store.RECORD, {**values, "status": "bounced", "error": error})
+        conn.execute(store.SUPPRESS, {"email": row.email, "reason": "bounce", "detail": error,
+                                      "now": now})
+        conn.execute(store.MARK_CONTACT, {"status": "bounced", "contact_id": row.contact_id,
+                                          "now": now})
+        store.exit_enrollment(conn, row.enrollment_id, "bounced", now)
+        report.bounced += 1
+    elif item.attempt < config.max_attempts:
+        retry_at = now + config.backoff(item.attempt)
+        error = f"{delivery.code or ''} {delivery.response}".strip()
+        conn.execute(store.RECORD, {**values, "status": "queued", "error": error,
+                                    "next_attempt_at": retry_at})
+        conn.execute(store.RESCHEDULE, {"enrollment_id": row.enrollment_id,
+                                        "next_run_at": retry_at, "now": now})
+        report.retrying += 1
+    else:
+        error = f"{delivery.code or ''} {delivery.response}".strip()
+        conn.execute(store.RECORD, {**values, "status": "failed", "error": error})
+        store.exit_enrollment(conn, row.enrollment_id, "send failed", now)
+        report.failed += 1
+        report.errors.append(f"{row.email}: {error}")

@@ -1,0 +1,56 @@
+"""Tenants: created by the owner role, looked up by name by everyone else."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+DEFAULT_TENANT = "default"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+_INSERT = sa.text(
+    "insert into app.tenants (name) values (:name) on conflict (name) do nothing returning id"
+)
+_BY_NAME = sa.text("select id from app.tenants where name = :name")
+_ALL = sa.text("select id, name from app.tenants order by name")
+
+
+class UnknownTenantError(LookupError):
+    pass
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(
+            f"tenant name {name!r} is not valid: use 1-63 lowercase letters, digits, '-' or '_',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def create_tenant(owner: Engine, name: str) -> tuple[uuid.UUID, bool]:
+    """Create tenant `name` (owner role); return its id and whether it is new."""
+    validate_name(name)
+    with owner.begin() as conn:
+        new_id = conn.execute(_INSERT, {"name": name}).scalar()
+        if new_id is not None:
+            return new_id, True
+        return conn.execute(_BY_NAME, {"name": name}).scalar_one(), False
+
+
+def tenant_id(engine: Engine, name: str) -> uuid.UUID:
+    with engine.connect() as conn:
+        found = conn.execute(_BY_NAME, {"name": name}).scalar()
+    if found is None:
+        raise UnknownTenantError(
+            f"no tenant named {name!r}; create it with `penguin tenant create {name}`"
+        )
+    return found
+
+
+def all_tenants(engine: Engine) -> list[tuple[uuid.UUID, str]]:
+    with engine.connect() as conn:
+        return [(row.id, row.name) for row in conn.execute(_ALL)]
