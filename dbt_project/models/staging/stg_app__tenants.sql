@@ -1,0 +1,13 @@
+with source as (
+    select * from {{ source('app', 'tenants') }}
+),
+
+renamed as (
+    select
+        id as tenant_id,
+        name as tenant_name,
+        created_at
+    from source
+)
+
+select * from renamed

@@ -1,0 +1,84 @@
+"""Analytics: the dbt project as Dagster assets, rebuilt after every successful send run."""
+
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from engine.config import DBT_PROJECT_DIR
+from orchestration.resources import PostgresResource
+from orchestration.sending import send_due_job
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
+dbt_project.prepare_if_dev()
+if not dbt_project.manifest_path.exists():  # outside `dagster dev`: parse once, offline
+    dbt_project.preparer.prepare(dbt_project)
+
+
+# The dbt installed beside this Python, so a venv works without being activated.
+_VENV_DBT = Path(sys.executable).with_name("dbt")
+DBT_EXECUTABLE = str(_VENV_DBT) if _VENV_DBT.exists() else shutil.which("dbt") or "dbt"
+
+
+class PenguinDbtTranslator(DagsterDbtTranslator):
+    """Sources keep their table name as key (`sent_emails` is the sending asset); models
+    live under `analytics/`."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return dg.AssetKey(dbt_resource_props["name"])
+        return dg.AssetKey(["analytics", dbt_resource_props["name"]])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return "analytics"
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=PenguinDbtTranslator(),
+)
+def analytics_models(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
+):
+    with postgres.dbt_environment():
+        yield from dbt.cli(["build"], context=context).stream()
+
+
+analytics_job = dg.define_asset_job(
+    "analytics_job",
+    selection=dg.AssetSelection.assets(analytics_models),
+    description="dbt build: staging views, marts, and their tests.",
+)
+
+analytics_daily_schedule = dg.ScheduleDefinition(
+    name="analytics_daily_schedule",
+    job=analytics_job,
+    cron_schedule="15 0 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Rebuild the marts shortly after midnight, so every day closes.",
+)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[send_due_job],
+    request_job=analytics_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Rebuilds the marts after each successful send run.",
+)
+def analytics_after_sends_sensor(context: dg.RunStatusSensorContext):
+    return dg.RunRequest(run_key=f"after:{context.dagster_run.run_id}")
+
+
+defs = dg.Definitions(
+    assets=[analytics_models],
+    jobs=[analytics_job],
+    schedules=[analytics_daily_schedule],
+    sensors=[analytics_after_sends_sensor],
+    resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)},
+)
