@@ -80,11 +80,12 @@ def send_due(
     worker: str | None = None,
     env: Mapping[str, str] = os.environ,
     on_batch: Callable[[SendReport], None] | None = None,
+    tenants: list[uuid.UUID] | None = None,
 ) -> SendReport:
-    """Work through every due enrollment of every tenant; return what happened."""
+    """Work through every due enrollment of `tenants` (default: all); return what happened."""
     worker = worker or default_worker_name()
     report = SendReport()
-    for tenant_id, _name in all_tenants(app):
+    for tenant_id in tenants if tenants is not None else [t for t, _ in all_tenants(app)]:
         for _ in range(config.max_batches_per_tenant):
             with tenant_transaction(app, tenant_id) as conn:
                 rows = store.claim(conn, worker, now, config.lease, config.batch_size)
