@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from engine.ingest import ensure_list
-from engine.templates import TemplateRenderError, contact_context, render
+from engine.templates import TemplateRenderError, check_syntax, contact_context, render
 
 #: Step types the engine runs today; `condition` and `action` are accepted by the schema
 #: but a campaign using them is refused at launch until the engine supports them.
@@ -159,12 +159,18 @@ def validate_campaign(conn: Connection, campaign_id: uuid.UUID) -> None:
             raise CampaignError(f"{where}: step type {step.step_type!r} is not supported yet")
         if step.step_type != "email":
             continue
-        for contact in contacts or [{"email": "someone@example.com"}]:
-            context = contact_context(contact)
-            for part in ("subject", "body_text", "body_html"):
-                source = getattr(step, part)
-                if source is None:
-                    continue
+        for part in ("subject", "body_text", "body_html"):
+            source = getattr(step, part)
+            if source is None:
+                continue
+            try:
+                check_syntax(source, where=f"{where} {part}")
+            except TemplateRenderError as exc:
+                raise CampaignError(str(exc)) from None
+            # With contacts on the list, every one of them must render (variables included);
+            # an empty list can only be checked for syntax.
+            for contact in contacts:
+                context = contact_context(contact)
                 try:
                     render(source, context, where=f"{where} {part}")
                 except TemplateRenderError as exc:

@@ -53,6 +53,7 @@ def exported_environment(db: Database) -> dict[str, str]:
         "PENGUIN_SMTP_SINK_PORT": str(settings.smtp_sink_port),
         "DAGSTER_HOME": str(settings.dagster_home),
         "DO_NOT_TRACK": "1",
+        "DAGSTER_DISABLE_TELEMETRY": "1",
     }
     for name, value in (
         ("PENGUIN_APP_PASSWORD", settings.app_password),

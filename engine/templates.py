@@ -57,3 +57,11 @@ def render(source: str, context: Mapping[str, Any], *, where: str = "template") 
         return _env.from_string(source).render(context)
     except TemplateError as exc:
         raise TemplateRenderError(f"{where}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def check_syntax(source: str, *, where: str = "template") -> None:
+    """Parse without rendering: for templates that have no contacts to render against yet."""
+    try:
+        _env.parse(source)
+    except TemplateError as exc:
+        raise TemplateRenderError(f"{where}: {exc.__class__.__name__}: {exc}") from exc

@@ -1,0 +1,50 @@
+"""Sends: how many messages went out per day and campaign, and what came back."""
+
+from datetime import date, timedelta
+
+import streamlit as st
+
+from dashboards import charts, data
+
+st.title("Sends")
+st.caption("Messages per campaign and day, from the `campaign_daily` mart.")
+
+try:
+    tenants = data.tenants()
+except data.MartsMissingError as exc:
+    st.info(str(exc))
+    st.stop()
+if not tenants:
+    st.info("Nothing has been sent yet. Launch a campaign; the marts rebuild after each send run.")
+    st.stop()
+
+# Filters
+tenant = st.sidebar.selectbox("Tenant", tenants)
+today = date.today()
+picked = st.sidebar.date_input("Days", value=(today - timedelta(days=29), today), max_value=today)
+start, end = picked if isinstance(picked, tuple) and len(picked) == 2 else (picked, picked)
+
+frame = data.campaign_daily(tenant, start, end)
+if frame.is_empty():
+    st.info(f"No sends for tenant {tenant} between {start} and {end}.")
+    st.stop()
+
+# Headline figures
+sent = int(frame["sent_count"].sum())
+bounced = int(frame["bounced_count"].sum())
+sent_today = int(frame.filter(frame["day"] == today)["sent_count"].sum())
+left, middle, right = st.columns(3)
+left.metric("Sent today", f"{sent_today:,}")
+middle.metric("Sent in range", f"{sent:,}")
+right.metric("Bounce rate", f"{bounced / (sent + bounced):.1%}" if sent + bounced else "–")
+
+# Chart
+st.altair_chart(charts.daily_sends(frame), use_container_width=True)
+
+# Table
+st.subheader("Per campaign and day")
+st.dataframe(frame, hide_index=True, use_container_width=True)
+st.download_button(
+    "Download CSV", frame.write_csv(), file_name=f"sends-{tenant}-{start}-{end}.csv",
+    mime="text/csv",
+)

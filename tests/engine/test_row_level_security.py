@@ -1,0 +1,151 @@
+"""Row-level security: the application role sees its tenant's rows and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from engine.db import tenant_transaction
+from engine.sending.scheduler import send_due
+from tests.factories import people, seed_tenant
+
+TENANT_TABLES = sa.text(
+    """
+    select c.table_name
+    from information_schema.columns c
+    join information_schema.tables t using (table_schema, table_name)
+    where c.table_schema = 'app' and c.column_name = 'tenant_id' and t.table_type = 'BASE TABLE'
+    order by c.table_name
+    """
+)
+
+EXTRA_ROWS = [
+    # Tables the seeded pipeline does not fill by itself.
+    """insert into app.templates (tenant_id, name, subject, body_text)
+       values (app.current_tenant_id(), 'intro', 'Hi', 'Hello')""",
+    """insert into app.suppressions (tenant_id, email, reason)
+       values (app.current_tenant_id(), 'gone@example.com', 'manual')""",
+    """insert into app.email_events (tenant_id, event_type, sent_email_id, contact_id, campaign_id,
+                                     step_id, occurred_at, dedup_key)
+       select tenant_id, 'open', id, contact_id, campaign_id, step_id, now(), 'open:' || id
+       from app.sent_emails""",
+    """insert into app.campaign_approvals (tenant_id, campaign_id, approver, status)
+       select tenant_id, id, 'compliance@example.com', 'pending' from app.campaigns""",
+]
+
+
+@pytest.fixture
+def two_tenants(database, smtp_server, now, tmp_path):
+    """Tenants A and B with a row in every tenant-owned table."""
+    tenants = []
+    for name in ("alpha", "bravo"):
+        rows = [*people(name, 3), ["not-an-address", "Bad", "Row", "X", "pro"]]
+        tenant = seed_tenant(database, name, now, tmp_path, rows=rows)
+        send_due(database.app, smtp_server.server(), now, tenants=[tenant.tenant_id])
+        with tenant_transaction(database.app, tenant.tenant_id) as conn:
+            for statement in EXTRA_ROWS:
+                conn.execute(sa.text(statement))
+        tenants.append(tenant)
+    return tenants
+
+
+def test_every_tenant_table_forces_row_level_security(database):
+    with database.owner.connect() as conn:
+        tables = conn.execute(TENANT_TABLES).scalars().all()
+        flags = conn.execute(
+            sa.text(
+                """select relname, relrowsecurity, relforcerowsecurity from pg_class
+                   where relnamespace = 'app'::regnamespace and relname = any(:tables)"""
+            ),
+            {"tables": tables},
+        ).all()
+    assert len(tables) >= 15
+    assert {(name, True, True) for name in tables} == set(flags)
+
+
+def test_application_role_is_not_owner_superuser_or_bypassrls(database):
+    with database.app.connect() as conn:
+        role = conn.execute(
+            sa.text(
+                """select rolsuper, rolbypassrls,
+                          exists (select from pg_tables where schemaname = 'app'
+                                  and tableowner = current_user) as owns_tables
+                   from pg_roles where rolname = current_user"""
+            )
+        ).one()
+    assert role == (False, False, False)
+
+
+def test_tenant_sees_only_its_own_rows_in_every_table(database, two_tenants):
+    alpha, bravo = two_tenants
+    with database.owner.connect() as conn:
+        tables = conn.execute(TENANT_TABLES).scalars().all()
+    for table in tables:
+        with database.owner.connect() as conn:
+            per_tenant = dict(conn.execute(
+                sa.text(f"select tenant_id, count(*) from app.{table} group by tenant_id")
+            ).all())
+        # The check below could not fail on an empty table: both tenants must have rows.
+        assert per_tenant.get(alpha.tenant_id, 0) > 0, f"{table} has no rows for alpha"
+        assert per_tenant.get(bravo.tenant_id, 0) > 0, f"{table} has no rows for bravo"
+        for me in (alpha, bravo):
+            with tenant_transaction(database.app, me.tenant_id) as conn:
+                visible = dict(conn.execute(
+                    sa.text(f"select tenant_id, count(*) from app.{table} group by tenant_id")
+                ).all())
+            assert visible == {me.tenant_id: per_tenant[me.tenant_id]}, table
+
+
+def test_no_tenant_set_reads_nothing(database, two_tenants):
+    with database.owner.connect() as conn:
+        tables = conn.execute(TENANT_TABLES).scalars().all()
+    # A connection that already used a tenant reverts to '' (not NULL) after the transaction;
+    # both states must read nothing.
+    with database.app.connect() as conn:
+        for table in tables:
+            assert conn.execute(sa.text(f"select count(*) from app.{table}")).scalar() == 0, table
+        conn.commit()
+        with conn.begin():
+            conn.execute(sa.text("select set_config('app.tenant_id', :t, true)"),
+                         {"t": str(two_tenants[0].tenant_id)})
+        for table in tables:
+            assert conn.execute(sa.text(f"select count(*) from app.{table}")).scalar() == 0, table
+
+
+def test_tenant_cannot_write_rows_for_another_tenant(database, two_tenants):
+    alpha, bravo = two_tenants
+    with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
+        with tenant_transaction(database.app, alpha.tenant_id) as conn:
+            conn.execute(
+                sa.text("insert into app.contact_lists (tenant_id, name) values (:t, 'stolen')"),
+                {"t": bravo.tenant_id},
+            )
+
+
+def test_tenant_cannot_update_another_tenants_rows(database, two_tenants):
+    alpha, bravo = two_tenants
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        changed = conn.execute(
+            sa.text("update app.contacts set company = 'hijacked' where tenant_id = :t"),
+            {"t": bravo.tenant_id},
+        ).rowcount
+    assert changed == 0
+    with database.owner.connect() as conn:
+        hijacked = conn.execute(
+            sa.text("select count(*) from app.contacts where company = 'hijacked'")
+        ).scalar()
+    assert hijacked == 0
+
+
+def test_email_events_are_append_only_for_the_application(database, two_tenants):
+    with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+        with tenant_transaction(database.app, two_tenants[0].tenant_id) as conn:
+            conn.execute(sa.text("delete from app.email_events"))
+
+
+def test_analytics_role_reads_every_tenant_but_cannot_write(database, two_tenants):
+    with database.analytics.connect() as conn:
+        tenants = conn.execute(sa.text("select count(distinct tenant_id) from app.contacts")).scalar()
+        assert tenants == 2
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            conn.execute(sa.text("update app.contacts set company = 'x'"))
