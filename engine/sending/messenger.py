@@ -89,6 +89,10 @@ async def _deliver(server: SmtpServer, emails: list[OutgoingEmail]) -> list[Deli
                 results.append(Delivery(False, text, code))
             else:
                 results.append(Delivery(True, response))
+        except aiosmtplib.SMTPRecipientsRefused as exc:  # our only recipient was refused
+            refused = exc.recipients[0]
+            results.append(Delivery(False, refused.message, refused.code))
+            client = await _discard(client)
         except aiosmtplib.SMTPResponseException as exc:
             results.append(Delivery(False, exc.message, exc.code))
             client = await _discard(client)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import command
+
+from engine import migrate
+
+
+def test_upgrade_is_at_head_and_idempotent(database):
+    assert migrate.current_revision(database) == migrate.head_revision()
+    assert migrate.upgrade(database) == migrate.head_revision()
+
+
+def test_upgrade_leaves_a_default_tenant(database):
+    with database.owner.connect() as conn:
+        names = conn.execute(sa.text("select name from app.tenants")).scalars().all()
+    assert names == ["default"]
+
+
+def test_downgrade_to_base_and_upgrade_again(database):
+    config = migrate.alembic_config()
+    with database.owner.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "base")
+    with database.owner.connect() as conn:
+        assert conn.execute(sa.text("select to_regclass('app.contacts')")).scalar() is None
+    assert migrate.upgrade(database) == migrate.head_revision()
+
+
+def test_engine_hot_queries_have_indexes(database):
+    with database.owner.connect() as conn:
+        indexes = set(conn.execute(sa.text(
+            "select indexname from pg_indexes where schemaname = 'app'")).scalars())
+    assert {"campaign_contacts_due_idx", "suppressions_email_key", "email_events_message_idx",
+            "contacts_email_key"} <= indexes
+
+
+def test_role_passwords_come_from_the_settings(database):
+    import dataclasses
+
+    from engine.db import Database
+
+    settings = dataclasses.replace(database.settings, app_password="s3cret-app")
+    migrate.upgrade(Database(settings, owner_url=database.owner_url))
+    with database.owner.connect() as conn:
+        stored = conn.execute(sa.text(
+            "select rolpassword from pg_authid where rolname = 'penguin_app'")).scalar()
+    assert stored is not None and stored.startswith("SCRAM-SHA-256$")
+    assert "s3cret-app" not in stored

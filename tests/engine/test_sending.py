@@ -1,0 +1,164 @@
+"""The sending engine against a real SMTP server: claim → render → SMTP → record → advance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from engine.campaigns import Step
+from engine.db import tenant_transaction
+from engine.sending import store
+from engine.sending.scheduler import Config, send_due
+from tests.factories import seed_tenant
+
+
+def _messages(database, tenant):
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        return conn.execute(sa.text(
+            "select recipient_email, status, attempts, last_error from app.sent_emails "
+            "order by recipient_email")).all()
+
+
+def _enrollments(database, tenant):
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        return conn.execute(sa.text(
+            "select c.email, cc.status, cc.exit_reason, cc.next_run_at, cc.steps_completed "
+            "from app.campaign_contacts cc join app.contacts c on c.id = cc.contact_id "
+            "order by c.email")).all()
+
+
+def test_due_enrollments_are_sent_personalized_and_recorded(database, smtp_server, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    report = send_due(database.app, smtp_server.server(), now)
+    assert (report.claimed, report.sent) == (3, 3)
+    subjects = sorted(m["Subject"] for m in smtp_server.messages)
+    assert subjects == ["Hi First0", "Hi First1", "Hi First2"]
+    first = next(m for m in smtp_server.messages if m["To"] == "acme0@example.com")
+    assert "Hello First0 at Acme Inc (pro)" in first.get_content()
+    assert first["From"] == "Acme Sales <sales@acme.example>"
+    assert first["List-Unsubscribe"]
+    assert [(m.status, m.attempts) for m in _messages(database, tenant)] == [("sent", 1)] * 3
+    assert {e.status for e in _enrollments(database, tenant)} == {"completed"}
+
+
+def test_running_twice_sends_each_message_once(database, smtp_server, now, tmp_path):
+    seed_tenant(database, "acme", now, tmp_path)
+    send_due(database.app, smtp_server.server(), now)
+    again = send_due(database.app, smtp_server.server(), now + timedelta(hours=1))
+    assert again.claimed == 0
+    assert len(smtp_server.messages) == 3
+
+
+def test_nothing_is_sent_before_it_is_due(database, smtp_server, now, tmp_path):
+    seed_tenant(database, "acme", now, tmp_path)
+    report = send_due(database.app, smtp_server.server(), now - timedelta(minutes=1))
+    assert report.claimed == 0 and smtp_server.messages == []
+
+
+def test_wait_step_delays_the_next_email(database, smtp_server, now, tmp_path):
+    steps = [Step("email", subject="One", body_text="1"),
+             Step("wait", wait=timedelta(days=2)),
+             Step("email", subject="Two", body_text="2")]
+    seed_tenant(database, "acme", now, tmp_path, steps=steps)
+    send_due(database.app, smtp_server.server(), now)
+    assert sorted({m["Subject"] for m in smtp_server.messages}) == ["One"]
+    send_due(database.app, smtp_server.server(), now + timedelta(days=1))
+    assert len(smtp_server.messages) == 3
+    send_due(database.app, smtp_server.server(), now + timedelta(days=2, minutes=1))
+    assert [m["Subject"] for m in smtp_server.messages].count("Two") == 3
+
+
+def test_suppressed_address_is_never_emailed(database, smtp_server, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(store.SUPPRESS, {"email": "ACME1@example.com", "reason": "unsubscribe",
+                                      "detail": None, "now": now})
+    report = send_due(database.app, smtp_server.server(), now)
+    assert report.suppressed == 1
+    assert sorted(m["To"] for m in smtp_server.messages) == ["acme0@example.com",
+                                                             "acme2@example.com"]
+    exited = [e for e in _enrollments(database, tenant) if e.status == "exited"]
+    assert [(e.email, e.exit_reason) for e in exited] == [("acme1@example.com", "suppressed")]
+
+
+def test_permanent_smtp_failure_bounces_suppresses_and_exits(database, smtp_server, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    smtp_server.handler.refuse["acme1@example.com"] = "550 5.1.1 No such user"
+    report = send_due(database.app, smtp_server.server(), now)
+    assert (report.sent, report.bounced) == (2, 1)
+    bounced = [m for m in _messages(database, tenant) if m.status == "bounced"]
+    assert bounced[0].recipient_email == "acme1@example.com"
+    assert "550" in bounced[0].last_error
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        suppressed = conn.execute(sa.text("select email, reason from app.suppressions")).all()
+    assert suppressed == [("acme1@example.com", "bounce")]
+
+
+def test_transient_failure_retries_with_backoff_then_gives_up(database, smtp_server, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    smtp_server.handler.refuse["acme1@example.com"] = "451 4.3.0 Try again later"
+    config = Config(max_attempts=2, retry_backoff=timedelta(minutes=5))
+    first = send_due(database.app, smtp_server.server(), now, config=config)
+    assert (first.sent, first.retrying) == (2, 1)
+    waiting = [e for e in _enrollments(database, tenant) if e.email == "acme1@example.com"][0]
+    assert waiting.next_run_at == now + timedelta(minutes=5)
+    assert send_due(database.app, smtp_server.server(), now + timedelta(minutes=4),
+                    config=config).claimed == 0
+    second = send_due(database.app, smtp_server.server(), now + timedelta(minutes=5),
+                      config=config)
+    assert second.failed == 1
+    failed = [m for m in _messages(database, tenant) if m.recipient_email == "acme1@example.com"]
+    assert [(m.status, m.attempts) for m in failed] == [("failed", 2)]
+
+
+def test_transient_failure_then_success_sends_the_same_message(database, smtp_server, now,
+                                                                tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    smtp_server.handler.refuse["acme1@example.com"] = "421 4.7.0 Slow down"
+    send_due(database.app, smtp_server.server(), now)
+    del smtp_server.handler.refuse["acme1@example.com"]
+    report = send_due(database.app, smtp_server.server(), now + timedelta(minutes=1))
+    assert report.sent == 1
+    rows = [m for m in _messages(database, tenant) if m.recipient_email == "acme1@example.com"]
+    assert [(m.status, m.attempts) for m in rows] == [("sent", 2)]
+
+
+def test_message_in_doubt_after_a_crash_is_not_resent(database, smtp_server, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    # A worker claimed and wrote the message rows, then died mid-conversation.
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        rows = store.claim(conn, "dead-worker", now, timedelta(minutes=5), 10)
+        for row in rows:
+            conn.execute(store.BEGIN_MESSAGE, {
+                "enrollment_id": row.enrollment_id, "campaign_id": row.campaign_id,
+                "step_id": row.step_id, "contact_id": row.contact_id, "sender_id": row.sender_id,
+                "recipient": row.email, "subject": "x", "message_id": f"{row.enrollment_id}@t",
+                "now": now})
+    assert send_due(database.app, smtp_server.server(), now + timedelta(minutes=1)).claimed == 0
+    report = send_due(database.app, smtp_server.server(), now + timedelta(minutes=6))
+    assert (report.claimed, report.in_doubt, report.sent) == (3, 3, 0)
+    assert smtp_server.messages == []
+    assert {m.status for m in _messages(database, tenant)} == {"unknown"}
+
+
+def test_two_workers_never_claim_the_same_enrollment(database, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as first:
+        mine = store.claim(first, "w1", now, timedelta(minutes=5), 2)
+        with tenant_transaction(database.app, tenant.tenant_id) as second:
+            theirs = store.claim(second, "w2", now, timedelta(minutes=5), 10)
+    assert len(mine) == 2 and len(theirs) == 1
+    assert not {r.enrollment_id for r in mine} & {r.enrollment_id for r in theirs}
+
+
+def test_unreachable_smtp_server_is_retried_not_lost(database, now, tmp_path):
+    from engine.senders import SmtpServer
+    from tests.conftest import free_port
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    report = send_due(database.app, SmtpServer("127.0.0.1", free_port()), now)
+    assert report.retrying == 3
+    assert {m.status for m in _messages(database, tenant)} == {"queued"}
+    assert all("Connect" in m.last_error or "connect" in m.last_error
+               for m in _messages(database, tenant))
