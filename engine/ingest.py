@@ -113,7 +113,12 @@ def prepare(frame: pl.DataFrame, mapping: dict[str, str]) -> tuple[pl.DataFrame,
         )
         .alias("check")
     ).unnest("check")
-    frame = frame.join(checked, on=email_column, how="left", nulls_equal=True)
+    frame = frame.join(checked, on=email_column, how="left", nulls_equal=True).with_columns(
+        # map_elements never sees nulls: an empty cell has no reason yet.
+        pl.col("reason").fill_null(
+            pl.when(pl.col("normalized").is_null()).then(pl.lit("email is empty"))
+        )
+    )
     rejects = frame.filter(pl.col("normalized").is_null()).select(
         "line_number", "raw_row", pl.col("reason")
     )

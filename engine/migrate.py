@@ -42,10 +42,30 @@ def upgrade(db: Database, revision: str = "head") -> str:
     with db.owner.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+    _grant_database_privileges(db)
     _set_role_passwords(db)
     current = current_revision(db)
     assert current is not None
     return current
+
+
+# Database-level privileges are not copied by CREATE DATABASE ... TEMPLATE or by a restore into
+# a new database, so they are (re)applied on every upgrade instead of living in a migration.
+_DATABASE_GRANTS = sa.text(
+    """
+    do $$
+    begin
+      -- dbt (as penguin_analytics) creates its analytics_* schemas in this database.
+      execute format('grant create on database %I to penguin_analytics', current_database());
+    end
+    $$
+    """
+)
+
+
+def _grant_database_privileges(db: Database) -> None:
+    with db.owner.begin() as conn:
+        conn.execute(_DATABASE_GRANTS)
 
 
 def _set_role_passwords(db: Database) -> None:

@@ -79,6 +79,7 @@ def database(pg_server: str, template_database: str, tmp_path: Path) -> Iterator
     url = sqlalchemy_url(pg_server).set(database=name)
     settings = Settings(home=tmp_path / "home", database_url=url.render_as_string(False))
     db = Database(settings, owner_url=url)
+    migrate.upgrade(db)  # at head already; re-applies the database-level grants of a copy
     yield db
     db.dispose()
     with admin.connect() as conn:
@@ -129,3 +130,53 @@ def smtp_server() -> Iterator[SmtpTestServer]:
     controller.start()
     yield SmtpTestServer("127.0.0.1", port, handler)
     controller.stop()
+
+
+@dataclasses.dataclass
+class Pipeline:
+    database: Database
+    smtp: SmtpTestServer
+    result: object  # dagster ExecuteInProcessResult
+
+
+@pytest.fixture(scope="session")
+def built_pipeline(pg_server: str, template_database: str, tmp_path_factory) -> Iterator[Pipeline]:
+    """The demo data run once through every stage, in-process through Dagster and dbt:
+    inbox CSV → contacts → enrollments → SMTP → sent_emails → dbt marts."""
+    import dagster as dg
+    from dagster_dbt import DbtCliResource
+
+    from engine import demo
+    from orchestration import analytics, ingestion, sending
+    from orchestration.resources import PostgresResource, SmtpResource
+
+    name = "pipeline"
+    admin = sa.create_engine(sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"create database {name} template {template_database}"))
+    admin.dispose()
+    url = sqlalchemy_url(pg_server).set(database=name)
+    home = tmp_path_factory.mktemp("pipeline-home")
+    db = Database(Settings(home=home, database_url=url.render_as_string(False)), owner_url=url)
+    migrate.upgrade(db)
+
+    handler = RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    demo.load_demo(db, datetime.now(UTC))
+    resources = {
+        "postgres": PostgresResource(database_url=db.settings.database_url, penguin_home=str(home)),
+        "smtp": SmtpResource(sink_host="127.0.0.1", sink_port=port),
+        "dbt": DbtCliResource(project_dir=analytics.dbt_project,
+                              dbt_executable=analytics.DBT_EXECUTABLE),
+    }
+    result = dg.materialize(
+        [ingestion.contacts, sending.enrollments, sending.sent_emails, analytics.analytics_models],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    yield Pipeline(db, SmtpTestServer("127.0.0.1", port, handler), result)
+    controller.stop()
+    db.dispose()

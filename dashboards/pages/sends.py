@@ -1,6 +1,6 @@
 """Sends: how many messages went out per day and campaign, and what came back."""
 
-from datetime import date, timedelta
+from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
@@ -20,7 +20,7 @@ if not tenants:
 
 # Filters
 tenant = st.sidebar.selectbox("Tenant", tenants)
-today = date.today()
+today = datetime.now(UTC).date()  # the marts' days are UTC days
 picked = st.sidebar.date_input("Days", value=(today - timedelta(days=29), today), max_value=today)
 start, end = picked if isinstance(picked, tuple) and len(picked) == 2 else (picked, picked)
 

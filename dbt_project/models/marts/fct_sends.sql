@@ -31,7 +31,7 @@ final as (
         attempts,
         queued_at,
         sent_at,
-        coalesce(sent_at, queued_at)::date as send_date,
+        (coalesce(sent_at, queued_at) at time zone 'UTC')::date as send_date,
         send_status in ('sent', 'bounced') as was_attempted_delivery,
         updated_at
     from sent_emails

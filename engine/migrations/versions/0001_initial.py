@@ -355,12 +355,6 @@ grant usage on schema app to penguin_app, penguin_analytics;
 grant select on app.tenants to penguin_app;
 grant select on all tables in schema app to penguin_analytics;
 grant usage on all sequences in schema app to penguin_app;
-do $$
-begin
-  -- dbt (as penguin_analytics) creates its analytics_* schemas in this database.
-  execute format('grant create on database %I to penguin_analytics', current_database());
-end
-$$;
 insert into app.tenants (name) values ('default') on conflict (name) do nothing;
 """
 
