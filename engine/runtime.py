@@ -8,6 +8,7 @@ Each child runs in its own process group; stopping ends the whole group, because
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -18,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,8 +94,37 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+_LOCATIONS = json.dumps({"query": """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message } }
+} } } }"""}).encode()
+
+
 class StartupError(RuntimeError):
     pass
+
+
+def dagster_ready(base_url: str, timeout: float = 5.0) -> bool:
+    """The webserver answers and every code location has loaded (assets are visible).
+
+    A code location that failed to load is a startup error, not something to wait for.
+    """
+    request = urllib.request.Request(f"{base_url}/graphql", data=_LOCATIONS,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            entries = json.load(response)["data"]["workspaceOrError"]["locationEntries"]
+    except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
+        return False
+    if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
+        return False
+    for entry in entries:
+        loaded = entry["locationOrLoadError"] or {}
+        if loaded.get("__typename") == "PythonError":
+            raise StartupError(f"Dagster could not load code location {entry['name']}: "
+                               f"{loaded.get('message', '').strip()}")
+    return True
 
 
 @dataclass
@@ -102,7 +132,7 @@ class Child:
     name: str
     args: list[str]
     log: Path
-    health_url: str
+    ready: Callable[[], bool]
     process: subprocess.Popen | None = None
 
     def start(self, env: Mapping[str, str], cwd: Path) -> None:
@@ -199,7 +229,10 @@ class Stack:
             revision = migrate.upgrade(db)
         console.print(f"[green]✓[/] Schema      app at revision {revision}")
         env = {**os.environ, **exported_environment(db),
-               "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+               "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+               # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                        os.environ.get("PATH", "")])}
         prepare_dagster_home(settings)
         if self.demo:
             self._load_demo(db, env)
@@ -211,7 +244,7 @@ class Stack:
                 [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                  "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
                 logs / "dagster.log",
-                f"http://127.0.0.1:{settings.dagster_port}/server_info",
+                lambda: dagster_ready(f"http://127.0.0.1:{settings.dagster_port}"),
             ),
             Child(
                 "Dashboards",
@@ -219,7 +252,7 @@ class Stack:
                  "--server.address", "127.0.0.1", "--server.port", str(settings.dashboard_port),
                  "--server.headless", "true", "--browser.gatherUsageStats", "false"],
                 logs / "dashboards.log",
-                f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health",
+                lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),
             ),
         ]
         for child in self.children:
@@ -258,7 +291,7 @@ class Stack:
                         f"{child.name} exited with code {code} while starting; "
                         f"its log ({child.log}) ends with:\n{child.log_tail()}"
                     )
-                if http_ok(child.health_url):
+                if child.ready():
                     waiting.remove(child)
             if time.monotonic() > deadline:
                 names = ", ".join(c.name for c in waiting)

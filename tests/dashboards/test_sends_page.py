@@ -1,0 +1,50 @@
+"""The Streamlit app, run for real (AppTest) against marts dbt built from real sends."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.config import PROJECT_ROOT
+
+APP = str(PROJECT_ROOT / "dashboards" / "app.py")
+
+
+@pytest.fixture
+def app_env(monkeypatch, built_pipeline):
+    settings = built_pipeline.database.settings
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PENGUIN_HOME", str(settings.home))
+    from dashboards import data
+
+    data.tenants.clear()
+    data.campaign_daily.clear()
+    data._engine.clear()
+    yield
+    data._engine.clear()
+
+
+def test_sends_page_shows_the_days_sends(app_env):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Sends"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Sent today"] == "40"
+    assert metrics["Sent in range"] == "40"
+    assert metrics["Bounce rate"] == "0.0%"
+    table = at.dataframe[0].value
+    assert list(table["campaign_name"]) == ["Welcome to PenguinMails"]
+    assert list(table["sent_count"]) == [40]
+
+
+def test_sends_page_explains_missing_marts(monkeypatch, database):
+    monkeypatch.setenv("DATABASE_URL", database.settings.database_url)
+    monkeypatch.setenv("PENGUIN_HOME", str(database.settings.home))
+    from dashboards import data
+
+    data.tenants.clear()
+    data._engine.clear()
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    data._engine.clear()
+    assert not at.exception, at.exception
+    assert "analytics marts have not been built yet" in at.info[0].value
