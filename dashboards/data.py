@@ -44,8 +44,9 @@ def _read(query: sa.TextClause, **params: object) -> pl.DataFrame:
     try:
         with _engine().connect() as conn:
             result = conn.execute(query, params)
-            return pl.DataFrame([dict(row._mapping) for row in result],
-                                schema=list(result.keys()), orient="row")
+            return pl.DataFrame(
+                [dict(row._mapping) for row in result], schema=list(result.keys()), orient="row"
+            )
     except ProgrammingError as exc:
         if "does not exist" in str(exc.orig):
             raise MartsMissingError(

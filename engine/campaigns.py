@@ -55,7 +55,9 @@ _INSERT_STEP = sa.text(
             :body_text, :body_html, :wait)
     """
 )
-_CAMPAIGN = sa.text("select id, status, list_id, sender_account_id from app.campaigns where id = :id")
+_CAMPAIGN = sa.text(
+    "select id, status, list_id, sender_account_id from app.campaigns where id = :id"
+)
 _STEPS = sa.text(
     """
     select s.step_order, s.step_type, coalesce(s.subject, t.subject) as subject,
@@ -152,7 +154,9 @@ def validate_campaign(conn: Connection, campaign_id: uuid.UUID) -> None:
     steps = conn.execute(_STEPS, {"id": campaign_id}).all()
     if not steps:
         raise CampaignError("the campaign has no steps")
-    contacts = [dict(row._mapping) for row in conn.execute(_SAMPLE_CONTACTS, {"list_id": campaign.list_id})]
+    contacts = [
+        dict(row._mapping) for row in conn.execute(_SAMPLE_CONTACTS, {"list_id": campaign.list_id})
+    ]
     for step in steps:
         where = f"step {step.step_order} ({step.step_type})"
         if step.step_type not in RUNNABLE_STEP_TYPES:

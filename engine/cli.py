@@ -44,7 +44,9 @@ def _database() -> Database:
 
 @app.command()
 def up(
-    demo: Annotated[bool, typer.Option(help="Load a demo tenant, sender, CSV and campaign.")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="Load a demo tenant, sender, CSV and campaign.")
+    ] = False,
 ) -> None:
     """Start PostgreSQL, the SMTP sink, the Dagster UI and the dashboards; Ctrl-C stops all."""
     from engine.runtime import Stack
@@ -78,7 +80,9 @@ def db_stop() -> None:
     """Stop the embedded PostgreSQL server left running by `penguin env`."""
     settings = _settings()
     if settings.database_url is not None:
-        err.print("[bold red]error:[/] DATABASE_URL is set; the external server is not ours to stop")
+        err.print(
+            "[bold red]error:[/] DATABASE_URL is set; the external server is not ours to stop"
+        )
         raise typer.Exit(2)
     start_embedded_postgres(settings)
     stop_embedded_postgres(settings)
@@ -112,8 +116,10 @@ def demo() -> None:
     db = _database()
     migrate.upgrade(db)
     info = demo_data.load_demo(db, datetime.now(UTC))
-    console.print(f"demo tenant {demo_data.DEMO_TENANT!r} ready; {info.csv_path} waits in the "
-                  "uploads inbox (materialize `contacts` in Dagster to ingest it)")
+    console.print(
+        f"demo tenant {demo_data.DEMO_TENANT!r} ready; {info.csv_path} waits in the "
+        "uploads inbox (materialize `contacts` in Dagster to ingest it)"
+    )
 
 
 @app.command()

@@ -26,8 +26,18 @@ DEMO_LIST = "prospects"
 DEMO_CAMPAIGN = "Welcome to PenguinMails"
 
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"]
-LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-        "Perlman", "Berners-Lee"]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Thompson",
+    "Perlman",
+    "Berners-Lee",
+]
 COMPANIES = ["Analytical Engines", "Cobol Works", "Bletchley Labs", "Semaphore BV", "CLU Corp"]
 TITLES = ["CTO", "Head of Data", "VP Engineering", "Data Engineer", "Founder"]
 
@@ -45,16 +55,33 @@ def write_sample_csv(path: Path, rows: int = 40, seed: int = 7) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["Email Address", "First Name", "Last Name", "Company", "Job Title",
-                         "Country", "Favourite Penguin"])
+        writer.writerow(
+            [
+                "Email Address",
+                "First Name",
+                "Last Name",
+                "Company",
+                "Job Title",
+                "Country",
+                "Favourite Penguin",
+            ]
+        )
         emails = []
         for i in range(rows):
             first, last = rng.choice(FIRST), rng.choice(LAST)
             email = f"{first}.{last}.{i}@customers.example".lower()
             emails.append(email)
-            writer.writerow([email, first, last, rng.choice(COMPANIES), rng.choice(TITLES),
-                             rng.choice(["NL", "DE", "US", "GB"]),
-                             rng.choice(["Emperor", "Adelie", "Gentoo", "Rockhopper"])])
+            writer.writerow(
+                [
+                    email,
+                    first,
+                    last,
+                    rng.choice(COMPANIES),
+                    rng.choice(TITLES),
+                    rng.choice(["NL", "DE", "US", "GB"]),
+                    rng.choice(["Emperor", "Adelie", "Gentoo", "Rockhopper"]),
+                ]
+            )
         writer.writerow(["not-an-address", "Broken", "Row", "Nowhere", "", "", ""])
         # The first address again, in capitals: merged into the same contact.
         writer.writerow([emails[0].upper(), "", "", "", "Countess", "GB", "Emperor"])
@@ -67,8 +94,13 @@ _CAMPAIGN_ID = sa.text("select id, status from app.campaigns where name = :name"
 def load_demo(db: Database, now: datetime) -> DemoInfo:
     tenant, _ = create_tenant(db.owner, DEMO_TENANT)
     with tenant_transaction(db.app, tenant) as conn:
-        sender = create_sender(conn, "pat@penguinmails.example", "Pat from PenguinMails",
-                               daily_limit=1000, min_gap_seconds=0)
+        sender = create_sender(
+            conn,
+            "pat@penguinmails.example",
+            "Pat from PenguinMails",
+            daily_limit=1000,
+            min_gap_seconds=0,
+        )
         existing = conn.execute(_CAMPAIGN_ID, {"name": DEMO_CAMPAIGN}).one_or_none()
         if existing is None:
             campaign = create_campaign(
@@ -85,8 +117,9 @@ def load_demo(db: Database, now: datetime) -> DemoInfo:
                         subject="Hello {{ first_name }}, a note for {{ company }}",
                         body_text=(
                             "Hi {{ first_name }},\n\n"
-                            "We noticed {{ company }} likes {{ favourite_penguin | default('all') }}"
-                            " penguins. So do we.\n\n— Pat\n"
+                            "We noticed {{ company }} likes "
+                            "{{ favourite_penguin | default('all') }} penguins. So do we.\n\n"
+                            "— Pat\n"
                         ),
                     )
                 ],

@@ -75,5 +75,7 @@ def process_inbox(app: Engine, uploads: Path, now: datetime) -> list[InboxOutcom
             moved.with_name(moved.name + ".error.txt").write_text(f"{exc}\n")
             outcomes.append(InboxOutcome(item, None, str(exc), moved))
         else:
-            outcomes.append(InboxOutcome(item, result, None, _move(uploads, item, "processed", stamp)))
+            outcomes.append(
+                InboxOutcome(item, result, None, _move(uploads, item, "processed", stamp))
+            )
     return outcomes

@@ -66,7 +66,9 @@ def map_columns(headers: list[str], explicit: dict[str, str] | None = None) -> d
         if column not in headers:
             raise IngestError(f"mapping names column {column!r}, which the file does not have")
         if field not in FIELDS:
-            raise IngestError(f"mapping {column}={field}: unknown field; fields: {', '.join(FIELDS)}")
+            raise IngestError(
+                f"mapping {column}={field}: unknown field; fields: {', '.join(FIELDS)}"
+            )
         mapping[column] = field
     taken = set(mapping.values())
     aliases = {_key(alias): field for field, names in HEADER_ALIASES.items() for alias in names}
@@ -128,8 +130,7 @@ def prepare(frame: pl.DataFrame, mapping: dict[str, str]) -> tuple[pl.DataFrame,
         pl.col("line_number"),
         pl.col("normalized").alias("email"),
         *[
-            (pl.col(column).str.strip_chars() if column in mapping else pl.lit(None))
-            .alias(field)
+            (pl.col(column).str.strip_chars() if column in mapping else pl.lit(None)).alias(field)
             for field in FIELDS[1:]
             for column in [next((c for c, f in mapping.items() if f == field), None)]
         ],
@@ -241,7 +242,10 @@ def ensure_list(conn: Connection, name: str, now: datetime) -> uuid.UUID:
 def _copy(conn: Connection, frame: pl.DataFrame) -> None:
     raw = conn.connection.dbapi_connection
     columns = ", ".join(frame.columns)
-    with raw.cursor() as cur, cur.copy(f"copy staged_contacts ({columns}) from stdin (format csv)") as copy:
+    with (
+        raw.cursor() as cur,
+        cur.copy(f"copy staged_contacts ({columns}) from stdin (format csv)") as copy,
+    ):
         copy.write(frame.write_csv(include_header=False))
 
 
@@ -289,7 +293,8 @@ def ingest_csv(
         merged = conn.execute(_MERGE, {"batch_id": batch_id, "list_id": list_id, "now": now}).one()
         if rejects.height:
             conn.execute(
-                _INSERT_REJECT, [{"batch_id": batch_id, **row} for row in rejects.iter_rows(named=True)]
+                _INSERT_REJECT,
+                [{"batch_id": batch_id, **row} for row in rejects.iter_rows(named=True)],
             )
         duplicates = contacts.height - (merged.inserted + merged.updated)
         result = IngestResult(

@@ -8,6 +8,7 @@ Each child runs in its own process group; stopping ends the whole group, because
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -94,11 +95,15 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-_LOCATIONS = json.dumps({"query": """
+_LOCATIONS = json.dumps(
+    {
+        "query": """
 { workspaceOrError { ... on Workspace { locationEntries {
     name loadStatus
     locationOrLoadError { __typename ... on PythonError { message } }
-} } } }"""}).encode()
+} } } }"""
+    }
+).encode()
 
 
 class StartupError(RuntimeError):
@@ -110,8 +115,9 @@ def dagster_ready(base_url: str, timeout: float = 5.0) -> bool:
 
     A code location that failed to load is a startup error, not something to wait for.
     """
-    request = urllib.request.Request(f"{base_url}/graphql", data=_LOCATIONS,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base_url}/graphql", data=_LOCATIONS, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             entries = json.load(response)["data"]["workspaceOrError"]["locationEntries"]
@@ -122,8 +128,10 @@ def dagster_ready(base_url: str, timeout: float = 5.0) -> bool:
     for entry in entries:
         loaded = entry["locationOrLoadError"] or {}
         if loaded.get("__typename") == "PythonError":
-            raise StartupError(f"Dagster could not load code location {entry['name']}: "
-                               f"{loaded.get('message', '').strip()}")
+            raise StartupError(
+                f"Dagster could not load code location {entry['name']}: "
+                f"{loaded.get('message', '').strip()}"
+            )
     return True
 
 
@@ -157,16 +165,12 @@ class Child:
             return
         pgid = self.process.pid
         _signal_group(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
         # Whatever is left of the group (dagster's code servers, streamlit workers) goes now.
         _signal_group(pgid, signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log.exists():
@@ -175,10 +179,8 @@ class Child:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @dataclass
@@ -210,9 +212,11 @@ class Stack:
 
     def _start(self) -> None:
         settings, console = self.settings, self.console
-        for name, port in (("PENGUIN_DAGSTER_PORT", settings.dagster_port),
-                           ("PENGUIN_DASHBOARD_PORT", settings.dashboard_port),
-                           ("PENGUIN_SMTP_SINK_PORT", settings.smtp_sink_port)):
+        for name, port in (
+            ("PENGUIN_DAGSTER_PORT", settings.dagster_port),
+            ("PENGUIN_DASHBOARD_PORT", settings.dashboard_port),
+            ("PENGUIN_SMTP_SINK_PORT", settings.smtp_sink_port),
+        ):
             if not port_is_free(port):
                 raise StartupError(f"port {port} is in use; set {name} to a free port")
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -223,16 +227,20 @@ class Stack:
         console.print(f"[green]✓[/] PostgreSQL  {_describe(db)}")
         self.sink = SmtpSink(settings.maildir, settings.smtp_sink_host, settings.smtp_sink_port)
         self.sink.start()
-        console.print(f"[green]✓[/] SMTP sink   smtp://{settings.smtp_sink_host}:"
-                      f"{settings.smtp_sink_port} → {settings.maildir}")
+        console.print(
+            f"[green]✓[/] SMTP sink   smtp://{settings.smtp_sink_host}:"
+            f"{settings.smtp_sink_port} → {settings.maildir}"
+        )
         with console.status("Applying migrations…"):
             revision = migrate.upgrade(db)
         console.print(f"[green]✓[/] Schema      app at revision {revision}")
-        env = {**os.environ, **exported_environment(db),
-               "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-               # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
-               "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                        os.environ.get("PATH", "")])}
+        env = {
+            **os.environ,
+            **exported_environment(db),
+            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+            # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
         prepare_dagster_home(settings)
         if self.demo:
             self._load_demo(db, env)
@@ -241,16 +249,38 @@ class Stack:
         self.children = [
             Child(
                 "Dagster",
-                [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                 "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "dev",
+                    "-w",
+                    str(PROJECT_ROOT / "workspace.yaml"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(settings.dagster_port),
+                ],
                 logs / "dagster.log",
                 lambda: dagster_ready(f"http://127.0.0.1:{settings.dagster_port}"),
             ),
             Child(
                 "Dashboards",
-                [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "dashboards" / "app.py"),
-                 "--server.address", "127.0.0.1", "--server.port", str(settings.dashboard_port),
-                 "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                [
+                    sys.executable,
+                    "-m",
+                    "streamlit",
+                    "run",
+                    str(PROJECT_ROOT / "dashboards" / "app.py"),
+                    "--server.address",
+                    "127.0.0.1",
+                    "--server.port",
+                    str(settings.dashboard_port),
+                    "--server.headless",
+                    "true",
+                    "--browser.gatherUsageStats",
+                    "false",
+                ],
                 logs / "dashboards.log",
                 lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),
             ),
@@ -262,23 +292,44 @@ class Stack:
 
     def _load_demo(self, db: Database, env: Mapping[str, str]) -> None:
         info = demo.load_demo(db, datetime.now(UTC))
-        self.console.print(f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}', campaign "
-                           f"'{demo.DEMO_CAMPAIGN}', {info.csv_path.name} in the uploads inbox")
+        self.console.print(
+            f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}', campaign "
+            f"'{demo.DEMO_CAMPAIGN}', {info.csv_path.name} in the uploads inbox"
+        )
         log = self.settings.logs / "demo-run.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with self.console.status("Running the demo pipeline in Dagster (upload → enroll → send → "
-                                 "dbt)…"), log.open("wb") as handle:
+        with (
+            self.console.status(
+                "Running the demo pipeline in Dagster (upload → enroll → send → dbt)…"
+            ),
+            log.open("wb") as handle,
+        ):
             result = subprocess.run(
-                [sys.executable, "-m", "dagster", "asset", "materialize",
-                 "-m", "orchestration.definitions", "--select", "*"],
-                cwd=PROJECT_ROOT, env=dict(env), stdin=subprocess.DEVNULL,
-                stdout=handle, stderr=subprocess.STDOUT, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "orchestration.definitions",
+                    "--select",
+                    "*",
+                ],
+                cwd=PROJECT_ROOT,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
         if result.returncode != 0:
             self.console.print(f"[yellow]![/] The demo pipeline run failed; see {log}")
         else:
-            self.console.print(f"[green]✓[/] Demo run    contacts, enrollments, sent_emails and "
-                               f"the dbt models are materialized (log: {log})")
+            self.console.print(
+                f"[green]✓[/] Demo run    contacts, enrollments, sent_emails and "
+                f"the dbt models are materialized (log: {log})"
+            )
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -295,8 +346,10 @@ class Stack:
                     waiting.remove(child)
             if time.monotonic() > deadline:
                 names = ", ".join(c.name for c in waiting)
-                raise StartupError(f"{names} did not answer within {timeout:.0f}s; "
-                                   f"see the logs in {self.settings.logs}")
+                raise StartupError(
+                    f"{names} did not answer within {timeout:.0f}s; "
+                    f"see the logs in {self.settings.logs}"
+                )
             self._stop.wait(0.25)
 
     def _announce(self) -> None:
@@ -313,8 +366,10 @@ class Stack:
             for child in self.children:
                 code = child.exited()
                 if code is not None:
-                    self.console.print(f"[bold red]{child.name} stopped (exit code {code});"
-                                       f" stopping everything.[/] Log tail:\n{child.log_tail()}")
+                    self.console.print(
+                        f"[bold red]{child.name} stopped (exit code {code});"
+                        f" stopping everything.[/] Log tail:\n{child.log_tail()}"
+                    )
                     return 1
         return 0
 

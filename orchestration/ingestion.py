@@ -28,15 +28,20 @@ def contacts(context: dg.AssetExecutionContext, postgres: PostgresResource) -> d
         else:
             r = outcome.result
             assert r is not None
-            context.log.info(f"{where}: {r.inserted} new, {r.updated} updated, {r.rejected} rejected")
+            context.log.info(
+                f"{where}: {r.inserted} new, {r.updated} updated, {r.rejected} rejected"
+            )
             rows.append(
                 f"| {where} | completed | {r.total_rows} | {r.inserted} | {r.updated} "
                 f"| {r.rejected} | |"
             )
     ok = [o.result for o in outcomes if o.result is not None]
     table = "\n".join(
-        ["| file | status | rows | new | updated | rejected | error |",
-         "|---|---|---|---|---|---|---|", *rows]
+        [
+            "| file | status | rows | new | updated | rejected | error |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
     )
     return dg.MaterializeResult(
         metadata={

@@ -19,7 +19,9 @@ from orchestration.resources import PostgresResource, SmtpResource
     kinds={"postgres"},
     description="Campaign enrollments: each member of an active campaign's list, once.",
 )
-def enrollments(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
+def enrollments(
+    context: dg.AssetExecutionContext, postgres: PostgresResource
+) -> dg.MaterializeResult:
     db, now = postgres.db, utcnow()
     per_campaign: dict[str, int] = {}
     for tenant_id, tenant in all_tenants(db.app):
@@ -86,8 +88,12 @@ def due_sends_sensor(context: dg.SensorEvaluationContext, postgres: PostgresReso
     active = context.instance.get_run_records(
         dg.RunsFilter(
             job_name=send_due_job.name,
-            statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-                      dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ],
         ),
         limit=1,
     )

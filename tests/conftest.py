@@ -23,8 +23,11 @@ from engine.db import Database, sqlalchemy_url
 
 # Telemetry off for everything the tests start, before anything imports dagster or dbt.
 os.environ.update(
-    {"DO_NOT_TRACK": "1", "DAGSTER_DISABLE_TELEMETRY": "1",
-     "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    {
+        "DO_NOT_TRACK": "1",
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    }
 )
 
 #: The fake clock: engine functions take `now`, so tests pass this instead of sleeping.
@@ -168,8 +171,9 @@ def built_pipeline(pg_server: str, template_database: str, tmp_path_factory) -> 
     resources = {
         "postgres": PostgresResource(database_url=db.settings.database_url, penguin_home=str(home)),
         "smtp": SmtpResource(sink_host="127.0.0.1", sink_port=port),
-        "dbt": DbtCliResource(project_dir=analytics.dbt_project,
-                              dbt_executable=analytics.DBT_EXECUTABLE),
+        "dbt": DbtCliResource(
+            project_dir=analytics.dbt_project, dbt_executable=analytics.DBT_EXECUTABLE
+        ),
     }
     result = dg.materialize(
         [ingestion.contacts, sending.enrollments, sending.sent_emails, analytics.analytics_models],

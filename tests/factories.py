@@ -28,8 +28,10 @@ def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> 
 
 
 def people(prefix: str, count: int) -> list[list[str]]:
-    return [[f"{prefix}{i}@example.com", f"First{i}", f"Last{i}", f"{prefix.title()} Inc", "pro"]
-            for i in range(count)]
+    return [
+        [f"{prefix}{i}@example.com", f"First{i}", f"Last{i}", f"{prefix.title()} Inc", "pro"]
+        for i in range(count)
+    ]
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,18 @@ def seed_tenant(
 ) -> SeededTenant:
     """A tenant with a sender (delivering to the sink), a launched campaign and contacts."""
     tenant_id, _ = create_tenant(db.owner, name)
-    steps = steps or [Step("email", subject="Hi {{ first_name }}",
-                           body_text="Hello {{ first_name }} at {{ company }} ({{ plan }})")]
+    steps = steps or [
+        Step(
+            "email",
+            subject="Hi {{ first_name }}",
+            body_text="Hello {{ first_name }} at {{ company }} ({{ plan }})",
+        )
+    ]
     with tenant_transaction(db.app, tenant_id) as conn:
         sender = create_sender(conn, f"sales@{name}.example", f"{name.title()} Sales")
-        campaign = create_campaign(conn, f"{name} outreach", now, list_name="leads",
-                                   sender_id=sender, steps=steps)
+        campaign = create_campaign(
+            conn, f"{name} outreach", now, list_name="leads", sender_id=sender, steps=steps
+        )
         launch_campaign(conn, campaign, now)
     path = write_csv(folder / f"{name}.csv", rows if rows is not None else people(name, 3))
     ingest_csv(db.app, tenant_id, path, "leads", now)

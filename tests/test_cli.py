@@ -16,14 +16,25 @@ PENGUIN = str(Path(sys.executable).with_name("penguin"))
 
 
 def run(args, env, **kwargs):
-    return subprocess.run([PENGUIN, *args], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=kwargs.pop("cwd", PROJECT_ROOT), **kwargs)
+    return subprocess.run(
+        [PENGUIN, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=kwargs.pop("cwd", PROJECT_ROOT),
+        **kwargs,
+    )
 
 
 @pytest.fixture
 def env(database):
-    return {**os.environ, "DATABASE_URL": database.settings.database_url,
-            "PENGUIN_HOME": str(database.settings.home), "COLUMNS": "200"}
+    return {
+        **os.environ,
+        "DATABASE_URL": database.settings.database_url,
+        "PENGUIN_HOME": str(database.settings.home),
+        "COLUMNS": "200",
+    }
 
 
 def test_env_prints_exports_that_dbt_can_use(env):
@@ -33,12 +44,25 @@ def test_env_prints_exports_that_dbt_can_use(env):
         line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines()
     )
     assert shlex.split(exports["PENGUIN_HOME"])[0] == env["PENGUIN_HOME"]
-    assert {"DATABASE_URL", "PENGUIN_PG_HOST", "PENGUIN_PG_DATABASE", "DAGSTER_HOME",
-            "DO_NOT_TRACK"} <= set(exports)
+    assert {
+        "DATABASE_URL",
+        "PENGUIN_PG_HOST",
+        "PENGUIN_PG_DATABASE",
+        "DAGSTER_HOME",
+        "DO_NOT_TRACK",
+    } <= set(exports)
     debug = subprocess.run(
-        ["bash", "-c", f'eval "$({PENGUIN} env)" && "{Path(sys.executable).with_name("dbt")}" '
-                       "debug --project-dir dbt_project --profiles-dir dbt_project"],
-        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            "bash",
+            "-c",
+            f'eval "$({PENGUIN} env)" && "{Path(sys.executable).with_name("dbt")}" '
+            "debug --project-dir dbt_project --profiles-dir dbt_project",
+        ],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert "All checks passed" in debug.stdout, debug.stdout + debug.stderr
 

@@ -35,7 +35,8 @@ def _processes_of(home: Path) -> list[str]:
 
 def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -46,12 +47,22 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
     home = tmp_path / "home"
     dagster_port, dashboard_port, smtp_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_HOME")}
-    env.update(PENGUIN_HOME=str(home), PENGUIN_DAGSTER_PORT=str(dagster_port),
-               PENGUIN_DASHBOARD_PORT=str(dashboard_port), PENGUIN_SMTP_SINK_PORT=str(smtp_port),
-               COLUMNS="200")
-    proc = subprocess.Popen([PENGUIN, "up", "--demo"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    env.update(
+        PENGUIN_HOME=str(home),
+        PENGUIN_DAGSTER_PORT=str(dagster_port),
+        PENGUIN_DASHBOARD_PORT=str(dashboard_port),
+        PENGUIN_SMTP_SINK_PORT=str(smtp_port),
+        COLUMNS="200",
+    )
+    proc = subprocess.Popen(
+        [PENGUIN, "up", "--demo"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output = []
     try:
         deadline = time.monotonic() + 400
@@ -99,11 +110,16 @@ def test_up_refuses_a_port_in_use_and_says_which_variable(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = {**os.environ, "PENGUIN_HOME": str(tmp_path / "home"),
-               "PENGUIN_DAGSTER_PORT": str(port), "COLUMNS": "200"}
+        env = {
+            **os.environ,
+            "PENGUIN_HOME": str(tmp_path / "home"),
+            "PENGUIN_DAGSTER_PORT": str(port),
+            "COLUMNS": "200",
+        }
         env.pop("DATABASE_URL", None)
-        result = subprocess.run([PENGUIN, "up"], env=env, cwd=PROJECT_ROOT, capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [PENGUIN, "up"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+        )
     assert result.returncode == 1
     assert f"port {port} is in use; set PENGUIN_DAGSTER_PORT to a free port" in result.stdout
     assert _processes_of(tmp_path / "home") == []

@@ -45,6 +45,8 @@ st.altair_chart(charts.daily_sends(frame), use_container_width=True)
 st.subheader("Per campaign and day")
 st.dataframe(frame, hide_index=True, use_container_width=True)
 st.download_button(
-    "Download CSV", frame.write_csv(), file_name=f"sends-{tenant}-{start}-{end}.csv",
+    "Download CSV",
+    frame.write_csv(),
+    file_name=f"sends-{tenant}-{start}-{end}.csv",
     mime="text/csv",
 )

@@ -67,7 +67,7 @@ def _client(server: SmtpServer) -> aiosmtplib.SMTP:
         hostname=server.host,
         port=server.port,
         use_tls=server.security == "tls",
-        start_tls=True if server.security == "starttls" else False,
+        start_tls=server.security == "starttls",
         username=server.username,
         password=server.password,
         timeout=TIMEOUT_SECONDS,
@@ -96,7 +96,7 @@ async def _deliver(server: SmtpServer, emails: list[OutgoingEmail]) -> list[Deli
         except aiosmtplib.SMTPResponseException as exc:
             results.append(Delivery(False, exc.message, exc.code))
             client = await _discard(client)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             results.append(Delivery(False, f"{exc.__class__.__name__}: {exc}"))
             client = await _discard(client)
     if client is not None:
@@ -108,7 +108,7 @@ async def _discard(client: aiosmtplib.SMTP | None) -> None:
     if client is not None and client.is_connected:
         try:
             await asyncio.wait_for(client.quit(), TIMEOUT_SECONDS)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             client.close()
     return None
 

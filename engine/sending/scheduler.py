@@ -119,7 +119,9 @@ def _process(
                 store.advance(conn, row.enrollment_id, row.step_id, now, next_run_at=resume)
                 report.waits += 1
             elif row.step_type != "email":
-                store.exit_enrollment(conn, row.enrollment_id, f"unsupported step {row.step_type}", now)
+                store.exit_enrollment(
+                    conn, row.enrollment_id, f"unsupported step {row.step_type}", now
+                )
                 report.errors.append(f"step type {row.step_type} is not supported")
             else:
                 item = _prepare_email(conn, row, now, report)
@@ -174,7 +176,9 @@ def _prepare_email(
         report.errors.append(str(exc))
         return None
     if row.message_row_id is not None:
-        message_row_id = conn.execute(store.RETRY_MESSAGE, {"id": row.message_row_id, "now": now}).scalar()
+        message_row_id = conn.execute(
+            store.RETRY_MESSAGE, {"id": row.message_row_id, "now": now}
+        ).scalar()
         message_id, attempt = row.message_id, row.attempts + 1
         if message_row_id is None:
             return None
@@ -221,29 +225,43 @@ def _record(
     report: SendReport,
 ) -> None:
     row = item.row
-    values = {"id": item.message_row_id, "now": now, "response": None, "error": None,
-              "sent_at": None, "next_attempt_at": None}
+    values = {
+        "id": item.message_row_id,
+        "now": now,
+        "response": None,
+        "error": None,
+        "sent_at": None,
+        "next_attempt_at": None,
+    }
     if delivery.ok:
-        conn.execute(store.RECORD, {**values, "status": "sent", "response": delivery.response,
-                                    "sent_at": now})
+        conn.execute(
+            store.RECORD,
+            {**values, "status": "sent", "response": delivery.response, "sent_at": now},
+        )
         store.advance(conn, row.enrollment_id, row.step_id, now, next_run_at=now, sent_at=now)
         report.sent += 1
     elif delivery.permanent:
         error = f"{delivery.code} {delivery.response}"
         conn.execute(store.RECORD, {**values, "status": "bounced", "error": error})
-        conn.execute(store.SUPPRESS, {"email": row.email, "reason": "bounce", "detail": error,
-                                      "now": now})
-        conn.execute(store.MARK_CONTACT, {"status": "bounced", "contact_id": row.contact_id,
-                                          "now": now})
+        conn.execute(
+            store.SUPPRESS, {"email": row.email, "reason": "bounce", "detail": error, "now": now}
+        )
+        conn.execute(
+            store.MARK_CONTACT, {"status": "bounced", "contact_id": row.contact_id, "now": now}
+        )
         store.exit_enrollment(conn, row.enrollment_id, "bounced", now)
         report.bounced += 1
     elif item.attempt < config.max_attempts:
         retry_at = now + config.backoff(item.attempt)
         error = f"{delivery.code or ''} {delivery.response}".strip()
-        conn.execute(store.RECORD, {**values, "status": "queued", "error": error,
-                                    "next_attempt_at": retry_at})
-        conn.execute(store.RESCHEDULE, {"enrollment_id": row.enrollment_id,
-                                        "next_run_at": retry_at, "now": now})
+        conn.execute(
+            store.RECORD,
+            {**values, "status": "queued", "error": error, "next_attempt_at": retry_at},
+        )
+        conn.execute(
+            store.RESCHEDULE,
+            {"enrollment_id": row.enrollment_id, "next_run_at": retry_at, "now": now},
+        )
         report.retrying += 1
     else:
         error = f"{delivery.code or ''} {delivery.response}".strip()

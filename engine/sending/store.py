@@ -174,9 +174,12 @@ DUE_SUMMARY = sa.text(
 def claim(
     conn: Connection, worker: str, now: datetime, lease: timedelta, limit: int
 ) -> list[sa.Row]:
-    ids = [row.id for row in conn.execute(
-        CLAIM, {"worker": worker, "now": now, "lease_until": now + lease, "limit": limit}
-    )]
+    ids = [
+        row.id
+        for row in conn.execute(
+            CLAIM, {"worker": worker, "now": now, "lease_until": now + lease, "limit": limit}
+        )
+    ]
     if not ids:
         return []
     return list(conn.execute(WORK, {"ids": ids, "worker": worker}))

@@ -18,33 +18,46 @@ def default_tenant(database):
 
 def _contacts(database, tenant):
     with tenant_transaction(database.app, tenant) as conn:
-        return conn.execute(sa.text(
-            "select email, first_name, company, attributes from app.contacts order by email")).all()
+        return conn.execute(
+            sa.text(
+                "select email, first_name, company, attributes from app.contacts order by email"
+            )
+        ).all()
 
 
 def test_rows_become_contacts_in_the_named_list(database, default_tenant, now, tmp_path):
-    path = write_csv(tmp_path / "crm.csv", [
-        ["ada@example.com", "Ada", "Lovelace", "Engines", "gold"],
-        ["grace@example.com", "Grace", "Hopper", "Navy", "silver"],
-    ])
+    path = write_csv(
+        tmp_path / "crm.csv",
+        [
+            ["ada@example.com", "Ada", "Lovelace", "Engines", "gold"],
+            ["grace@example.com", "Grace", "Hopper", "Navy", "silver"],
+        ],
+    )
     result = ingest_csv(database.app, default_tenant, path, "vip", now)
     assert (result.total_rows, result.inserted, result.rejected) == (2, 2, 0)
     rows = _contacts(database, default_tenant)
     assert [(r.email, r.first_name, r.company) for r in rows] == [
-        ("ada@example.com", "Ada", "Engines"), ("grace@example.com", "Grace", "Navy")]
+        ("ada@example.com", "Ada", "Engines"),
+        ("grace@example.com", "Grace", "Navy"),
+    ]
     assert rows[0].attributes == {"Plan": "gold"}  # unmapped columns are kept
     with tenant_transaction(database.app, default_tenant) as conn:
-        members = conn.execute(sa.text(
-            "select count(*) from app.contact_list_members m join app.contact_lists l "
-            "on l.id = m.list_id where l.name = 'vip'")).scalar()
+        members = conn.execute(
+            sa.text(
+                "select count(*) from app.contact_list_members m join app.contact_lists l "
+                "on l.id = m.list_id where l.name = 'vip'"
+            )
+        ).scalar()
         batch = conn.execute(sa.text("select status, inserted_count from app.upload_batches")).one()
     assert members == 2
     assert batch == ("completed", 2)
 
 
 def test_addresses_differing_only_in_case_are_one_contact(database, default_tenant, now, tmp_path):
-    first = write_csv(tmp_path / "a.csv", [["John@Example.com", "John", "", "", ""],
-                                           ["john@example.com", "Johnny", "", "", ""]])
+    first = write_csv(
+        tmp_path / "a.csv",
+        [["John@Example.com", "John", "", "", ""], ["john@example.com", "Johnny", "", "", ""]],
+    )
     result = ingest_csv(database.app, default_tenant, first, "l", now)
     assert (result.inserted, result.duplicates) == (1, 1)
     second = write_csv(tmp_path / "b.csv", [["JOHN@EXAMPLE.COM", "", "", "Acme", ""]])
@@ -56,23 +69,31 @@ def test_addresses_differing_only_in_case_are_one_contact(database, default_tena
 
 
 def test_invalid_addresses_are_rejected_with_line_numbers(database, default_tenant, now, tmp_path):
-    path = write_csv(tmp_path / "mixed.csv", [["ok@example.com", "", "", "", ""],
-                                              ["not an address", "", "", "", ""],
-                                              ["", "Nameless", "", "", ""]])
+    path = write_csv(
+        tmp_path / "mixed.csv",
+        [
+            ["ok@example.com", "", "", "", ""],
+            ["not an address", "", "", "", ""],
+            ["", "Nameless", "", "", ""],
+        ],
+    )
     result = ingest_csv(database.app, default_tenant, path, "l", now)
     assert (result.inserted, result.rejected) == (1, 2)
     with tenant_transaction(database.app, default_tenant) as conn:
-        rejects = conn.execute(sa.text(
-            "select line_number, reason from app.upload_rejects order by line_number")).all()
+        rejects = conn.execute(
+            sa.text("select line_number, reason from app.upload_rejects order by line_number")
+        ).all()
     assert [r.line_number for r in rejects] == [3, 4]
     assert "not an address" in rejects[0].reason and "empty" in rejects[1].reason
 
 
-def test_file_without_an_email_column_fails_and_names_the_columns(database, default_tenant, now,
-                                                                  tmp_path):
+def test_file_without_an_email_column_fails_and_names_the_columns(
+    database, default_tenant, now, tmp_path
+):
     path = write_csv(tmp_path / "names.csv", [["Ada", "Lovelace"]], header=["First", "Last"])
-    with pytest.raises(IngestError, match="no column looks like an email address; columns found: "
-                                          "First, Last"):
+    with pytest.raises(
+        IngestError, match="no column looks like an email address; columns found: First, Last"
+    ):
         ingest_csv(database.app, default_tenant, path, "l", now)
     with tenant_transaction(database.app, default_tenant) as conn:
         batch = conn.execute(sa.text("select status, error from app.upload_batches")).one()
@@ -82,10 +103,17 @@ def test_file_without_an_email_column_fails_and_names_the_columns(database, defa
 
 def test_explicit_mapping_overrides_header_guessing(database, default_tenant, now, tmp_path):
     path = write_csv(tmp_path / "odd.csv", [["x@example.com", "Org"]], header=["Contact", "Firm"])
-    ingest_csv(database.app, default_tenant, path, "l", now,
-               mapping={"Contact": "email", "Firm": "company"})
+    ingest_csv(
+        database.app,
+        default_tenant,
+        path,
+        "l",
+        now,
+        mapping={"Contact": "email", "Firm": "company"},
+    )
     assert [(r.email, r.company) for r in _contacts(database, default_tenant)] == [
-        ("x@example.com", "Org")]
+        ("x@example.com", "Org")
+    ]
 
 
 def test_mapping_to_an_unknown_column_is_refused(database, default_tenant, now, tmp_path):

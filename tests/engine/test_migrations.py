@@ -29,10 +29,17 @@ def test_downgrade_to_base_and_upgrade_again(database):
 
 def test_engine_hot_queries_have_indexes(database):
     with database.owner.connect() as conn:
-        indexes = set(conn.execute(sa.text(
-            "select indexname from pg_indexes where schemaname = 'app'")).scalars())
-    assert {"campaign_contacts_due_idx", "suppressions_email_key", "email_events_message_idx",
-            "contacts_email_key"} <= indexes
+        indexes = set(
+            conn.execute(
+                sa.text("select indexname from pg_indexes where schemaname = 'app'")
+            ).scalars()
+        )
+    assert {
+        "campaign_contacts_due_idx",
+        "suppressions_email_key",
+        "email_events_message_idx",
+        "contacts_email_key",
+    } <= indexes
 
 
 def test_role_passwords_come_from_the_settings(database):
@@ -43,7 +50,8 @@ def test_role_passwords_come_from_the_settings(database):
     settings = dataclasses.replace(database.settings, app_password="s3cret-app")
     migrate.upgrade(Database(settings, owner_url=database.owner_url))
     with database.owner.connect() as conn:
-        stored = conn.execute(sa.text(
-            "select rolpassword from pg_authid where rolname = 'penguin_app'")).scalar()
+        stored = conn.execute(
+            sa.text("select rolpassword from pg_authid where rolname = 'penguin_app'")
+        ).scalar()
     assert stored is not None and stored.startswith("SCRAM-SHA-256$")
     assert "s3cret-app" not in stored

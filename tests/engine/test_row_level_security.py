@@ -82,17 +82,21 @@ def test_tenant_sees_only_its_own_rows_in_every_table(database, two_tenants):
         tables = conn.execute(TENANT_TABLES).scalars().all()
     for table in tables:
         with database.owner.connect() as conn:
-            per_tenant = dict(conn.execute(
-                sa.text(f"select tenant_id, count(*) from app.{table} group by tenant_id")
-            ).all())
+            per_tenant = dict(
+                conn.execute(
+                    sa.text(f"select tenant_id, count(*) from app.{table} group by tenant_id")
+                ).all()
+            )
         # The check below could not fail on an empty table: both tenants must have rows.
         assert per_tenant.get(alpha.tenant_id, 0) > 0, f"{table} has no rows for alpha"
         assert per_tenant.get(bravo.tenant_id, 0) > 0, f"{table} has no rows for bravo"
         for me in (alpha, bravo):
             with tenant_transaction(database.app, me.tenant_id) as conn:
-                visible = dict(conn.execute(
-                    sa.text(f"select tenant_id, count(*) from app.{table} group by tenant_id")
-                ).all())
+                visible = dict(
+                    conn.execute(
+                        sa.text(f"select tenant_id, count(*) from app.{table} group by tenant_id")
+                    ).all()
+                )
             assert visible == {me.tenant_id: per_tenant[me.tenant_id]}, table
 
 
@@ -106,20 +110,24 @@ def test_no_tenant_set_reads_nothing(database, two_tenants):
             assert conn.execute(sa.text(f"select count(*) from app.{table}")).scalar() == 0, table
         conn.commit()
         with conn.begin():
-            conn.execute(sa.text("select set_config('app.tenant_id', :t, true)"),
-                         {"t": str(two_tenants[0].tenant_id)})
+            conn.execute(
+                sa.text("select set_config('app.tenant_id', :t, true)"),
+                {"t": str(two_tenants[0].tenant_id)},
+            )
         for table in tables:
             assert conn.execute(sa.text(f"select count(*) from app.{table}")).scalar() == 0, table
 
 
 def test_tenant_cannot_write_rows_for_another_tenant(database, two_tenants):
     alpha, bravo = two_tenants
-    with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
-        with tenant_transaction(database.app, alpha.tenant_id) as conn:
-            conn.execute(
-                sa.text("insert into app.contact_lists (tenant_id, name) values (:t, 'stolen')"),
-                {"t": bravo.tenant_id},
-            )
+    with (
+        pytest.raises(sa.exc.ProgrammingError, match="row-level security"),
+        tenant_transaction(database.app, alpha.tenant_id) as conn,
+    ):
+        conn.execute(
+            sa.text("insert into app.contact_lists (tenant_id, name) values (:t, 'stolen')"),
+            {"t": bravo.tenant_id},
+        )
 
 
 def test_tenant_cannot_update_another_tenants_rows(database, two_tenants):
@@ -138,14 +146,18 @@ def test_tenant_cannot_update_another_tenants_rows(database, two_tenants):
 
 
 def test_email_events_are_append_only_for_the_application(database, two_tenants):
-    with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
-        with tenant_transaction(database.app, two_tenants[0].tenant_id) as conn:
-            conn.execute(sa.text("delete from app.email_events"))
+    with (
+        pytest.raises(sa.exc.ProgrammingError, match="permission denied"),
+        tenant_transaction(database.app, two_tenants[0].tenant_id) as conn,
+    ):
+        conn.execute(sa.text("delete from app.email_events"))
 
 
 def test_analytics_role_reads_every_tenant_but_cannot_write(database, two_tenants):
     with database.analytics.connect() as conn:
-        tenants = conn.execute(sa.text("select count(distinct tenant_id) from app.contacts")).scalar()
+        tenants = conn.execute(
+            sa.text("select count(distinct tenant_id) from app.contacts")
+        ).scalar()
         assert tenants == 2
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
             conn.execute(sa.text("update app.contacts set company = 'x'"))

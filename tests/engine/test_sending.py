@@ -15,17 +15,23 @@ from tests.factories import seed_tenant
 
 def _messages(database, tenant):
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
-        return conn.execute(sa.text(
-            "select recipient_email, status, attempts, last_error from app.sent_emails "
-            "order by recipient_email")).all()
+        return conn.execute(
+            sa.text(
+                "select recipient_email, status, attempts, last_error from app.sent_emails "
+                "order by recipient_email"
+            )
+        ).all()
 
 
 def _enrollments(database, tenant):
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
-        return conn.execute(sa.text(
-            "select c.email, cc.status, cc.exit_reason, cc.next_run_at, cc.steps_completed "
-            "from app.campaign_contacts cc join app.contacts c on c.id = cc.contact_id "
-            "order by c.email")).all()
+        return conn.execute(
+            sa.text(
+                "select c.email, cc.status, cc.exit_reason, cc.next_run_at, cc.steps_completed "
+                "from app.campaign_contacts cc join app.contacts c on c.id = cc.contact_id "
+                "order by c.email"
+            )
+        ).all()
 
 
 def test_due_enrollments_are_sent_personalized_and_recorded(database, smtp_server, now, tmp_path):
@@ -57,9 +63,11 @@ def test_nothing_is_sent_before_it_is_due(database, smtp_server, now, tmp_path):
 
 
 def test_wait_step_delays_the_next_email(database, smtp_server, now, tmp_path):
-    steps = [Step("email", subject="One", body_text="1"),
-             Step("wait", wait=timedelta(days=2)),
-             Step("email", subject="Two", body_text="2")]
+    steps = [
+        Step("email", subject="One", body_text="1"),
+        Step("wait", wait=timedelta(days=2)),
+        Step("email", subject="Two", body_text="2"),
+    ]
     seed_tenant(database, "acme", now, tmp_path, steps=steps)
     send_due(database.app, smtp_server.server(), now)
     assert sorted({m["Subject"] for m in smtp_server.messages}) == ["One"]
@@ -72,12 +80,16 @@ def test_wait_step_delays_the_next_email(database, smtp_server, now, tmp_path):
 def test_suppressed_address_is_never_emailed(database, smtp_server, now, tmp_path):
     tenant = seed_tenant(database, "acme", now, tmp_path)
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
-        conn.execute(store.SUPPRESS, {"email": "ACME1@example.com", "reason": "unsubscribe",
-                                      "detail": None, "now": now})
+        conn.execute(
+            store.SUPPRESS,
+            {"email": "ACME1@example.com", "reason": "unsubscribe", "detail": None, "now": now},
+        )
     report = send_due(database.app, smtp_server.server(), now)
     assert report.suppressed == 1
-    assert sorted(m["To"] for m in smtp_server.messages) == ["acme0@example.com",
-                                                             "acme2@example.com"]
+    assert sorted(m["To"] for m in smtp_server.messages) == [
+        "acme0@example.com",
+        "acme2@example.com",
+    ]
     exited = [e for e in _enrollments(database, tenant) if e.status == "exited"]
     assert [(e.email, e.exit_reason) for e in exited] == [("acme1@example.com", "suppressed")]
 
@@ -103,17 +115,21 @@ def test_transient_failure_retries_with_backoff_then_gives_up(database, smtp_ser
     assert (first.sent, first.retrying) == (2, 1)
     waiting = [e for e in _enrollments(database, tenant) if e.email == "acme1@example.com"][0]
     assert waiting.next_run_at == now + timedelta(minutes=5)
-    assert send_due(database.app, smtp_server.server(), now + timedelta(minutes=4),
-                    config=config).claimed == 0
-    second = send_due(database.app, smtp_server.server(), now + timedelta(minutes=5),
-                      config=config)
+    assert (
+        send_due(
+            database.app, smtp_server.server(), now + timedelta(minutes=4), config=config
+        ).claimed
+        == 0
+    )
+    second = send_due(database.app, smtp_server.server(), now + timedelta(minutes=5), config=config)
     assert second.failed == 1
     failed = [m for m in _messages(database, tenant) if m.recipient_email == "acme1@example.com"]
     assert [(m.status, m.attempts) for m in failed] == [("failed", 2)]
 
 
-def test_transient_failure_then_success_sends_the_same_message(database, smtp_server, now,
-                                                                tmp_path):
+def test_transient_failure_then_success_sends_the_same_message(
+    database, smtp_server, now, tmp_path
+):
     tenant = seed_tenant(database, "acme", now, tmp_path)
     smtp_server.handler.refuse["acme1@example.com"] = "421 4.7.0 Slow down"
     send_due(database.app, smtp_server.server(), now)
@@ -130,11 +146,20 @@ def test_message_in_doubt_after_a_crash_is_not_resent(database, smtp_server, now
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
         rows = store.claim(conn, "dead-worker", now, timedelta(minutes=5), 10)
         for row in rows:
-            conn.execute(store.BEGIN_MESSAGE, {
-                "enrollment_id": row.enrollment_id, "campaign_id": row.campaign_id,
-                "step_id": row.step_id, "contact_id": row.contact_id, "sender_id": row.sender_id,
-                "recipient": row.email, "subject": "x", "message_id": f"{row.enrollment_id}@t",
-                "now": now})
+            conn.execute(
+                store.BEGIN_MESSAGE,
+                {
+                    "enrollment_id": row.enrollment_id,
+                    "campaign_id": row.campaign_id,
+                    "step_id": row.step_id,
+                    "contact_id": row.contact_id,
+                    "sender_id": row.sender_id,
+                    "recipient": row.email,
+                    "subject": "x",
+                    "message_id": f"{row.enrollment_id}@t",
+                    "now": now,
+                },
+            )
     assert send_due(database.app, smtp_server.server(), now + timedelta(minutes=1)).claimed == 0
     report = send_due(database.app, smtp_server.server(), now + timedelta(minutes=6))
     assert (report.claimed, report.in_doubt, report.sent) == (3, 3, 0)
@@ -160,5 +185,6 @@ def test_unreachable_smtp_server_is_retried_not_lost(database, now, tmp_path):
     report = send_due(database.app, SmtpServer("127.0.0.1", free_port()), now)
     assert report.retrying == 3
     assert {m.status for m in _messages(database, tenant)} == {"queued"}
-    assert all("Connect" in m.last_error or "connect" in m.last_error
-               for m in _messages(database, tenant))
+    assert all(
+        "Connect" in m.last_error or "connect" in m.last_error for m in _messages(database, tenant)
+    )

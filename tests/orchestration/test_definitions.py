@@ -19,9 +19,19 @@ from tests.factories import seed_tenant
 
 def test_definitions_validate_with_the_dagster_cli():
     result = subprocess.run(
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-w",
-         str(PROJECT_ROOT / "workspace.yaml")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "definitions",
+            "validate",
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -31,26 +41,37 @@ def test_definitions_validate_with_the_dagster_cli():
 def test_every_stage_is_an_asset_or_job_in_the_ui():
     repo = defs.get_repository_def()
     keys = {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()}
-    assert {"contacts", "enrollments", "sent_emails", "analytics/stg_app__sent_emails",
-            "analytics/fct_sends", "analytics/campaign_daily"} <= keys
+    assert {
+        "contacts",
+        "enrollments",
+        "sent_emails",
+        "analytics/stg_app__sent_emails",
+        "analytics/fct_sends",
+        "analytics/campaign_daily",
+    } <= keys
     assert {"send_due_job", "analytics_job"} <= {job.name for job in repo.get_all_jobs()}
     assert {"due_sends_sensor", "analytics_after_sends_sensor"} <= {
-        s.name for s in repo.sensor_defs}
+        s.name for s in repo.sensor_defs
+    }
     # The dbt source app.sent_emails is the sending asset: one lineage from CSV to marts.
     stg = repo.asset_graph.get(dg.AssetKey(["analytics", "stg_app__sent_emails"]))
     assert dg.AssetKey("sent_emails") in stg.parent_keys
 
 
 def _evaluate(database, instance):
-    resources = {"postgres": PostgresResource(database_url=database.settings.database_url,
-                                              penguin_home=str(database.settings.home)),
-                 "smtp": SmtpResource()}
+    resources = {
+        "postgres": PostgresResource(
+            database_url=database.settings.database_url, penguin_home=str(database.settings.home)
+        ),
+        "smtp": SmtpResource(),
+    }
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         return due_sends_sensor(context)
 
 
-def test_due_sends_sensor_requests_a_run_only_when_sends_are_due(database, smtp_server, tmp_path,
-                                                                  now):
+def test_due_sends_sensor_requests_a_run_only_when_sends_are_due(
+    database, smtp_server, tmp_path, now
+):
     with dg.instance_for_test() as instance:
         nothing = _evaluate(database, instance)
         assert isinstance(nothing, dg.SkipReason)

@@ -30,11 +30,15 @@ def test_the_smtp_server_received_every_email(built_pipeline):
 
 def test_the_mart_holds_the_days_sends(built_pipeline):
     with built_pipeline.database.analytics.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select day, tenant_name, campaign_name, sent_count "
-            "from analytics_marts.campaign_daily")).all()
+        rows = conn.execute(
+            sa.text(
+                "select day, tenant_name, campaign_name, sent_count "
+                "from analytics_marts.campaign_daily"
+            )
+        ).all()
     assert [tuple(r) for r in rows] == [
-        (datetime.now(UTC).date(), "demo", "Welcome to PenguinMails", 40)]
+        (datetime.now(UTC).date(), "demo", "Welcome to PenguinMails", 40)
+    ]
 
 
 def test_dbt_tests_ran_as_asset_checks(built_pipeline):

@@ -1,0 +1,35 @@
+# The two quickstart commands (`make up`, `make test`) install everything they need into
+# .venv from this repository's pyproject.toml, then run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+export DO_NOT_TRACK := 1
+export DAGSTER_DISABLE_TELEMETRY := 1
+
+.PHONY: install up test bench lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/penguin up --demo
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine orchestration dashboards tests benchmarks
+
+clean:
+	rm -rf $(VENV) .penguin dbt_project/target dbt_project/logs
