@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 
 export DO_NOT_TRACK := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
+# The venv's tools (dbt, dagster, penguin) first, as if it were activated.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install up test bench lint clean
 

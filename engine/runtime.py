@@ -280,6 +280,8 @@ class Stack:
                     "true",
                     "--browser.gatherUsageStats",
                     "false",
+                    "--client.toolbarMode",
+                    "viewer",
                 ],
                 logs / "dashboards.log",
                 lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),

@@ -8,20 +8,36 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from filelock import FileLock
 
 from engine.config import DBT_PROJECT_DIR
 from orchestration.resources import PostgresResource
 from orchestration.sending import send_due_job
 
-dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
-dbt_project.prepare_if_dev()
-if not dbt_project.manifest_path.exists():  # outside `dagster dev`: parse once, offline
-    dbt_project.preparer.prepare(dbt_project)
-
-
-# The dbt installed beside this Python, so a venv works without being activated.
 _VENV_DBT = Path(sys.executable).with_name("dbt")
 DBT_EXECUTABLE = str(_VENV_DBT) if _VENV_DBT.exists() else shutil.which("dbt") or "dbt"
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
+
+
+def parse_dbt_project() -> None:
+    """Write target/manifest.json with `dbt parse` (offline), one process at a time.
+
+    dagster-dbt's own preparer would look for `dbt` on PATH; this uses the one installed
+    beside this Python, so a venv works without being activated.
+    """
+    target = dbt_project.project_dir / dbt_project.target_path
+    target.mkdir(parents=True, exist_ok=True)
+    with FileLock(target / "parse.lock").acquire(timeout=120):
+        DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE).cli(
+            ["parse", "--quiet"], target_path=dbt_project.target_path
+        ).wait()
+
+
+# Parse on every load under `dagster dev` (picks up model edits), and once wherever no
+# manifest exists yet (a fresh clone, tests).
+if dbt_project.preparer.using_dagster_dev() or not dbt_project.manifest_path.exists():
+    parse_dbt_project()
 
 
 class PenguinDbtTranslator(DagsterDbtTranslator):

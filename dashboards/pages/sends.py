@@ -39,11 +39,27 @@ middle.metric("Sent in range", f"{sent:,}")
 right.metric("Bounce rate", f"{bounced / (sent + bounced):.1%}" if sent + bounced else "–")
 
 # Chart
-st.altair_chart(charts.daily_sends(frame), use_container_width=True)
+st.altair_chart(charts.daily_sends(frame, start, end), use_container_width=True)
 
 # Table
 st.subheader("Per campaign and day")
-st.dataframe(frame, hide_index=True, use_container_width=True)
+st.dataframe(
+    frame,
+    hide_index=True,
+    use_container_width=True,
+    column_config={
+        "day": st.column_config.DateColumn("Day (UTC)", format="YYYY-MM-DD"),
+        "campaign_name": "Campaign",
+        "sent_count": st.column_config.NumberColumn("Sent"),
+        "bounced_count": st.column_config.NumberColumn("Bounced"),
+        "failed_count": st.column_config.NumberColumn("Failed"),
+        "unknown_count": st.column_config.NumberColumn(
+            "Unknown", help="Outcome unknown after a worker stopped mid-send; not resent"
+        ),
+        "pending_count": st.column_config.NumberColumn("Pending"),
+        "bounce_rate": st.column_config.NumberColumn("Bounce rate", format="percent"),
+    },
+)
 st.download_button(
     "Download CSV",
     frame.write_csv(),
