@@ -123,3 +123,34 @@ def test_up_refuses_a_port_in_use_and_says_which_variable(tmp_path):
     assert result.returncode == 1
     assert f"port {port} is in use; set PENGUIN_DAGSTER_PORT to a free port" in result.stdout
     assert _processes_of(tmp_path / "home") == []
+
+
+def test_sigterm_stops_everything_too(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_HOME")}
+    env.update(
+        PENGUIN_HOME=str(home),
+        PENGUIN_DAGSTER_PORT=str(free_port()),
+        PENGUIN_DASHBOARD_PORT=str(free_port()),
+        PENGUIN_SMTP_SINK_PORT=str(free_port()),
+    )
+    proc = subprocess.Popen(
+        [PENGUIN, "up"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "Press Ctrl-C" in line:
+                break
+        assert _processes_of(home)  # the check below could not fail on nothing started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    assert code == 0
+    time.sleep(1)
+    assert _processes_of(home) == []

@@ -188,3 +188,47 @@ def test_unreachable_smtp_server_is_retried_not_lost(database, now, tmp_path):
     assert all(
         "Connect" in m.last_error or "connect" in m.last_error for m in _messages(database, tenant)
     )
+
+
+def _use_own_smtp_server(database, tenant, smtp_server, password_env=None):
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(
+            sa.text(
+                "update app.sender_accounts set smtp_host = :host, smtp_port = :port, "
+                "smtp_security = 'none', smtp_username = :user, smtp_password_env = :env"
+            ),
+            {
+                "host": smtp_server.host,
+                "port": smtp_server.port,
+                "user": "sales" if password_env else None,
+                "env": password_env,
+            },
+        )
+
+
+def test_sender_with_its_own_smtp_server_does_not_use_the_sink(
+    database, smtp_server, now, tmp_path
+):
+    from engine.senders import SmtpServer
+    from tests.conftest import free_port
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    _use_own_smtp_server(database, tenant, smtp_server)
+    unreachable_sink = SmtpServer("127.0.0.1", free_port())
+    report = send_due(database.app, unreachable_sink, now)
+    assert report.sent == 3 and len(smtp_server.messages) == 3
+
+
+def test_missing_smtp_password_variable_is_named_and_nothing_is_lost(
+    database, smtp_server, now, tmp_path
+):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    _use_own_smtp_server(database, tenant, smtp_server, password_env="ACME_SMTP_PASSWORD")
+    report = send_due(database.app, smtp_server.server(), now, env={})
+    assert report.retrying == 3 and smtp_server.messages == []
+    errors = {m.last_error for m in _messages(database, tenant)}
+    assert errors == {
+        "sender sales@acme.example: environment variable ACME_SMTP_PASSWORD "
+        "(its SMTP password) is not set"
+    }
+    assert {m.status for m in _messages(database, tenant)} == {"queued"}
