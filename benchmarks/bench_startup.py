@@ -35,6 +35,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A quiet child in its own process group, so stopping it ends everything it started."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def wait_ready(dagster_port: int, dashboard_port: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     dagster = dashboards = False
@@ -70,14 +82,7 @@ def time_penguin_up(home: Path) -> float:
         DO_NOT_TRACK="1",
     )
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(BIN / "penguin"), "up"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn([str(BIN / "penguin"), "up"], env)
     try:
         wait_ready(dagster_port, dashboard_port)
         return time.perf_counter() - start
@@ -97,7 +102,7 @@ def time_bare_tools(home: Path) -> float:
     }
     start = time.perf_counter()
     procs = [
-        subprocess.Popen(
+        spawn(
             [
                 sys.executable,
                 "-m",
@@ -110,13 +115,9 @@ def time_bare_tools(home: Path) -> float:
                 "-p",
                 str(dagster_port),
             ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            env,
         ),
-        subprocess.Popen(
+        spawn(
             [
                 sys.executable,
                 "-m",
@@ -132,11 +133,7 @@ def time_bare_tools(home: Path) -> float:
                 "--browser.gatherUsageStats",
                 "false",
             ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            env,
         ),
     ]
     try:

@@ -43,26 +43,33 @@ def _graphql(port: int, query: str) -> dict:
         return json.load(response)["data"]
 
 
-def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
-    home = tmp_path / "home"
-    dagster_port, dashboard_port, smtp_port = free_port(), free_port(), free_port()
+def _start_up(home: Path, *args: str) -> tuple[subprocess.Popen, int, int]:
+    """`penguin up` on free ports with its own PENGUIN_HOME and embedded PostgreSQL."""
+    dagster_port, dashboard_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_HOME")}
     env.update(
         PENGUIN_HOME=str(home),
         PENGUIN_DAGSTER_PORT=str(dagster_port),
         PENGUIN_DASHBOARD_PORT=str(dashboard_port),
-        PENGUIN_SMTP_SINK_PORT=str(smtp_port),
+        PENGUIN_SMTP_SINK_PORT=str(free_port()),
         COLUMNS="200",
     )
+    home.mkdir(parents=True)
     proc = subprocess.Popen(
-        [PENGUIN, "up", "--demo"],
+        [PENGUIN, "up", *args],
         env=env,
-        cwd=tmp_path,
+        cwd=home,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
+    return proc, dagster_port, dashboard_port
+
+
+def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
+    home = tmp_path / "home"
+    proc, dagster_port, dashboard_port = _start_up(home, "--demo")
     output = []
     try:
         deadline = time.monotonic() + 400
@@ -127,22 +134,7 @@ def test_up_refuses_a_port_in_use_and_says_which_variable(tmp_path):
 
 def test_sigterm_stops_everything_too(tmp_path):
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_HOME")}
-    env.update(
-        PENGUIN_HOME=str(home),
-        PENGUIN_DAGSTER_PORT=str(free_port()),
-        PENGUIN_DASHBOARD_PORT=str(free_port()),
-        PENGUIN_SMTP_SINK_PORT=str(free_port()),
-    )
-    proc = subprocess.Popen(
-        [PENGUIN, "up"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc, _, _ = _start_up(home)
     try:
         for line in proc.stdout:
             if "Press Ctrl-C" in line:
