@@ -84,9 +84,18 @@ def db_stop() -> None:
             "[bold red]error:[/] DATABASE_URL is set; the external server is not ours to stop"
         )
         raise typer.Exit(2)
-    start_embedded_postgres(settings)
+    if not (settings.pgdata / "postmaster.pid").exists():
+        console.print(f"the embedded PostgreSQL in {settings.pgdata} is not running")
+        return
+    start_embedded_postgres(settings)  # attach to it; pgserver stops it if we are its last user
     stop_embedded_postgres(settings)
-    console.print(f"stopped the embedded PostgreSQL in {settings.pgdata}")
+    if (settings.pgdata / "postmaster.pid").exists():
+        console.print(
+            "the embedded PostgreSQL is still in use by another penguin process "
+            "(penguin up?); it stops when that process ends"
+        )
+    else:
+        console.print(f"stopped the embedded PostgreSQL in {settings.pgdata}")
 
 
 @tenant_app.command("create")
