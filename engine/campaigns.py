@@ -56,7 +56,11 @@ _INSERT_STEP = sa.text(
     """
 )
 _CAMPAIGN = sa.text(
-    "select id, status, list_id, sender_account_id from app.campaigns where id = :id"
+    """
+    select c.id, c.status, c.list_id, c.sender_account_id, s.id as visible_sender_id
+    from app.campaigns c left join app.sender_accounts s on s.id = c.sender_account_id
+    where c.id = :id
+    """
 )
 _STEPS = sa.text(
     """
@@ -151,6 +155,10 @@ def validate_campaign(conn: Connection, campaign_id: uuid.UUID) -> None:
         raise CampaignError(f"no campaign with id {campaign_id}")
     if campaign.sender_account_id is None:
         raise CampaignError("the campaign has no sender account")
+    if campaign.visible_sender_id is None:  # row-level security hides other tenants' senders
+        raise CampaignError(
+            f"sender account {campaign.sender_account_id} does not belong to this tenant"
+        )
     steps = conn.execute(_STEPS, {"id": campaign_id}).all()
     if not steps:
         raise CampaignError("the campaign has no steps")

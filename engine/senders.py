@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -44,6 +45,21 @@ class SenderConfigError(ValueError):
     pass
 
 
+#: SMTP passwords are read from variables with this prefix only, so a sender account can never
+#: name (and send to its own server) another secret of the process, such as DATABASE_URL.
+PASSWORD_ENV_PREFIX = "PENGUIN_SMTP_"
+_PASSWORD_ENV = re.compile(rf"^{PASSWORD_ENV_PREFIX}[A-Z0-9_]+$")
+
+
+def check_password_env(name: str) -> str:
+    if not _PASSWORD_ENV.match(name):
+        raise SenderConfigError(
+            f"smtp_password_env {name!r} must be an environment variable named "
+            f"{PASSWORD_ENV_PREFIX}<NAME> (capital letters, digits, '_')"
+        )
+    return name
+
+
 def smtp_server_for(
     row: sa.Row | dict, sink: SmtpServer, env: dict[str, str] | os._Environ = os.environ
 ) -> SmtpServer:
@@ -55,6 +71,7 @@ def smtp_server_for(
     password = None
     password_env = get("smtp_password_env")
     if password_env:
+        check_password_env(password_env)
         password = env.get(password_env)
         if password is None:
             raise SenderConfigError(
@@ -86,6 +103,8 @@ def create_sender(
     min_gap_seconds: int = 60,
 ) -> uuid.UUID:
     """Create or update the sender `email` of the transaction's tenant."""
+    if smtp_password_env is not None:
+        check_password_env(smtp_password_env)
     try:
         email = validate_email(email, check_deliverability=False).normalized
     except EmailNotValidError as exc:

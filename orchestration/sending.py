@@ -54,6 +54,7 @@ def sent_emails(
         postgres.db.app,
         smtp.sink(),
         utcnow(),
+        clock=utcnow,
         on_batch=lambda r: context.log.info(f"progress: {r.as_dict()}"),
     )
     for error in report.errors[:20]:

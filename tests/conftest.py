@@ -96,6 +96,15 @@ class RecordingHandler:
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.refuse: dict[str, str] = {}  # address -> SMTP reply, e.g. "550 5.1.1 No such user"
+        self.refuse_sender: str | None = None  # reply to MAIL FROM, e.g. "553 Not allowed"
+        self.refuse_data: str | None = None  # reply to DATA, e.g. "554 5.7.1 Spam"
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
+        if self.refuse_sender:
+            return self.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         if address.lower() in self.refuse:
@@ -104,6 +113,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        if self.refuse_data:
+            return self.refuse_data
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
         return "250 Message accepted for delivery"
 

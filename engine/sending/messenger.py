@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
+from enum import StrEnum
 
 import aiosmtplib
 
@@ -47,18 +48,29 @@ class OutgoingEmail:
         return msg
 
 
+class Outcome(StrEnum):
+    SENT = "sent"
+    #: The server refused the recipient for good (RCPT 5xx): a hard bounce of the address.
+    BOUNCED = "bounced"
+    #: The message itself was refused for good (DATA 5xx), or could not be built.
+    REJECTED = "rejected"
+    #: Nothing was handed over (connection, TLS, login, MAIL, or a 4xx): safe to try again.
+    RETRY = "retry"
+    #: The connection failed while the message was being handed over: it may have arrived.
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """The outcome of one message: `ok`, or an SMTP code (None: no answer) and the reason."""
+    """The outcome of one message, with the server's reply (or the error) and its code."""
 
-    ok: bool
+    outcome: Outcome
     response: str
     code: int | None = None
 
     @property
-    def permanent(self) -> bool:
-        """5xx: the server refused the recipient or message for good (a hard bounce)."""
-        return self.code is not None and 500 <= self.code < 600
+    def ok(self) -> bool:
+        return self.outcome is Outcome.SENT
 
 
 def _client(server: SmtpServer) -> aiosmtplib.SMTP:
@@ -76,32 +88,51 @@ def _client(server: SmtpServer) -> aiosmtplib.SMTP:
 
 
 async def _deliver(server: SmtpServer, emails: list[OutgoingEmail]) -> list[Delivery]:
+    """Hand each message over in explicit phases, so a failure says what it means:
+    before DATA nothing was delivered (retry); a refused RCPT is the address (bounce); a
+    refused DATA is the message; a connection lost during DATA leaves it in doubt."""
     results: list[Delivery] = []
     client: aiosmtplib.SMTP | None = None
     for email in emails:
         try:
+            payload = email.to_message().as_bytes()
+        except (ValueError, TypeError) as exc:  # e.g. a header that cannot be encoded
+            results.append(Delivery(Outcome.REJECTED, f"message could not be built: {exc}"))
+            continue
+        phase = "connect"
+        try:
             if client is None:
                 client = _client(server)
                 await client.connect()
-            errors, response = await client.send_message(email.to_message())
-            if errors:  # recipient refused while others were accepted: only one recipient here
-                code, text = next(iter(errors.values()))
-                results.append(Delivery(False, text, code))
-            else:
-                results.append(Delivery(True, response))
-        except aiosmtplib.SMTPRecipientsRefused as exc:  # our only recipient was refused
-            refused = exc.recipients[0]
-            results.append(Delivery(False, refused.message, refused.code))
-            client = await _discard(client)
+            phase = "mail"
+            await client.mail(email.sender_email)
+            phase = "rcpt"
+            await client.rcpt(email.recipient)
+            phase = "data"
+            response = await client.data(payload)
+            results.append(Delivery(Outcome.SENT, str(response.message), response.code))
         except aiosmtplib.SMTPResponseException as exc:
-            results.append(Delivery(False, exc.message, exc.code))
+            results.append(Delivery(_classify(phase, exc.code), exc.message, exc.code))
             client = await _discard(client)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            results.append(Delivery(False, f"{exc.__class__.__name__}: {exc}"))
+            outcome = Outcome.UNKNOWN if phase == "data" else Outcome.RETRY
+            results.append(Delivery(outcome, f"{exc.__class__.__name__}: {exc}"))
             client = await _discard(client)
     if client is not None:
         await _discard(client)
     return results
+
+
+def _classify(phase: str, code: int) -> Outcome:
+    if code < 500:
+        return Outcome.RETRY
+    if phase == "rcpt":
+        return Outcome.BOUNCED
+    if phase == "data":
+        return Outcome.REJECTED
+    # 5xx at connect, login or MAIL FROM is the sender's problem, not the recipient's:
+    # retried (and reported) until the attempts run out, never a bounce.
+    return Outcome.RETRY
 
 
 async def _discard(client: aiosmtplib.SMTP | None) -> None:

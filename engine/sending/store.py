@@ -58,7 +58,7 @@ WORK = sa.text(
            coalesce(m.attempts, 0) as attempts
     from app.campaign_contacts cc
     join app.campaigns c on c.id = cc.campaign_id
-    join app.campaign_steps s on s.id = cc.current_step_id
+    left join app.campaign_steps s on s.id = cc.current_step_id
     join app.contacts ct on ct.id = cc.contact_id
     left join app.templates t on t.id = s.template_id
     left join app.sender_accounts snd on snd.id = c.sender_account_id
@@ -98,12 +98,14 @@ MARK_IN_DOUBT = sa.text(
     """
 )
 
+# Only a message still `sending` is settled: if our lease ran out and another worker marked
+# it `unknown` meanwhile, that verdict stands.
 RECORD = sa.text(
     """
     update app.sent_emails
     set status = :status, smtp_response = :response, last_error = :error,
         sent_at = :sent_at, next_attempt_at = :next_attempt_at, updated_at = :now
-    where id = :id
+    where id = :id and status = 'sending'
     """
 )
 
@@ -126,7 +128,7 @@ ADVANCE = sa.text(
         last_email_sent_at = coalesce(:sent_at, cc.last_email_sent_at),
         lease_owner = null, lease_expires_at = null, updated_at = :now
     from next_step n
-    where cc.id = :enrollment_id
+    where cc.id = :enrollment_id and cc.lease_owner = :worker and cc.current_step_id = :step_id
     """
 )
 
@@ -134,7 +136,7 @@ RESCHEDULE = sa.text(
     """
     update app.campaign_contacts
     set next_run_at = :next_run_at, lease_owner = null, lease_expires_at = null, updated_at = :now
-    where id = :enrollment_id
+    where id = :enrollment_id and lease_owner = :worker
     """
 )
 
@@ -143,7 +145,7 @@ EXIT = sa.text(
     update app.campaign_contacts
     set status = 'exited', exit_reason = :reason, exited_at = :now, next_run_at = null,
         lease_owner = null, lease_expires_at = null, updated_at = :now
-    where id = :enrollment_id
+    where id = :enrollment_id and lease_owner = :worker
     """
 )
 
@@ -185,29 +187,78 @@ def claim(
     return list(conn.execute(WORK, {"ids": ids, "worker": worker}))
 
 
+# Every write to a claimed enrollment names the worker that holds its lease: a worker whose
+# lease ran out (and was taken over) changes nothing.
+
+
 def advance(
     conn: Connection,
     enrollment_id: uuid.UUID,
     step_id: uuid.UUID,
     now: datetime,
+    worker: str,
     *,
     next_run_at: datetime,
     sent_at: datetime | None = None,
-) -> None:
-    conn.execute(
-        ADVANCE,
-        {
-            "enrollment_id": enrollment_id,
-            "step_id": step_id,
-            "now": now,
-            "next_run_at": next_run_at,
-            "sent_at": sent_at,
-        },
+) -> bool:
+    """Move past `step_id` to the next step (or complete); release the lease."""
+    return (
+        conn.execute(
+            ADVANCE,
+            {
+                "enrollment_id": enrollment_id,
+                "step_id": step_id,
+                "now": now,
+                "worker": worker,
+                "next_run_at": next_run_at,
+                "sent_at": sent_at,
+            },
+        ).rowcount
+        == 1
     )
 
 
-def exit_enrollment(conn: Connection, enrollment_id: uuid.UUID, reason: str, now: datetime) -> None:
-    conn.execute(EXIT, {"enrollment_id": enrollment_id, "reason": reason, "now": now})
+def reschedule(
+    conn: Connection, enrollment_id: uuid.UUID, next_run_at: datetime, now: datetime, worker: str
+) -> bool:
+    params = {
+        "enrollment_id": enrollment_id,
+        "next_run_at": next_run_at,
+        "now": now,
+        "worker": worker,
+    }
+    return conn.execute(RESCHEDULE, params).rowcount == 1
+
+
+def exit_enrollment(
+    conn: Connection, enrollment_id: uuid.UUID, reason: str, now: datetime, worker: str
+) -> bool:
+    params = {"enrollment_id": enrollment_id, "reason": reason, "now": now, "worker": worker}
+    return conn.execute(EXIT, params).rowcount == 1
+
+
+def record(
+    conn: Connection,
+    message_row_id: uuid.UUID,
+    status: str,
+    now: datetime,
+    *,
+    response: str | None = None,
+    error: str | None = None,
+    sent_at: datetime | None = None,
+    next_attempt_at: datetime | None = None,
+) -> bool:
+    """Settle a message that is `sending`; False if it was settled by someone else."""
+    params = {
+        "id": message_row_id,
+        "status": status,
+        "now": now,
+        "response": response,
+        "error": error,
+        "sent_at": sent_at,
+        "next_attempt_at": next_attempt_at,
+    }
+    return conn.execute(RECORD, params).rowcount == 1
 
 
 def due_summary(conn: Connection, now: datetime) -> tuple[int, datetime | None]:

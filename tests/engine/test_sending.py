@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from engine.campaigns import Step
@@ -223,12 +224,114 @@ def test_missing_smtp_password_variable_is_named_and_nothing_is_lost(
     database, smtp_server, now, tmp_path
 ):
     tenant = seed_tenant(database, "acme", now, tmp_path)
-    _use_own_smtp_server(database, tenant, smtp_server, password_env="ACME_SMTP_PASSWORD")
+    _use_own_smtp_server(database, tenant, smtp_server, password_env="PENGUIN_SMTP_ACME")
     report = send_due(database.app, smtp_server.server(), now, env={})
     assert report.retrying == 3 and smtp_server.messages == []
     errors = {m.last_error for m in _messages(database, tenant)}
     assert errors == {
-        "sender sales@acme.example: environment variable ACME_SMTP_PASSWORD "
+        "sender sales@acme.example: environment variable PENGUIN_SMTP_ACME "
         "(its SMTP password) is not set"
     }
     assert {m.status for m in _messages(database, tenant)} == {"queued"}
+
+
+def test_refused_sender_is_retried_never_a_bounce(database, smtp_server, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    smtp_server.handler.refuse_sender = "553 5.7.1 Sender address not allowed"
+    report = send_due(database.app, smtp_server.server(), now)
+    assert (report.bounced, report.retrying) == (0, 3)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        assert conn.execute(sa.text("select count(*) from app.suppressions")).scalar() == 0
+    assert {m.status for m in _messages(database, tenant)} == {"queued"}
+    assert all("553" in m.last_error for m in _messages(database, tenant))
+
+
+def test_refused_message_fails_without_suppressing_the_address(
+    database, smtp_server, now, tmp_path
+):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    smtp_server.handler.refuse_data = "554 5.7.1 Message looks like spam"
+    report = send_due(database.app, smtp_server.server(), now)
+    assert (report.failed, report.bounced) == (3, 0)
+    assert {m.status for m in _messages(database, tenant)} == {"failed"}
+    assert {e.exit_reason for e in _enrollments(database, tenant)} == {"message rejected"}
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        assert conn.execute(sa.text("select count(*) from app.suppressions")).scalar() == 0
+
+
+def test_a_worker_whose_lease_was_taken_over_changes_nothing(database, smtp_server, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        [row, *_] = store.claim(conn, "slow-worker", now, timedelta(minutes=5), 10)
+    # Ten minutes later the lease has run out; another worker takes the enrollments over.
+    later = now + timedelta(minutes=10)
+    assert send_due(database.app, smtp_server.server(), later).sent == 3
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        assert not store.advance(
+            conn, row.enrollment_id, row.step_id, later, "slow-worker", next_run_at=later
+        )
+        assert not store.exit_enrollment(conn, row.enrollment_id, "late", later, "slow-worker")
+    assert {(e.status, e.steps_completed) for e in _enrollments(database, tenant)} == {
+        ("completed", 1)
+    }
+
+
+def test_campaign_without_a_usable_sender_exits_and_other_tenants_still_send(
+    database, smtp_server, now, tmp_path
+):
+    broken = seed_tenant(database, "broken", now, tmp_path)
+    healthy = seed_tenant(database, "healthy", now, tmp_path)
+    with tenant_transaction(database.app, broken.tenant_id) as conn:
+        conn.execute(sa.text("delete from app.sender_accounts"))
+    report = send_due(database.app, smtp_server.server(), now)
+    assert report.sent == 3
+    assert {m["To"].split("@")[0][:-1] for m in smtp_server.messages} == {"healthy"}
+    assert {e.exit_reason for e in _enrollments(database, broken)} == {
+        "the campaign has no sender account"
+    }
+    assert {e.status for e in _enrollments(database, healthy)} == {"completed"}
+
+
+def test_line_breaks_in_data_never_reach_a_header(database, smtp_server, now, tmp_path):
+    rows = [["multi@example.com", "Ann", "Lee", "Acme\nInternational", "pro"]]
+    steps = [Step("email", subject="For {{ company }}\n", body_text="Hello {{ company }}")]
+    seed_tenant(database, "acme", now, tmp_path, rows=rows, steps=steps)
+    report = send_due(database.app, smtp_server.server(), now)
+    assert report.sent == 1
+    assert smtp_server.messages[0]["Subject"] == "For Acme International"
+    assert "Acme\r\nInternational" in smtp_server.messages[0].get_content()  # body keeps it
+
+
+def test_a_sender_cannot_read_other_secrets_as_its_password(database, now, tmp_path):
+    from engine.senders import SenderConfigError, create_sender
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with pytest.raises(
+        SenderConfigError, match="must be an environment variable named PENGUIN_SMTP_<NAME>"
+    ), tenant_transaction(database.app, tenant.tenant_id) as conn:
+        create_sender(
+            conn, "x@acme.example", smtp_host="evil.example", smtp_password_env="DATABASE_URL"
+        )
+    with pytest.raises(sa.exc.IntegrityError, match="smtp_password_env"):
+        with tenant_transaction(database.app, tenant.tenant_id) as conn:
+            conn.execute(
+                sa.text("update app.sender_accounts set smtp_password_env = 'DATABASE_URL'")
+            )
+
+
+def test_campaign_with_another_tenants_sender_is_refused_at_launch(database, now, tmp_path):
+    from engine.campaigns import CampaignError, create_campaign, launch_campaign
+
+    other = seed_tenant(database, "other", now, tmp_path)
+    mine = seed_tenant(database, "mine", now, tmp_path)
+    with pytest.raises(CampaignError, match=f"sender account {other.sender_id} does not belong"):
+        with tenant_transaction(database.app, mine.tenant_id) as conn:
+            campaign = create_campaign(
+                conn,
+                "sneaky",
+                now,
+                list_name="leads",
+                sender_id=other.sender_id,
+                steps=[Step("email", subject="s", body_text="b")],
+            )
+            launch_campaign(conn, campaign, now)

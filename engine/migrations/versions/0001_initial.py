@@ -52,7 +52,8 @@ create table app.sender_accounts (
                         check (smtp_security in ('none', 'starttls', 'tls')),
     smtp_username       text,
     -- Name of the environment variable that holds the password; never the password itself.
-    smtp_password_env   text check (smtp_password_env ~ '^[A-Z_][A-Z0-9_]*$'),
+    -- Only PENGUIN_SMTP_* variables, so an account cannot read the process's other secrets.
+    smtp_password_env   text check (smtp_password_env ~ '^PENGUIN_SMTP_[A-Z0-9_]+$'),
     daily_limit         integer not null default 200 check (daily_limit > 0),
     min_gap_seconds     integer not null default 60 check (min_gap_seconds >= 0),
     is_active           boolean not null default true,
