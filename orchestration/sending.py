@@ -86,23 +86,14 @@ def due_sends_sensor(context: dg.SensorEvaluationContext, postgres: PostgresReso
             oldest = first
     if not due:
         return dg.SkipReason("nothing is due")
-    active = context.instance.get_run_records(
-        dg.RunsFilter(
-            job_name=send_due_job.name,
-            statuses=[
-                dg.DagsterRunStatus.QUEUED,
-                dg.DagsterRunStatus.NOT_STARTED,
-                dg.DagsterRunStatus.STARTING,
-                dg.DagsterRunStatus.STARTED,
-            ],
-        ),
-        limit=1,
-    )
-    if active:
+    runs = context.instance.get_run_records(dg.RunsFilter(job_name=send_due_job.name), limit=1)
+    if runs and not runs[0].dagster_run.is_finished:
         return dg.SkipReason(f"{due} due; a send run is already in progress")
-    # The same due set seen again (a second tick before the run claimed it) maps to the same
-    # run_key, which Dagster runs once.
-    run_key = f"due:{oldest.isoformat()}:{due}"
+    # A second tick that sees the same due set before the run claims it maps to the same
+    # run_key, which Dagster runs once. The last run's id is part of the key, so the same
+    # set is requested again after that run ends (a failed run's leases fall due again).
+    last = runs[0].dagster_run.run_id if runs else "none"
+    run_key = f"due:{oldest.isoformat()}:{due}:after:{last}"
     context.update_cursor(run_key)
     return dg.RunRequest(run_key=run_key, tags={"penguin/due": str(due)})
 

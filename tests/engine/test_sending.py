@@ -306,9 +306,12 @@ def test_a_sender_cannot_read_other_secrets_as_its_password(database, now, tmp_p
     from engine.senders import SenderConfigError, create_sender
 
     tenant = seed_tenant(database, "acme", now, tmp_path)
-    with pytest.raises(
-        SenderConfigError, match="must be an environment variable named PENGUIN_SMTP_<NAME>"
-    ), tenant_transaction(database.app, tenant.tenant_id) as conn:
+    with (
+        pytest.raises(
+            SenderConfigError, match="must be an environment variable named PENGUIN_SMTP_<NAME>"
+        ),
+        tenant_transaction(database.app, tenant.tenant_id) as conn,
+    ):
         create_sender(
             conn, "x@acme.example", smtp_host="evil.example", smtp_password_env="DATABASE_URL"
         )

@@ -84,6 +84,15 @@ def test_due_sends_sensor_requests_a_run_only_when_sends_are_due(
         assert first.run_key == again.run_key  # a repeated tick is harmless
         assert ":3" in first.run_key
 
+        # While a send run is under way nothing more is requested; once it has failed, the
+        # same due set is requested again under a new key.
+        job = defs.resolve_job_def("send_due_job")
+        run = instance.create_run_for_job(job_def=job)
+        assert isinstance(_evaluate(database, instance), dg.SkipReason)
+        instance.report_run_failed(run)
+        retry = _evaluate(database, instance)
+        assert isinstance(retry, dg.RunRequest) and retry.run_key != first.run_key
+
         send_due(database.app, smtp_server.server(), now)
         after = _evaluate(database, instance)
         assert isinstance(after, dg.SkipReason)

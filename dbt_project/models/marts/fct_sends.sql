@@ -11,8 +11,12 @@ with sent_emails as (
     select * from {{ ref('stg_app__sent_emails') }}
     {% if is_incremental() %}
     -- A message changes status after it is created (sending → sent, queued → failed), so
-    -- rows updated since the last run are merged again, not only new ones.
-    where updated_at > (select coalesce(max(updated_at), '-infinity') from {{ this }})
+    -- rows updated since the last run are merged again, not only new ones. updated_at is the
+    -- engine's clock for a whole batch and commits land out of order, so the window reaches
+    -- back a margin before the newest row already loaded; the merge makes overlap harmless.
+    where updated_at >= (
+        select coalesce(max(updated_at), '-infinity') from {{ this }}
+    ) - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
     {% endif %}
 ),
 
