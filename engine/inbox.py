@@ -70,10 +70,15 @@ def process_inbox(app: Engine, uploads: Path, now: datetime) -> list[InboxOutcom
         try:
             tid = tenant_id(app, item.tenant)
             result = ingest_csv(app, tid, item.path, item.list_name, now)
-        except (IngestError, UnknownTenantError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad file must not block the inbox
+            message = (
+                str(exc)
+                if isinstance(exc, IngestError | UnknownTenantError)
+                else (f"unexpected {exc.__class__.__name__} while ingesting: {exc}")
+            )
             moved = _move(uploads, item, "failed", stamp)
-            moved.with_name(moved.name + ".error.txt").write_text(f"{exc}\n")
-            outcomes.append(InboxOutcome(item, None, str(exc), moved))
+            moved.with_name(moved.name + ".error.txt").write_text(f"{message}\n")
+            outcomes.append(InboxOutcome(item, None, message, moved))
         else:
             outcomes.append(
                 InboxOutcome(item, result, None, _move(uploads, item, "processed", stamp))

@@ -98,44 +98,64 @@ def read_rows(path: Path) -> pl.DataFrame:
 
 
 def prepare(frame: pl.DataFrame, mapping: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split rows into (contacts to merge, rejects) with line numbers of the file."""
+    """Split rows into (contacts to merge, rejects) with line numbers of the file.
+
+    The file's columns are renamed to positions first (`__in_0`, ...), so no header a user
+    writes (`line_number`, `reason`, ...) can collide with the columns computed here.
+    """
     headers = frame.columns
-    email_column = next(column for column, field in mapping.items() if field == "email")
-    frame = frame.with_row_index("line_number", offset=2)
-    frame = frame.with_columns(
-        pl.struct(headers).struct.json_encode().alias("raw_data"),
-        pl.concat_str([pl.col(h).fill_null("") for h in headers], separator=",").alias("raw_row"),
+    col = {header: f"__in_{i}" for i, header in enumerate(headers)}
+    frame = frame.rename(col)
+    email = col[next(column for column, field in mapping.items() if field == "email")]
+    frame = frame.with_row_index("__line", offset=2).with_columns(
+        pl.struct([pl.col(col[h]).alias(h) for h in headers]).struct.json_encode().alias("__raw"),
+        pl.concat_str([pl.col(col[h]).fill_null("") for h in headers], separator=",").alias(
+            "__raw_row"
+        ),
     )
-    unique = frame.select(pl.col(email_column).unique())
-    checked = unique.with_columns(
-        pl.col(email_column)
-        .map_elements(
-            lambda a: dict(zip(("normalized", "reason"), _validate_address(a), strict=True)),
-            return_dtype=pl.Struct({"normalized": pl.String, "reason": pl.String}),
+    checked = (
+        frame.select(pl.col(email).unique())
+        .with_columns(
+            pl.col(email)
+            .map_elements(
+                lambda a: dict(zip(("__email", "__reason"), _validate_address(a), strict=True)),
+                return_dtype=pl.Struct({"__email": pl.String, "__reason": pl.String}),
+            )
+            .alias("__check")
         )
-        .alias("check")
-    ).unnest("check")
-    frame = frame.join(checked, on=email_column, how="left", nulls_equal=True).with_columns(
+        .unnest("__check")
+    )
+    frame = frame.join(checked, on=email, how="left", nulls_equal=True).with_columns(
         # map_elements never sees nulls: an empty cell has no reason yet.
-        pl.col("reason").fill_null(
-            pl.when(pl.col("normalized").is_null()).then(pl.lit("email is empty"))
+        pl.col("__reason").fill_null(
+            pl.when(pl.col("__email").is_null()).then(pl.lit("email is empty"))
         )
     )
-    rejects = frame.filter(pl.col("normalized").is_null()).select(
-        "line_number", "raw_row", pl.col("reason")
+    rejects = frame.filter(pl.col("__email").is_null()).select(
+        pl.col("__line").alias("line_number"),
+        pl.col("__raw_row").alias("raw_row"),
+        pl.col("__reason").alias("reason"),
     )
-    good = frame.filter(pl.col("normalized").is_not_null())
+    good = frame.filter(pl.col("__email").is_not_null())
+    field_column = {field: col[column] for column, field in mapping.items()}
     extra = [h for h in headers if h not in mapping]
     contacts = good.select(
-        pl.col("line_number"),
-        pl.col("normalized").alias("email"),
+        pl.col("__line").alias("line_number"),
+        pl.col("__email").alias("email"),
         *[
-            (pl.col(column).str.strip_chars() if column in mapping else pl.lit(None)).alias(field)
+            (
+                pl.col(field_column[field]).str.strip_chars()
+                if field in field_column
+                else pl.lit(None, dtype=pl.String)
+            ).alias(field)
             for field in FIELDS[1:]
-            for column in [next((c for c, f in mapping.items() if f == field), None)]
         ],
-        (pl.struct(extra).struct.json_encode() if extra else pl.lit("{}")).alias("attributes"),
-        pl.col("raw_data"),
+        (
+            pl.struct([pl.col(col[h]).alias(h) for h in extra]).struct.json_encode()
+            if extra
+            else pl.lit("{}")
+        ).alias("attributes"),
+        pl.col("__raw").alias("raw_data"),
     )
     return contacts, rejects
 

@@ -120,3 +120,46 @@ def test_mapping_to_an_unknown_column_is_refused(database, default_tenant, now, 
     path = write_csv(tmp_path / "odd.csv", [["x@example.com"]], header=["Contact"])
     with pytest.raises(IngestError, match="mapping names column 'Mail', which the file does not"):
         ingest_csv(database.app, default_tenant, path, "l", now, mapping={"Mail": "email"})
+
+
+def test_headers_named_like_internal_columns_are_ordinary_attributes(
+    database, default_tenant, now, tmp_path
+):
+    path = write_csv(
+        tmp_path / "odd.csv",
+        [["ok@example.com", "7", "hello", "x"], ["broken", "8", "hi", "y"]],
+        header=["Email", "line_number", "reason", "raw_data"],
+    )
+    result = ingest_csv(database.app, default_tenant, path, "l", now)
+    assert (result.inserted, result.rejected) == (1, 1)
+    [contact] = _contacts(database, default_tenant)
+    assert contact.attributes == {"line_number": "7", "reason": "hello", "raw_data": "x"}
+    with tenant_transaction(database.app, default_tenant) as conn:
+        reject = conn.execute(sa.text("select line_number, reason from app.upload_rejects")).one()
+    assert reject.line_number == 3 and "'broken' is not valid" in reject.reason
+
+
+def test_a_file_that_fails_is_moved_aside_with_its_reason_and_the_rest_land(
+    database, now, tmp_path
+):
+    from engine.inbox import drop, process_inbox
+
+    uploads = database.settings.uploads
+    drop(uploads, write_csv(tmp_path / "a-bad.csv", [["x"]], header=["Name"]), "default", "l")
+    drop(
+        uploads,
+        write_csv(tmp_path / "b-good.csv", [["g@example.com", "", "", "", ""]]),
+        "default",
+        "l",
+    )
+    drop(
+        uploads, write_csv(tmp_path / "c.csv", [["h@example.com"]], header=["Email"]), "nobody", "l"
+    )
+    outcomes = {o.file.path.name: o for o in process_inbox(database.app, uploads, now)}
+    assert outcomes["b-good.csv"].result.inserted == 1
+    assert "no column looks like an email address" in outcomes["a-bad.csv"].error
+    assert "no tenant named 'nobody'" in outcomes["c.csv"].error
+    failed = outcomes["a-bad.csv"].moved_to
+    assert failed.parent == uploads / "failed" / "default" / "l"
+    assert "no column looks like" in failed.with_name(failed.name + ".error.txt").read_text()
+    assert list((uploads / "inbox").rglob("*.csv")) == []
