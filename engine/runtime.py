@@ -196,8 +196,10 @@ class Stack:
         self._stop.set()
 
     def run(self) -> int:
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGTERM, self.request_stop)
+        # The children run in sessions of their own, so a closed terminal (SIGHUP) reaches
+        # only this process: every stop signal ends everything the same way.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, self.request_stop)
         try:
             self._start()
             if self._stop.is_set():
@@ -287,6 +289,8 @@ class Stack:
                 lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),
             ),
         ]
+        if self._stop.is_set():
+            return
         for child in self.children:
             child.start(env, PROJECT_ROOT)
         with console.status("Waiting for the Dagster UI and the dashboards…"):
@@ -300,32 +304,33 @@ class Stack:
         )
         log = self.settings.logs / "demo-run.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            self.console.status(
-                "Running the demo pipeline in Dagster (upload → enroll → send → dbt)…"
-            ),
-            log.open("wb") as handle,
+        run = Child(
+            "Demo run",
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "orchestration.definitions",
+                "--select",
+                "*",
+            ],
+            log,
+            ready=lambda: True,
+        )
+        run.start(env, PROJECT_ROOT)
+        with self.console.status(
+            "Running the demo pipeline in Dagster (upload → enroll → send → dbt)…"
         ):
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "dagster",
-                    "asset",
-                    "materialize",
-                    "-m",
-                    "orchestration.definitions",
-                    "--select",
-                    "*",
-                ],
-                cwd=PROJECT_ROOT,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if result.returncode != 0:
+            while run.exited() is None and not self._stop.wait(0.25):
+                pass
+        if self._stop.is_set():  # Ctrl-C or SIGTERM during the demo run: end it, start nothing
+            run.stop(grace=10)
+            return
+        code = run.exited()
+        if code != 0:
             self.console.print(f"[yellow]![/] The demo pipeline run failed; see {log}")
         else:
             self.console.print(

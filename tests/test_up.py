@@ -146,3 +146,24 @@ def test_sigterm_stops_everything_too(tmp_path):
     assert code == 0
     time.sleep(1)
     assert _processes_of(home) == []
+
+
+def test_stopping_during_the_demo_run_starts_nothing_and_leaves_nothing(tmp_path):
+    home = tmp_path / "home"
+    proc, _, _ = _start_up(home, "--demo")
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "Demo data" in line:
+                break
+        time.sleep(2)  # the demo run is under way
+        assert _processes_of(home)
+    finally:
+        proc.send_signal(signal.SIGHUP)  # as when the terminal is closed
+        code = proc.wait(60)
+    rest = proc.stdout.read()
+    assert code == 0, "".join(seen) + rest
+    assert "Dagster UI" not in rest
+    time.sleep(1)
+    assert _processes_of(home) == []

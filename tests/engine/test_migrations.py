@@ -48,10 +48,14 @@ def test_role_passwords_come_from_the_settings(database):
     from engine.db import Database
 
     settings = dataclasses.replace(database.settings, app_password="s3cret-app")
-    migrate.upgrade(Database(settings, owner_url=database.owner_url))
-    with database.owner.connect() as conn:
-        stored = conn.execute(
-            sa.text("select rolpassword from pg_authid where rolname = 'penguin_app'")
-        ).scalar()
+    try:
+        migrate.upgrade(Database(settings, owner_url=database.owner_url))
+        with database.owner.connect() as conn:
+            stored = conn.execute(
+                sa.text("select rolpassword from pg_authid where rolname = 'penguin_app'")
+            ).scalar()
+    finally:  # roles are shared by every database of the test server
+        with database.owner.begin() as conn:
+            conn.execute(sa.text("alter role penguin_app password null"))
     assert stored is not None and stored.startswith("SCRAM-SHA-256$")
     assert "s3cret-app" not in stored
