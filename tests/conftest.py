@@ -72,19 +72,26 @@ def template_database(pg_server: str) -> str:
     return name
 
 
+def copy_of_template(pg_server: str, template: str, name: str, home: Path) -> Database:
+    """Database `name`, a copy of the migrated template, with `home` as its PENGUIN_HOME."""
+    admin = sa.create_engine(sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"create database {name} template {template}"))
+    admin.dispose()
+    url = sqlalchemy_url(pg_server).set(database=name)
+    db = Database(Settings(home=home, database_url=url.render_as_string(False)), owner_url=url)
+    migrate.upgrade(db)  # at head already; re-applies the database-level grants of a copy
+    return db
+
+
 @pytest.fixture
 def database(pg_server: str, template_database: str, tmp_path: Path) -> Iterator[Database]:
     """A fresh, migrated database (a copy of the template) with its own PENGUIN_HOME."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"create database {name} template {template_database}"))
-    url = sqlalchemy_url(pg_server).set(database=name)
-    settings = Settings(home=tmp_path / "home", database_url=url.render_as_string(False))
-    db = Database(settings, owner_url=url)
-    migrate.upgrade(db)  # at head already; re-applies the database-level grants of a copy
+    db = copy_of_template(pg_server, template_database, name, tmp_path / "home")
     yield db
     db.dispose()
+    admin = sa.create_engine(sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"drop database {name} with (force)"))
     admin.dispose()
@@ -164,15 +171,8 @@ def built_pipeline(pg_server: str, template_database: str, tmp_path_factory) -> 
     from orchestration import analytics, ingestion, sending
     from orchestration.resources import PostgresResource, SmtpResource
 
-    name = "pipeline"
-    admin = sa.create_engine(sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"create database {name} template {template_database}"))
-    admin.dispose()
-    url = sqlalchemy_url(pg_server).set(database=name)
     home = tmp_path_factory.mktemp("pipeline-home")
-    db = Database(Settings(home=home, database_url=url.render_as_string(False)), owner_url=url)
-    migrate.upgrade(db)
+    db = copy_of_template(pg_server, template_database, "pipeline", home)
 
     handler = RecordingHandler()
     port = free_port()
