@@ -56,12 +56,10 @@ _INSERT_STEP = sa.text(
     """
 )
 _CAMPAIGN = sa.text(
-    """
-    select c.id, c.status, c.list_id, c.sender_account_id, s.id as visible_sender_id
-    from app.campaigns c left join app.sender_accounts s on s.id = c.sender_account_id
-    where c.id = :id
-    """
+    "select id, status, list_id, sender_account_id from app.campaigns where id = :id"
 )
+# Row-level security hides other tenants' senders, so "not found" covers both cases.
+_SENDER_VISIBLE = sa.text("select exists (select from app.sender_accounts where id = :id)")
 _STEPS = sa.text(
     """
     select s.step_order, s.step_type, coalesce(s.subject, t.subject) as subject,
@@ -108,6 +106,10 @@ def create_campaign(
     """
     if not steps:
         raise CampaignError(f"campaign {name!r}: a campaign needs at least one step")
+    if not conn.execute(_SENDER_VISIBLE, {"id": sender_id}).scalar():
+        raise CampaignError(
+            f"campaign {name!r}: sender account {sender_id} does not exist in this tenant"
+        )
     list_id = ensure_list(conn, list_name, now)
     campaign_id = conn.execute(
         _INSERT_CAMPAIGN,
@@ -155,10 +157,6 @@ def validate_campaign(conn: Connection, campaign_id: uuid.UUID) -> None:
         raise CampaignError(f"no campaign with id {campaign_id}")
     if campaign.sender_account_id is None:
         raise CampaignError("the campaign has no sender account")
-    if campaign.visible_sender_id is None:  # row-level security hides other tenants' senders
-        raise CampaignError(
-            f"sender account {campaign.sender_account_id} does not belong to this tenant"
-        )
     steps = conn.execute(_STEPS, {"id": campaign_id}).all()
     if not steps:
         raise CampaignError("the campaign has no steps")

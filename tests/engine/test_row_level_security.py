@@ -161,3 +161,24 @@ def test_analytics_role_reads_every_tenant_but_cannot_write(database, two_tenant
         assert tenants == 2
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
             conn.execute(sa.text("update app.contacts set company = 'x'"))
+
+
+def test_a_tenant_cannot_reference_another_tenants_rows(database, two_tenants):
+    alpha, bravo = two_tenants
+    with database.owner.connect() as conn:
+        bravo_contact = conn.execute(
+            sa.text("select id from app.contacts where tenant_id = :t limit 1"),
+            {"t": bravo.tenant_id},
+        ).scalar()
+    # Foreign-key checks see every row, whatever the policies: the key must carry tenant_id.
+    with (
+        pytest.raises(sa.exc.IntegrityError, match="violates foreign key constraint"),
+        tenant_transaction(database.app, alpha.tenant_id) as conn,
+    ):
+        conn.execute(
+            sa.text(
+                "insert into app.contact_list_members (tenant_id, list_id, contact_id) "
+                "select tenant_id, id, :contact from app.contact_lists"
+            ),
+            {"contact": bravo_contact},
+        )

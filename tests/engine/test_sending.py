@@ -322,12 +322,14 @@ def test_a_sender_cannot_read_other_secrets_as_its_password(database, now, tmp_p
             )
 
 
-def test_campaign_with_another_tenants_sender_is_refused_at_launch(database, now, tmp_path):
+def test_campaign_with_another_tenants_sender_is_refused(database, now, tmp_path):
     from engine.campaigns import CampaignError, create_campaign, launch_campaign
 
     other = seed_tenant(database, "other", now, tmp_path)
     mine = seed_tenant(database, "mine", now, tmp_path)
-    with pytest.raises(CampaignError, match=f"sender account {other.sender_id} does not belong"):
+    with pytest.raises(
+        CampaignError, match=f"sender account {other.sender_id} does not exist in this tenant"
+    ):
         with tenant_transaction(database.app, mine.tenant_id) as conn:
             campaign = create_campaign(
                 conn,

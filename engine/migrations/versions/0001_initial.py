@@ -27,6 +27,10 @@ end
 $$;
 """
 
+# Foreign keys between tenant-owned tables include tenant_id: (tenant_id, x_id) references
+# (tenant_id, id). Row-level security does not apply to foreign-key checks, so a plain key on
+# id alone would let one tenant point at another tenant's rows. `on delete set null (x_id)`
+# (PostgreSQL 15+) clears only the reference, never tenant_id.
 TABLES = """
 -- The tenant a transaction acts for, set with SET LOCAL app.tenant_id; NULL when unset
 -- (a transaction-local setting reverts to '' rather than NULL once it has been used).
@@ -58,7 +62,8 @@ create table app.sender_accounts (
     min_gap_seconds     integer not null default 60 check (min_gap_seconds >= 0),
     is_active           boolean not null default true,
     created_at          timestamptz not null default now(),
-    updated_at          timestamptz not null default now()
+    updated_at          timestamptz not null default now(),
+    unique (tenant_id, id)
 );
 create unique index sender_accounts_email_key on app.sender_accounts (tenant_id, lower(email));
 
@@ -72,7 +77,8 @@ create table app.templates (
     variables   jsonb not null default '[]'::jsonb,
     created_at  timestamptz not null default now(),
     updated_at  timestamptz not null default now(),
-    unique (tenant_id, name)
+    unique (tenant_id, name),
+    unique (tenant_id, id)
 );
 
 create table app.contact_lists (
@@ -82,13 +88,14 @@ create table app.contact_lists (
     description text,
     created_at  timestamptz not null default now(),
     updated_at  timestamptz not null default now(),
-    unique (tenant_id, name)
+    unique (tenant_id, name),
+    unique (tenant_id, id)
 );
 
 create table app.upload_batches (
     id              uuid primary key default gen_random_uuid(),
     tenant_id       uuid not null references app.tenants (id) on delete cascade,
-    list_id         uuid references app.contact_lists (id) on delete set null,
+    list_id         uuid,
     file_name       text not null,
     content_sha256  text not null,
     column_mapping  jsonb not null default '{}'::jsonb,
@@ -102,17 +109,22 @@ create table app.upload_batches (
     error           text,
     created_at      timestamptz not null default now(),
     started_at      timestamptz,
-    finished_at     timestamptz
+    finished_at     timestamptz,
+    unique (tenant_id, id),
+    foreign key (tenant_id, list_id)
+        references app.contact_lists (tenant_id, id) on delete set null (list_id)
 );
 create index upload_batches_tenant_hash_idx on app.upload_batches (tenant_id, content_sha256);
 
 create table app.upload_rejects (
     id          bigint generated always as identity primary key,
     tenant_id   uuid not null references app.tenants (id) on delete cascade,
-    batch_id    uuid not null references app.upload_batches (id) on delete cascade,
+    batch_id    uuid not null,
     line_number integer not null,
     raw_row     text not null,
-    reason      text not null
+    reason      text not null,
+    foreign key (tenant_id, batch_id)
+        references app.upload_batches (tenant_id, id) on delete cascade
 );
 create index upload_rejects_batch_idx on app.upload_rejects (batch_id, line_number);
 
@@ -136,19 +148,24 @@ create table app.contacts (
                      check (status in ('active', 'unsubscribed', 'bounced', 'complained')),
     raw_data         jsonb not null default '{}'::jsonb,
     attributes       jsonb not null default '{}'::jsonb,
-    upload_batch_id  uuid references app.upload_batches (id) on delete set null,
+    upload_batch_id  uuid,
     created_at       timestamptz not null default now(),
-    updated_at       timestamptz not null default now()
+    updated_at       timestamptz not null default now(),
+    unique (tenant_id, id),
+    foreign key (tenant_id, upload_batch_id)
+        references app.upload_batches (tenant_id, id) on delete set null (upload_batch_id)
 );
 -- Addresses compare case-insensitively: John@Example.com and john@example.com are one contact.
 create unique index contacts_email_key on app.contacts (tenant_id, lower(email));
 
 create table app.contact_list_members (
     tenant_id   uuid not null references app.tenants (id) on delete cascade,
-    list_id     uuid not null references app.contact_lists (id) on delete cascade,
-    contact_id  uuid not null references app.contacts (id) on delete cascade,
+    list_id     uuid not null,
+    contact_id  uuid not null,
     added_at    timestamptz not null default now(),
-    primary key (list_id, contact_id)
+    primary key (list_id, contact_id),
+    foreign key (tenant_id, list_id) references app.contact_lists (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, contact_id) references app.contacts (tenant_id, id) on delete cascade
 );
 create index contact_list_members_contact_idx on app.contact_list_members (contact_id);
 
@@ -171,8 +188,8 @@ create table app.campaigns (
     description         text,
     status              text not null default 'draft'
                         check (status in ('draft', 'scheduled', 'active', 'paused', 'completed')),
-    list_id             uuid references app.contact_lists (id) on delete set null,
-    sender_account_id   uuid references app.sender_accounts (id) on delete set null,
+    list_id             uuid,
+    sender_account_id   uuid,
     timezone            text not null default 'UTC',
     send_strategy       text not null default 'immediate'
                         check (send_strategy in ('immediate', 'scheduled', 'optimized')),
@@ -182,12 +199,17 @@ create table app.campaigns (
     completed_at        timestamptz,
     created_at          timestamptz not null default now(),
     updated_at          timestamptz not null default now(),
-    unique (tenant_id, name)
+    unique (tenant_id, name),
+    unique (tenant_id, id),
+    foreign key (tenant_id, list_id)
+        references app.contact_lists (tenant_id, id) on delete set null (list_id),
+    foreign key (tenant_id, sender_account_id)
+        references app.sender_accounts (tenant_id, id) on delete set null (sender_account_id)
 );
 create index campaigns_tenant_status_idx on app.campaigns (tenant_id, status);
 
 create table app.campaign_settings (
-    campaign_id                  uuid primary key references app.campaigns (id) on delete cascade,
+    campaign_id                  uuid primary key,
     tenant_id                    uuid not null references app.tenants (id) on delete cascade,
     send_window_start            time not null default '09:00',
     send_window_end              time not null default '18:00',
@@ -199,42 +221,51 @@ create table app.campaign_settings (
     stop_on_reply                boolean not null default true,
     track_opens                  boolean not null default true,
     track_clicks                 boolean not null default true,
-    updated_at                   timestamptz not null default now()
+    updated_at                   timestamptz not null default now(),
+    foreign key (tenant_id, campaign_id) references app.campaigns (tenant_id, id) on delete cascade
 );
 
 create table app.campaign_steps (
     id                  uuid primary key default gen_random_uuid(),
     tenant_id           uuid not null references app.tenants (id) on delete cascade,
-    campaign_id         uuid not null references app.campaigns (id) on delete cascade,
+    campaign_id         uuid not null,
     step_order          integer not null check (step_order > 0),
     name                text,
     step_type           text not null check (step_type in ('email', 'wait', 'condition', 'action')),
-    template_id         uuid references app.templates (id) on delete restrict,
+    template_id         uuid,
     subject             text,
     body_text           text,
     body_html           text,
     wait_duration       interval,
     wait_until          timestamptz,
     condition_rules     jsonb,
-    true_next_step_id   uuid references app.campaign_steps (id) on delete set null,
-    false_next_step_id  uuid references app.campaign_steps (id) on delete set null,
+    true_next_step_id   uuid,
+    false_next_step_id  uuid,
     action_payload      jsonb,
     created_at          timestamptz not null default now(),
     updated_at          timestamptz not null default now(),
     unique (campaign_id, step_order),
     check (step_type <> 'email' or template_id is not null or
            (subject is not null and body_text is not null)),
-    check (step_type <> 'wait' or wait_duration is not null or wait_until is not null)
+    check (step_type <> 'wait' or wait_duration is not null or wait_until is not null),
+    unique (tenant_id, id),
+    foreign key (tenant_id, campaign_id) references app.campaigns (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, template_id)
+        references app.templates (tenant_id, id) on delete restrict,
+    foreign key (tenant_id, true_next_step_id)
+        references app.campaign_steps (tenant_id, id) on delete set null (true_next_step_id),
+    foreign key (tenant_id, false_next_step_id)
+        references app.campaign_steps (tenant_id, id) on delete set null (false_next_step_id)
 );
 
 create table app.campaign_contacts (
     id                  uuid primary key default gen_random_uuid(),
     tenant_id           uuid not null references app.tenants (id) on delete cascade,
-    campaign_id         uuid not null references app.campaigns (id) on delete cascade,
-    contact_id          uuid not null references app.contacts (id) on delete cascade,
+    campaign_id         uuid not null,
+    contact_id          uuid not null,
     status              text not null default 'enrolled'
                         check (status in ('enrolled', 'active', 'paused', 'completed', 'exited')),
-    current_step_id     uuid references app.campaign_steps (id) on delete set null,
+    current_step_id     uuid,
     next_run_at         timestamptz,
     steps_completed     integer not null default 0,
     last_email_sent_at  timestamptz,
@@ -248,7 +279,12 @@ create table app.campaign_contacts (
     completed_at        timestamptz,
     exited_at           timestamptz,
     updated_at          timestamptz not null default now(),
-    unique (campaign_id, contact_id)
+    unique (campaign_id, contact_id),
+    unique (tenant_id, id),
+    foreign key (tenant_id, campaign_id) references app.campaigns (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, contact_id) references app.contacts (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, current_step_id)
+        references app.campaign_steps (tenant_id, id) on delete set null (current_step_id)
 );
 -- The engine's hottest query: enrollments that are due and not leased.
 create index campaign_contacts_due_idx on app.campaign_contacts (next_run_at)
@@ -258,11 +294,11 @@ create index campaign_contacts_contact_idx on app.campaign_contacts (contact_id)
 create table app.sent_emails (
     id                  uuid primary key default gen_random_uuid(),
     tenant_id           uuid not null references app.tenants (id) on delete cascade,
-    campaign_contact_id uuid not null references app.campaign_contacts (id) on delete cascade,
-    campaign_id         uuid not null references app.campaigns (id) on delete cascade,
-    step_id             uuid not null references app.campaign_steps (id) on delete cascade,
-    contact_id          uuid not null references app.contacts (id) on delete cascade,
-    sender_account_id   uuid references app.sender_accounts (id) on delete set null,
+    campaign_contact_id uuid not null,
+    campaign_id         uuid not null,
+    step_id             uuid not null,
+    contact_id          uuid not null,
+    sender_account_id   uuid,
     recipient_email     text not null,
     subject             text not null,
     message_id          text not null unique,
@@ -277,7 +313,16 @@ create table app.sent_emails (
     sent_at             timestamptz,
     updated_at          timestamptz not null default now(),
     -- At most one message per (enrollment, step), ever.
-    unique (campaign_contact_id, step_id)
+    unique (campaign_contact_id, step_id),
+    unique (tenant_id, id),
+    foreign key (tenant_id, campaign_contact_id)
+        references app.campaign_contacts (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, campaign_id) references app.campaigns (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, step_id)
+        references app.campaign_steps (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, contact_id) references app.contacts (tenant_id, id) on delete cascade,
+    foreign key (tenant_id, sender_account_id)
+        references app.sender_accounts (tenant_id, id) on delete set null (sender_account_id)
 );
 create index sent_emails_tenant_sent_at_idx on app.sent_emails (tenant_id, sent_at);
 create index sent_emails_sender_sent_at_idx on app.sent_emails (sender_account_id, sent_at);
@@ -287,15 +332,23 @@ create table app.email_events (
     tenant_id       uuid not null references app.tenants (id) on delete cascade,
     event_type      text not null check (event_type in ('open', 'click', 'reply', 'bounce',
                                                         'unsubscribe', 'complaint')),
-    sent_email_id   uuid references app.sent_emails (id) on delete set null,
-    contact_id      uuid references app.contacts (id) on delete set null,
-    campaign_id     uuid references app.campaigns (id) on delete set null,
-    step_id         uuid references app.campaign_steps (id) on delete set null,
+    sent_email_id   uuid,
+    contact_id      uuid,
+    campaign_id     uuid,
+    step_id         uuid,
     occurred_at     timestamptz not null,
     recorded_at     timestamptz not null default now(),
     payload         jsonb not null default '{}'::jsonb,
     dedup_key       text not null,
-    unique (tenant_id, dedup_key)
+    unique (tenant_id, dedup_key),
+    foreign key (tenant_id, sent_email_id)
+        references app.sent_emails (tenant_id, id) on delete set null (sent_email_id),
+    foreign key (tenant_id, contact_id)
+        references app.contacts (tenant_id, id) on delete set null (contact_id),
+    foreign key (tenant_id, campaign_id)
+        references app.campaigns (tenant_id, id) on delete set null (campaign_id),
+    foreign key (tenant_id, step_id)
+        references app.campaign_steps (tenant_id, id) on delete set null (step_id)
 );
 create index email_events_message_idx on app.email_events (sent_email_id, event_type);
 create index email_events_occurred_at_idx on app.email_events (tenant_id, occurred_at);
@@ -303,7 +356,7 @@ create index email_events_occurred_at_idx on app.email_events (tenant_id, occurr
 create table app.campaign_approvals (
     id              uuid primary key default gen_random_uuid(),
     tenant_id       uuid not null references app.tenants (id) on delete cascade,
-    campaign_id     uuid not null references app.campaigns (id) on delete cascade,
+    campaign_id     uuid not null,
     approver        text not null,
     approval_role   text,
     status          text not null default 'pending'
@@ -311,7 +364,8 @@ create table app.campaign_approvals (
     comments        text,
     requested_at    timestamptz not null default now(),
     reviewed_at     timestamptz,
-    unique (campaign_id, approver, approval_role)
+    unique (campaign_id, approver, approval_role),
+    foreign key (tenant_id, campaign_id) references app.campaigns (tenant_id, id) on delete cascade
 );
 """
 
