@@ -12,17 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Variables a user may set, with what they mean; `penguin env` and the README list them.
-VARIABLES: dict[str, str] = {
-    "PENGUIN_HOME": "state folder: embedded PostgreSQL, Maildir sink, uploads inbox, Dagster",
-    "DATABASE_URL": "external PostgreSQL (owner role, runs migrations); unset: embedded server",
-    "PENGUIN_APP_PASSWORD": "password of role penguin_app, which the engine connects as",
-    "PENGUIN_ANALYTICS_PASSWORD": "password of role penguin_analytics (dbt, dashboards)",
-    "PENGUIN_SMTP_SINK_PORT": "port of the local SMTP sink used by senders with no SMTP host",
-    "PENGUIN_DAGSTER_PORT": "port of the Dagster UI started by `penguin up`",
-    "PENGUIN_DASHBOARD_PORT": "port of the Streamlit dashboards started by `penguin up`",
-}
-
 
 class ConfigError(ValueError):
     """A setting a user gave cannot be used; the message names the variable."""

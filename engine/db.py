@@ -12,7 +12,6 @@ Three roles touch the database, each with the least it needs:
 
 from __future__ import annotations
 
-import logging
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -24,8 +23,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from engine.config import ANALYTICS_ROLE, APP_ROLE, Settings
-
-log = logging.getLogger(__name__)
 
 _embedded: dict[str, object] = {}
 

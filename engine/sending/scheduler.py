@@ -209,20 +209,7 @@ def _prepare_email(
     else:
         domain = row.sender_email.rsplit("@", 1)[-1]
         message_id = f"{uuid.uuid4()}@{domain}"
-        message_row_id = conn.execute(
-            store.BEGIN_MESSAGE,
-            {
-                "enrollment_id": row.enrollment_id,
-                "campaign_id": row.campaign_id,
-                "step_id": row.step_id,
-                "contact_id": row.contact_id,
-                "sender_id": row.sender_id,
-                "recipient": row.email,
-                "subject": subject,
-                "message_id": message_id,
-                "now": now,
-            },
-        ).scalar()
+        message_row_id = store.begin_message(conn, row, subject, message_id, now)
         attempt = 1
         if message_row_id is None:  # another worker created it meanwhile
             return None

@@ -261,6 +261,26 @@ def record(
     return conn.execute(RECORD, params).rowcount == 1
 
 
+def begin_message(
+    conn: Connection, work: sa.Row, subject: str, message_id: str, now: datetime
+) -> uuid.UUID | None:
+    """Write the `sending` row for a claimed work item; None if the row exists already."""
+    return conn.execute(
+        BEGIN_MESSAGE,
+        {
+            "enrollment_id": work.enrollment_id,
+            "campaign_id": work.campaign_id,
+            "step_id": work.step_id,
+            "contact_id": work.contact_id,
+            "sender_id": work.sender_id,
+            "recipient": work.email,
+            "subject": subject,
+            "message_id": message_id,
+            "now": now,
+        },
+    ).scalar()
+
+
 def due_summary(conn: Connection, now: datetime) -> tuple[int, datetime | None]:
     row = conn.execute(DUE_SUMMARY, {"now": now}).one()
     return row.due, row.oldest

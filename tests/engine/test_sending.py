@@ -147,20 +147,7 @@ def test_message_in_doubt_after_a_crash_is_not_resent(database, smtp_server, now
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
         rows = store.claim(conn, "dead-worker", now, timedelta(minutes=5), 10)
         for row in rows:
-            conn.execute(
-                store.BEGIN_MESSAGE,
-                {
-                    "enrollment_id": row.enrollment_id,
-                    "campaign_id": row.campaign_id,
-                    "step_id": row.step_id,
-                    "contact_id": row.contact_id,
-                    "sender_id": row.sender_id,
-                    "recipient": row.email,
-                    "subject": "x",
-                    "message_id": f"{row.enrollment_id}@t",
-                    "now": now,
-                },
-            )
+            assert store.begin_message(conn, row, "x", f"{row.enrollment_id}@t", now)
     assert send_due(database.app, smtp_server.server(), now + timedelta(minutes=1)).claimed == 0
     report = send_due(database.app, smtp_server.server(), now + timedelta(minutes=6))
     assert (report.claimed, report.in_doubt, report.sent) == (3, 3, 0)
