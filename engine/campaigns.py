@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from engine.ingest import ensure_list
+from engine.ingest.store import ensure_list
 from engine.templates import TemplateRenderError, check_syntax, contact_context, render
 
 #: Step types the engine runs today; `condition` and `action` are accepted by the schema

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,8 +22,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database: migrations and the embedded server.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
+uploads_app = typer.Typer(help="Upload batches and their rejects.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(uploads_app, name="uploads")
 
 console = Console()
 err = Console(stderr=True)
@@ -40,6 +43,16 @@ def _settings() -> Settings:
 
 def _database() -> Database:
     return Database(_settings())
+
+
+def _tenant(db: Database, name: str):
+    from engine.tenants import UnknownTenantError, tenant_id
+
+    try:
+        return tenant_id(db.app, name)
+    except UnknownTenantError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -155,6 +168,178 @@ def send(
     console.print(report.as_dict())
     for line in report.errors:
         err.print(f"[yellow]{line}[/]")
+
+
+@app.command()
+def upload(
+    file: Annotated[Path, typer.Argument(help="CSV file to load.", show_default=False)],
+    list_name: Annotated[str, typer.Option("--list", "-l", help="List to create or append to.")],
+    map_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            "-m",
+            help="COLUMN=FIELD, repeatable; overrides the automatic column mapping. Fields: "
+            "email, first_name, last_name, full_name, company, job_title, phone, website, "
+            "city, country, timezone, lead_score.",
+        ),
+    ] = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+    force: Annotated[
+        bool, typer.Option(help="Load the file again even if this list already has it.")
+    ] = False,
+) -> None:
+    """Load contacts from a CSV file into a list, and report what became of every row."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine.ingest import IngestError, ingest_file, parse_mapping
+
+    db = _database()
+    tid = _tenant(db, tenant)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"reading {file.name}", total=None)
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage == "merging":
+                bar.update(task, description="merging into contacts", total=None, completed=0)
+            else:
+                bar.update(task, total=total, completed=done)
+
+        try:
+            result = ingest_file(
+                db.app,
+                tid,
+                file,
+                list_name,
+                datetime.now(UTC),
+                mapping=parse_mapping(map_ or []),
+                force=force,
+                progress=progress,
+            )
+        except IngestError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+    if result.already_loaded:
+        console.print(
+            f"{file.name} was already loaded into list {result.list_name!r} "
+            f"(batch {result.batch_id}); nothing changed. Use --force to load it again."
+        )
+        return
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    from rich.table import Table
+
+    fmt = result.file_format
+    console.print(
+        f"batch {result.batch_id}: {result.file_name} → list {result.list_name!r} "
+        f"({fmt.get('encoding')}, delimiter {fmt.get('delimiter')!r})"
+    )
+    table = Table(show_header=False, box=None, pad_edge=False)
+    labels = {
+        "total": "rows",
+        "inserted": "new contacts",
+        "updated": "updated",
+        "unchanged": "unchanged",
+        "duplicates": "duplicates in file",
+        "rejected": "rejected",
+        "suppressed": "suppressed (not emailed)",
+        "role_addresses": "role addresses",
+    }
+    for key, value in result.counts().items():
+        table.add_row(labels[key], f"{value:,}")
+    console.print(table)
+    if result.rejected:
+        console.print(
+            f"see the rejects with: penguin uploads rejects {result.batch_id} -o rejects.csv"
+        )
+
+
+@uploads_app.command("list")
+def uploads_list(
+    tenant: TenantOption = DEFAULT_TENANT,
+    limit: Annotated[int, typer.Option(help="How many of the latest batches.")] = 20,
+) -> None:
+    """The latest upload batches of a tenant, with their status and counts."""
+    import sqlalchemy as sa
+    from rich.table import Table
+
+    from engine.db import tenant_transaction
+
+    db = _database()
+    with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
+        rows = conn.execute(
+            sa.text(
+                "select id, created_at, file_name, list_name, source, status, total_rows, "
+                "inserted_count, updated_count, rejected_count, error from app.upload_batches "
+                "order by created_at desc limit :limit"
+            ),
+            {"limit": limit},
+        ).all()
+    table = Table(
+        "batch",
+        "created",
+        "file",
+        "list",
+        "via",
+        "status",
+        "rows",
+        "new",
+        "updated",
+        "rejected",
+        "error",
+    )
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            f"{row.created_at:%Y-%m-%d %H:%M}",
+            row.file_name,
+            row.list_name or "",
+            row.source,
+            row.status,
+            f"{row.total_rows:,}",
+            f"{row.inserted_count:,}",
+            f"{row.updated_count:,}",
+            f"{row.rejected_count:,}",
+            row.error or "",
+        )
+    console.print(table)
+
+
+@uploads_app.command("rejects")
+def uploads_rejects(
+    batch: Annotated[str, typer.Argument(help="Batch id (see `penguin uploads list`).")],
+    tenant: TenantOption = DEFAULT_TENANT,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """A batch's rejected lines as CSV (line, reason, raw line), safe to open in a spreadsheet."""
+    import uuid
+
+    from engine.db import tenant_transaction
+    from engine.ingest.rejects import rejects_frame, safe_csv
+
+    try:
+        batch_id = uuid.UUID(batch)
+    except ValueError:
+        err.print(f"[bold red]error:[/] {batch!r} is not a batch id")
+        raise typer.Exit(2) from None
+    db = _database()
+    with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
+        frame = rejects_frame(conn, batch_id)
+    if output is None:
+        sys.stdout.write(safe_csv(frame))
+    else:
+        output.write_text(safe_csv(frame), encoding="utf-8")
+        console.print(f"wrote {frame.height:,} rejected line(s) to {output}")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from engine.campaigns import Step, create_campaign, launch_campaign
 from engine.db import Database, tenant_transaction
 from engine.enrollment import enroll_active_campaigns
-from engine.ingest import ingest_csv
+from engine.ingest import ingest_file
 from engine.senders import create_sender
 from engine.tenants import create_tenant
 
@@ -69,8 +69,99 @@ def seed_tenant(
         )
         launch_campaign(conn, campaign, now)
     path = write_csv(folder / f"{name}.csv", rows if rows is not None else people(name, 3))
-    ingest_csv(db.app, tenant_id, path, "leads", now)
+    ingest_file(db.app, tenant_id, path, "leads", now)
     if enroll:
         with tenant_transaction(db.app, tenant_id) as conn:
             enroll_active_campaigns(conn, now)
     return SeededTenant(tenant_id, name, campaign, sender, "leads")
+
+
+@dataclass(frozen=True)
+class ContactsCsv:
+    """What `write_contacts_csv` put in its file."""
+
+    rows: int
+    invalid: int
+    duplicates: int
+
+    @property
+    def distinct(self) -> int:
+        return self.rows - self.invalid - self.duplicates
+
+
+_FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Zoë", "José"]
+_LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Müller", "O'Brien"]
+_DOMAINS = ["example.com", "acme.example", "globex.example", "initech.example", "hooli.example"]
+
+
+def contacts_frame(start: int, count: int, seed: int = 0):
+    """Rows `start`..`start+count` of a realistic export, like Apollo's or HubSpot's.
+
+    Every 50th row (i % 50 == 11) has a broken address and every 20th (i % 20 == 7) repeats
+    the address of row i - 3 in upper case: 2% invalid, 5% duplicates, never overlapping.
+    """
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed + start)
+    i = np.arange(start, start + count)
+    frame = pl.DataFrame(
+        {
+            "i": i,
+            "First Name": np.array(_FIRST)[rng.integers(0, len(_FIRST), count)],
+            "Last Name": np.array(_LAST)[rng.integers(0, len(_LAST), count)],
+            "domain": np.array(_DOMAINS)[i % len(_DOMAINS)],
+        }
+    )
+    ascii_name = (
+        pl.col("First Name")
+        .str.normalize("NFKD")
+        .str.replace_all(r"[^A-Za-z]", "")
+        .str.to_lowercase()
+    )
+    address = pl.format(
+        "{}.{}{}@{}",
+        ascii_name,
+        pl.col("Last Name").str.replace_all(r"[^A-Za-z]", "").str.to_lowercase(),
+        pl.col("i"),
+        pl.col("domain"),
+    )
+    return frame.with_columns(
+        pl.when(pl.col("i") % 50 == 11)
+        .then(pl.format("{} at {}", ascii_name, pl.col("domain")))
+        .when((pl.col("i") % 20 == 7) & (pl.col("i") >= 3))
+        .then(pl.lit("DUP"))
+        .otherwise(address)
+        .alias("Email"),
+    ).select(
+        # a duplicate repeats row i - 3's address, which is in this chunk or was written before
+        pl.when(pl.col("Email") == "DUP")
+        .then(pl.col("Email").shift(3).str.to_uppercase())
+        .otherwise(pl.col("Email"))
+        .alias("Email"),
+        "First Name",
+        "Last Name",
+        pl.format("{} {}", pl.col("Last Name"), pl.lit("Inc")).alias("Company"),
+        pl.lit("Head of Engineering").alias("Title"),
+        pl.format("+1 555 {}", pl.col("i")).alias("Phone"),
+        pl.format("https://{}", pl.col("domain")).alias("Website"),
+        pl.lit("Berlin").alias("City"),
+        pl.lit("Germany").alias("Country"),
+        pl.format("https://www.linkedin.com/in/person-{}", pl.col("i")).alias("LinkedIn URL"),
+        pl.lit("Apollo").alias("Lead Source"),
+    )
+
+
+def write_contacts_csv(
+    path: Path, rows: int, *, seed: int = 0, chunk: int = 500_000
+) -> tuple[Path, ContactsCsv]:
+    """A generated export of `rows` contacts, written in chunks (memory stays flat)."""
+    assert chunk % 20 == 0, "a chunk must hold each duplicate's original"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        for start in range(0, rows, chunk):
+            frame = contacts_frame(start, min(chunk, rows - start), seed)
+            frame.write_csv(handle, include_header=start == 0)
+    invalid = sum(1 for i in range(11, rows, 50))
+    duplicates = sum(1 for i in range(7, rows, 20) if i >= 3)
+    return path, ContactsCsv(rows, invalid, duplicates)

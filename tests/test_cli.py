@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import migrate
 from engine.config import PROJECT_ROOT
 
 PENGUIN = str(Path(sys.executable).with_name("penguin"))
@@ -97,4 +98,52 @@ def test_bad_port_setting_names_the_variable(env):
 def test_db_upgrade_reports_the_revision(env):
     result = run(["db", "upgrade"], env)
     assert result.returncode == 0
-    assert "schema app is at revision 0001 (head 0001)" in result.stdout
+    head = migrate.head_revision()
+    assert f"schema app is at revision {head} (head {head})" in result.stdout
+
+
+def test_upload_reports_counts_and_rejects_download_as_csv(env, tmp_path):
+    from tests.factories import write_csv
+
+    path = write_csv(
+        tmp_path / "leads.csv",
+        [["ok@example.com", "Ok"], ["=bad", "Evil"], ["OK@example.com", "Again"]],
+        header=["Work Mail", "Name"],
+    )
+    result = run(["upload", str(path), "--list", "leads", "--map", "Work Mail=email"], env)
+    assert result.returncode == 0, result.stderr
+    counts = dict(line.rsplit(None, 1) for line in result.stdout.splitlines()[1:9])
+    assert counts == {
+        "rows": "3",
+        "new contacts": "1",
+        "updated": "0",
+        "unchanged": "0",
+        "duplicates in file": "1",
+        "rejected": "1",
+        "suppressed (not emailed)": "0",
+        "role addresses": "0",
+    }
+    batch = result.stdout.split()[1].rstrip(":")
+
+    again = run(["upload", str(path), "--list", "leads", "--map", "Work Mail=email"], env)
+    assert again.returncode == 0 and "already loaded" in again.stdout
+
+    rejects = run(["uploads", "rejects", batch], env)
+    assert rejects.returncode == 0, rejects.stderr
+    header, row = rejects.stdout.splitlines()
+    assert header == "line_number,reason,raw_row"
+    assert row.startswith("3,email '=bad' is not valid") and row.endswith(',"\'=bad,Evil"')
+    listed = run(["uploads", "list"], env)
+    assert batch in listed.stdout and "completed" in listed.stdout
+
+
+def test_upload_of_an_unusable_file_fails_with_the_reason(env, tmp_path):
+    path = tmp_path / "names.csv"
+    path.write_text("First,Last\nAda,Lovelace\n")
+    result = run(["upload", str(path), "--list", "leads"], env)
+    assert result.returncode == 1
+    assert "no column looks like an email address; columns found: First, Last" in result.stderr
+    missing = run(["upload", str(tmp_path / "nope.csv"), "--list", "leads"], env)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+    bad_map = run(["upload", str(path), "--list", "leads", "--map", "First"], env)
+    assert bad_map.returncode == 1 and "COLUMN=FIELD" in bad_map.stderr

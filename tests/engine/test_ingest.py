@@ -1,31 +1,51 @@
-"""The thin ingestion slice: a CSV becomes contacts in a list, with rejects recorded."""
+"""CSV uploads: contacts, lists, deduplication, rejects and the batch lifecycle."""
 
 from __future__ import annotations
 
+import csv
+import io
+
+import polars as pl
 import pytest
 import sqlalchemy as sa
 
 from engine.db import tenant_transaction
-from engine.ingest import IngestError, ingest_csv
+from engine.ingest import IngestError, ingest_file, parse_mapping
+from engine.ingest.rejects import rejects_csv, safe_csv
 from engine.tenants import tenant_id
 from tests.factories import write_csv
 
 
 @pytest.fixture
-def default_tenant(database):
+def tenant(database):
     return tenant_id(database.app, "default")
 
 
-def _contacts(database, tenant):
+def query(database, tenant, sql, **params):
     with tenant_transaction(database.app, tenant) as conn:
-        return conn.execute(
-            sa.text(
-                "select email, first_name, company, attributes from app.contacts order by email"
-            )
-        ).all()
+        return conn.execute(sa.text(sql), params).all()
 
 
-def test_rows_become_contacts_in_the_named_list(database, default_tenant, now, tmp_path):
+def contacts(database, tenant):
+    return query(
+        database,
+        tenant,
+        "select email, first_name, last_name, full_name, company, status, is_role_address, "
+        "attributes, raw_data from app.contacts order by lower(email)",
+    )
+
+
+def batches(database, tenant):
+    return query(database, tenant, "select * from app.upload_batches order by created_at, id")
+
+
+def rejects(database, tenant):
+    return query(
+        database, tenant, "select line_number, reason, raw_row from app.upload_rejects order by 1"
+    )
+
+
+def test_rows_become_contacts_in_the_named_list(database, tenant, now, tmp_path):
     path = write_csv(
         tmp_path / "crm.csv",
         [
@@ -33,133 +53,291 @@ def test_rows_become_contacts_in_the_named_list(database, default_tenant, now, t
             ["grace@example.com", "Grace", "Hopper", "Navy", "silver"],
         ],
     )
-    result = ingest_csv(database.app, default_tenant, path, "vip", now)
-    assert (result.total_rows, result.inserted, result.rejected) == (2, 2, 0)
-    rows = _contacts(database, default_tenant)
-    assert [(r.email, r.first_name, r.company) for r in rows] == [
-        ("ada@example.com", "Ada", "Engines"),
-        ("grace@example.com", "Grace", "Navy"),
-    ]
-    assert rows[0].attributes == {"Plan": "gold"}  # unmapped columns are kept
-    with tenant_transaction(database.app, default_tenant) as conn:
-        members = conn.execute(
-            sa.text(
-                "select count(*) from app.contact_list_members m join app.contact_lists l "
-                "on l.id = m.list_id where l.name = 'vip'"
-            )
-        ).scalar()
-        batch = conn.execute(sa.text("select status, inserted_count from app.upload_batches")).one()
-    assert members == 2
-    assert batch == ("completed", 2)
+    result = ingest_file(database.app, tenant, path, "vip", now)
+    assert result.counts() == {
+        "total": 2,
+        "inserted": 2,
+        "updated": 0,
+        "unchanged": 0,
+        "duplicates": 0,
+        "rejected": 0,
+        "suppressed": 0,
+        "role_addresses": 0,
+    }
+    ada, grace = contacts(database, tenant)
+    assert (ada.email, ada.first_name, ada.full_name, ada.company) == (
+        "ada@example.com",
+        "Ada",
+        "Ada Lovelace",
+        "Engines",
+    )
+    assert ada.attributes == {"Plan": "gold"}  # unmapped columns are kept
+    assert ada.raw_data["Email"] == "ada@example.com" and ada.raw_data["Plan"] == "gold"
+    members = query(
+        database,
+        tenant,
+        "select count(*) from app.contact_list_members m join app.contact_lists l "
+        "on l.id = m.list_id where l.name = 'vip'",
+    )
+    assert members[0][0] == 2
+    [batch] = batches(database, tenant)
+    assert (batch.status, batch.inserted_count, batch.list_id) == (
+        "completed",
+        2,
+        result.list_id,
+    )
+    assert batch.column_mapping == {
+        "Email": "email",
+        "First Name": "first_name",
+        "Last Name": "last_name",
+        "Company": "company",
+    }
+    assert batch.file_format["delimiter"] == "," and batch.file_format["encoding"] == "utf-8"
 
 
-def test_addresses_differing_only_in_case_are_one_contact(database, default_tenant, now, tmp_path):
+def test_addresses_differing_only_in_case_are_one_contact_with_fields_merged(
+    database, tenant, now, tmp_path
+):
     first = write_csv(
         tmp_path / "a.csv",
-        [["John@Example.com", "John", "", "", ""], ["john@example.com", "Johnny", "", "", ""]],
+        [
+            ["John@Example.com", "John", "", "Initech", "a"],
+            ["john@example.com", "Johnny", "", "", ""],
+        ],
     )
-    result = ingest_csv(database.app, default_tenant, first, "l", now)
+    result = ingest_file(database.app, tenant, first, "l", now)
     assert (result.inserted, result.duplicates) == (1, 1)
-    second = write_csv(tmp_path / "b.csv", [["JOHN@EXAMPLE.COM", "", "", "Acme", ""]])
-    again = ingest_csv(database.app, default_tenant, second, "l", now)
+    second = write_csv(tmp_path / "b.csv", [["JOHN@EXAMPLE.COM", "", "Smith", "Acme", ""]])
+    again = ingest_file(database.app, tenant, second, "l", now)
     assert (again.inserted, again.updated) == (0, 1)
-    rows = _contacts(database, default_tenant)
-    assert len(rows) == 1
-    assert (rows[0].first_name, rows[0].company) == ("Johnny", "Acme")  # empty cells keep values
+    [john] = contacts(database, tenant)
+    # later lines win, empty cells keep what was there
+    assert (john.first_name, john.last_name, john.company) == ("Johnny", "Smith", "Acme")
+    assert john.attributes == {"Plan": "a"}
 
 
-def test_invalid_addresses_are_rejected_with_line_numbers(database, default_tenant, now, tmp_path):
+def test_invalid_addresses_are_rejected_with_their_line_and_reason(database, tenant, now, tmp_path):
     path = write_csv(
         tmp_path / "mixed.csv",
         [
             ["ok@example.com", "", "", "", ""],
             ["not an address", "", "", "", ""],
             ["", "Nameless", "", "", ""],
+            ["two@@example.com", "", "", "", ""],
+            ["someone@example.test", "", "", "", ""],
         ],
     )
-    result = ingest_csv(database.app, default_tenant, path, "l", now)
-    assert (result.inserted, result.rejected) == (1, 2)
-    with tenant_transaction(database.app, default_tenant) as conn:
-        rejects = conn.execute(
-            sa.text("select line_number, reason from app.upload_rejects order by line_number")
-        ).all()
-    assert [r.line_number for r in rejects] == [3, 4]
-    assert "not an address" in rejects[0].reason and "empty" in rejects[1].reason
+    result = ingest_file(database.app, tenant, path, "l", now)
+    assert (result.inserted, result.rejected, result.total_rows) == (1, 4, 5)
+    found = rejects(database, tenant)
+    assert [r.line_number for r in found] == [3, 4, 5, 6]
+    assert "'not an address' is not valid" in found[0].reason
+    assert "no email address" in found[1].reason
+    assert "'two@@example.com' is not valid" in found[2].reason
+    assert "special-use" in found[3].reason or "not valid" in found[3].reason
+    assert found[1].raw_row == ",Nameless,,,"
 
 
-def test_file_without_an_email_column_fails_and_names_the_columns(
-    database, default_tenant, now, tmp_path
-):
+def test_addresses_in_name_and_mailto_forms_are_accepted(database, tenant, now, tmp_path):
+    path = write_csv(
+        tmp_path / "forms.csv",
+        [
+            ["Ada Lovelace <ada@example.com>"],
+            ["mailto:grace@example.com"],
+            [" bob@EXAMPLE.com\u00a0"],
+        ],
+        header=["Email"],
+    )
+    ingest_file(database.app, tenant, path, "l", now)
+    assert [c.email for c in contacts(database, tenant)] == [
+        "ada@example.com",
+        "bob@example.com",
+        "grace@example.com",
+    ]
+
+
+def test_role_addresses_are_flagged_not_rejected(database, tenant, now, tmp_path):
+    path = write_csv(
+        tmp_path / "roles.csv",
+        [["info@acme.example"], ["no-reply@acme.example"], ["jane@acme.example"]],
+        header=["Email"],
+    )
+    result = ingest_file(database.app, tenant, path, "l", now)
+    assert (result.inserted, result.role_addresses) == (3, 2)
+    flags = {c.email: c.is_role_address for c in contacts(database, tenant)}
+    assert flags == {
+        "info@acme.example": True,
+        "jane@acme.example": False,
+        "no-reply@acme.example": True,
+    }
+
+
+def test_suppressed_addresses_stay_suppressed(database, tenant, now, tmp_path):
+    ingest_file(
+        database.app,
+        tenant,
+        write_csv(tmp_path / "a.csv", [["gone@example.com"]], ["Email"]),
+        "l",
+        now,
+    )
+    with tenant_transaction(database.app, tenant) as conn:
+        conn.execute(sa.text("update app.contacts set status = 'bounced'"))
+        conn.execute(
+            sa.text(
+                "insert into app.suppressions (tenant_id, email, reason) "
+                "values (app.current_tenant_id(), 'Left@Example.com', 'unsubscribe')"
+            )
+        )
+    path = write_csv(
+        tmp_path / "b.csv",
+        [["gone@example.com"], ["left@example.com"], ["new@example.com"]],
+        ["Email"],
+    )
+    result = ingest_file(database.app, tenant, path, "l", now)
+    assert result.suppressed == 2
+    assert {c.email: c.status for c in contacts(database, tenant)} == {
+        "gone@example.com": "bounced",
+        "left@example.com": "unsubscribed",
+        "new@example.com": "active",
+    }
+
+
+def test_file_without_an_email_column_fails_and_names_the_columns(database, tenant, now, tmp_path):
     path = write_csv(tmp_path / "names.csv", [["Ada", "Lovelace"]], header=["First", "Last"])
     with pytest.raises(
         IngestError, match="no column looks like an email address; columns found: First, Last"
     ):
-        ingest_csv(database.app, default_tenant, path, "l", now)
-    with tenant_transaction(database.app, default_tenant) as conn:
-        batch = conn.execute(sa.text("select status, error from app.upload_batches")).one()
-        assert conn.execute(sa.text("select count(*) from app.contacts")).scalar() == 0
+        ingest_file(database.app, tenant, path, "l", now)
+    [batch] = batches(database, tenant)
     assert batch.status == "failed" and "no column looks like an email" in batch.error
+    assert contacts(database, tenant) == []
+    assert query(database, tenant, "select name from app.contact_lists") == []
 
 
-def test_explicit_mapping_overrides_header_guessing(database, default_tenant, now, tmp_path):
-    path = write_csv(tmp_path / "odd.csv", [["x@example.com", "Org"]], header=["Contact", "Firm"])
-    ingest_csv(
-        database.app,
-        default_tenant,
-        path,
-        "l",
-        now,
-        mapping={"Contact": "email", "Firm": "company"},
+def test_explicit_mapping_overrides_header_guessing(database, tenant, now, tmp_path):
+    path = write_csv(
+        tmp_path / "odd.csv",
+        [["x@example.com", "Org", "someone@else.example"]],
+        header=["Contact", "Firm", "Email"],
     )
-    assert [(r.email, r.company) for r in _contacts(database, default_tenant)] == [
-        ("x@example.com", "Org")
-    ]
+    mapping = parse_mapping(["Contact=email", "Firm=company"])
+    ingest_file(database.app, tenant, path, "l", now, mapping=mapping)
+    [contact] = contacts(database, tenant)
+    assert (contact.email, contact.company) == ("x@example.com", "Org")
+    assert contact.attributes == {"Email": "someone@else.example"}
+    [batch] = batches(database, tenant)
+    assert batch.column_mapping == {"Contact": "email", "Firm": "company"}
 
 
-def test_mapping_to_an_unknown_column_is_refused(database, default_tenant, now, tmp_path):
-    path = write_csv(tmp_path / "odd.csv", [["x@example.com"]], header=["Contact"])
-    with pytest.raises(IngestError, match="mapping names column 'Mail', which the file does not"):
-        ingest_csv(database.app, default_tenant, path, "l", now, mapping={"Mail": "email"})
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ({"Mail": "email"}, "mapping names column 'Mail', which odd.csv does not have"),
+        ({"Contact": "emial"}, "'emial' is not a contact field"),
+        ({"Contact": "email", "Other": "email"}, "more than one column is mapped to email"),
+    ],
+)
+def test_a_bad_mapping_is_refused_with_what_is_wrong(
+    database, tenant, now, tmp_path, mapping, message
+):
+    path = write_csv(tmp_path / "odd.csv", [["x@example.com", "y"]], header=["Contact", "Other"])
+    with pytest.raises(IngestError, match=message):
+        ingest_file(database.app, tenant, path, "l", now, mapping=mapping)
+    assert contacts(database, tenant) == []
+
+
+def test_map_option_needs_column_and_field():
+    with pytest.raises(IngestError, match="write it as COLUMN=FIELD"):
+        parse_mapping(["Email"])
 
 
 def test_headers_named_like_internal_columns_are_ordinary_attributes(
-    database, default_tenant, now, tmp_path
+    database, tenant, now, tmp_path
 ):
     path = write_csv(
         tmp_path / "odd.csv",
-        [["ok@example.com", "7", "hello", "x"], ["broken", "8", "hi", "y"]],
-        header=["Email", "line_number", "reason", "raw_data"],
+        [["ok@example.com", "7", "hello", "x", "1"], ["broken", "8", "hi", "y", "2"]],
+        header=["Email", "line_number", "reason", "raw_data", "__line"],
     )
-    result = ingest_csv(database.app, default_tenant, path, "l", now)
+    result = ingest_file(database.app, tenant, path, "l", now)
     assert (result.inserted, result.rejected) == (1, 1)
-    [contact] = _contacts(database, default_tenant)
-    assert contact.attributes == {"line_number": "7", "reason": "hello", "raw_data": "x"}
-    with tenant_transaction(database.app, default_tenant) as conn:
-        reject = conn.execute(sa.text("select line_number, reason from app.upload_rejects")).one()
+    [contact] = contacts(database, tenant)
+    assert contact.attributes == {
+        "line_number": "7",
+        "reason": "hello",
+        "raw_data": "x",
+        "__line": "1",
+    }
+    [reject] = rejects(database, tenant)
     assert reject.line_number == 3 and "'broken' is not valid" in reject.reason
 
 
-def test_a_file_that_fails_is_moved_aside_with_its_reason_and_the_rest_land(
-    database, now, tmp_path
-):
-    from engine.inbox import drop, process_inbox
+def test_the_same_file_twice_is_loaded_once(database, tenant, now, tmp_path):
+    path = write_csv(tmp_path / "a.csv", [["a@example.com"], ["b@example.com"]], ["Email"])
+    first = ingest_file(database.app, tenant, path, "l", now)
+    second = ingest_file(database.app, tenant, path, "l", now)
+    assert second.already_loaded and second.batch_id == first.batch_id
+    assert len(batches(database, tenant)) == 1
+    forced = ingest_file(database.app, tenant, path, "l", now, force=True)
+    assert (forced.inserted, forced.updated, forced.unchanged, forced.list_added) == (0, 0, 2, 0)
+    members = query(database, tenant, "select count(*) from app.contact_list_members")
+    assert members[0][0] == 2  # no duplicate membership
+    other = ingest_file(database.app, tenant, path, "other list", now)
+    assert not other.already_loaded and other.list_added == 2
 
-    uploads = database.settings.uploads
-    drop(uploads, write_csv(tmp_path / "a-bad.csv", [["x"]], header=["Name"]), "default", "l")
-    drop(
-        uploads,
-        write_csv(tmp_path / "b-good.csv", [["g@example.com", "", "", "", ""]]),
-        "default",
-        "l",
+
+def test_a_crash_mid_file_leaves_nothing_and_a_retry_completes_it(
+    database, tenant, now, tmp_path, monkeypatch
+):
+    from engine.ingest import source
+
+    monkeypatch.setattr(source, "BATCH_ROWS", 10)
+    rows = [[f"p{i}@example.com", "", "", "", ""] for i in range(35)] + [["bad", "", "", "", ""]]
+    path = write_csv(tmp_path / "big.csv", rows)
+
+    def crash_after_first_chunk(stage, done, total):
+        if stage == "reading" and done >= 20:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        ingest_file(database.app, tenant, path, "l", now, progress=crash_after_first_chunk)
+    [failed] = batches(database, tenant)
+    assert failed.status == "failed" and "power cut" in failed.error
+    assert contacts(database, tenant) == [] and rejects(database, tenant) == []
+    assert query(database, tenant, "select * from app.contact_lists") == []
+
+    result = ingest_file(database.app, tenant, path, "l", now)
+    assert result.batch_id == failed.id and (result.inserted, result.rejected) == (35, 1)
+    [done] = batches(database, tenant)
+    assert (done.status, done.attempts, done.error) == ("completed", 2, None)
+
+
+def test_rejects_download_neutralizes_formulas(database, tenant, now, tmp_path):
+    path = write_csv(
+        tmp_path / "evil.csv",
+        [
+            ["=1+2", "@SUM(A1)", "", "-2+3", ""],
+            ["fine@example.com", "=cmd|' /C calc'!A0", "", "", ""],
+        ],
     )
-    drop(
-        uploads, write_csv(tmp_path / "c.csv", [["h@example.com"]], header=["Email"]), "nobody", "l"
-    )
-    outcomes = {o.file.path.name: o for o in process_inbox(database.app, uploads, now)}
-    assert outcomes["b-good.csv"].result.inserted == 1
-    assert "no column looks like an email address" in outcomes["a-bad.csv"].error
-    assert "no tenant named 'nobody'" in outcomes["c.csv"].error
-    failed = outcomes["a-bad.csv"].moved_to
-    assert failed.parent == uploads / "failed" / "default" / "l"
-    assert "no column looks like" in failed.with_name(failed.name + ".error.txt").read_text()
-    assert list((uploads / "inbox").rglob("*.csv")) == []
+    result = ingest_file(database.app, tenant, path, "l", now)
+    assert (result.inserted, result.rejected) == (1, 1)
+    [contact] = contacts(database, tenant)
+    assert contact.first_name == "=cmd|' /C calc'!A0"  # stored as given, it is data
+    with tenant_transaction(database.app, tenant) as conn:
+        text = rejects_csv(conn, result.batch_id)
+    [header, row] = list(csv.reader(io.StringIO(text)))
+    assert header == ["line_number", "reason", "raw_row"]
+    assert row[0] == "2" and row[2] == "'=1+2,@SUM(A1),,-2+3,"
+
+
+@pytest.mark.parametrize("cell", ["=1+2", "+1", "-1", "@A1", "\tx", "\rx"])
+def test_every_formula_start_is_neutralized(cell):
+    text = safe_csv(pl.DataFrame({"raw_row": [cell, "plain"]}))
+    assert list(csv.reader(io.StringIO(text))) == [["raw_row"], ["'" + cell], ["plain"]]
+
+
+def test_a_list_name_is_required(database, tenant, now, tmp_path):
+    path = write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"])
+    with pytest.raises(IngestError, match="a list name must not be empty"):
+        ingest_file(database.app, tenant, path, "  ", now)

@@ -1,0 +1,254 @@
+"""CSV uploads: one file becomes one upload batch, clean contacts in a named list, and a
+line-numbered reject for every row that could not be used.
+
+The dashboard's uploader, `penguin upload` and the uploads inbox all end in `ingest_file`:
+
+* the batch is registered (`pending`), then marked `processing` in its own transaction, so
+  anyone watching sees it;
+* the file is read in chunks (`source`), cleaned (`clean`) and staged in PostgreSQL, then
+  merged, its rejects saved and the batch `completed`, all in one transaction (`store`);
+* a file that cannot be used at all, or a crash, leaves the batch `failed` (or `processing`)
+  with nothing of the file written; ingesting the same file into the same list again resumes
+  that batch, and once a batch is completed the same content is not loaded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from engine.db import tenant_transaction
+from engine.ingest import store
+from engine.ingest.clean import clean_chunk
+from engine.ingest.columns import FIELDS, check_fields, map_columns, parse_mapping
+from engine.ingest.errors import IngestError
+from engine.ingest.source import LINE, CsvScan, open_duckdb, sniff_format, to_utf8
+
+#: progress(stage, done, total): stage is "reading" (rows) or "merging" (no counts).
+Progress = Callable[[str, int, int | None], None]
+SOURCES = ("cli", "dashboard", "inbox")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    batch_id: uuid.UUID
+    list_id: uuid.UUID | None
+    list_name: str
+    file_name: str
+    total_rows: int
+    inserted: int
+    updated: int
+    unchanged: int
+    duplicates: int
+    rejected: int
+    suppressed: int
+    role_addresses: int
+    list_added: int
+    file_format: dict
+    column_mapping: dict
+    #: True when this content was loaded into this list before and nothing was done now.
+    already_loaded: bool = False
+
+    @classmethod
+    def from_row(cls, row: sa.Row, *, already_loaded: bool = False) -> IngestResult:
+        return cls(
+            batch_id=row.id,
+            list_id=row.list_id,
+            list_name=row.list_name,
+            file_name=row.file_name,
+            total_rows=row.total_rows,
+            inserted=row.inserted_count,
+            updated=row.updated_count,
+            unchanged=row.unchanged_count,
+            duplicates=row.duplicate_count,
+            rejected=row.rejected_count,
+            suppressed=row.suppressed_count,
+            role_addresses=row.role_address_count,
+            list_added=row.list_added_count,
+            file_format=row.file_format,
+            column_mapping=row.column_mapping,
+            already_loaded=already_loaded,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "total": self.total_rows,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "suppressed": self.suppressed,
+            "role_addresses": self.role_addresses,
+        }
+
+
+def content_hash(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def ingest_file(
+    app: Engine,
+    tenant_id: uuid.UUID,
+    path: Path,
+    list_name: str,
+    now: datetime,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    source: str = "cli",
+    file_name: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Load `path` into the tenant's contacts and its list `list_name`.
+
+    Raises `IngestError` (after recording the batch as failed) when the file cannot be used.
+    Unless `force`, content already loaded into this list returns that batch's result.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}")
+    file_name = file_name or path.name
+    list_name = store.check_list_name(list_name)
+    explicit = dict(mapping or {})
+    check_fields(explicit)
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    sha, size = content_hash(path)
+    with tenant_transaction(app, tenant_id) as conn:
+        if not force and (done := store.completed_batch(conn, list_name, sha)) is not None:
+            return IngestResult.from_row(done, already_loaded=True)
+        batch_id = None if force else store.unfinished_batch(conn, list_name, sha)
+        if batch_id is None:
+            batch_id = store.register_batch(
+                conn,
+                list_name=list_name,
+                file_name=file_name,
+                sha=sha,
+                size=size,
+                mapping=explicit,
+                source=source,
+                now=now,
+            )
+    with tenant_transaction(app, tenant_id) as conn:
+        store.start_batch(conn, batch_id, now)
+    try:
+        return _load(app, tenant_id, batch_id, path, list_name, file_name, explicit, now, progress)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
+        with tenant_transaction(app, tenant_id) as conn:
+            store.fail_batch(conn, batch_id, message, now)
+        raise
+
+
+def _load(
+    app: Engine,
+    tenant_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    path: Path,
+    list_name: str,
+    file_name: str,
+    explicit: dict[str, str],
+    now: datetime,
+    progress: Progress | None,
+) -> IngestResult:
+    report = progress or (lambda stage, done, total: None)
+    with (
+        tempfile.TemporaryDirectory(prefix="penguin-ingest-") as work,
+        tenant_transaction(app, tenant_id) as conn,
+    ):
+        if store.lock_batch(conn, batch_id) == "completed":  # a concurrent retry finished it
+            return IngestResult.from_row(store.batch_row(conn, batch_id), already_loaded=True)
+        readable, encoding, transcoded = to_utf8(path, Path(work))
+        duck = open_duckdb(Path(work))
+        try:
+            fmt = sniff_format(duck, readable, encoding, transcoded, file_name)
+            scan = CsvScan(duck, readable, fmt)
+            if scan.count() == 0:
+                if scan.rejects:
+                    first = scan.rejects[0]
+                    raise IngestError(
+                        f"{file_name}: none of its {len(scan.rejects)} lines can be read; "
+                        f"line {first.line}: {first.reason}"
+                    )
+                raise IngestError(
+                    f"{file_name}: the file has a header row ({', '.join(fmt.columns)}) "
+                    "but no data rows"
+                )
+            report("reading", 0, scan.total_records)
+            stage = store.Stage(conn)
+            try:
+                columns, done = None, 0
+                for frame in scan.batches():
+                    if columns is None:
+                        sample = frame.head(1000).drop(LINE)
+                        columns = map_columns(
+                            fmt.columns,
+                            explicit,
+                            sample=sample.rename(
+                                dict(zip(sample.columns, fmt.columns, strict=True))
+                            ),
+                            file_name=file_name,
+                        )
+                    chunk = clean_chunk(frame, fmt.columns, columns, fmt.delimiter)
+                    stage.add(chunk.contacts)
+                    stage.add_rejects(chunk.rejects)
+                    done += frame.height
+                    report("reading", done + len(scan.rejects), scan.total_records)
+                stage.add_rejects(scan.rejects_frame())
+                stage.finish()
+            except BaseException:
+                stage.abort()
+                raise
+        finally:
+            duck.close()
+        report("merging", 0, None)
+        list_id = store.ensure_list(conn, list_name, now)
+        counts = store.merge(conn, batch_id, list_id, now)
+        rejected = scan.total_records - counts.staged
+        row = store.complete_batch(
+            conn,
+            batch_id,
+            now=now,
+            list_id=list_id,
+            mapping=_json(columns),
+            file_format=_json(fmt.as_json()),
+            total_rows=scan.total_records,
+            inserted=counts.inserted,
+            updated=counts.updated,
+            unchanged=counts.unchanged,
+            duplicates=counts.duplicates,
+            rejected=rejected,
+            suppressed=counts.suppressed,
+            role_addresses=counts.role_addresses,
+            list_added=counts.list_added,
+        )
+        return IngestResult.from_row(row)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+__all__ = [
+    "FIELDS",
+    "IngestError",
+    "IngestResult",
+    "Progress",
+    "content_hash",
+    "ingest_file",
+    "parse_mapping",
+]

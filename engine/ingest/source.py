@@ -1,0 +1,484 @@
+"""Reading an uploaded file: its encoding, its CSV dialect, and its rows in chunks.
+
+Files come from Excel (semicolons, Windows-1252, a byte-order mark), Google Sheets, CRMs and
+hand edits. Reading happens in three steps, none of which loops over rows in Python:
+
+1. **Encoding.** Byte-order marks decide UTF-8/16/32; without one, a file that decodes as
+   UTF-8 is UTF-8, anything else is Windows-1252 (or Latin-1, for the five bytes
+   Windows-1252 leaves undefined). Files that are not UTF-8, or carry NUL bytes, are
+   transcoded chunk by chunk into a UTF-8 copy, so DuckDB always reads clean UTF-8.
+2. **Dialect.** DuckDB's sniffer finds delimiter, header and leading rows to skip, with the
+   quote fixed to `"` (RFC 4180, which every exporter above writes). A sniffer that gives up
+   on a messy file is backed by a count of candidate delimiters over the first lines.
+3. **Rows.** DuckDB reads the file with that dialect and `store_rejects`, so malformed
+   records (too many or too few fields, a quote that never closes, a line over the size
+   limit) are set aside with their line numbers instead of failing the file. A first pass
+   counts records and collects those rejects; the second streams Arrow batches, each
+   stamped with its line numbers.
+
+Line numbers count records the way a spreadsheet numbers rows: the header is line 1 and a
+quoted value spanning several physical lines is still one line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from engine.ingest.errors import IngestError
+
+CHUNK_BYTES = 1 << 20
+#: Records DuckDB hands over at a time; bounds memory whatever the file's size.
+BATCH_ROWS = 100_000
+#: DuckDB's line buffer: at least this, and more for a file with a longer line, up to
+#: `MAX_LINE_BYTES`. (DuckDB drops a line over its limit without recording a reject, so the
+#: limit is sized to the file's longest line and long values are refused in `clean`.)
+MIN_LINE_BYTES = 8 << 20
+MAX_LINE_BYTES = 256 << 20
+#: Raw text kept per rejected line; the rest is summarized.
+MAX_REJECT_TEXT = 10_000
+DELIMITERS = (",", ";", "\t", "|")
+LINE = "__line"
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_NOT_CSV = (
+    (b"PK\x03\x04", "an Excel workbook or another zip archive"),
+    (b"\xd0\xcf\x11\xe0", "a legacy Excel (.xls) workbook"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"%PDF", "a PDF document"),
+)
+_EMAIL_LIKE = re.compile(r"[^@\s,;|\t\"']+@[^@\s,;|\t\"']+\.[A-Za-z]{2,}")
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How a file was read; stored on its upload batch so a user can see what was assumed."""
+
+    encoding: str
+    delimiter: str
+    has_header: bool
+    skipped_lines: int
+    columns: tuple[str, ...]
+    newline: str = "\n"
+    transcoded: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def describe(self) -> str:
+        delimiter = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}[self.delimiter]
+        header = "a header row" if self.has_header else "no header row"
+        skipped = f", {self.skipped_lines} line(s) skipped before it" if self.skipped_lines else ""
+        return f"{self.encoding}, {delimiter}-delimited, {header}{skipped}"
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Reject:
+    line: int
+    raw_row: str
+    reason: str
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _refuse_non_csv(head: bytes, name: str) -> None:
+    for magic, what in _NOT_CSV:
+        if head.startswith(magic):
+            raise IngestError(
+                f"{name}: this is {what}, not a CSV file; export or save it as CSV "
+                "(in Excel: File → Save As → CSV UTF-8) and upload that"
+            )
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """UTF-16 without a byte-order mark shows as NUL in every other byte of ASCII text."""
+    even, odd = head[0::2], head[1::2]
+    if len(head) >= 4 and odd.count(0) > 0.4 * len(odd) and even.count(0) < 0.1 * len(even):
+        return "utf-16-le"
+    if len(head) >= 4 and even.count(0) > 0.4 * len(even) and odd.count(0) < 0.1 * len(odd):
+        return "utf-16-be"
+    return None
+
+
+def _scan_utf8(path: Path) -> tuple[bool, bool]:
+    """(is the whole file valid UTF-8, does it contain NUL bytes), reading it in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    has_nul = False
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            has_nul = has_nul or b"\x00" in chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                return False, has_nul
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False, has_nul
+    return True, has_nul
+
+
+def _transcode(path: Path, encoding: str, target: Path) -> None:
+    """Write `path` as UTF-8 to `target`, without NUL characters (PostgreSQL text has none)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as source, target.open("w", encoding="utf-8", newline="") as out:
+        while chunk := source.read(CHUNK_BYTES):
+            out.write(decoder.decode(chunk).replace("\x00", ""))
+        out.write(decoder.decode(b"", final=True).replace("\x00", ""))
+
+
+def to_utf8(path: Path, workdir: Path) -> tuple[Path, str, bool]:
+    """The file as clean UTF-8: (path to read, encoding detected, whether it was rewritten)."""
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise IngestError(f"{path.name}: the file is empty")
+    with path.open("rb") as handle:
+        head = handle.read(64 * 1024)
+    _refuse_non_csv(head, path.name)
+    target = workdir / f"{uuid.uuid4().hex}.csv"
+    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), None)
+    encoding = encoding or _utf16_without_bom(head)
+    if encoding in ("utf-8-sig", None):
+        valid, has_nul = _scan_utf8(path)
+        if valid and not has_nul:
+            return path, encoding or "utf-8", False
+        if valid:
+            encoding = encoding or "utf-8"
+    if encoding is None:
+        try:
+            _transcode(path, "cp1252", target)
+            return target, "windows-1252", True
+        except UnicodeDecodeError:
+            encoding = "latin-1"  # the bytes Windows-1252 leaves undefined: Latin-1 has them
+    try:
+        _transcode(path, encoding, target)
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{path.name}: starts like {encoding} but byte {exc.start} of a chunk cannot be "
+            f"decoded ({exc.reason}); save the file again as UTF-8"
+        ) from None
+    return target, encoding.removesuffix("-sig"), True
+
+
+# --- dialect ----------------------------------------------------------------------------
+
+
+def _sample(path: Path) -> str:
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        return handle.read(256 * 1024)
+
+
+def _physical_lines(text: str, limit: int = 50) -> list[tuple[int, str]]:
+    """(index, line) of the first non-blank physical lines of `text`."""
+    numbered = enumerate(re.split(r"\r\n|\r|\n", text))
+    return [(i, line) for i, line in numbered if line.strip()][:limit]
+
+
+def _count_outside_quotes(line: str, delimiter: str) -> int:
+    return sum(part.count(delimiter) for part in line.split('"')[0::2])
+
+
+def _delimiter_by_counting(lines: list[tuple[int, str]]) -> tuple[str, int] | None:
+    """The delimiter whose per-line count is most consistent, and the physical index of the
+    first line that has that count (lines above it are titles, not the header)."""
+    best: tuple[tuple[int, int], str, int] | None = None
+    for delimiter in DELIMITERS:
+        counts = [_count_outside_quotes(line, delimiter) for _, line in lines]
+        common = Counter(c for c in counts if c > 0).most_common(1)
+        if not common:
+            continue
+        count, frequency = common[0]
+        score = (frequency, count)
+        if best is None or score > best[0]:
+            best = (score, delimiter, lines[counts.index(count)][0])
+    if best is None:
+        return None
+    return best[1], best[2]
+
+
+def _sniff(connection: duckdb.DuckDBPyConnection, path: Path) -> dict | None:
+    try:
+        row = connection.execute(
+            "select Delimiter, NewLineDelimiter, HasHeader, SkipRows, Columns "
+            "from sniff_csv($path, quote := '\"', escape := '\"', ignore_errors := true)",
+            {"path": str(path)},
+        ).fetchone()
+    except duckdb.Error:
+        return None
+    if row is None:
+        return None
+    delimiter, newline, has_header, skip, columns = row
+    return {
+        "delimiter": delimiter,
+        "newline": newline.replace("\\n", "\n").replace("\\r", "\r"),
+        "has_header": bool(has_header),
+        "skip": int(skip),
+        "columns": tuple(column["name"] for column in columns),
+    }
+
+
+def _first_record(text: str, delimiter: str, skip: int) -> list[str]:
+    """The first record after `skip` lines, parsed as CSV (one record, however many lines)."""
+    rest = re.split(r"\r\n|\r|\n", text, maxsplit=skip)[-1] if skip else text
+    rest = rest.lstrip("\r\n")
+    try:
+        return next(csv.reader(io.StringIO(rest, newline=""), delimiter=delimiter), [])
+    except csv.Error:
+        return []
+
+
+def _newline(text: str) -> str:
+    return "\r\n" if "\r\n" in text else "\r" if "\r" in text and "\n" not in text else "\n"
+
+
+def sniff_format(
+    connection: duckdb.DuckDBPyConnection, path: Path, encoding: str, transcoded: bool, name: str
+) -> FileFormat:
+    text = _sample(path)
+    lines = _physical_lines(text)
+    if not lines:
+        raise IngestError(f"{name}: the file has no text in it, only blank lines")
+    counted = _delimiter_by_counting(lines)
+    dialect = _sniff(connection, path)
+    notes: list[str] = []
+    if dialect is None or (len(dialect["columns"]) == 1 and counted is not None):
+        # The sniffer gave up on a messy file, or saw one column where the lines show a
+        # delimiter: trust the count of delimiters per line.
+        if counted is None:
+            raise IngestError(f"{name}: cannot tell how the file's fields are separated")
+        delimiter, skip = counted
+        dialect = {
+            "delimiter": delimiter,
+            "newline": _newline(text),
+            "has_header": True,
+            "skip": skip,
+            "columns": (),
+        }
+    if dialect["skip"]:
+        notes.append(f"skipped {dialect['skip']} line(s) above the header")
+    first = _first_record(text, dialect["delimiter"], dialect["skip"])
+    has_header = not any(_EMAIL_LIKE.fullmatch(cell.strip()) for cell in first)
+    if not has_header:
+        notes.append("the first line holds an address, so the file has no header row")
+    columns = dialect["columns"] if has_header and dialect["has_header"] else ()
+    if len(columns) != len(first):
+        columns = (
+            _header_names(first) if has_header else tuple(f"column{i}" for i in range(len(first)))
+        )
+    if not columns:
+        raise IngestError(f"{name}: no columns found")
+    return FileFormat(
+        encoding=encoding,
+        delimiter=dialect["delimiter"],
+        has_header=has_header,
+        skipped_lines=dialect["skip"],
+        columns=tuple(columns),
+        newline=dialect["newline"],
+        transcoded=transcoded,
+        notes=tuple(notes),
+    )
+
+
+def _header_names(cells: list[str]) -> tuple[str, ...]:
+    """Header cells as column names: blanks named by position, repeats numbered (DuckDB's way)."""
+    names: list[str] = []
+    seen: Counter[str] = Counter()
+    for i, cell in enumerate(cells):
+        name = cell.strip() or f"column{i}"
+        if seen[name]:
+            name = f"{name}_{seen[name]}"
+        seen[cell.strip() or f"column{i}"] += 1
+        names.append(name)
+    return tuple(names)
+
+
+# --- rows -------------------------------------------------------------------------------
+
+
+class CsvScan:
+    """The rows of a UTF-8 CSV file, read by DuckDB with rejects set aside.
+
+    `count()` makes the first pass (records and rejects); `batches()` makes the second and
+    yields polars frames of at most `BATCH_ROWS` rows. Their columns are named by position
+    (`__in_0`, ...; see `positions`) so no header can collide with the `__line` column.
+    """
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, path: Path, fmt: FileFormat):
+        self.connection = connection
+        self.path = path
+        self.format = fmt
+        self.line_bytes = _line_buffer(path)
+        self.rejects: list[Reject] = []
+        self.rows = 0
+        self._valid_before_reject = np.zeros(0, dtype=np.int64)
+        self._first_line = fmt.skipped_lines + (2 if fmt.has_header else 1)
+
+    def _read_csv(self, table: str) -> str:
+        columns = ", ".join(f"{_quote_literal(c)}: 'VARCHAR'" for c in self.format.columns)
+        return (
+            "read_csv($path, delim := $delim, quote := '\"', escape := '\"', "
+            "new_line := $newline, header := $header, skip := $skip, auto_detect := false, "
+            f"columns := {{{columns}}}, max_line_size := {self.line_bytes}, "
+            f"store_rejects := true, rejects_table := '{table}', "
+            f"rejects_scan := '{table}_scans')"
+        )
+
+    def _parameters(self) -> dict:
+        return {
+            "path": str(self.path),
+            "delim": self.format.delimiter,
+            "newline": self.format.newline.replace("\r", "\\r").replace("\n", "\\n"),
+            "header": self.format.has_header,
+            "skip": self.format.skipped_lines,
+        }
+
+    def count(self) -> int:
+        table = f"rejects_{uuid.uuid4().hex}"
+        # fetchall: the rejects table is written when the query finishes, not at its first row.
+        [(self.rows,)] = self.connection.execute(
+            f"select count(*) from {self._read_csv(table)}", self._parameters()
+        ).fetchall()
+        found = self.connection.execute(
+            f"""
+            select line, arg_min(error_type, column_idx), arg_min(error_message, column_idx),
+                   arg_min(csv_line, column_idx)
+            from {table} group by line order by line
+            """
+        ).fetchall()
+        self.connection.execute(f"drop table {table}; drop table {table}_scans")
+        self.rejects = [
+            Reject(int(line), _clip(raw or ""), _reason(kind, message, raw or ""))
+            for line, kind, message, raw in found
+            if (raw or "").strip()  # a blank line is no record, not a reject
+        ]
+        lines = np.array([int(row[0]) for row in found], dtype=np.int64)
+        # How many good records precede each rejected one: the offsets for numbering rows.
+        self._valid_before_reject = lines - self._first_line - np.arange(len(lines))
+        return self.rows
+
+    def rejects_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "line_number": [r.line for r in self.rejects],
+                "raw_row": [r.raw_row for r in self.rejects],
+                "reason": [r.reason for r in self.rejects],
+            },
+            schema={"line_number": pl.Int64, "raw_row": pl.String, "reason": pl.String},
+        )
+
+    @property
+    def total_records(self) -> int:
+        return self.rows + len(self.rejects)
+
+    def batches(self) -> Iterator[pl.DataFrame]:
+        table = f"rejects_{uuid.uuid4().hex}"
+        relation = self.connection.sql(
+            f"select * from {self._read_csv(table)}", params=self._parameters()
+        )
+        done = 0
+        for batch in relation.to_arrow_reader(BATCH_ROWS):
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            frame = frame.rename(dict(zip(frame.columns, positions(frame.width), strict=True)))
+            index = np.arange(done, done + frame.height, dtype=np.int64)
+            skipped = np.searchsorted(self._valid_before_reject, index, side="right")
+            frame = frame.with_columns(
+                pl.Series(LINE, index + self._first_line + skipped, dtype=pl.Int64)
+            )
+            done += frame.height
+            yield frame
+        self.connection.execute(f"drop table if exists {table}; drop table if exists {table}_scans")
+
+
+def _line_buffer(path: Path) -> int:
+    """A line size limit that holds the file's longest physical line."""
+    longest, carried = 0, 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+            if len(ends) == 0:
+                carried += len(chunk)
+                continue
+            first = carried + int(ends[0])
+            inner = int(np.diff(ends).max()) if len(ends) > 1 else 0
+            longest = max(longest, first, inner)
+            carried = len(chunk) - int(ends[-1]) - 1
+    longest = max(longest, carried)
+    if longest >= MAX_LINE_BYTES:
+        raise IngestError(
+            f"{path.name}: a line is longer than {MAX_LINE_BYTES >> 20} MiB; "
+            "this is not a contact list"
+        )
+    return max(MIN_LINE_BYTES, longest + 1024)
+
+
+def positions(width: int) -> list[str]:
+    """Column names by position, for frames whose headers are user data."""
+    return [f"__in_{i}" for i in range(width)]
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _clip(raw: str) -> str:
+    if len(raw) <= MAX_REJECT_TEXT:
+        return raw
+    return f"{raw[:MAX_REJECT_TEXT]}… ({len(raw) - MAX_REJECT_TEXT:,} more characters)"
+
+
+_FOUND = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
+
+
+def _reason(kind: str, message: str, raw: str) -> str:
+    if kind in ("TOO MANY COLUMNS", "MISSING COLUMNS") and (match := _FOUND.search(message)):
+        expected, found = match.groups()
+        hint = " (a value holding the delimiter needs quotes)" if kind == "TOO MANY COLUMNS" else ""
+        return f"the line has {found} fields but the header has {expected}{hint}"
+    if kind == "UNQUOTED VALUE":
+        spans = raw.count("\n") + 1
+        swallowed = f"; it runs over {spans} lines, which are rejected with it" if spans > 1 else ""
+        return f"a quoted value is not closed properly (unbalanced quote){swallowed}"
+    return f"{kind.lower()}: {message}"
+
+
+def open_duckdb(workdir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that spills to `workdir` and keeps its memory bounded."""
+    return duckdb.connect(
+        config={
+            "memory_limit": "512MB",
+            "temp_directory": str(workdir),
+            "preserve_insertion_order": True,  # batches come in file order: line numbers hold
+        }
+    )
+
+
+__all__ = [
+    "LINE",
+    "CsvScan",
+    "FileFormat",
+    "Reject",
+    "open_duckdb",
+    "sniff_format",
+    "to_utf8",
+]

@@ -1,0 +1,370 @@
+"""PostgreSQL for uploads: the batch lifecycle, staging, and the set-based merge.
+
+Row-level security forbids `COPY` into tenant tables for the application role, so rows are
+copied into temporary tables (no WAL, no policies) and merged from there in a few
+statements. Staging, merge, rejects and the batch's completion share one transaction: a
+file lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+import sqlalchemy as sa
+from psycopg.copy import QueuedLibpqWriter
+from sqlalchemy.engine import Connection
+
+from engine.ingest.clean import STAGED_COLUMNS
+from engine.ingest.errors import IngestError
+
+MAX_LIST_NAME = 200
+
+_UPSERT_LIST = sa.text(
+    """
+    insert into app.contact_lists (tenant_id, name, created_at, updated_at)
+    values (app.current_tenant_id(), :name, :now, :now)
+    on conflict (tenant_id, name) do update set updated_at = excluded.updated_at
+    returning id
+    """
+)
+
+_COMPLETED = sa.text(
+    """
+    select * from app.upload_batches
+    where list_name = :list_name and content_sha256 = :sha and status = 'completed'
+    order by finished_at desc limit 1
+    """
+)
+# A batch that never completed (its run crashed or failed) is picked up again by a retry.
+_UNFINISHED = sa.text(
+    """
+    select id from app.upload_batches
+    where list_name = :list_name and content_sha256 = :sha
+      and status in ('pending', 'processing', 'failed')
+    order by created_at desc limit 1
+    """
+)
+_REGISTER = sa.text(
+    """
+    insert into app.upload_batches
+        (tenant_id, list_name, file_name, content_sha256, file_size, column_mapping, source,
+         status, created_at)
+    values (app.current_tenant_id(), :list_name, :file_name, :sha, :size, :mapping, :source,
+            'pending', :now)
+    returning id
+    """
+)
+_START = sa.text(
+    """
+    update app.upload_batches
+    set status = 'processing', started_at = :now, finished_at = null, error = null,
+        attempts = attempts + 1
+    where id = :batch_id and status <> 'completed'
+    """
+)
+_LOCK = sa.text("select status from app.upload_batches where id = :batch_id for update")
+_FAIL = sa.text(
+    """
+    update app.upload_batches set status = 'failed', error = :error, finished_at = :now
+    where id = :batch_id and status <> 'completed'
+    """
+)
+_COMPLETE = sa.text(
+    """
+    update app.upload_batches set
+        status = 'completed', finished_at = :now, list_id = :list_id,
+        column_mapping = :mapping, file_format = :file_format,
+        total_rows = :total_rows, inserted_count = :inserted, updated_count = :updated,
+        unchanged_count = :unchanged, duplicate_count = :duplicates,
+        rejected_count = :rejected, suppressed_count = :suppressed,
+        role_address_count = :role_addresses, list_added_count = :list_added
+    where id = :batch_id
+    returning *
+    """
+)
+_BY_ID = sa.text("select * from app.upload_batches where id = :batch_id")
+
+_STAGE = sa.text(
+    """
+    create temporary table staged_contacts (
+        line_number integer not null, email text not null, is_role_address boolean not null,
+        first_name text, last_name text, full_name text, company text, job_title text,
+        phone text, website text, city text, country text, timezone text, lead_score integer,
+        attributes jsonb not null, raw_data jsonb not null
+    ) on commit drop;
+    create temporary table staged_rejects (
+        line_number integer not null, raw_row text not null, reason text not null
+    ) on commit drop;
+    """
+)
+
+_FIELDS = (
+    "first_name",
+    "last_name",
+    "full_name",
+    "company",
+    "job_title",
+    "phone",
+    "website",
+    "city",
+    "country",
+    "timezone",
+    "lead_score",
+)
+
+
+def _last_value(column: str) -> str:
+    return (
+        f"(array_agg({column} order by line_number desc) "
+        f"filter (where {column} is not null))[1] as {column}"
+    )
+
+
+# One row per address (as PostgreSQL compares them: the unique index is on lower(email)).
+# An address on several lines merges as if the lines were applied in order: each field
+# takes its last non-empty value. Only repeated addresses pay for the aggregation.
+_DEDUPLICATE = sa.text(
+    f"""
+    create temporary table deduped on commit drop as
+    with keyed as (
+        select lower(email) as key, * from staged_contacts
+    ), repeated as (
+        select key from keyed group by key having count(*) > 1
+    )
+    select k.key, k.email, k.is_role_address, {", ".join(f"k.{f}" for f in _FIELDS)},
+           jsonb_strip_nulls(k.attributes) as attributes, k.raw_data
+    from keyed k where not exists (select from repeated r where r.key = k.key)
+    union all
+    select key, (array_agg(email order by line_number desc))[1],
+           bool_or(is_role_address), {", ".join(_last_value(f) for f in _FIELDS)},
+           '{{}}'::jsonb as attributes, (array_agg(raw_data order by line_number desc))[1]
+    from keyed where key in (select key from repeated) group by key;
+    analyze deduped;
+    """
+)
+# Repeated addresses' attributes merge in line order, later non-empty values winning.
+_MERGE_REPEATED_ATTRIBUTES = sa.text(
+    """
+    update deduped d set attributes = merged.attributes
+    from (
+        select lower(email) as key,
+               jsonb_object_agg(a.key, a.value order by line_number) as attributes
+        from staged_contacts, jsonb_each(attributes) as a
+        where a.value <> 'null'::jsonb
+          and lower(email) in (select lower(email) from staged_contacts
+                               group by 1 having count(*) > 1)
+        group by 1
+    ) merged
+    where d.key = merged.key
+    """
+)
+
+# Existing contacts keep their status (a suppressed address stays suppressed) and any field
+# the file leaves empty; a row whose values change nothing is not rewritten at all.
+_UPSERT = sa.text(
+    f"""
+    with upserted as (
+        insert into app.contacts as c
+            (tenant_id, email, is_role_address, {", ".join(_FIELDS)}, attributes, raw_data,
+             status, upload_batch_id, created_at, updated_at)
+        select app.current_tenant_id(), d.email, d.is_role_address,
+               {", ".join(f"d.{f}" for f in _FIELDS)}, d.attributes, d.raw_data,
+               case when s.id is null then 'active' when s.reason = 'bounce' then 'bounced'
+                    when s.reason = 'complaint' then 'complained' else 'unsubscribed' end,
+               :batch_id, :now, :now
+        from deduped d left join app.suppressions s on lower(s.email) = d.key
+        on conflict (tenant_id, lower(email)) do update set
+            is_role_address = excluded.is_role_address,
+            {", ".join(f"{f} = coalesce(excluded.{f}, c.{f})" for f in _FIELDS)},
+            attributes = c.attributes || excluded.attributes,
+            raw_data = excluded.raw_data,
+            updated_at = excluded.updated_at
+        where (c.is_role_address, {", ".join(f"c.{f}" for f in _FIELDS)}, c.raw_data)
+              is distinct from
+              (excluded.is_role_address,
+               {", ".join(f"coalesce(excluded.{f}, c.{f})" for f in _FIELDS)},
+               excluded.raw_data)
+           or not c.attributes @> excluded.attributes
+        returning (xmax = 0) as inserted
+    )
+    select count(*) filter (where inserted) as inserted,
+           count(*) filter (where not inserted) as updated
+    from upserted
+    """
+)
+_MEMBERS = sa.text(
+    """
+    with batch_contacts as materialized (
+        select c.id, c.status, c.is_role_address
+        from deduped d join app.contacts c on lower(c.email) = d.key
+    ), added as (
+        insert into app.contact_list_members (tenant_id, list_id, contact_id, added_at)
+        select app.current_tenant_id(), :list_id, id, :now from batch_contacts
+        on conflict do nothing
+        returning 1
+    )
+    select (select count(*) from added) as list_added,
+           (select count(*) from batch_contacts where status <> 'active') as suppressed,
+           (select count(*) from batch_contacts where is_role_address) as role_addresses,
+           (select count(*) from deduped) as distinct_addresses,
+           (select count(*) from staged_contacts) as staged
+    """
+)
+_SAVE_REJECTS = sa.text(
+    """
+    insert into app.upload_rejects (tenant_id, batch_id, line_number, raw_row, reason)
+    select app.current_tenant_id(), :batch_id, line_number, raw_row, reason
+    from staged_rejects order by line_number
+    """
+)
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    staged: int
+    distinct_addresses: int
+    inserted: int
+    updated: int
+    list_added: int
+    suppressed: int
+    role_addresses: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.staged - self.distinct_addresses
+
+    @property
+    def unchanged(self) -> int:
+        return self.distinct_addresses - self.inserted - self.updated
+
+
+def ensure_list(conn: Connection, name: str, now: datetime) -> uuid.UUID:
+    """The id of the tenant's list `name`, created if it does not exist yet."""
+    return conn.execute(_UPSERT_LIST, {"name": check_list_name(name), "now": now}).scalar_one()
+
+
+def check_list_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise IngestError("a list name must not be empty")
+    if len(name) > MAX_LIST_NAME:
+        raise IngestError(f"a list name must be at most {MAX_LIST_NAME} characters")
+    return name
+
+
+def completed_batch(conn: Connection, list_name: str, sha: str) -> sa.Row | None:
+    return conn.execute(_COMPLETED, {"list_name": list_name, "sha": sha}).first()
+
+
+def unfinished_batch(conn: Connection, list_name: str, sha: str) -> uuid.UUID | None:
+    return conn.execute(_UNFINISHED, {"list_name": list_name, "sha": sha}).scalar()
+
+
+def register_batch(
+    conn: Connection,
+    *,
+    list_name: str,
+    file_name: str,
+    sha: str,
+    size: int,
+    mapping: dict[str, str],
+    source: str,
+    now: datetime,
+) -> uuid.UUID:
+    return conn.execute(
+        _REGISTER,
+        {
+            "list_name": list_name,
+            "file_name": file_name,
+            "sha": sha,
+            "size": size,
+            "mapping": json.dumps(mapping),
+            "source": source,
+            "now": now,
+        },
+    ).scalar_one()
+
+
+def start_batch(conn: Connection, batch_id: uuid.UUID, now: datetime) -> None:
+    conn.execute(_START, {"batch_id": batch_id, "now": now})
+
+
+def lock_batch(conn: Connection, batch_id: uuid.UUID) -> str:
+    return conn.execute(_LOCK, {"batch_id": batch_id}).scalar_one()
+
+
+def fail_batch(conn: Connection, batch_id: uuid.UUID, error: str, now: datetime) -> None:
+    conn.execute(_FAIL, {"batch_id": batch_id, "error": error, "now": now})
+
+
+def batch_row(conn: Connection, batch_id: uuid.UUID) -> sa.Row:
+    return conn.execute(_BY_ID, {"batch_id": batch_id}).one()
+
+
+class Stage:
+    """Temporary tables of one load transaction, filled with `COPY` chunk by chunk.
+
+    Each chunk is handed to a writer thread, so PostgreSQL ingests one chunk while polars
+    prepares the next.
+    """
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        conn.execute(_STAGE)
+        self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self._open = contextlib.ExitStack()
+        self._copy = self._open.enter_context(
+            self._cursor.copy(
+                f"copy staged_contacts ({', '.join(STAGED_COLUMNS)}) from stdin (format csv)",
+                writer=QueuedLibpqWriter(self._cursor),
+            )
+        )
+        self.rejects: list[pl.DataFrame] = []
+
+    def add(self, contacts: pl.DataFrame) -> None:
+        if contacts.height:
+            self._copy.write(contacts.write_csv(include_header=False))
+
+    def add_rejects(self, rejects: pl.DataFrame) -> None:
+        if rejects.height:
+            self.rejects.append(rejects)
+
+    def finish(self) -> None:
+        self._open.close()
+        with self._cursor.copy(
+            "copy staged_rejects (line_number, raw_row, reason) from stdin (format csv)"
+        ) as copy:
+            for frame in self.rejects:
+                copy.write(frame.write_csv(include_header=False))
+        self._cursor.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # the transaction is rolled back anyway
+            self._open.__exit__(IngestError, IngestError("aborted"), None)
+        self._cursor.close()
+
+
+def merge(conn: Connection, batch_id: uuid.UUID, list_id: uuid.UUID, now: datetime) -> MergeCounts:
+    conn.execute(_DEDUPLICATE)
+    conn.execute(_MERGE_REPEATED_ATTRIBUTES)
+    upserted = conn.execute(_UPSERT, {"batch_id": batch_id, "now": now}).one()
+    members = conn.execute(_MEMBERS, {"list_id": list_id, "now": now}).one()
+    conn.execute(_SAVE_REJECTS, {"batch_id": batch_id})
+    return MergeCounts(
+        staged=members.staged,
+        distinct_addresses=members.distinct_addresses,
+        inserted=upserted.inserted,
+        updated=upserted.updated,
+        list_added=members.list_added,
+        suppressed=members.suppressed,
+        role_addresses=members.role_addresses,
+    )
+
+
+def complete_batch(conn: Connection, batch_id: uuid.UUID, **values: object) -> sa.Row:
+    return conn.execute(_COMPLETE, {"batch_id": batch_id, **values}).one()

@@ -1,0 +1,57 @@
+"""The uploads inbox: files dropped in folders per tenant and list."""
+
+from __future__ import annotations
+
+import os
+
+from engine.inbox import drop, pending_files, process_inbox
+from tests.factories import write_csv
+
+
+def test_a_failed_file_is_moved_aside_with_its_reason_and_the_rest_land(database, now, tmp_path):
+    uploads = database.settings.uploads
+    drop(uploads, write_csv(tmp_path / "a-bad.csv", [["x"]], header=["Name"]), "default", "l")
+    drop(
+        uploads,
+        write_csv(tmp_path / "b-good.csv", [["g@example.com", "", "", "", ""]]),
+        "default",
+        "l",
+    )
+    drop(
+        uploads, write_csv(tmp_path / "c.csv", [["h@example.com"]], header=["Email"]), "nobody", "l"
+    )
+    outcomes = {o.file.path.name: o for o in process_inbox(database.app, uploads, now)}
+    assert outcomes["b-good.csv"].result.inserted == 1
+    assert "no column looks like an email address" in outcomes["a-bad.csv"].error
+    assert "no tenant named 'nobody'" in outcomes["c.csv"].error
+    failed = outcomes["a-bad.csv"].moved_to
+    assert failed.parent == uploads / "failed" / "default" / "l"
+    assert "no column looks like" in failed.with_name(failed.name + ".error.txt").read_text()
+    assert [p for p in (uploads / "inbox").rglob("*") if p.is_file()] == []
+
+
+def test_a_mapping_dropped_with_the_file_is_used(database, now, tmp_path):
+    uploads = database.settings.uploads
+    source = write_csv(tmp_path / "odd.csv", [["x@example.com"]], header=["Contact"])
+    drop(uploads, source, "default", "l", mapping={"Contact": "email"}, via="dashboard")
+    [outcome] = process_inbox(database.app, uploads, now)
+    assert outcome.error is None and outcome.result.inserted == 1
+    assert outcome.result.column_mapping == {"Contact": "email"}
+
+
+def test_files_still_being_written_wait(database, tmp_path):
+    uploads = database.settings.uploads
+    path = drop(uploads, write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"]), "t", "l")
+    fresh = path.stat().st_mtime
+    assert list(pending_files(uploads, now_timestamp=fresh + 0.5)) == []
+    assert [f.path for f in pending_files(uploads, now_timestamp=fresh + 5)] == [path]
+    os.utime(path, (fresh - 10, fresh - 10))
+    assert [f.path for f in pending_files(uploads, now_timestamp=fresh)] == [path]
+
+
+def test_a_second_file_of_the_same_name_does_not_overwrite_the_first(database, tmp_path):
+    uploads = database.settings.uploads
+    source = write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"])
+    first = drop(uploads, source, "t", "l")
+    second = drop(uploads, source, "t", "l")
+    assert first.name == "a.csv" and second.name == "a-2.csv"
