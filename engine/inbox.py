@@ -152,5 +152,18 @@ def process_file(
     return InboxOutcome(item, result, None, _move(uploads, item, "processed", stamp))
 
 
+def already_loaded(app: Engine, item: InboxFile, sha: str) -> bool:
+    """Whether content `sha` was loaded into this file's list before."""
+    from engine.db import tenant_transaction
+    from engine.ingest.store import completed_batch
+
+    try:
+        tid = tenant_id(app, item.tenant)
+    except UnknownTenantError:
+        return False
+    with tenant_transaction(app, tid) as conn:
+        return completed_batch(conn, item.list_name.strip(), sha) is not None
+
+
 def process_inbox(app: Engine, uploads: Path, now: datetime) -> list[InboxOutcome]:
     return [process_file(app, uploads, item, now) for item in pending_files(uploads)]

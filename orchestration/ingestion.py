@@ -1,59 +1,257 @@
-"""Ingestion: CSV files in the uploads inbox become contacts in named lists."""
+"""Ingestion: CSV files in the uploads inbox become upload batches, contacts and lists.
+
+`upload_inbox_sensor` asks for one run per waiting file, keyed by tenant, list and content
+hash, so a second tick, or a retried run, never loads a file twice. The `uploads`
+multi-asset ingests the file (or, materialized by hand, every waiting file) through
+`engine.ingest` and reports on the three tables it writes.
+"""
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
-import dagster as dg
+import json
+import time
 
-from engine.inbox import process_inbox
+import dagster as dg
+import pydantic
+import sqlalchemy as sa
+
+from engine.inbox import InboxOutcome, already_loaded, pending_files, process_file, read_file
+from engine.ingest import content_hash
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
+GROUP = "ingestion"
 
-@dg.asset(
-    group_name="ingestion",
-    kinds={"csv", "postgres"},
-    description=(
-        "Contacts of every tenant. Materializing ingests each CSV waiting in "
-        "PENGUIN_HOME/uploads/inbox/<tenant>/<list>/ into that tenant's list."
-    ),
+
+class UploadConfig(dg.Config):
+    path: str = pydantic.Field(
+        default="",
+        description="One file in the uploads inbox (<tenant>/<list>/<file>); empty ingests "
+        "every file waiting there.",
+    )
+
+
+_PREVIEW_COLUMNS = ("email", "first_name", "last_name", "company", "job_title", "country")
+_PREVIEW = sa.text(
+    """
+    select email, first_name, last_name, company, job_title, country
+    from app.contacts where upload_batch_id = :batch_id order by created_at limit 5
+    """
 )
-def contacts(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    db = postgres.db
-    outcomes = process_inbox(db.app, db.settings.uploads, utcnow())
-    rows = []
-    for outcome in outcomes:
-        where = f"{outcome.file.tenant}/{outcome.file.list_name}/{outcome.file.path.name}"
+_CONTACT_TOTALS = sa.text(
+    """
+    select count(*) as contacts,
+           count(*) filter (where is_role_address) as role_addresses,
+           count(*) filter (where status <> 'active') as suppressed
+    from app.contacts
+    """
+)
+_LIST_SIZES = sa.text(
+    """
+    select t.name as tenant, l.name as list, count(m.contact_id) as members
+    from app.contact_lists l join app.tenants t on t.id = l.tenant_id
+    left join app.contact_list_members m on m.list_id = l.id
+    group by 1, 2 order by 1, 2
+    """
+)
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "upload_batches",
+            group_name=GROUP,
+            kinds={"csv", "postgres"},
+            description="One row per uploaded file: how it was read, its counts and status; "
+            "its rejected lines in upload_rejects.",
+        ),
+        dg.AssetSpec(
+            "contacts",
+            deps=["upload_batches"],
+            group_name=GROUP,
+            kinds={"postgres"},
+            description="Contacts of every tenant, one per address (compared case-insensitively).",
+        ),
+        dg.AssetSpec(
+            "contact_lists",
+            deps=["contacts"],
+            group_name=GROUP,
+            kinds={"postgres"},
+            description="Named lists and their members.",
+        ),
+    ],
+)
+def uploads(context: dg.AssetExecutionContext, config: UploadConfig, postgres: PostgresResource):
+    db, now = postgres.db, utcnow()
+    uploads_dir = db.settings.uploads
+    if config.path:
+        files = [read_file(uploads_dir / "inbox" / config.path)]
+        if not files[0].path.exists():
+            # A retried run whose first attempt moved the file on: nothing is left to do.
+            context.log.info(f"{config.path} is no longer in the inbox; it was handled")
+            files = []
+    else:
+        files = list(pending_files(uploads_dir))
+    outcomes: list[InboxOutcome] = []
+    for item in files:
+
+        def progress(stage, done, total, where=item.where):
+            if stage == "merging" or (total and done == total):
+                context.log.info(f"{where}: {stage} {done:,} of {total or 0:,} rows")
+
+        outcome = process_file(db.app, uploads_dir, item, now, progress)
+        outcomes.append(outcome)
         if outcome.error:
-            context.log.error(f"{where}: {outcome.error} (moved to {outcome.moved_to})")
-            rows.append(f"| {where} | failed | | | | | {outcome.error} |")
+            context.log.error(f"{item.where}: {outcome.error} (moved to {outcome.moved_to})")
         else:
             r = outcome.result
-            assert r is not None
-            context.log.info(
-                f"{where}: {r.inserted} new, {r.updated} updated, {r.rejected} rejected"
-            )
-            rows.append(
-                f"| {where} | completed | {r.total_rows} | {r.inserted} | {r.updated} "
-                f"| {r.rejected} | |"
-            )
-    ok = [o.result for o in outcomes if o.result is not None]
-    table = "\n".join(
-        [
-            "| file | status | rows | new | updated | rejected | error |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
+            context.log.info(f"{item.where}: {r.counts()}")
+
+    done = [o for o in outcomes if o.result is not None]
+    batch_rows = [
+        [o.file.where, "failed", "", "", "", "", o.error]
+        if o.result is None
+        else [
+            o.file.where,
+            "already loaded" if o.result.already_loaded else "completed",
+            o.result.total_rows,
+            o.result.inserted,
+            o.result.updated,
+            o.result.rejected,
+            "",
         ]
-    )
-    return dg.MaterializeResult(
+        for o in outcomes
+    ]
+    preview = "No new contacts."
+    latest = next((o.result for o in reversed(done) if not o.result.already_loaded), None)
+    with db.analytics.connect() as conn:
+        if latest is not None:
+            rows = conn.execute(_PREVIEW, {"batch_id": latest.batch_id}).all()
+            preview = _table(list(_PREVIEW_COLUMNS), [list(r) for r in rows])
+        totals = conn.execute(_CONTACT_TOTALS).one()
+        lists = conn.execute(_LIST_SIZES).all()
+    yield dg.MaterializeResult(
+        asset_key="upload_batches",
         metadata={
             "files": len(outcomes),
             "failed_files": sum(1 for o in outcomes if o.error),
-            "rows": sum(r.total_rows for r in ok),
-            "inserted": sum(r.inserted for r in ok),
-            "updated": sum(r.updated for r in ok),
-            "rejected": sum(r.rejected for r in ok),
-            "batches": dg.MetadataValue.md(table if rows else "No files were waiting."),
-        }
+            "rows": sum(o.result.total_rows for o in done),
+            "inserted": sum(o.result.inserted for o in done),
+            "updated": sum(o.result.updated for o in done),
+            "duplicates": sum(o.result.duplicates for o in done),
+            "rejected": sum(o.result.rejected for o in done),
+            "batches": dg.MetadataValue.md(
+                _table(
+                    ["file", "status", "rows", "new", "updated", "rejected", "error"], batch_rows
+                )
+                if batch_rows
+                else "No files were waiting."
+            ),
+            "preview": dg.MetadataValue.md(preview),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="contacts",
+        metadata={
+            "dagster/row_count": totals.contacts,
+            "role_addresses": totals.role_addresses,
+            "suppressed": totals.suppressed,
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="contact_lists",
+        metadata={
+            "lists": len(lists),
+            "members": sum(r.members for r in lists),
+            "sizes": dg.MetadataValue.md(
+                _table(["tenant", "list", "members"], [list(r) for r in lists]) if lists else "-"
+            ),
+        },
     )
 
 
-defs = dg.Definitions(assets=[contacts])
+@dg.asset_check(asset="contacts", description="No address appears twice in a tenant.")
+def contacts_have_unique_addresses(postgres: PostgresResource) -> dg.AssetCheckResult:
+    with postgres.db.analytics.connect() as conn:
+        repeated = conn.execute(
+            sa.text(
+                "select count(*) from (select 1 from app.contacts "
+                "group by tenant_id, lower(email) having count(*) > 1) as d"
+            )
+        ).scalar_one()
+    return dg.AssetCheckResult(passed=repeated == 0, metadata={"repeated_addresses": repeated})
+
+
+@dg.asset_check(asset="contact_lists", description="Every list member is a contact.")
+def list_members_have_contacts(postgres: PostgresResource) -> dg.AssetCheckResult:
+    with postgres.db.analytics.connect() as conn:
+        orphans = conn.execute(
+            sa.text(
+                "select count(*) from app.contact_list_members m left join app.contacts c "
+                "on c.tenant_id = m.tenant_id and c.id = m.contact_id where c.id is null"
+            )
+        ).scalar_one()
+    return dg.AssetCheckResult(passed=orphans == 0, metadata={"orphan_members": orphans})
+
+
+ingest_upload_job = dg.define_asset_job(
+    "ingest_upload_job",
+    selection=dg.AssetSelection.assets(
+        "upload_batches", "contacts", "contact_lists", "enrollments"
+    ),
+    description="Ingest one uploaded file, then enroll its contacts in active campaigns.",
+)
+
+
+@dg.sensor(
+    job=ingest_upload_job,
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts ingest_upload_job for each file waiting in the uploads inbox.",
+)
+def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+    """One run per file, keyed by tenant, list and content hash: a second tick or a retry
+    maps to the same key, which Dagster runs once. The cursor remembers each waiting file's
+    hash by size and mtime, so a large file is hashed once, not on every tick."""
+    uploads_dir = postgres.db.settings.uploads
+    seen = json.loads(context.cursor) if context.cursor else {}
+    waiting = {}
+    requests = []
+    for item in pending_files(uploads_dir, now_timestamp=time.time()):
+        stat = item.path.stat()
+        relative = str(item.path.relative_to(uploads_dir / "inbox"))
+        known = seen.get(relative)
+        if known and known[:2] == [stat.st_size, stat.st_mtime_ns]:
+            sha = known[2]
+        else:
+            sha, _ = content_hash(item.path)
+        waiting[relative] = [stat.st_size, stat.st_mtime_ns, sha]
+        if already_loaded(postgres.db.app, item, sha):
+            # The same content again: its run_key has run, so no run would take this file.
+            outcome = process_file(postgres.db.app, uploads_dir, item, utcnow())
+            context.log.info(f"{item.where}: already loaded; moved to {outcome.moved_to}")
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"upload:{item.tenant}/{item.list_name}/{sha}",
+                run_config=dg.RunConfig(ops={"uploads": UploadConfig(path=relative)}),
+                tags={"penguin/tenant": item.tenant, "penguin/list": item.list_name},
+            )
+        )
+    context.update_cursor(json.dumps(waiting))
+    if not requests:
+        return dg.SkipReason("no files are waiting in the uploads inbox")
+    return requests
+
+
+defs = dg.Definitions(
+    assets=[uploads],
+    asset_checks=[contacts_have_unique_addresses, list_members_have_contacts],
+    jobs=[ingest_upload_job],
+    sensors=[upload_inbox_sensor],
+)

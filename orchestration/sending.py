@@ -9,12 +9,11 @@ from engine.sending import store
 from engine.sending.scheduler import send_due
 from engine.tenants import all_tenants
 from orchestration.clock import utcnow
-from orchestration.ingestion import contacts
 from orchestration.resources import PostgresResource, SmtpResource
 
 
 @dg.asset(
-    deps=[contacts],
+    deps=["contacts"],
     group_name="sending",
     kinds={"postgres"},
     description="Campaign enrollments: each member of an active campaign's list, once.",

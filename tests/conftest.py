@@ -187,7 +187,7 @@ def built_pipeline(pg_server: str, template_database: str, tmp_path_factory) -> 
         ),
     }
     result = dg.materialize(
-        [ingestion.contacts, sending.enrollments, sending.sent_emails, analytics.analytics_models],
+        [ingestion.uploads, sending.enrollments, sending.sent_emails, analytics.analytics_models],
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,

@@ -8,15 +8,20 @@ import sqlalchemy as sa
 
 
 def _metadata(result, key: str) -> dict:
-    [materialization] = result.asset_materializations_for_node(key)
-    return {k: v.value for k, v in materialization.metadata.items()}
+    [materialization] = [
+        m for m in result.get_asset_materialization_events() if m.asset_key.path == [key]
+    ]
+    metadata = materialization.step_materialization_data.materialization.metadata
+    return {k: v.value for k, v in metadata.items()}
 
 
 def test_every_stage_materializes(built_pipeline):
     result = built_pipeline.result
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    contacts = _metadata(result, "contacts")
-    assert (contacts["files"], contacts["inserted"], contacts["rejected"]) == (1, 40, 1)
+    batches = _metadata(result, "upload_batches")
+    assert (batches["files"], batches["inserted"], batches["rejected"]) == (1, 40, 1)
+    assert _metadata(result, "contacts")["dagster/row_count"] == 40
+    assert _metadata(result, "contact_lists")["members"] == 40
     assert _metadata(result, "enrollments")["new_enrollments"] == 40
     assert _metadata(result, "sent_emails")["sent"] == 40
 

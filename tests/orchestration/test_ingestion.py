@@ -1,0 +1,82 @@
+"""The uploads inbox through Dagster: the sensor's run keys, the run, its checks."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import sqlalchemy as sa
+
+from engine.inbox import drop
+from orchestration import ingestion, sending
+from orchestration.resources import PostgresResource
+from tests.factories import write_csv
+
+
+def _resources(database):
+    return {
+        "postgres": PostgresResource(
+            database_url=database.settings.database_url, penguin_home=str(database.settings.home)
+        )
+    }
+
+
+def _tick(database, instance, cursor=None):
+    with dg.build_sensor_context(
+        instance=instance, resources=_resources(database), cursor=cursor
+    ) as context:
+        result = ingestion.upload_inbox_sensor(context)
+        return result, context.cursor
+
+
+def _settled(path):
+    os.utime(path, (path.stat().st_mtime - 60, path.stat().st_mtime - 60))
+    return path
+
+
+def _run(database, instance, path):
+    return dg.materialize(
+        [ingestion.uploads, sending.enrollments, *ingestion.defs.asset_checks],
+        resources=_resources(database),
+        instance=instance,
+        run_config=dg.RunConfig(ops={"uploads": ingestion.UploadConfig(path=path)}),
+        selection=["upload_batches", "contacts", "contact_lists"],
+    )
+
+
+def test_a_dropped_file_is_requested_once_and_loaded_once(database, tmp_path):
+    uploads = database.settings.uploads
+    rows = [["ada@example.com", "Ada", "", "", ""], ["bad", "", "", "", ""]]
+    with dg.instance_for_test() as instance:
+        nothing, _ = _tick(database, instance)
+        assert isinstance(nothing, dg.SkipReason)
+
+        dropped = _settled(drop(uploads, write_csv(tmp_path / "a.csv", rows), "default", "vip"))
+        [first], cursor = _tick(database, instance)
+        [again], _ = _tick(database, instance, cursor)
+        assert first.run_key == again.run_key  # a second tick maps to the same run
+        assert first.run_key.startswith("upload:default/vip/")
+        path = first.run_config["ops"]["uploads"]["config"]["path"]
+        assert path == "default/vip/a.csv"
+
+        result = _run(database, instance, path)
+        assert result.success
+        assert not dropped.exists()
+        checks = result.get_asset_check_evaluations()
+        assert {c.check_name for c in checks if c.passed} == {
+            "contacts_have_unique_addresses",
+            "list_members_have_contacts",
+        }
+        # A retried run finds its file handled and changes nothing.
+        assert _run(database, instance, path).success
+        with database.owner.connect() as conn:
+            batches = conn.execute(sa.text("select status from app.upload_batches")).all()
+        assert batches == [("completed",)]
+
+        # The same content dropped again is recognized and moved on without a run.
+        again_dropped = _settled(
+            drop(uploads, write_csv(tmp_path / "b.csv", rows), "default", "vip", name="a.csv")
+        )
+        skipped, _ = _tick(database, instance)
+        assert isinstance(skipped, dg.SkipReason) and not again_dropped.exists()
+        assert list((uploads / "processed" / "default" / "vip").glob("*a.csv"))
