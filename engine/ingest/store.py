@@ -20,6 +20,7 @@ from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import Connection
 
 from engine.ingest.clean import STAGED_COLUMNS
+from engine.ingest.columns import TEXT_FIELDS
 from engine.ingest.errors import IngestError
 
 MAX_LIST_NAME = 200
@@ -103,19 +104,7 @@ _STAGE = sa.text(
     """
 )
 
-_FIELDS = (
-    "first_name",
-    "last_name",
-    "full_name",
-    "company",
-    "job_title",
-    "phone",
-    "website",
-    "city",
-    "country",
-    "timezone",
-    "lead_score",
-)
+_FIELDS = (*TEXT_FIELDS, "lead_score")
 
 
 def _last_value(column: str) -> str:
