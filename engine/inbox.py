@@ -21,7 +21,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from engine.db import tenant_transaction
 from engine.ingest import IngestError, IngestResult, Progress, ingest_file
+from engine.ingest.store import completed_batch
 from engine.tenants import UnknownTenantError, tenant_id
 
 SETTLE_SECONDS = 2.0
@@ -154,9 +156,6 @@ def process_file(
 
 def already_loaded(app: Engine, item: InboxFile, sha: str) -> bool:
     """Whether content `sha` was loaded into this file's list before."""
-    from engine.db import tenant_transaction
-    from engine.ingest.store import completed_batch
-
     try:
         tid = tenant_id(app, item.tenant)
     except UnknownTenantError:

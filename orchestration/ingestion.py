@@ -15,7 +15,7 @@ import pydantic
 import sqlalchemy as sa
 
 from engine.inbox import InboxOutcome, already_loaded, pending_files, process_file, read_file
-from engine.ingest import content_hash
+from engine.ingest import survey
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
@@ -229,7 +229,7 @@ def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresR
         if known and known[:2] == [stat.st_size, stat.st_mtime_ns]:
             sha = known[2]
         else:
-            sha, _ = content_hash(item.path)
+            sha = survey(item.path).sha256
         waiting[relative] = [stat.st_size, stat.st_mtime_ns, sha]
         if already_loaded(postgres.db.app, item, sha):
             # The same content again: its run_key has run, so no run would take this file.

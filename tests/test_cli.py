@@ -133,6 +133,8 @@ def test_upload_reports_counts_and_rejects_download_as_csv(env, tmp_path):
     header, row = rejects.stdout.splitlines()
     assert header == "line_number,reason,raw_row"
     assert row.startswith("3,email '=bad' is not valid") and row.endswith(',"\'=bad,Evil"')
+    not_a_batch = run(["uploads", "rejects", "last-week"], env)
+    assert not_a_batch.returncode == 2 and "'last-week' is not a batch id" in not_a_batch.stderr
     listed = run(["uploads", "list"], env)
     assert batch in listed.stdout and "completed" in listed.stdout
 

@@ -14,7 +14,6 @@ The dashboard's uploader, `penguin upload` and the uploads inbox all end in `ing
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import uuid
@@ -31,7 +30,7 @@ from engine.ingest import store
 from engine.ingest.clean import clean_chunk
 from engine.ingest.columns import FIELDS, check_fields, map_columns, parse_mapping
 from engine.ingest.errors import IngestError
-from engine.ingest.source import LINE, CsvScan, open_duckdb, sniff_format, to_utf8
+from engine.ingest.source import LINE, CsvScan, Survey, open_duckdb, sniff_format, survey, to_utf8
 
 #: progress(stage, done, total): stage is "reading" (rows) or "merging" (no counts).
 Progress = Callable[[str, int, int | None], None]
@@ -92,15 +91,6 @@ class IngestResult:
         }
 
 
-def content_hash(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def ingest_file(
     app: Engine,
     tenant_id: uuid.UUID,
@@ -127,7 +117,8 @@ def ingest_file(
     check_fields(explicit)
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
-    sha, size = content_hash(path)
+    surveyed = survey(path)  # one read: hash, size, encoding clues, longest line
+    sha, size = surveyed.sha256, surveyed.size
     with tenant_transaction(app, tenant_id) as conn:
         if not force and (done := store.completed_batch(conn, list_name, sha)) is not None:
             return IngestResult.from_row(done, already_loaded=True)
@@ -146,7 +137,9 @@ def ingest_file(
     with tenant_transaction(app, tenant_id) as conn:
         store.start_batch(conn, batch_id, now)
     try:
-        return _load(app, tenant_id, batch_id, path, list_name, file_name, explicit, now, progress)
+        return _load(
+            app, tenant_id, batch_id, path, surveyed, list_name, file_name, explicit, now, progress
+        )
     except Exception as exc:
         message = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
         with tenant_transaction(app, tenant_id) as conn:
@@ -159,6 +152,7 @@ def _load(
     tenant_id: uuid.UUID,
     batch_id: uuid.UUID,
     path: Path,
+    surveyed: Survey,
     list_name: str,
     file_name: str,
     explicit: dict[str, str],
@@ -172,11 +166,11 @@ def _load(
     ):
         if store.lock_batch(conn, batch_id) == "completed":  # a concurrent retry finished it
             return IngestResult.from_row(store.batch_row(conn, batch_id), already_loaded=True)
-        readable, encoding, transcoded = to_utf8(path, Path(work))
+        readable = to_utf8(path, surveyed, Path(work))
         duck = open_duckdb(Path(work))
         try:
-            fmt = sniff_format(duck, readable, encoding, transcoded, file_name)
-            scan = CsvScan(duck, readable, fmt)
+            fmt = sniff_format(duck, readable, file_name)
+            scan = CsvScan(duck, readable, fmt, file_name)
             if scan.count() == 0:
                 if scan.rejects:
                     first = scan.rejects[0]
@@ -189,7 +183,7 @@ def _load(
                     "but no data rows"
                 )
             report("reading", 0, scan.total_records)
-            stage = store.Stage(conn)
+            stage = store.Stage(conn, Path(work))
             try:
                 columns, done = None, 0
                 for frame in scan.batches():
@@ -217,7 +211,7 @@ def _load(
             duck.close()
         report("merging", 0, None)
         list_id = store.ensure_list(conn, list_name, now)
-        counts = store.merge(conn, batch_id, list_id, now)
+        counts = store.merge(stage, batch_id, list_id, now)
         rejected = scan.total_records - counts.staged
         row = store.complete_batch(
             conn,
@@ -248,7 +242,7 @@ __all__ = [
     "IngestError",
     "IngestResult",
     "Progress",
-    "content_hash",
+    "survey",
     "ingest_file",
     "parse_mapping",
 ]

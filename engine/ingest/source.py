@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import re
 import uuid
@@ -80,12 +81,6 @@ class FileFormat:
     transcoded: bool = False
     notes: tuple[str, ...] = field(default=())
 
-    def describe(self) -> str:
-        delimiter = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}[self.delimiter]
-        header = "a header row" if self.has_header else "no header row"
-        skipped = f", {self.skipped_lines} line(s) skipped before it" if self.skipped_lines else ""
-        return f"{self.encoding}, {delimiter}-delimited, {header}{skipped}"
-
     def as_json(self) -> dict:
         return asdict(self)
 
@@ -119,65 +114,115 @@ def _utf16_without_bom(head: bytes) -> str | None:
     return None
 
 
-def _scan_utf8(path: Path) -> tuple[bool, bool]:
-    """(is the whole file valid UTF-8, does it contain NUL bytes), reading it in chunks."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    has_nul = False
+class _LineMeter:
+    """The longest line of a byte stream fed in chunks (newline-delimited, vectorized)."""
+
+    def __init__(self) -> None:
+        self.longest = 0
+        self._open = 0  # bytes of the line that runs past the last chunk
+
+    def feed(self, chunk: bytes) -> None:
+        ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+        if len(ends) == 0:
+            self._open += len(chunk)
+            return
+        inner = int(np.diff(ends).max()) if len(ends) > 1 else 0
+        self.longest = max(self.longest, self._open + int(ends[0]), inner)
+        self._open = len(chunk) - int(ends[-1]) - 1
+
+    def result(self) -> int:
+        return max(self.longest, self._open)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What one pass over a file's bytes tells: enough to decide how to read it."""
+
+    sha256: str
+    size: int
+    head: bytes
+    utf8: bool  # the whole file decodes as UTF-8
+    has_nul: bool
+    longest_line: int  # in bytes, as stored
+
+
+def survey(path: Path) -> Survey:
+    """Hash, size, UTF-8 validity, NUL bytes and longest line of `path`, in one read."""
+    digest, size, head = hashlib.sha256(), 0, b""
+    decoder: codecs.IncrementalDecoder | None = codecs.getincrementaldecoder("utf-8")()
+    meter, has_nul = _LineMeter(), False
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+            head = head or chunk[: 64 * 1024]
             has_nul = has_nul or b"\x00" in chunk
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError:
-                return False, has_nul
+            meter.feed(chunk)
+            if decoder is not None:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError:
+                    decoder = None
+    if decoder is not None:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            return False, has_nul
-    return True, has_nul
+            decoder = None
+    return Survey(digest.hexdigest(), size, head, decoder is not None, has_nul, meter.result())
 
 
-def _transcode(path: Path, encoding: str, target: Path) -> None:
-    """Write `path` as UTF-8 to `target`, without NUL characters (PostgreSQL text has none)."""
+def _transcode(path: Path, encoding: str, target: Path) -> int:
+    """Write `path` as UTF-8 to `target`, without NUL characters (PostgreSQL text has none);
+    return the longest line written, in bytes."""
     decoder = codecs.getincrementaldecoder(encoding)()
-    with path.open("rb") as source, target.open("w", encoding="utf-8", newline="") as out:
-        while chunk := source.read(CHUNK_BYTES):
-            out.write(decoder.decode(chunk).replace("\x00", ""))
-        out.write(decoder.decode(b"", final=True).replace("\x00", ""))
+    meter = _LineMeter()
+    with path.open("rb") as source, target.open("wb") as out:
+        while True:
+            chunk = source.read(CHUNK_BYTES)
+            text = decoder.decode(chunk, final=not chunk).replace("\x00", "")
+            data = text.encode("utf-8")
+            meter.feed(data)
+            out.write(data)
+            if not chunk:
+                return meter.result()
 
 
-def to_utf8(path: Path, workdir: Path) -> tuple[Path, str, bool]:
-    """The file as clean UTF-8: (path to read, encoding detected, whether it was rewritten)."""
-    if not path.exists():
-        raise IngestError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+@dataclass(frozen=True)
+class Readable:
+    """The file as DuckDB reads it: clean UTF-8, and how it got that way."""
+
+    path: Path
+    encoding: str
+    transcoded: bool
+    longest_line: int
+
+
+def to_utf8(path: Path, surveyed: Survey, workdir: Path) -> Readable:
+    """The file as clean UTF-8, transcoded into `workdir` when it is not already."""
+    if surveyed.size == 0:
         raise IngestError(f"{path.name}: the file is empty")
-    with path.open("rb") as handle:
-        head = handle.read(64 * 1024)
-    _refuse_non_csv(head, path.name)
-    target = workdir / f"{uuid.uuid4().hex}.csv"
+    _refuse_non_csv(surveyed.head, path.name)
+    head = surveyed.head
     encoding = next((name for bom, name in _BOMS if head.startswith(bom)), None)
     encoding = encoding or _utf16_without_bom(head)
-    if encoding in ("utf-8-sig", None):
-        valid, has_nul = _scan_utf8(path)
-        if valid and not has_nul:
-            return path, encoding or "utf-8", False
-        if valid:
-            encoding = encoding or "utf-8"
+    if encoding in ("utf-8-sig", None) and surveyed.utf8:
+        encoding = encoding or "utf-8"
+        if not surveyed.has_nul:
+            return Readable(path, encoding, False, surveyed.longest_line)
+    target = workdir / f"{uuid.uuid4().hex}.csv"
     if encoding is None:
         try:
-            _transcode(path, "cp1252", target)
-            return target, "windows-1252", True
+            return Readable(target, "windows-1252", True, _transcode(path, "cp1252", target))
         except UnicodeDecodeError:
             encoding = "latin-1"  # the bytes Windows-1252 leaves undefined: Latin-1 has them
     try:
-        _transcode(path, encoding, target)
+        longest = _transcode(path, encoding, target)
     except UnicodeDecodeError as exc:
         raise IngestError(
             f"{path.name}: starts like {encoding} but byte {exc.start} of a chunk cannot be "
             f"decoded ({exc.reason}); save the file again as UTF-8"
         ) from None
-    return target, encoding.removesuffix("-sig"), True
+    return Readable(target, encoding.removesuffix("-sig"), True, longest)
 
 
 # --- dialect ----------------------------------------------------------------------------
@@ -252,8 +297,9 @@ def _newline(text: str) -> str:
 
 
 def sniff_format(
-    connection: duckdb.DuckDBPyConnection, path: Path, encoding: str, transcoded: bool, name: str
+    connection: duckdb.DuckDBPyConnection, readable: Readable, name: str
 ) -> FileFormat:
+    path = readable.path
     text = _sample(path)
     lines = _physical_lines(text)
     if not lines:
@@ -288,13 +334,13 @@ def sniff_format(
     if not columns:
         raise IngestError(f"{name}: no columns found")
     return FileFormat(
-        encoding=encoding,
+        encoding=readable.encoding,
         delimiter=dialect["delimiter"],
         has_header=has_header,
         skipped_lines=dialect["skip"],
         columns=tuple(columns),
         newline=dialect["newline"],
-        transcoded=transcoded,
+        transcoded=readable.transcoded,
         notes=tuple(notes),
     )
 
@@ -323,17 +369,22 @@ class CsvScan:
     (`__in_0`, ...; see `positions`) so no header can collide with the `__line` column.
     """
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, path: Path, fmt: FileFormat):
+    def __init__(
+        self, connection: duckdb.DuckDBPyConnection, readable: Readable, fmt: FileFormat, name: str
+    ):
         self.connection = connection
-        self.path = path
+        self.path = readable.path
         self.format = fmt
-        self.line_bytes = _line_buffer(path)
+        self.line_bytes = _line_buffer(readable.longest_line, name)
         self.rejects: list[Reject] = []
         self.rows = 0
         self._valid_before_reject = np.zeros(0, dtype=np.int64)
         self._first_line = fmt.skipped_lines + (2 if fmt.has_header else 1)
 
     def _read_csv(self, table: str) -> str:
+        """The read_csv call, recording the lines it skips in `table`. Both passes record
+        them: with `ignore_errors` alone DuckDB resumes differently after an unbalanced
+        quote, and the line numbers of the second pass would no longer hold."""
         columns = ", ".join(f"{_quote_literal(c)}: 'VARCHAR'" for c in self.format.columns)
         return (
             "read_csv($path, delim := $delim, quote := '\"', escape := '\"', "
@@ -410,26 +461,13 @@ class CsvScan:
         self.connection.execute(f"drop table if exists {table}; drop table if exists {table}_scans")
 
 
-def _line_buffer(path: Path) -> int:
-    """A line size limit that holds the file's longest physical line."""
-    longest, carried = 0, 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
-            if len(ends) == 0:
-                carried += len(chunk)
-                continue
-            first = carried + int(ends[0])
-            inner = int(np.diff(ends).max()) if len(ends) > 1 else 0
-            longest = max(longest, first, inner)
-            carried = len(chunk) - int(ends[-1]) - 1
-    longest = max(longest, carried)
-    if longest >= MAX_LINE_BYTES:
+def _line_buffer(longest_line: int, name: str) -> int:
+    """A DuckDB line size limit that holds the file's longest line."""
+    if longest_line >= MAX_LINE_BYTES:
         raise IngestError(
-            f"{path.name}: a line is longer than {MAX_LINE_BYTES >> 20} MiB; "
-            "this is not a contact list"
+            f"{name}: a line is longer than {MAX_LINE_BYTES >> 20} MiB; this is not a contact list"
         )
-    return max(MIN_LINE_BYTES, longest + 1024)
+    return max(MIN_LINE_BYTES, longest_line + 1024)
 
 
 def positions(width: int) -> list[str]:

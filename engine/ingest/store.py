@@ -13,6 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import polars as pl
 import sqlalchemy as sa
@@ -115,8 +116,8 @@ def _last_value(column: str) -> str:
 
 
 # One row per address (as PostgreSQL compares them: the unique index is on lower(email)).
-# An address on several lines merges as if the lines were applied in order: each field
-# takes its last non-empty value. Only repeated addresses pay for the aggregation.
+# An address on several lines merges as if the lines were applied in order: each field and
+# each attribute takes its last non-empty value. Only repeated addresses pay for that.
 _DEDUPLICATE = sa.text(
     f"""
     create temporary table deduped on commit drop as
@@ -124,32 +125,27 @@ _DEDUPLICATE = sa.text(
         select lower(email) as key, * from staged_contacts
     ), repeated as (
         select key from keyed group by key having count(*) > 1
+    ), repeated_rows as (
+        select k.* from keyed k join repeated using (key)
+    ), repeated_attributes as (
+        select r.key, jsonb_object_agg(a.name, a.value order by r.line_number) as attributes
+        from repeated_rows r cross join lateral jsonb_each(r.attributes) as a(name, value)
+        where a.value <> 'null'::jsonb
+        group by r.key
+    ), merged as (
+        select key, (array_agg(email order by line_number desc))[1] as email,
+               bool_or(is_role_address) as is_role_address,
+               {", ".join(_last_value(f) for f in _FIELDS)},
+               (array_agg(raw_data order by line_number desc))[1] as raw_data
+        from repeated_rows group by key
     )
     select k.key, k.email, k.is_role_address, {", ".join(f"k.{f}" for f in _FIELDS)},
            jsonb_strip_nulls(k.attributes) as attributes, k.raw_data
     from keyed k where not exists (select from repeated r where r.key = k.key)
     union all
-    select key, (array_agg(email order by line_number desc))[1],
-           bool_or(is_role_address), {", ".join(_last_value(f) for f in _FIELDS)},
-           '{{}}'::jsonb as attributes, (array_agg(raw_data order by line_number desc))[1]
-    from keyed where key in (select key from repeated) group by key;
-    analyze deduped;
-    """
-)
-# Repeated addresses' attributes merge in line order, later non-empty values winning.
-_MERGE_REPEATED_ATTRIBUTES = sa.text(
-    """
-    update deduped d set attributes = merged.attributes
-    from (
-        select lower(email) as key,
-               jsonb_object_agg(a.key, a.value order by line_number) as attributes
-        from staged_contacts, jsonb_each(attributes) as a
-        where a.value <> 'null'::jsonb
-          and lower(email) in (select lower(email) from staged_contacts
-                               group by 1 having count(*) > 1)
-        group by 1
-    ) merged
-    where d.key = merged.key
+    select m.key, m.email, m.is_role_address, {", ".join(f"m.{f}" for f in _FIELDS)},
+           coalesce(a.attributes, '{{}}'::jsonb), m.raw_data
+    from merged m left join repeated_attributes a using (key)
     """
 )
 
@@ -199,9 +195,7 @@ _MEMBERS = sa.text(
     )
     select (select count(*) from added) as list_added,
            (select count(*) from batch_contacts where status <> 'active') as suppressed,
-           (select count(*) from batch_contacts where is_role_address) as role_addresses,
-           (select count(*) from deduped) as distinct_addresses,
-           (select count(*) from staged_contacts) as staged
+           (select count(*) from batch_contacts where is_role_address) as role_addresses
     """
 )
 _SAVE_REJECTS = sa.text(
@@ -299,11 +293,13 @@ class Stage:
     """Temporary tables of one load transaction, filled with `COPY` chunk by chunk.
 
     Each chunk is handed to a writer thread, so PostgreSQL ingests one chunk while polars
-    prepares the next.
+    prepares the next. Rejects wait in a file in `workdir` (one COPY runs at a time on a
+    connection), so memory does not grow with them.
     """
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, workdir: Path):
         self.conn = conn
+        self.rows = 0
         conn.execute(_STAGE)
         self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         self._open = contextlib.ExitStack()
@@ -313,40 +309,49 @@ class Stage:
                 writer=QueuedLibpqWriter(self._cursor),
             )
         )
-        self.rejects: list[pl.DataFrame] = []
+        self._rejects = (workdir / "rejects.csv").open("w+b")
 
     def add(self, contacts: pl.DataFrame) -> None:
         if contacts.height:
             self._copy.write(contacts.write_csv(include_header=False))
+            self.rows += contacts.height
 
     def add_rejects(self, rejects: pl.DataFrame) -> None:
         if rejects.height:
-            self.rejects.append(rejects)
+            rejects.select("line_number", "raw_row", "reason").write_csv(
+                self._rejects, include_header=False
+            )
 
     def finish(self) -> None:
-        self._open.close()
-        with self._cursor.copy(
-            "copy staged_rejects (line_number, raw_row, reason) from stdin (format csv)"
-        ) as copy:
-            for frame in self.rejects:
-                copy.write(frame.write_csv(include_header=False))
+        self._open.close()  # ends the COPY of contacts
+        self._rejects.seek(0)
+        with (
+            self._rejects,
+            self._cursor.copy(
+                "copy staged_rejects (line_number, raw_row, reason) from stdin (format csv)"
+            ) as copy,
+        ):
+            while chunk := self._rejects.read(1 << 20):
+                copy.write(chunk)
         self._cursor.close()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # the transaction is rolled back anyway
             self._open.__exit__(IngestError, IngestError("aborted"), None)
+        self._rejects.close()
         self._cursor.close()
 
 
-def merge(conn: Connection, batch_id: uuid.UUID, list_id: uuid.UUID, now: datetime) -> MergeCounts:
-    conn.execute(_DEDUPLICATE)
-    conn.execute(_MERGE_REPEATED_ATTRIBUTES)
+def merge(stage: Stage, batch_id: uuid.UUID, list_id: uuid.UUID, now: datetime) -> MergeCounts:
+    conn = stage.conn
+    distinct_addresses = conn.execute(_DEDUPLICATE).rowcount
+    conn.execute(sa.text("analyze deduped"))
     upserted = conn.execute(_UPSERT, {"batch_id": batch_id, "now": now}).one()
     members = conn.execute(_MEMBERS, {"list_id": list_id, "now": now}).one()
     conn.execute(_SAVE_REJECTS, {"batch_id": batch_id})
     return MergeCounts(
-        staged=members.staged,
-        distinct_addresses=members.distinct_addresses,
+        staged=stage.rows,
+        distinct_addresses=distinct_addresses,
         inserted=upserted.inserted,
         updated=upserted.updated,
         list_added=members.list_added,

@@ -134,7 +134,7 @@ def test_invalid_addresses_are_rejected_with_their_line_and_reason(database, ten
     assert "'not an address' is not valid" in found[0].reason
     assert "no email address" in found[1].reason
     assert "'two@@example.com' is not valid" in found[2].reason
-    assert "special-use" in found[3].reason or "not valid" in found[3].reason
+    assert "special-use or reserved name" in found[3].reason
     assert found[1].raw_row == ",Nameless,,,"
 
 
