@@ -9,6 +9,9 @@ navigation = st.navigation(
         "Sending": [
             st.Page("pages/sends.py", title="Sends", icon=":material/send:", default=True),
         ],
+        "Contacts": [
+            st.Page("pages/uploads.py", title="Uploads", icon=":material/upload_file:"),
+        ],
     }
 )
 navigation.run()

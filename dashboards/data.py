@@ -15,6 +15,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from engine.config import Settings
 from engine.db import Database
+from engine.ingest.rejects import safe_csv
 
 MARTS = "analytics_marts"
 
@@ -27,6 +28,42 @@ CAMPAIGN_DAILY = sa.text(
     from {MARTS}.campaign_daily
     where tenant_name = :tenant and day between :start and :end
     order by day, campaign_name
+    """
+)
+
+
+ALL_TENANTS = sa.text(f"select tenant_name from {MARTS}.dim_tenants order by tenant_name")
+
+UPLOAD_BATCHES = sa.text(
+    f"""
+    select upload_batch_id::text as upload_batch_id, file_name, list_name, upload_source,
+           upload_status, upload_error,
+           total_rows, inserted_count, updated_count, unchanged_count, duplicate_count,
+           rejected_count, suppressed_count, role_address_count, list_added_count,
+           file_encoding, file_delimiter, column_mapping, created_at,
+           duration_seconds::float8 as duration_seconds
+    from {MARTS}.fct_upload_batches
+    where tenant_name = :tenant
+    order by created_at desc
+    limit :limit
+    """
+)
+
+UPLOAD_LISTS = sa.text(
+    f"""
+    select distinct list_name from {MARTS}.fct_upload_batches
+    where tenant_name = :tenant and list_name is not null
+    order by list_name
+    """
+)
+
+UPLOAD_REJECTS = sa.text(
+    f"""
+    select line_number, reject_reason as reason, raw_row
+    from {MARTS}.fct_upload_rejects
+    where tenant_name = :tenant and upload_batch_id = :batch_id
+    order by line_number
+    limit :limit
     """
 )
 
@@ -64,3 +101,28 @@ def tenants() -> list[str]:
 @st.cache_data(ttl=60, show_spinner=False)
 def campaign_daily(tenant: str, start: date, end: date) -> pl.DataFrame:
     return _read(CAMPAIGN_DAILY, tenant=tenant, start=start, end=end)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def all_tenants() -> list[str]:
+    """Every tenant, whether or not it has sent anything."""
+    return _read(ALL_TENANTS)["tenant_name"].to_list()
+
+
+def upload_batches(tenant: str, limit: int = 50) -> pl.DataFrame:
+    """The tenant's latest upload batches, newest first; not cached, the page follows them."""
+    return _read(UPLOAD_BATCHES, tenant=tenant, limit=limit)
+
+
+def upload_lists(tenant: str) -> list[str]:
+    return _read(UPLOAD_LISTS, tenant=tenant)["list_name"].to_list()
+
+
+def upload_rejects(tenant: str, batch_id: str, limit: int | None = None) -> pl.DataFrame:
+    """The batch's rejected lines in file order (all of them unless `limit`)."""
+    return _read(UPLOAD_REJECTS, tenant=tenant, batch_id=batch_id, limit=limit)
+
+
+def upload_rejects_csv(tenant: str, batch_id: str) -> str:
+    """The batch's rejects as CSV a spreadsheet opens safely (formulas neutralized)."""
+    return safe_csv(upload_rejects(tenant, batch_id))

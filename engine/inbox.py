@@ -23,8 +23,8 @@ from sqlalchemy.engine import Engine
 
 from engine.db import tenant_transaction
 from engine.ingest import IngestError, IngestResult, Progress, ingest_file
-from engine.ingest.store import completed_batch
-from engine.tenants import UnknownTenantError, tenant_id
+from engine.ingest.store import check_list_name, completed_batch
+from engine.tenants import UnknownTenantError, tenant_id, validate_name
 
 SETTLE_SECONDS = 2.0
 
@@ -93,7 +93,20 @@ def drop(
     via: str = "inbox",
     name: str | None = None,
 ) -> Path:
-    """Copy `source` into the inbox for `tenant`/`list_name`; return where it landed."""
+    """Copy `source` into the inbox for `tenant`/`list_name`; return where it landed.
+
+    Raises `IngestError` when the list name cannot be a folder of the inbox.
+    """
+    try:
+        validate_name(tenant)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
+    list_name = check_list_name(list_name)
+    if "/" in list_name or "\\" in list_name or list_name.startswith("."):
+        raise IngestError(
+            f"list name {list_name!r} cannot be used for an inbox folder: it must not contain "
+            "'/' or '\\' or start with '.' (penguin upload takes any name)"
+        )
     folder = inbox_path(uploads) / tenant / list_name
     folder.mkdir(parents=True, exist_ok=True)
     target = _free_name(folder / (name or source.name))

@@ -135,6 +135,10 @@ def dagster_ready(base_url: str, timeout: float = 5.0) -> bool:
     return True
 
 
+#: The largest file the dashboard's upload page takes (Streamlit's default is 200).
+MAX_DASHBOARD_UPLOAD_MB = 500
+
+
 @dataclass
 class Child:
     name: str
@@ -284,6 +288,9 @@ class Stack:
                     "false",
                     "--client.toolbarMode",
                     "viewer",
+                    # The upload page holds a file in memory; larger ones go to the inbox.
+                    "--server.maxUploadSize",
+                    str(MAX_DASHBOARD_UPLOAD_MB),
                 ],
                 logs / "dashboards.log",
                 lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),

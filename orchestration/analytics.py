@@ -34,9 +34,21 @@ def parse_dbt_project() -> None:
         ).wait()
 
 
-# Parse on every load under `dagster dev` (picks up model edits), and once wherever no
-# manifest exists yet (a fresh clone, tests).
-if dbt_project.preparer.using_dagster_dev() or not dbt_project.manifest_path.exists():
+def manifest_is_stale() -> bool:
+    """Whether the manifest is missing or older than a file of the project (after a pull)."""
+    manifest = dbt_project.manifest_path
+    if not manifest.exists():
+        return True
+    built = manifest.stat().st_mtime
+    project = dbt_project.project_dir
+    sources = [project / "dbt_project.yml", *(project / "models").rglob("*")]
+    sources += (project / "macros").rglob("*")
+    return any(path.stat().st_mtime > built for path in sources if path.is_file())
+
+
+# Parse on every load under `dagster dev` (picks up model edits), and wherever the manifest
+# is missing or older than the project's files (a fresh clone, a pull, tests).
+if dbt_project.preparer.using_dagster_dev() or manifest_is_stale():
     parse_dbt_project()
 
 

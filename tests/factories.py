@@ -3,19 +3,48 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from engine.campaigns import Step, create_campaign, launch_campaign
+from engine.config import DBT_PROJECT_DIR
 from engine.db import Database, tenant_transaction
 from engine.enrollment import enroll_active_campaigns
 from engine.ingest import ingest_file
+from engine.runtime import exported_environment
 from engine.senders import create_sender
 from engine.tenants import create_tenant
 
+DBT = str(Path(sys.executable).with_name("dbt"))
 HEADER = ["Email", "First Name", "Last Name", "Company", "Plan"]
+
+
+def dbt(database: Database, *args: str) -> str:
+    """Run the dbt CLI on the project against `database`; its output (fails the test on error)."""
+    env = {**os.environ, **exported_environment(database)}
+    result = subprocess.run(
+        [
+            DBT,
+            *args,
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target-path",
+            str(database.settings.home / "dbt-target"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return result.stdout
 
 
 def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
@@ -153,15 +182,19 @@ def contacts_frame(start: int, count: int, seed: int = 0):
 
 
 def write_contacts_csv(
-    path: Path, rows: int, *, seed: int = 0, chunk: int = 500_000
+    path: Path, rows: int, *, seed: int = 0, first: int = 0, chunk: int = 500_000
 ) -> tuple[Path, ContactsCsv]:
-    """A generated export of `rows` contacts, written in chunks (memory stays flat)."""
+    """A generated export of `rows` contacts (rows `first`.. of `contacts_frame`), written in
+    chunks so memory stays flat. Files of one seed share the addresses of the rows they share,
+    when `first` is a multiple of `chunk`."""
     assert chunk % 20 == 0, "a chunk must hold each duplicate's original"
+    assert first % chunk == 0, "files share addresses only chunk by chunk"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
-        for start in range(0, rows, chunk):
-            frame = contacts_frame(start, min(chunk, rows - start), seed)
-            frame.write_csv(handle, include_header=start == 0)
-    invalid = sum(1 for i in range(11, rows, 50))
-    duplicates = sum(1 for i in range(7, rows, 20) if i >= 3)
+        for start in range(first, first + rows, chunk):
+            frame = contacts_frame(start, min(chunk, first + rows - start), seed)
+            frame.write_csv(handle, include_header=start == first)
+    end = first + rows
+    invalid = sum(1 for i in range(11, end, 50) if i >= first)
+    duplicates = sum(1 for i in range(7, end, 20) if i >= max(3, first))
     return path, ContactsCsv(rows, invalid, duplicates)

@@ -39,14 +39,14 @@ middle.metric("Sent in range", f"{sent:,}")
 right.metric("Bounce rate", f"{bounced / (sent + bounced):.1%}" if sent + bounced else "–")
 
 # Chart
-st.altair_chart(charts.daily_sends(frame, start, end), use_container_width=True)
+st.altair_chart(charts.daily_sends(frame, start, end), width="stretch")
 
 # Table
 st.subheader("Per campaign and day")
 st.dataframe(
     frame,
     hide_index=True,
-    use_container_width=True,
+    width="stretch",
     column_config={
         "day": st.column_config.DateColumn("Day (UTC)", format="YYYY-MM-DD"),
         "campaign_name": "Campaign",

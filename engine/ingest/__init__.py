@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -30,11 +31,21 @@ from engine.ingest import store
 from engine.ingest.clean import clean_chunk
 from engine.ingest.columns import FIELDS, check_fields, map_columns, parse_mapping
 from engine.ingest.errors import IngestError
-from engine.ingest.source import LINE, CsvScan, Survey, open_duckdb, sniff_format, survey, to_utf8
+from engine.ingest.source import (
+    LINE,
+    CsvScan,
+    Survey,
+    open_duckdb,
+    positions,
+    sniff_format,
+    survey,
+    to_utf8,
+)
 
 #: progress(stage, done, total): stage is "reading" (rows) or "merging" (no counts).
 Progress = Callable[[str, int, int | None], None]
 SOURCES = ("cli", "dashboard", "inbox")
+PREVIEW_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,59 @@ def _load(
         return IngestResult.from_row(row)
 
 
+@dataclass(frozen=True)
+class Preview:
+    """How a file would be read and mapped, and its first rows: what the upload page shows
+    before a file is queued, so a user can correct the mapping."""
+
+    file_format: dict
+    #: {column: field} as `ingest_file` would use it; may lack `email` (see `problem`).
+    mapping: dict[str, str]
+    #: The first rows, one column per header, as text.
+    rows: pl.DataFrame
+    #: Why the file could not be ingested as mapped, or None.
+    problem: str | None
+
+
+def preview_file(
+    path: Path,
+    *,
+    file_name: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+    rows: int = PREVIEW_ROWS,
+) -> Preview:
+    """Read the head of `path` the way `ingest_file` would, without touching the database.
+
+    Raises `IngestError` when the file cannot be read at all (not a CSV, no rows, ...).
+    """
+    file_name = file_name or path.name
+    explicit = dict(mapping or {})
+    check_fields(explicit)
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    with tempfile.TemporaryDirectory(prefix="penguin-preview-") as work:
+        readable = to_utf8(path, survey(path), Path(work))
+        duck = open_duckdb(Path(work))
+        try:
+            fmt = sniff_format(duck, readable, file_name)
+            head = next(CsvScan(duck, readable, fmt, file_name).batches(), None)
+        finally:
+            duck.close()
+    if head is None or head.is_empty():
+        raise IngestError(f"{file_name}: the file has no data rows")
+    head = head.drop(LINE).rename(dict(zip(positions(len(fmt.columns)), fmt.columns, strict=True)))
+    found = map_columns(
+        fmt.columns, explicit, sample=head.head(1000), file_name=file_name, require_email=False
+    )
+    problem = None
+    if "email" not in found.values():
+        problem = (
+            f"no column looks like an email address; columns found: {', '.join(fmt.columns)}. "
+            "Choose the address column."
+        )
+    return Preview(fmt.as_json(), found, head.head(rows), problem)
+
+
 def _json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -241,7 +305,9 @@ __all__ = [
     "FIELDS",
     "IngestError",
     "IngestResult",
+    "Preview",
     "Progress",
+    "preview_file",
     "survey",
     "ingest_file",
     "parse_mapping",

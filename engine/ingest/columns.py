@@ -4,7 +4,8 @@ Headers are matched after folding case and dropping everything but letters and d
 "E-mail Address", "email_address" and "EmailAddress" are one name. The aliases cover the
 exports of Excel and Google Sheets templates, Google Contacts, Outlook, Mailchimp, HubSpot,
 Salesforce, Apollo and LinkedIn. An explicit mapping (`--map COLUMN=FIELD`) wins over them;
-a column mapped to nothing is kept in the contact's `attributes` under its header.
+a column mapped to nothing, or explicitly to `attribute`, is kept in the contact's
+`attributes` under its header.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ HEADER_ALIASES: dict[str, tuple[str, ...]] = {
 FIELDS = tuple(HEADER_ALIASES)
 #: Text fields; `email` is validated on its own and `lead_score` is a number.
 TEXT_FIELDS = tuple(f for f in FIELDS if f not in ("email", "lead_score"))
+#: The mapping target that keeps a column in `attributes` even if its header names a field.
+ATTRIBUTE = "attribute"
 
 _LOOSE_ADDRESS = r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$"
 
@@ -102,12 +105,12 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
 
 def check_fields(explicit: Mapping[str, str]) -> None:
     for column, target in explicit.items():
-        if target not in FIELDS:
+        if target not in FIELDS and target != ATTRIBUTE:
             raise IngestError(
                 f"mapping {column}={target}: {target!r} is not a contact field; "
-                f"fields: {', '.join(FIELDS)}"
+                f"fields: {', '.join(FIELDS)} (or {ATTRIBUTE}, to keep the column as it is)"
             )
-    targets = list(explicit.values())
+    targets = [t for t in explicit.values() if t != ATTRIBUTE]
     twice = sorted({t for t in targets if targets.count(t) > 1})
     if twice:
         raise IngestError(f"mapping: more than one column is mapped to {', '.join(twice)}")
@@ -119,9 +122,11 @@ def map_columns(
     *,
     sample: pl.DataFrame | None = None,
     file_name: str = "the file",
+    require_email: bool = True,
 ) -> dict[str, str]:
     """{column: field} for the columns of a file: explicit entries, then known header names,
-    then (for email only) the column whose sample values look like addresses."""
+    then (for email only) the column whose sample values look like addresses. Columns left
+    out (or mapped to `attribute`) are kept as attributes."""
     explicit = dict(explicit or {})
     check_fields(explicit)
     for column in explicit:
@@ -141,12 +146,16 @@ def map_columns(
         guessed = _address_column(sample, [c for c in columns if c not in mapping])
         if guessed:
             mapping[guessed] = "email"
-    if "email" not in mapping.values():
+    if "email" not in mapping.values() and require_email:
         raise IngestError(
             f"{file_name}: no column looks like an email address; columns found: "
-            f"{', '.join(columns)}. Name the address column with --map COLUMN=email"
+            f"{', '.join(columns)}. Map the address column to email (--map COLUMN=email)"
         )
-    return {column: mapping[column] for column in columns if column in mapping}
+    return {
+        column: mapping[column]
+        for column in columns
+        if column in mapping and mapping[column] != ATTRIBUTE
+    }
 
 
 def _address_column(sample: pl.DataFrame, candidates: list[str]) -> str | None:

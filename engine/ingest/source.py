@@ -267,7 +267,7 @@ def _sniff(connection: duckdb.DuckDBPyConnection, path: Path) -> dict | None:
             "select Delimiter, NewLineDelimiter, HasHeader, SkipRows, Columns "
             "from sniff_csv($path, quote := '\"', escape := '\"', ignore_errors := true)",
             {"path": str(path)},
-        ).fetchone()
+        ).fetchall()[0]  # fetchall: a fetchone result would keep the connection busy
     except duckdb.Error:
         return None
     if row is None:

@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import sqlalchemy as sa
 
-from engine.config import DBT_PROJECT_DIR
-from engine.runtime import exported_environment
 from engine.sending.scheduler import send_due
-from tests.factories import seed_tenant
-
-DBT = str(Path(sys.executable).with_name("dbt"))
-
-
-def dbt(database, *args: str) -> str:
-    env = {**os.environ, **exported_environment(database)}
-    result = subprocess.run(
-        [
-            DBT,
-            *args,
-            "--project-dir",
-            str(DBT_PROJECT_DIR),
-            "--profiles-dir",
-            str(DBT_PROJECT_DIR),
-            "--target-path",
-            str(database.settings.home / "dbt-target"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    return result.stdout
+from tests.factories import dbt, seed_tenant
 
 
 def _fct_count(database) -> int:
