@@ -118,6 +118,9 @@ def _last_value(column: str) -> str:
 # One row per address (as PostgreSQL compares them: the unique index is on lower(email)).
 # An address on several lines merges as if the lines were applied in order: each field and
 # each attribute takes its last non-empty value. Only repeated addresses pay for that.
+# Each address is matched with the tenant's contact, if there is one, and whether the file
+# changes it: existing contacts keep their status (a suppressed address stays suppressed)
+# and any field the file leaves empty.
 _DEDUPLICATE = sa.text(
     f"""
     create temporary table deduped on commit drop as
@@ -138,23 +141,34 @@ _DEDUPLICATE = sa.text(
                {", ".join(_last_value(f) for f in _FIELDS)},
                (array_agg(raw_data order by line_number desc))[1] as raw_data
         from repeated_rows group by key
+    ), distinct_addresses as (
+        select k.key, k.email, k.is_role_address, {", ".join(f"k.{f}" for f in _FIELDS)},
+               jsonb_strip_nulls(k.attributes) as attributes, k.raw_data
+        from keyed k where not exists (select from repeated r where r.key = k.key)
+        union all
+        select m.key, m.email, m.is_role_address, {", ".join(f"m.{f}" for f in _FIELDS)},
+               coalesce(a.attributes, '{{}}'::jsonb), m.raw_data
+        from merged m left join repeated_attributes a using (key)
     )
-    select k.key, k.email, k.is_role_address, {", ".join(f"k.{f}" for f in _FIELDS)},
-           jsonb_strip_nulls(k.attributes) as attributes, k.raw_data
-    from keyed k where not exists (select from repeated r where r.key = k.key)
-    union all
-    select m.key, m.email, m.is_role_address, {", ".join(f"m.{f}" for f in _FIELDS)},
-           coalesce(a.attributes, '{{}}'::jsonb), m.raw_data
-    from merged m left join repeated_attributes a using (key)
+    select d.*, c.id as contact_id, c.status as contact_status,
+           (c.is_role_address, {", ".join(f"c.{f}" for f in _FIELDS)}, c.raw_data)
+               is distinct from
+           (d.is_role_address, {", ".join(f"coalesce(d.{f}, c.{f})" for f in _FIELDS)},
+            d.raw_data)
+           or not c.attributes @> d.attributes as changed
+    from distinct_addresses d
+    left join app.contacts c on c.tenant_id = app.current_tenant_id() and lower(c.email) = d.key
     """
 )
 
-# Existing contacts keep their status (a suppressed address stays suppressed) and any field
-# the file leaves empty; a row whose values change nothing is not rewritten at all.
-_UPSERT = sa.text(
+# New contacts are inserted in address order (index pages are visited in order, not at
+# random), with the status their address has on the suppression list; each is added to the
+# list with the existing contacts of the file, in id order. An existing contact is
+# rewritten only when the file changes it.
+_INSERT_AND_ADD = sa.text(
     f"""
-    with upserted as (
-        insert into app.contacts as c
+    with inserted as (
+        insert into app.contacts
             (tenant_id, email, is_role_address, {", ".join(_FIELDS)}, attributes, raw_data,
              status, upload_batch_id, created_at, updated_at)
         select app.current_tenant_id(), d.email, d.is_role_address,
@@ -162,41 +176,42 @@ _UPSERT = sa.text(
                case when s.id is null then 'active' when s.reason = 'bounce' then 'bounced'
                     when s.reason = 'complaint' then 'complained' else 'unsubscribed' end,
                :batch_id, :now, :now
-        from deduped d left join app.suppressions s on lower(s.email) = d.key
-        on conflict (tenant_id, lower(email)) do update set
-            is_role_address = excluded.is_role_address,
-            {", ".join(f"{f} = coalesce(excluded.{f}, c.{f})" for f in _FIELDS)},
-            attributes = c.attributes || excluded.attributes,
-            raw_data = excluded.raw_data,
-            updated_at = excluded.updated_at
-        where (c.is_role_address, {", ".join(f"c.{f}" for f in _FIELDS)}, c.raw_data)
-              is distinct from
-              (excluded.is_role_address,
-               {", ".join(f"coalesce(excluded.{f}, c.{f})" for f in _FIELDS)},
-               excluded.raw_data)
-           or not c.attributes @> excluded.attributes
-        returning (xmax = 0) as inserted
-    )
-    select count(*) filter (where inserted) as inserted,
-           count(*) filter (where not inserted) as updated
-    from upserted
-    """
-)
-_MEMBERS = sa.text(
-    """
-    with batch_contacts as materialized (
-        select c.id, c.status, c.is_role_address
-        from deduped d join app.contacts c on lower(c.email) = d.key
+        from deduped d left join app.suppressions s
+            on s.tenant_id = app.current_tenant_id() and lower(s.email) = d.key
+        where d.contact_id is null
+        order by d.key
+        returning id, status
+    ), batch_contacts as (
+        select id, status from inserted
+        union all
+        select contact_id, contact_status from deduped where contact_id is not null
     ), added as (
         insert into app.contact_list_members (tenant_id, list_id, contact_id, added_at)
-        select app.current_tenant_id(), :list_id, id, :now from batch_contacts
+        select app.current_tenant_id(), :list_id, id, :now from batch_contacts order by id
         on conflict do nothing
         returning 1
     )
-    select (select count(*) from added) as list_added,
-           (select count(*) from batch_contacts where status <> 'active') as suppressed,
-           (select count(*) from batch_contacts where is_role_address) as role_addresses
+    select (select count(*) from inserted) as inserted,
+           (select count(*) from added) as list_added,
+           (select count(*) from batch_contacts where status <> 'active') as suppressed
     """
+)
+_UPDATE = sa.text(
+    f"""
+    update app.contacts c set
+        is_role_address = d.is_role_address,
+        {", ".join(f"{f} = coalesce(d.{f}, c.{f})" for f in _FIELDS)},
+        attributes = c.attributes || d.attributes,
+        raw_data = d.raw_data,
+        updated_at = :now
+    from deduped d
+    where d.changed and c.tenant_id = app.current_tenant_id() and c.id = d.contact_id
+    """
+)
+_ROLE_ADDRESSES = sa.text("select count(*) from deduped where is_role_address")
+# Uploads of one tenant take turns: the match of addresses to contacts holds until commit.
+_UPLOAD_LOCK = sa.text(
+    "select pg_advisory_xact_lock(hashtextextended('upload:' || app.current_tenant_id(), 0))"
 )
 _SAVE_REJECTS = sa.text(
     """
@@ -344,19 +359,22 @@ class Stage:
 
 def merge(stage: Stage, batch_id: uuid.UUID, list_id: uuid.UUID, now: datetime) -> MergeCounts:
     conn = stage.conn
+    conn.execute(_UPLOAD_LOCK)
+    conn.execute(sa.text("set local work_mem = '256MB'"))  # sorts and hashes of a whole file
     distinct_addresses = conn.execute(_DEDUPLICATE).rowcount
     conn.execute(sa.text("analyze deduped"))
-    upserted = conn.execute(_UPSERT, {"batch_id": batch_id, "now": now}).one()
-    members = conn.execute(_MEMBERS, {"list_id": list_id, "now": now}).one()
+    updated = conn.execute(_UPDATE, {"now": now}).rowcount
+    added = conn.execute(_INSERT_AND_ADD, {"batch_id": batch_id, "list_id": list_id, "now": now})
+    counts = added.one()
     conn.execute(_SAVE_REJECTS, {"batch_id": batch_id})
     return MergeCounts(
         staged=stage.rows,
         distinct_addresses=distinct_addresses,
-        inserted=upserted.inserted,
-        updated=upserted.updated,
-        list_added=members.list_added,
-        suppressed=members.suppressed,
-        role_addresses=members.role_addresses,
+        inserted=counts.inserted,
+        updated=updated,
+        list_added=counts.list_added,
+        suppressed=counts.suppressed,
+        role_addresses=conn.execute(_ROLE_ADDRESSES).scalar_one(),
     )
 
 
