@@ -44,8 +44,10 @@ CHUNK_BYTES = 1 << 20
 BATCH_ROWS = 100_000
 #: DuckDB's line buffer: at least this, and more for a file with a longer line, up to
 #: `MAX_LINE_BYTES`. (DuckDB drops a line over its limit without recording a reject, so the
-#: limit is sized to the file's longest line and long values are refused in `clean`.)
-MIN_LINE_BYTES = 8 << 20
+#: limit is sized to the file's longest line and long values are refused in `clean`.) Keep the
+#: minimum small: DuckDB reads in buffers of 16 lines' worth, one per thread, so 8 MiB here
+#: cost 128 MiB buffers and ~400 MB of resident memory for any file.
+MIN_LINE_BYTES = 1 << 20
 MAX_LINE_BYTES = 256 << 20
 #: Raw text kept per rejected line; the rest is summarized.
 MAX_REJECT_TEXT = 10_000

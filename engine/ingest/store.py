@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from queue import Queue
 
 import polars as pl
 import sqlalchemy as sa
@@ -304,6 +305,17 @@ def batch_row(conn: Connection, batch_id: uuid.UUID) -> sa.Row:
     return conn.execute(_BY_ID, {"batch_id": batch_id}).one()
 
 
+class _BoundedWriter(QueuedLibpqWriter):
+    """psycopg's threaded COPY writer with a short queue: when PostgreSQL falls behind, the
+    reader waits instead of piling up to 1024 buffers (128 MiB) of rows in memory."""
+
+    QUEUE_BUFFERS = 64  # of at most 128 KiB each
+
+    def __init__(self, cursor) -> None:
+        super().__init__(cursor)
+        self._queue = Queue(maxsize=self.QUEUE_BUFFERS)
+
+
 class Stage:
     """Temporary tables of one load transaction, filled with `COPY` chunk by chunk.
 
@@ -321,7 +333,7 @@ class Stage:
         self._copy = self._open.enter_context(
             self._cursor.copy(
                 f"copy staged_contacts ({', '.join(STAGED_COLUMNS)}) from stdin (format csv)",
-                writer=QueuedLibpqWriter(self._cursor),
+                writer=_BoundedWriter(self._cursor),
             )
         )
         self._rejects = (workdir / "rejects.csv").open("w+b")
