@@ -181,7 +181,7 @@ def upload(
             "-m",
             help="COLUMN=FIELD, repeatable; overrides the automatic column mapping. Fields: "
             "email, first_name, last_name, full_name, company, job_title, phone, website, "
-            "city, country, timezone, lead_score.",
+            "city, country, timezone, lead_score; or attribute, to keep a column as it is.",
         ),
     ] = None,
     tenant: TenantOption = DEFAULT_TENANT,

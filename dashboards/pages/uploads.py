@@ -72,6 +72,12 @@ def staged(uploaded) -> Path:
     return Path(files[uploaded.file_id])
 
 
+@st.cache_data(max_entries=4, show_spinner="Reading the file…")
+def preview(path: str, name: str):
+    """`preview_file`, once per staged file rather than on every rerun of the page."""
+    return preview_file(Path(path), file_name=name)
+
+
 def mapping_editor(columns: list[str], detected: dict[str, str], key: str) -> dict[str, str]:
     """One picker per column, preset to the detected field; returns {column: field|KEEP}."""
     options = [KEEP, *FIELDS]
@@ -102,11 +108,11 @@ def upload_form() -> None:
         return
     path = staged(uploaded)
     try:
-        preview = preview_file(path, file_name=uploaded.name)
+        found = preview(str(path), uploaded.name)
     except IngestError as exc:
         st.error(f"This file cannot be uploaded: {exc}")
         return
-    fmt = preview.file_format
+    fmt = found.file_format
     delimiter = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(
         fmt["delimiter"], repr(fmt["delimiter"])
     )
@@ -114,20 +120,20 @@ def upload_form() -> None:
         f"Read as {ENCODINGS.get(fmt['encoding'], fmt['encoding'])}, {delimiter}-delimited, "
         + ("with a header row" if fmt["has_header"] else "without a header row")
         + (f", {fmt['skipped_lines']} title line(s) skipped" if fmt["skipped_lines"] else "")
-        + f". First {preview.rows.height} rows:"
+        + f". First {found.rows.height} rows:"
     )
-    st.dataframe(preview.rows, hide_index=True, width="stretch")
+    st.dataframe(found.rows, hide_index=True, width="stretch")
 
     st.subheader("Column mapping")
     st.caption(
         "Each column becomes a contact field or is kept as an attribute, usable in templates."
     )
-    chosen = mapping_editor(list(fmt["columns"]), preview.mapping, key=uploaded.file_id)
+    chosen = mapping_editor(list(fmt["columns"]), found.mapping, key=uploaded.file_id)
     # Only what differs from the detected mapping is sent along, and stored on the batch.
     overrides = {
         column: ATTRIBUTE if field == KEEP else field
         for column, field in chosen.items()
-        if field != preview.mapping.get(column, KEEP)
+        if field != found.mapping.get(column, KEEP)
     }
     problem = None
     try:
@@ -135,7 +141,7 @@ def upload_form() -> None:
     except IngestError as exc:
         problem = str(exc)
     if problem is None and "email" not in chosen.values():
-        problem = preview.problem or "choose the column that holds the email address"
+        problem = found.problem or "choose the column that holds the email address"
     if problem:
         st.warning(f"Before uploading: {problem}")
     if not list_name:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-from engine.inbox import drop, pending_files, process_inbox
+import pytest
+
+from engine.inbox import drop, inbox_path, pending_files, process_inbox
+from engine.ingest import IngestError
 from tests.factories import write_csv
 
 
@@ -55,3 +58,21 @@ def test_a_second_file_of_the_same_name_does_not_overwrite_the_first(database, t
     first = drop(uploads, source, "t", "l")
     second = drop(uploads, source, "t", "l")
     assert first.name == "a.csv" and second.name == "a-2.csv"
+
+
+@pytest.mark.parametrize(
+    ("tenant", "list_name", "message"),
+    [
+        ("default", "a/b", "list name 'a/b' cannot be used for an inbox folder"),
+        ("default", ".hidden", "list name '.hidden' cannot be used for an inbox folder"),
+        ("default", "  ", "a list name must not be empty"),
+        ("Not A Tenant", "l", "tenant name 'Not A Tenant' is not valid"),
+    ],
+)
+def test_drop_refuses_names_that_cannot_be_inbox_folders(
+    database, tmp_path, tenant, list_name, message
+):
+    source = write_csv(tmp_path / "c.csv", [["h@example.com"]], header=["Email"])
+    with pytest.raises(IngestError, match=message):
+        drop(database.settings.uploads, source, tenant, list_name)
+    assert not inbox_path(database.settings.uploads).exists()

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.db import tenant_transaction
-from engine.ingest import IngestError, ingest_file, parse_mapping
+from engine.ingest import IngestError, ingest_file, parse_mapping, preview_file
 from engine.ingest.rejects import rejects_csv, safe_csv
 from engine.tenants import tenant_id
 from tests.factories import write_csv
@@ -227,6 +227,43 @@ def test_explicit_mapping_overrides_header_guessing(database, tenant, now, tmp_p
     assert contact.attributes == {"Email": "someone@else.example"}
     [batch] = batches(database, tenant)
     assert batch.column_mapping == {"Contact": "email", "Firm": "company"}
+
+
+def test_a_column_mapped_to_attribute_keeps_its_header(database, tenant, now, tmp_path):
+    path = write_csv(
+        tmp_path / "crm.csv",
+        [["x@example.com", "Acme", "CTO"]],
+        header=["Email", "Company", "Title"],
+    )
+    result = ingest_file(database.app, tenant, path, "l", now, mapping={"Company": "attribute"})
+    [contact] = contacts(database, tenant)
+    assert contact.company is None
+    assert contact.attributes == {"Company": "Acme"}
+    assert result.column_mapping == {"Email": "email", "Title": "job_title"}
+
+
+def test_new_contacts_get_time_ordered_ids(database, tenant, now, tmp_path):
+    path = write_csv(tmp_path / "a.csv", [["a@example.com"]], header=["Email"])
+    ingest_file(database.app, tenant, path, "l", now)
+    path = write_csv(tmp_path / "b.csv", [["b@example.com"]], header=["Email"])
+    ingest_file(database.app, tenant, path, "l", now)
+    ids = [row.id for row in query(database, tenant, "select id from app.contacts order by email")]
+    assert [i.version for i in ids] == [7, 7]
+    assert ids[0] < ids[1]  # created later, sorts later
+
+
+def test_preview_reads_like_ingest_and_names_a_missing_address_column(tmp_path):
+    path = write_csv(
+        tmp_path / "p.csv", [["Ada", "ada at example"]] * 3, header=["Name", "Reach me at"]
+    )
+    preview = preview_file(path)
+    assert preview.mapping == {"Name": "full_name"}
+    assert preview.rows.columns == ["Name", "Reach me at"] and preview.rows.height == 3
+    assert "no column looks like an email address; columns found: Name, Reach me at" in (
+        preview.problem
+    )
+    fixed = preview_file(path, mapping={"Reach me at": "email", "Name": "attribute"})
+    assert (fixed.mapping, fixed.problem) == ({"Reach me at": "email"}, None)
 
 
 @pytest.mark.parametrize(
