@@ -6,6 +6,7 @@ is a bound parameter of each query, never text pasted into SQL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 import polars as pl
@@ -126,3 +127,17 @@ def upload_rejects(tenant: str, batch_id: str, limit: int | None = None) -> pl.D
 def upload_rejects_csv(tenant: str, batch_id: str) -> str:
     """The batch's rejects as CSV a spreadsheet opens safely (formulas neutralized)."""
     return safe_csv(upload_rejects(tenant, batch_id))
+
+
+def pick_tenant(names: Callable[[], list[str]], none_yet: str) -> str:
+    """The sidebar's tenant picker over `names()`; the page stops with a note when the marts
+    are missing or there is no tenant to pick (`none_yet`)."""
+    try:
+        tenants = names()
+    except MartsMissingError as exc:
+        st.info(str(exc))
+        st.stop()
+    if not tenants:
+        st.info(none_yet)
+        st.stop()
+    return st.sidebar.selectbox("Tenant", tenants)

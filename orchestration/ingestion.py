@@ -175,28 +175,31 @@ def uploads(context: dg.AssetExecutionContext, config: UploadConfig, postgres: P
     )
 
 
+def _none_found(postgres: PostgresResource, count_sql: str, metric: str) -> dg.AssetCheckResult:
+    """Passes when `count_sql` (run across all tenants, as the analytics role) counts 0."""
+    with postgres.db.analytics.connect() as conn:
+        found = conn.execute(sa.text(count_sql)).scalar_one()
+    return dg.AssetCheckResult(passed=found == 0, metadata={metric: found})
+
+
 @dg.asset_check(asset="contacts", description="No address appears twice in a tenant.")
 def contacts_have_unique_addresses(postgres: PostgresResource) -> dg.AssetCheckResult:
-    with postgres.db.analytics.connect() as conn:
-        repeated = conn.execute(
-            sa.text(
-                "select count(*) from (select 1 from app.contacts "
-                "group by tenant_id, lower(email) having count(*) > 1) as d"
-            )
-        ).scalar_one()
-    return dg.AssetCheckResult(passed=repeated == 0, metadata={"repeated_addresses": repeated})
+    return _none_found(
+        postgres,
+        "select count(*) from (select 1 from app.contacts "
+        "group by tenant_id, lower(email) having count(*) > 1) as d",
+        "repeated_addresses",
+    )
 
 
 @dg.asset_check(asset="contact_lists", description="Every list member is a contact.")
 def list_members_have_contacts(postgres: PostgresResource) -> dg.AssetCheckResult:
-    with postgres.db.analytics.connect() as conn:
-        orphans = conn.execute(
-            sa.text(
-                "select count(*) from app.contact_list_members m left join app.contacts c "
-                "on c.tenant_id = m.tenant_id and c.id = m.contact_id where c.id is null"
-            )
-        ).scalar_one()
-    return dg.AssetCheckResult(passed=orphans == 0, metadata={"orphan_members": orphans})
+    return _none_found(
+        postgres,
+        "select count(*) from app.contact_list_members m left join app.contacts c "
+        "on c.tenant_id = m.tenant_id and c.id = m.contact_id where c.id is null",
+        "orphan_members",
+    )
 
 
 ingest_upload_job = dg.define_asset_job(

@@ -9,17 +9,11 @@ from dashboards import charts, data
 st.title("Sends")
 st.caption("Messages per campaign and day, from the `campaign_daily` mart.")
 
-try:
-    tenants = data.tenants()
-except data.MartsMissingError as exc:
-    st.info(str(exc))
-    st.stop()
-if not tenants:
-    st.info("Nothing has been sent yet. Launch a campaign; the marts rebuild after each send run.")
-    st.stop()
-
 # Filters
-tenant = st.sidebar.selectbox("Tenant", tenants)
+tenant = data.pick_tenant(
+    data.tenants,
+    "Nothing has been sent yet. Launch a campaign; the marts rebuild after each send run.",
+)
 today = datetime.now(UTC).date()  # the marts' days are UTC days
 picked = st.sidebar.date_input("Days", value=(today - timedelta(days=29), today), max_value=today)
 start, end = picked if isinstance(picked, tuple) and len(picked) == 2 else (picked, picked)

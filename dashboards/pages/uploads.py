@@ -43,16 +43,9 @@ st.caption(
     "delimiter and header are detected, and known column names are mapped for you."
 )
 
-try:
-    tenants = data.all_tenants()
-except data.MartsMissingError as exc:
-    st.info(str(exc))
-    st.stop()
-if not tenants:
-    st.info("There is no tenant yet: create one with `penguin tenant create NAME`.")
-    st.stop()
-
-tenant = st.sidebar.selectbox("Tenant", tenants)
+tenant = data.pick_tenant(
+    data.all_tenants, "There is no tenant yet: create one with `penguin tenant create NAME`."
+)
 uploads = Settings.from_env().uploads
 
 

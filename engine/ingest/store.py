@@ -194,7 +194,8 @@ _INSERT_AND_ADD = sa.text(
     )
     select (select count(*) from inserted) as inserted,
            (select count(*) from added) as list_added,
-           (select count(*) from batch_contacts where status <> 'active') as suppressed
+           (select count(*) from batch_contacts where status <> 'active') as suppressed,
+           (select count(*) from deduped where is_role_address) as role_addresses
     """
 )
 _UPDATE = sa.text(
@@ -209,7 +210,6 @@ _UPDATE = sa.text(
     where d.changed and c.tenant_id = app.current_tenant_id() and c.id = d.contact_id
     """
 )
-_ROLE_ADDRESSES = sa.text("select count(*) from deduped where is_role_address")
 # Uploads of one tenant take turns: the match of addresses to contacts holds until commit.
 _UPLOAD_LOCK = sa.text(
     "select pg_advisory_xact_lock(hashtextextended('upload:' || app.current_tenant_id(), 0))"
@@ -386,7 +386,7 @@ def merge(stage: Stage, batch_id: uuid.UUID, list_id: uuid.UUID, now: datetime) 
         updated=updated,
         list_added=counts.list_added,
         suppressed=counts.suppressed,
-        role_addresses=conn.execute(_ROLE_ADDRESSES).scalar_one(),
+        role_addresses=counts.role_addresses,
     )
 
 

@@ -11,17 +11,8 @@ APP = str(PROJECT_ROOT / "dashboards" / "app.py")
 
 
 @pytest.fixture
-def app_env(monkeypatch, built_pipeline):
-    settings = built_pipeline.database.settings
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("PENGUIN_HOME", str(settings.home))
-    from dashboards import data
-
-    data.tenants.clear()
-    data.campaign_daily.clear()
-    data._engine.clear()
-    yield
-    data._engine.clear()
+def app_env(use_database, built_pipeline):
+    use_database(built_pipeline.database)
 
 
 def test_sends_page_shows_the_days_sends(app_env):
@@ -37,14 +28,8 @@ def test_sends_page_shows_the_days_sends(app_env):
     assert list(table["sent_count"]) == [40]
 
 
-def test_sends_page_explains_missing_marts(monkeypatch, database):
-    monkeypatch.setenv("DATABASE_URL", database.settings.database_url)
-    monkeypatch.setenv("PENGUIN_HOME", str(database.settings.home))
-    from dashboards import data
-
-    data.tenants.clear()
-    data._engine.clear()
+def test_sends_page_explains_missing_marts(use_database, database):
+    use_database(database)
     at = AppTest.from_file(APP, default_timeout=60).run()
-    data._engine.clear()
     assert not at.exception, at.exception
     assert "analytics marts have not been built yet" in at.info[0].value

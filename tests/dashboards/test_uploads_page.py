@@ -29,16 +29,9 @@ GERMAN = (
 
 
 @pytest.fixture
-def page_env(monkeypatch, database):
+def page_env(use_database, database):
     dbt(database, "run", "--select", "+dim_tenants", "+fct_upload_rejects")
-    monkeypatch.setenv("DATABASE_URL", database.settings.database_url)
-    monkeypatch.setenv("PENGUIN_HOME", str(database.settings.home))
-    from dashboards import data
-
-    data.all_tenants.clear()
-    data._engine.clear()
-    yield database
-    data._engine.clear()
+    return use_database(database)
 
 
 def open_page() -> AppTest:
@@ -179,15 +172,9 @@ def test_a_list_name_that_cannot_be_a_folder_is_refused(page_env):
     )
 
 
-def test_the_page_explains_missing_marts(monkeypatch, database):
-    monkeypatch.setenv("DATABASE_URL", database.settings.database_url)
-    monkeypatch.setenv("PENGUIN_HOME", str(database.settings.home))
-    from dashboards import data
-
-    data.all_tenants.clear()
-    data._engine.clear()
+def test_the_page_explains_missing_marts(use_database, database):
+    use_database(database)
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.switch_page(PAGE).run()
-    data._engine.clear()
     assert not at.exception, at.exception
     assert "analytics marts have not been built yet" in at.info[0].value
