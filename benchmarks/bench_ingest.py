@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine import migrate  # noqa: E402
 from engine.config import Settings  # noqa: E402
-from engine.db import Database, start_embedded_postgres  # noqa: E402
+from engine.db import Database  # noqa: E402
+from engine.embedded import start_embedded_postgres  # noqa: E402
 from engine.runtime import exported_environment  # noqa: E402
 from tests.factories import write_contacts_csv  # noqa: E402
 

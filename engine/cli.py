@@ -12,7 +12,8 @@ from rich.console import Console
 
 from engine import migrate
 from engine.config import ConfigError, Settings
-from engine.db import Database, start_embedded_postgres, stop_embedded_postgres
+from engine.db import Database
+from engine.embedded import start_embedded_postgres, stop_embedded_postgres
 from engine.tenants import DEFAULT_TENANT, all_tenants, create_tenant
 
 app = typer.Typer(

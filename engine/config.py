@@ -32,10 +32,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 @dataclass(frozen=True)
 class Settings:
+    """What a process knows. The owner's `database_url` is for migrations and tenant creation
+    only: processes started by `penguin up` get the server's coordinates (`pg_host`, `pg_port`,
+    `pg_database`) and the password of the one role they use, never the owner's URL."""
+
     home: Path
     database_url: str | None
     app_password: str | None = None
     analytics_password: str | None = None
+    dashboards_password: str | None = None
+    pg_host: str | None = None
+    pg_port: int = 5432
+    pg_database: str = "postgres"
     smtp_sink_host: str = "127.0.0.1"
     smtp_sink_port: int = 2525
     dagster_port: int = 3000
@@ -50,6 +58,10 @@ class Settings:
             database_url=env.get("DATABASE_URL") or None,
             app_password=env.get("PENGUIN_APP_PASSWORD") or None,
             analytics_password=env.get("PENGUIN_ANALYTICS_PASSWORD") or None,
+            dashboards_password=env.get("PENGUIN_DASHBOARDS_PASSWORD") or None,
+            pg_host=env.get("PENGUIN_PG_HOST") or None,
+            pg_port=_int(env, "PENGUIN_PG_PORT", cls.pg_port),
+            pg_database=env.get("PENGUIN_PG_DATABASE") or cls.pg_database,
             smtp_sink_port=_int(env, "PENGUIN_SMTP_SINK_PORT", cls.smtp_sink_port),
             dagster_port=_int(env, "PENGUIN_DAGSTER_PORT", cls.dagster_port),
             dashboard_port=_int(env, "PENGUIN_DASHBOARD_PORT", cls.dashboard_port),
@@ -79,6 +91,7 @@ class Settings:
 #: Roles created by the migrations (cluster-wide, so every database of a server shares them).
 APP_ROLE = "penguin_app"
 ANALYTICS_ROLE = "penguin_analytics"
+DASHBOARDS_ROLE = "penguin_dashboards"
 
 #: The repository root: dbt project, workspace.yaml and the Streamlit app live beside the code.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

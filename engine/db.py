@@ -13,7 +13,6 @@ Three roles touch the database, each with the least it needs:
 from __future__ import annotations
 
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,36 +21,8 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from engine.config import ANALYTICS_ROLE, APP_ROLE, Settings
-
-_embedded: dict[str, object] = {}
-
-
-def start_embedded_postgres(settings: Settings, *, keep_running: bool = False) -> str:
-    """Start (or attach to) the pgserver instance under `PENGUIN_HOME`; return its URL.
-
-    pgserver shares one server among every process that asks for the same folder and stops
-    it when the last of them exits, unless `keep_running` (used by `penguin env`, whose
-    exports must outlive the command).
-    """
-    key = str(settings.pgdata)
-    if key not in _embedded:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pgserver warns when XDG_RUNTIME_DIR is unset
-            import pgserver
-
-            settings.home.mkdir(parents=True, exist_ok=True)
-            _embedded[key] = pgserver.get_server(
-                settings.pgdata, cleanup_mode=None if keep_running else "stop"
-            )
-    server = _embedded[key]
-    return server.get_uri()  # type: ignore[attr-defined]
-
-
-def stop_embedded_postgres(settings: Settings) -> None:
-    server = _embedded.pop(str(settings.pgdata), None)
-    if server is not None:
-        server.cleanup()  # type: ignore[attr-defined]
+from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, Settings
+from engine.embedded import start_embedded_postgres
 
 
 def sqlalchemy_url(url: str | URL) -> URL:
@@ -86,21 +57,61 @@ def connection_parts(url: URL) -> ConnectionParts:
     )
 
 
+class OwnerUnavailableError(RuntimeError):
+    """This process was given no owner credentials (by design: see `Settings`)."""
+
+
 class Database:
-    """The owner URL and the engines for each role, created lazily and shared."""
+    """The server's coordinates and an engine per role, created lazily and shared.
+
+    With `DATABASE_URL` (or the embedded server, started here when neither `DATABASE_URL` nor
+    `PENGUIN_PG_HOST` is set) the process knows the owner and derives the roles' URLs from it;
+    with only `PENGUIN_PG_*` it can reach the roles it has passwords for, never the owner.
+    """
 
     def __init__(self, settings: Settings, owner_url: str | URL | None = None):
         self.settings = settings
-        if owner_url is None:
-            owner_url = settings.database_url or start_embedded_postgres(settings)
-        self.owner_url = sqlalchemy_url(owner_url)
+        if owner_url is None and settings.database_url:
+            owner_url = settings.database_url
+        if owner_url is None and settings.pg_host is None:
+            owner_url = start_embedded_postgres(settings)
+        self.owner_url: URL | None = None if owner_url is None else sqlalchemy_url(owner_url)
+        if self.owner_url is not None:
+            self.server = connection_parts(self.owner_url)
+        else:
+            assert settings.pg_host is not None
+            self.server = ConnectionParts(
+                host=settings.pg_host,
+                port=settings.pg_port,
+                user="",
+                password="",
+                dbname=settings.pg_database,
+            )
 
     @classmethod
     def from_env(cls) -> Database:
         return cls(Settings.from_env())
 
     def role_url(self, role: str, password: str | None) -> URL:
-        return self.owner_url.set(username=role, password=password)
+        if self.owner_url is not None:  # keeps the owner URL's options (sslmode, ...)
+            return self.owner_url.set(username=role, password=password)
+        server = self.server
+        if server.host.startswith("/"):  # a Unix socket folder (the embedded server)
+            return URL.create(
+                "postgresql+psycopg",
+                username=role,
+                password=password,
+                database=server.dbname,
+                query={"host": server.host, "port": str(server.port)},
+            )
+        return URL.create(
+            "postgresql+psycopg",
+            username=role,
+            password=password,
+            host=server.host,
+            port=server.port,
+            database=server.dbname,
+        )
 
     @property
     def app_url(self) -> URL:
@@ -110,8 +121,17 @@ class Database:
     def analytics_url(self) -> URL:
         return self.role_url(ANALYTICS_ROLE, self.settings.analytics_password)
 
+    @property
+    def dashboards_url(self) -> URL:
+        return self.role_url(DASHBOARDS_ROLE, self.settings.dashboards_password)
+
     @cached_property
     def owner(self) -> Engine:
+        if self.owner_url is None:
+            raise OwnerUnavailableError(
+                "this process has no owner credentials (DATABASE_URL); migrations and tenant "
+                "creation run from the `penguin` command"
+            )
         return sa.create_engine(self.owner_url, pool_pre_ping=True)
 
     @cached_property
@@ -122,8 +142,12 @@ class Database:
     def analytics(self) -> Engine:
         return sa.create_engine(self.analytics_url, pool_pre_ping=True)
 
+    @cached_property
+    def dashboards(self) -> Engine:
+        return sa.create_engine(self.dashboards_url, pool_pre_ping=True)
+
     def dispose(self) -> None:
-        for name in ("owner", "app", "analytics"):
+        for name in ("owner", "app", "analytics", "dashboards"):
             engine = self.__dict__.pop(name, None)
             if engine is not None:
                 engine.dispose()

@@ -29,7 +29,8 @@ from rich.console import Console
 
 from engine import demo, migrate
 from engine.config import PROJECT_ROOT, Settings
-from engine.db import Database, connection_parts, start_embedded_postgres, stop_embedded_postgres
+from engine.db import Database, connection_parts
+from engine.embedded import start_embedded_postgres, stop_embedded_postgres
 from engine.smtp_sink import SmtpSink
 
 DAGSTER_YAML = """\
