@@ -1,7 +1,8 @@
 """Data access for the dashboards: read-only, marts only, parameterized SQL.
 
-Connects as the analytics role, which can read the marts of every tenant; the tenant filter
-is a bound parameter of each query, never text pasted into SQL.
+Connects as the dashboards role, which may only read the marts (`analytics_marts`), in
+read-only transactions; the tenant filter is a bound parameter of each query, never text
+pasted into SQL.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class MartsMissingError(RuntimeError):
 
 @st.cache_resource
 def _engine() -> sa.Engine:
-    return Database(Settings.from_env()).analytics
+    return Database(Settings.from_env()).dashboards
 
 
 def _read(query: sa.TextClause, **params: object) -> pl.DataFrame:

@@ -1,13 +1,16 @@
-"""Connections: the embedded server, the three roles, and tenant-scoped transactions.
+"""Connections: the server, one engine per role, and tenant-scoped transactions.
 
-Three roles touch the database, each with the least it needs:
+Four roles touch the database, each with the least it needs:
 
 * the **owner** (`DATABASE_URL`, or the embedded server's superuser) runs migrations and
-  creates tenants;
+  creates tenants; it is the only role that can create anything outside `analytics_*`;
 * the **application role** runs the engine; it is neither owner, superuser nor `BYPASSRLS`,
-  so row-level security confines it to the tenant set with `SET LOCAL` in each transaction;
-* the **analytics role** reads every tenant (a `SELECT`-only policy) for dbt and writes the
-  `analytics_*` schemas the dashboards read.
+  so row-level security confines it to the tenant bound to each transaction
+  (`tenant_transaction`), which nothing in that transaction can switch;
+* the **analytics role** reads every tenant (a `SELECT`-only policy) for dbt and creates
+  tables and views only in the `analytics_*` schemas the owner made for it;
+* the **dashboards role** reads the marts (`analytics_marts`) and nothing else, in read-only
+  transactions.
 """
 
 from __future__ import annotations
@@ -55,6 +58,16 @@ def connection_parts(url: URL) -> ConnectionParts:
         password=url.password or "",
         dbname=url.database or "postgres",
     )
+
+
+#: Every connection resolves names in the catalog and `app` only, which no role but the owner can
+#: create objects in (the roles carry the same setting; this holds before the migration sets it).
+SEARCH_PATH = "pg_catalog,app"
+_CONNECT_ARGS = {"options": f"-c search_path={SEARCH_PATH}"}
+
+
+def _engine(url: URL) -> Engine:
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=_CONNECT_ARGS)
 
 
 class OwnerUnavailableError(RuntimeError):
@@ -132,19 +145,19 @@ class Database:
                 "this process has no owner credentials (DATABASE_URL); migrations and tenant "
                 "creation run from the `penguin` command"
             )
-        return sa.create_engine(self.owner_url, pool_pre_ping=True)
+        return _engine(self.owner_url)
 
     @cached_property
     def app(self) -> Engine:
-        return sa.create_engine(self.app_url, pool_pre_ping=True)
+        return _engine(self.app_url)
 
     @cached_property
     def analytics(self) -> Engine:
-        return sa.create_engine(self.analytics_url, pool_pre_ping=True)
+        return _engine(self.analytics_url)
 
     @cached_property
     def dashboards(self) -> Engine:
-        return sa.create_engine(self.dashboards_url, pool_pre_ping=True)
+        return _engine(self.dashboards_url)
 
     def dispose(self) -> None:
         for name in ("owner", "app", "analytics", "dashboards"):
@@ -153,16 +166,18 @@ class Database:
                 engine.dispose()
 
 
-_SET_TENANT = sa.text("select set_config('app.tenant_id', :tenant_id, true)")
+_BIND_TENANT = sa.text("select app.bind_tenant(:tenant_id)")
 
 
 @contextmanager
 def tenant_transaction(engine: Engine, tenant_id: uuid.UUID) -> Iterator[Connection]:
     """One transaction in which row-level security sees only `tenant_id`'s rows.
 
-    `set_config(..., true)` is `SET LOCAL` with a bind parameter: the setting ends with the
-    transaction, so a pooled connection never carries a tenant into the next use.
+    `app.bind_tenant` records the tenant under the transaction's id, where only the owner can
+    write, and refuses any other tenant for the rest of the transaction: nothing that runs in
+    it can act for another tenant. The binding ends with the transaction, so a pooled
+    connection never carries a tenant into its next use.
     """
     with engine.begin() as conn:
-        conn.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
+        conn.execute(_BIND_TENANT, {"tenant_id": tenant_id})
         yield conn

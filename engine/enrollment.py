@@ -29,7 +29,7 @@ _ENROLL = sa.text(
               select from app.suppressions sup
               where sup.tenant_id = ct.tenant_id and lower(sup.email) = lower(ct.email)
           )
-        on conflict (campaign_id, contact_id) do nothing
+        on conflict (tenant_id, campaign_id, contact_id) do nothing
         returning campaign_id
     )
     select c.name as campaign, count(*) as enrolled

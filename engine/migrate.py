@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
-from engine.config import ANALYTICS_ROLE, APP_ROLE
+from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE
 from engine.db import Database
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -49,27 +49,58 @@ def upgrade(db: Database, revision: str = "head") -> str:
     return current
 
 
+#: The schemas dbt writes (`generate_schema_name`: analytics_<custom schema>). The owner creates
+#: them; the analytics role may create tables and views in them and nowhere else.
+ANALYTICS_SCHEMAS = ("analytics", "analytics_staging", "analytics_intermediate", "analytics_marts")
+#: The one schema the dashboards read.
+MARTS_SCHEMA = "analytics_marts"
+
 # Database-level privileges are not copied by CREATE DATABASE ... TEMPLATE or by a restore into
-# a new database, so they are (re)applied on every upgrade instead of living in a migration.
+# a new database, so they are (re)applied on every upgrade instead of living in a migration,
+# with the analytics schemas (idempotent, so a schema added here reaches existing databases).
+# Names are qualified: this runs as the owner, whatever its search path holds.
 _DATABASE_GRANTS = sa.text(
     """
     do $$
     begin
-      -- dbt (as penguin_analytics) creates its analytics_* schemas in this database.
-      execute format('grant create on database %I to penguin_analytics', current_database());
+        -- Only the owner creates schemas; no role may create in `public`.
+        execute pg_catalog.format(
+            'revoke create on database %I from public, penguin_app, penguin_analytics, '
+            'penguin_dashboards', pg_catalog.current_database());
+        if exists (select from pg_catalog.pg_namespace where nspname = 'public') then
+            revoke create on schema public from public;
+        end if;
     end
     $$
     """
+)
+_SCHEMA_OWNER = sa.text(
+    "select pg_catalog.pg_get_userbyid(nspowner) from pg_catalog.pg_namespace where nspname = :s"
 )
 
 
 def _grant_database_privileges(db: Database) -> None:
     with db.owner.begin() as conn:
         conn.execute(_DATABASE_GRANTS)
+        quote = conn.dialect.identifier_preparer.quote
+        for schema in ANALYTICS_SCHEMAS:
+            name = quote(schema)
+            conn.execute(sa.text(f"create schema if not exists {name}"))
+            owner = conn.execute(_SCHEMA_OWNER, {"s": schema}).scalar_one()
+            if owner == ANALYTICS_ROLE:
+                # dbt created it itself before revision 0004: it becomes the owner's.
+                conn.execute(sa.text(f"alter schema {name} owner to current_user"))
+            conn.execute(sa.text(f"revoke all on schema {name} from public"))
+            conn.execute(sa.text(f"grant usage, create on schema {name} to {ANALYTICS_ROLE}"))
+        conn.execute(sa.text(f"grant usage on schema {quote(MARTS_SCHEMA)} to {DASHBOARDS_ROLE}"))
 
 
 def _set_role_passwords(db: Database) -> None:
-    passwords = {APP_ROLE: db.settings.app_password, ANALYTICS_ROLE: db.settings.analytics_password}
+    passwords = {
+        APP_ROLE: db.settings.app_password,
+        ANALYTICS_ROLE: db.settings.analytics_password,
+        DASHBOARDS_ROLE: db.settings.dashboards_password,
+    }
     statements = [
         sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password))
         for role, password in passwords.items()

@@ -14,8 +14,17 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _INSERT = sa.text(
     "insert into app.tenants (name) values (:name) on conflict (name) do nothing returning id"
 )
-_BY_NAME = sa.text("select id from app.tenants where name = :name")
-_ALL = sa.text("select id, name from app.tenants order by name")
+# The application role sees only its transaction's tenant in app.tenants; outside any tenant's
+# transaction it looks tenants up here (the owner may too).
+_BY_NAME = sa.text("select id from app.tenant_directory() where name = :name")
+_ALL = sa.text("select id, name from app.tenant_directory() order by name")
+_CREATED = sa.text("select id from app.tenants where name = :name")
+_TWIN = sa.text(
+    """
+    select name from app.tenants
+    where upper(translate(name, '-', '_')) = upper(translate(:name, '-', '_')) and name <> :name
+    """
+)
 
 
 class UnknownTenantError(LookupError):
@@ -35,10 +44,16 @@ def create_tenant(owner: Engine, name: str) -> tuple[uuid.UUID, bool]:
     """Create tenant `name` (owner role); return its id and whether it is new."""
     validate_name(name)
     with owner.begin() as conn:
+        if (twin := conn.execute(_TWIN, {"name": name}).scalar()) is not None:
+            raise ValueError(
+                f"tenant name {name!r} is too close to the existing tenant {twin!r}: names that "
+                "differ only in '-' and '_' would share SMTP password variables "
+                "(PENGUIN_SMTP_<TENANT>__<NAME>)"
+            )
         new_id = conn.execute(_INSERT, {"name": name}).scalar()
         if new_id is not None:
             return new_id, True
-        return conn.execute(_BY_NAME, {"name": name}).scalar_one(), False
+        return conn.execute(_CREATED, {"name": name}).scalar_one(), False
 
 
 def tenant_id(engine: Engine, name: str) -> uuid.UUID:

@@ -1,0 +1,249 @@
+"""Least privilege, tried as an attacker would: what each role can create, resolve, read and
+switch to, and what the database's keys reveal about other tenants."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from engine import migrate
+from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE
+from engine.db import tenant_transaction
+from engine.ingest import ingest_file
+from engine.tenants import all_tenants, create_tenant
+from tests.engine.test_row_level_security import two_tenants  # noqa: F401 (a fixture)
+from tests.factories import people, write_csv
+
+ROLES = (APP_ROLE, ANALYTICS_ROLE, DASHBOARDS_ROLE)
+
+
+def _libpq(database, role: str) -> str:
+    """A plain libpq connection string for `role`: no options of ours, only the role's own."""
+    return database.role_url(role, None).set(drivername="postgresql").render_as_string(False)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_no_role_but_the_owner_can_create_schemas_or_objects_in_public(database, role):
+    with psycopg.connect(_libpq(database, role), autocommit=True) as conn:
+        # The privileges themselves, not the dashboards' read-only default, must refuse.
+        conn.execute("set default_transaction_read_only = off")
+        for statement in (
+            f"create schema {role}",  # the schema its own "$user" would once have resolved to
+            "create table public.planted (x int)",
+            "create function public.lower(text) returns text language sql as 'select $1'",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_the_analytics_role_creates_only_in_the_analytics_schemas(database):
+    with psycopg.connect(_libpq(database, ANALYTICS_ROLE), autocommit=True) as conn:
+        for schema in migrate.ANALYTICS_SCHEMAS:
+            conn.execute(f"create table {schema}.probe (x int)")
+            conn.execute(f"drop table {schema}.probe")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("create table app.probe (x int)")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_resolves_names_in_the_catalog_and_app_only(database, role):
+    with psycopg.connect(_libpq(database, role)) as conn:
+        assert conn.execute("show search_path").fetchone() == ("pg_catalog, app",)
+
+
+def test_every_function_of_the_app_schema_has_a_fixed_search_path(database):
+    with database.owner.connect() as conn:
+        loose = conn.execute(
+            sa.text(
+                """
+                select p.proname from pg_catalog.pg_proc p
+                where p.pronamespace = 'app'::regnamespace
+                  and not exists (
+                      select from unnest(coalesce(p.proconfig, '{}')) c
+                      where c like 'search_path=%'
+                  )
+                """
+            )
+        ).scalars()
+        assert list(loose) == []
+
+
+def _plant(conn, schema: str, definition: str) -> None:
+    """As the owner: a schema in the database, usable by everyone, holding `definition`."""
+    conn.execute(sa.text(f'create schema "{schema}"'))
+    conn.execute(sa.text(f'grant usage on schema "{schema}" to public'))
+    conn.execute(sa.text(definition.format(schema=schema)))
+
+
+def test_an_operator_planted_in_a_schema_named_after_the_app_role_is_never_used(
+    database, now, tmp_path
+):
+    # Before revision 0004 the analytics role could create this schema; the application role's
+    # default search path ("$user", public) then resolved `'upload:' || uuid` to it.
+    with database.owner.begin() as conn:
+        _plant(
+            conn,
+            APP_ROLE,
+            """
+            create function "{schema}".hijack(text, uuid) returns text language plpgsql
+            as $$ begin raise exception 'hijacked'; end $$;
+            create operator "{schema}".|| (leftarg = text, rightarg = uuid,
+                                           function = "{schema}".hijack);
+            """,
+        )
+    path = write_csv(tmp_path / "leads.csv", people("lead", 3))
+    [(tenant_id, _)] = all_tenants(database.app)
+    result = ingest_file(database.app, tenant_id, path, "leads", now)
+    assert result.inserted == 3
+
+
+def test_a_function_planted_in_a_schema_named_after_the_owner_never_runs_in_upgrade(database):
+    with database.owner.begin() as conn:
+        owner = conn.execute(sa.text("select current_user")).scalar_one()
+        # An exact match for format(text, name) beats pg_catalog's format(text, variadic "any").
+        _plant(
+            conn,
+            owner,
+            """
+            create function "{schema}".format(text, name) returns text language plpgsql
+            as $$ begin raise exception 'hijacked'; end $$;
+            create function "{schema}".current_database() returns name language plpgsql
+            as $$ begin raise exception 'hijacked'; end $$;
+            """,
+        )
+    assert migrate.upgrade(database) == migrate.head_revision()
+    with database.owner.connect() as conn:
+        bypass = conn.execute(
+            sa.text("select rolbypassrls from pg_roles where rolname = :r"), {"r": APP_ROLE}
+        ).scalar_one()
+    assert bypass is False
+
+
+def test_a_transaction_cannot_switch_to_another_tenant(database, two_tenants):  # noqa: F811
+    alpha, bravo = two_tenants
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        # The old way of setting the tenant changes nothing any more.
+        conn.execute(
+            sa.text("select set_config('app.tenant_id', :t, true)"), {"t": str(bravo.tenant_id)}
+        )
+        tenants = conn.execute(sa.text("select distinct tenant_id from app.contacts")).scalars()
+        assert list(tenants) == [alpha.tenant_id]
+        # Nor does a savepoint rolled back: the binding predates it.
+        conn.execute(sa.text("savepoint s"))
+        conn.execute(sa.text("rollback to savepoint s"))
+        assert conn.execute(sa.text("select app.current_tenant_id()")).scalar() == alpha.tenant_id
+        with pytest.raises(sa.exc.ProgrammingError, match="cannot be switched"):
+            with conn.begin_nested():
+                conn.execute(sa.text("select app.bind_tenant(:t)"), {"t": bravo.tenant_id})
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            with conn.begin_nested():
+                conn.execute(sa.text("delete from app.tenant_bindings"))
+        with pytest.raises(sa.exc.ProgrammingError, match="inside a tenant's transaction"):
+            with conn.begin_nested():
+                conn.execute(sa.text("select * from app.tenant_directory()"))
+        # Binding the same tenant again is harmless.
+        conn.execute(sa.text("select app.bind_tenant(:t)"), {"t": alpha.tenant_id})
+        assert conn.execute(sa.text("select name from app.tenants")).scalars().all() == ["alpha"]
+
+
+def test_outside_a_tenant_transaction_the_app_role_sees_no_tenant_rows(database, two_tenants):  # noqa: F811
+    with database.app.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from app.tenants")).scalar() == 0
+        assert conn.execute(sa.text("select count(*) from app.contacts")).scalar() == 0
+        # ... but may look tenants up by name, to choose the one a transaction acts for.
+        names = conn.execute(sa.text("select name from app.tenant_directory()")).scalars()
+        assert set(names) >= {"alpha", "bravo"}
+
+
+def test_an_unknown_tenant_cannot_be_bound(database):
+    import uuid
+
+    with pytest.raises(sa.exc.IntegrityError, match="no tenant with id"):
+        with tenant_transaction(database.app, uuid.uuid4()):
+            pass
+
+
+UNIQUE_INDEXES = sa.text(
+    """
+    select c.relname as table_name, i.relname as index_name,
+           array(select a.attname from unnest(x.indkey) k
+                 join pg_attribute a on a.attrelid = c.oid and a.attnum = k) as columns,
+           x.indisprimary
+    from pg_index x
+    join pg_class i on i.oid = x.indexrelid
+    join pg_class c on c.oid = x.indrelid
+    where c.relnamespace = 'app'::regnamespace and x.indisunique
+      and exists (select from pg_attribute a
+                  where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
+    """
+)
+
+
+def test_every_unique_key_of_a_tenant_table_includes_the_tenant(database):
+    """Otherwise "duplicate key" answers whether another tenant has that value. Surrogate
+    primary keys (a random UUID or an identity) are the exception: nothing to guess there."""
+    with database.owner.connect() as conn:
+        indexes = conn.execute(UNIQUE_INDEXES).all()
+    assert len(indexes) > 15
+    leaky = [
+        (row.table_name, row.index_name)
+        for row in indexes
+        if "tenant_id" not in row.columns
+        and not (row.indisprimary and row.columns in (["id"], ["xid"]))
+    ]
+    assert leaky == []
+
+
+def test_another_tenants_message_id_is_not_revealed_by_a_duplicate_key_error(
+    database,
+    two_tenants,  # noqa: F811
+):
+    alpha, bravo = two_tenants
+    with tenant_transaction(database.app, bravo.tenant_id) as conn:
+        theirs = conn.execute(sa.text("select message_id from app.sent_emails limit 1")).scalar()
+    # A Message-ID is in every header bravo's recipients see; alpha may hold the same value.
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        changed = conn.execute(
+            sa.text(
+                "update app.sent_emails set message_id = :m "
+                "where id = (select id from app.sent_emails limit 1)"
+            ),
+            {"m": theirs},
+        ).rowcount
+    assert changed == 1
+
+
+def test_tenant_names_that_would_share_smtp_variables_are_refused(database):
+    create_tenant(database.owner, "acme-eu")
+    with pytest.raises(ValueError, match="too close to the existing tenant 'acme-eu'"):
+        create_tenant(database.owner, "acme_eu")
+
+
+def test_the_dashboards_role_reads_the_marts_and_nothing_else(built_pipeline):
+    database = built_pipeline.database
+    with psycopg.connect(_libpq(database, DASHBOARDS_ROLE)) as conn:
+        assert conn.execute("select count(*) from analytics_marts.campaign_daily").fetchone()[0]
+        assert conn.execute("select count(*) from analytics_marts.fct_upload_batches").fetchone()
+        conn.rollback()
+        for statement in (
+            "select count(*) from app.contacts",
+            "select count(*) from analytics_staging.stg_app__sent_emails",
+            "select * from app.tenant_directory()",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.rollback()
+        # Read-only whatever grant might slip in: even a temporary table cannot be written ...
+        for statement in (
+            "create temporary table t (x int)",
+            "delete from analytics_marts.campaign_daily",
+        ):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute(statement)
+            conn.rollback()
+        # ... and with read-only switched off, the grants refuse.
+        conn.execute("set default_transaction_read_only = off")
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("delete from analytics_marts.campaign_daily")
