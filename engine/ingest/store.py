@@ -158,7 +158,8 @@ _DEDUPLICATE = sa.text(
             d.raw_data)
            or not c.attributes @> d.attributes as changed
     from distinct_addresses d
-    left join app.contacts c on c.tenant_id = app.current_tenant_id() and lower(c.email) = d.key
+    left join app.contacts c
+        on c.tenant_id = (select app.current_tenant_id()) and lower(c.email) = d.key
     """
 )
 
@@ -172,13 +173,13 @@ _INSERT_AND_ADD = sa.text(
         insert into app.contacts
             (tenant_id, email, is_role_address, {", ".join(_FIELDS)}, attributes, raw_data,
              status, upload_batch_id, created_at, updated_at)
-        select app.current_tenant_id(), d.email, d.is_role_address,
+        select (select app.current_tenant_id()), d.email, d.is_role_address,
                {", ".join(f"d.{f}" for f in _FIELDS)}, d.attributes, d.raw_data,
                case when s.id is null then 'active' when s.reason = 'bounce' then 'bounced'
                     when s.reason = 'complaint' then 'complained' else 'unsubscribed' end,
                :batch_id, :now, :now
         from deduped d left join app.suppressions s
-            on s.tenant_id = app.current_tenant_id() and lower(s.email) = d.key
+            on s.tenant_id = (select app.current_tenant_id()) and lower(s.email) = d.key
         where d.contact_id is null
         order by d.key
         returning id, status
@@ -188,7 +189,7 @@ _INSERT_AND_ADD = sa.text(
         select contact_id, contact_status from deduped where contact_id is not null
     ), added as (
         insert into app.contact_list_members (tenant_id, list_id, contact_id, added_at)
-        select app.current_tenant_id(), :list_id, id, :now from batch_contacts order by id
+        select (select app.current_tenant_id()), :list_id, id, :now from batch_contacts order by id
         on conflict do nothing
         returning 1
     )
@@ -207,7 +208,7 @@ _UPDATE = sa.text(
         raw_data = d.raw_data,
         updated_at = :now
     from deduped d
-    where d.changed and c.tenant_id = app.current_tenant_id() and c.id = d.contact_id
+    where d.changed and c.tenant_id = (select app.current_tenant_id()) and c.id = d.contact_id
     """
 )
 # Uploads of one tenant take turns: the match of addresses to contacts holds until commit.
@@ -217,7 +218,7 @@ _UPLOAD_LOCK = sa.text(
 _SAVE_REJECTS = sa.text(
     """
     insert into app.upload_rejects (tenant_id, batch_id, line_number, raw_row, reason)
-    select app.current_tenant_id(), :batch_id, line_number, raw_row, reason
+    select (select app.current_tenant_id()), :batch_id, line_number, raw_row, reason
     from staged_rejects order by line_number
     """
 )

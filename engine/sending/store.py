@@ -77,7 +77,7 @@ BEGIN_MESSAGE = sa.text(
          recipient_email, subject, message_id, status, attempts, queued_at, updated_at)
     values (app.current_tenant_id(), :enrollment_id, :campaign_id, :step_id, :contact_id,
             :sender_id, :recipient, :subject, :message_id, 'sending', 1, :now, :now)
-    on conflict (campaign_contact_id, step_id) do nothing
+    on conflict (tenant_id, campaign_contact_id, step_id) do nothing
     returning id
     """
 )
