@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 
 from engine import migrate
 from engine.config import ConfigError, Settings
-from engine.db import Database
-from engine.embedded import start_embedded_postgres, stop_embedded_postgres
+from engine.db import Database, OwnerUnavailableError, connection_parts
+from engine.embedded import start_embedded_postgres, stop_kept_server
 from engine.tenants import DEFAULT_TENANT, all_tenants, create_tenant
 
 app = typer.Typer(
@@ -42,8 +43,54 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _database() -> Database:
-    return Database(_settings())
+class SchemaNotReadyError(RuntimeError):
+    """The database has no schema `app`, or an older revision than this code needs."""
+
+
+_HAS_SCHEMA = sa.text("select to_regclass('app.alembic_version') is not null")
+
+
+def _database(*, migrated: bool = True) -> Database:
+    """The database, checked to be at this code's revision unless `migrated=False` (the
+    commands that create or upgrade the schema)."""
+    db = Database(_settings())
+    if migrated:
+        _check_schema(db)
+    return db
+
+
+def _check_schema(db: Database) -> None:
+    head = migrate.head_revision()
+    if db.owner_url is not None:
+        current = migrate.current_revision(db)
+    else:  # no owner credentials here: the application role can tell whether the schema exists
+        with db.app.connect() as conn:
+            current = head if conn.execute(_HAS_SCHEMA).scalar_one() else None
+    if current is None:
+        raise SchemaNotReadyError(
+            f"the database ({_where(db.settings)}) has no PenguinMails schema yet; "
+            "run `penguin db upgrade` first"
+        )
+    if current != head:
+        raise SchemaNotReadyError(
+            f"the database ({_where(db.settings)}) is at schema revision {current}, this "
+            f"version of penguin needs {head}; run `penguin db upgrade`"
+        )
+
+
+def _where(settings: Settings) -> str:
+    """The server a command talks to, for messages (never with a password)."""
+    if settings.database_url:
+        from engine.db import sqlalchemy_url
+
+        parts = connection_parts(sqlalchemy_url(settings.database_url))
+        return f"{parts.host}:{parts.port}, database {parts.dbname}, from DATABASE_URL"
+    if settings.pg_host:
+        return (
+            f"{settings.pg_host}:{settings.pg_port}, database {settings.pg_database}, "
+            "from PENGUIN_PG_HOST"
+        )
+    return f"embedded PostgreSQL in {settings.pgdata}"
 
 
 def _tenant(db: Database, name: str):
@@ -76,7 +123,8 @@ def env() -> None:
     settings = _settings()
     prepare_dagster_home(settings)
     if settings.database_url is None:
-        # The exports must point at a running server after this command exits.
+        # The exports must point at a running server after this command exits, whatever
+        # other commands attach to it and leave meanwhile: it runs until `penguin db stop`.
         start_embedded_postgres(settings, keep_running=True)
     print(shell_exports(exported_environment(Database(settings))))
 
@@ -84,7 +132,7 @@ def env() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply migrations (creates schema app, the roles and the default tenant)."""
-    db = _database()
+    db = _database(migrated=False)
     revision = migrate.upgrade(db)
     console.print(f"schema app is at revision {revision} (head {migrate.head_revision()})")
 
@@ -98,15 +146,14 @@ def db_stop() -> None:
             "[bold red]error:[/] DATABASE_URL is set; the external server is not ours to stop"
         )
         raise typer.Exit(2)
-    if not (settings.pgdata / "postmaster.pid").exists():
+    outcome = stop_kept_server(settings)
+    if not outcome.was_running:
         console.print(f"the embedded PostgreSQL in {settings.pgdata} is not running")
-        return
-    start_embedded_postgres(settings)  # attach to it; pgserver stops it if we are its last user
-    stop_embedded_postgres(settings)
-    if (settings.pgdata / "postmaster.pid").exists():
+    elif outcome.holders:
         console.print(
-            "the embedded PostgreSQL is still in use by another penguin process "
-            "(penguin up?); it stops when that process ends"
+            "the embedded PostgreSQL is still in use by "
+            + ", ".join(outcome.holders)
+            + "; it stops when the last of them ends"
         )
     else:
         console.print(f"stopped the embedded PostgreSQL in {settings.pgdata}")
@@ -136,12 +183,12 @@ def demo() -> None:
     """Load the demo tenant, sender, campaign and sample CSV (as `penguin up --demo` does)."""
     from engine import demo as demo_data
 
-    db = _database()
+    db = _database(migrated=False)
     migrate.upgrade(db)
     info = demo_data.load_demo(db, datetime.now(UTC))
     console.print(
         f"demo tenant {demo_data.DEMO_TENANT!r} ready; {info.csv_path} waits in the "
-        "uploads inbox (materialize `contacts` in Dagster to ingest it)"
+        "uploads inbox, where `penguin up`'s upload_inbox_sensor picks it up"
     )
 
 
@@ -344,7 +391,20 @@ def uploads_rejects(
 
 
 def main() -> None:
+    """The console script: failures a user can meet outside a working database (not migrated,
+    not reachable, no owner credentials here) end in one line that says what to do."""
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (SchemaNotReadyError, OwnerUnavailableError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
+        settings = Settings.from_env()
+        err.print(
+            f"[bold red]error:[/] cannot reach PostgreSQL ({_where(settings)}): {reason}",
+            soft_wrap=True,
+        )
+        sys.exit(1)

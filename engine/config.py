@@ -30,6 +30,23 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+#: A project-local state folder: used instead of the per-user one when the current directory has
+#: it (a checkout whose state lived there before, or one kept beside a project on purpose).
+LOCAL_HOME = ".penguin"
+
+
+def default_home(cwd: Path | None = None) -> Path:
+    """`PENGUIN_HOME` when unset: `./.penguin` if the current directory has one, else the
+    per-user data folder (`~/.local/share/penguinmails` on Linux), so a command run from
+    another directory finds the same database instead of starting an empty one there."""
+    local = (cwd or Path.cwd()) / LOCAL_HOME
+    if local.is_dir():
+        return local
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("penguinmails", appauthor=False))
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a process knows. The owner's `database_url` is for migrations and tenant creation
@@ -49,10 +66,12 @@ class Settings:
     dagster_port: int = 3000
     dashboard_port: int = 8501
 
+    dagster_code_port: int = 4266
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
         env = os.environ if env is None else env
-        home = Path(env.get("PENGUIN_HOME") or ".penguin").expanduser().absolute()
+        home = Path(env.get("PENGUIN_HOME") or default_home(cwd)).expanduser().absolute()
         return cls(
             home=home,
             database_url=env.get("DATABASE_URL") or None,
@@ -65,6 +84,7 @@ class Settings:
             smtp_sink_port=_int(env, "PENGUIN_SMTP_SINK_PORT", cls.smtp_sink_port),
             dagster_port=_int(env, "PENGUIN_DAGSTER_PORT", cls.dagster_port),
             dashboard_port=_int(env, "PENGUIN_DASHBOARD_PORT", cls.dashboard_port),
+            dagster_code_port=_int(env, "PENGUIN_DAGSTER_CODE_PORT", cls.dagster_code_port),
         )
 
     @property

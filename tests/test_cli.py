@@ -149,3 +149,152 @@ def test_upload_of_an_unusable_file_fails_with_the_reason(env, tmp_path):
     assert missing.returncode == 1 and "no such file" in missing.stderr
     bad_map = run(["upload", str(path), "--list", "leads", "--map", "First"], env)
     assert bad_map.returncode == 1 and "COLUMN=FIELD" in bad_map.stderr
+
+
+# -- Outside a migrated database (issue 8, item 10) ---------------------------------------
+
+
+def _embedded_env(home: Path) -> dict[str, str]:
+    """A `penguin` environment with no DATABASE_URL: the embedded server under `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PENGUIN_")}
+    env.pop("DATABASE_URL", None)
+    return {**env, "PENGUIN_HOME": str(home), "COLUMNS": "200"}
+
+
+def _server_answers(home: Path) -> bool:
+    """Whether the embedded server under `home` takes a connection (through its socket)."""
+    import sqlalchemy as sa
+
+    from engine.db import sqlalchemy_url
+
+    pid_file = home / "pgdata" / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    lines = pid_file.read_text().splitlines()
+    url = sqlalchemy_url(f"postgresql://postgres@/postgres?host={lines[4]}&port={lines[3]}")
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("select 1")).scalar_one() == 1
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def test_a_command_on_an_unmigrated_database_says_to_run_db_upgrade(tmp_path):
+    home = tmp_path / "home"
+    result = run(["tenant", "list"], _embedded_env(home))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "has no PenguinMails schema yet; run `penguin db upgrade` first" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # one message, wrapped at most once
+
+
+def test_a_command_on_an_older_schema_says_to_upgrade(pg_server, tmp_path):
+    import sqlalchemy as sa
+
+    from engine.config import Settings
+    from engine.db import Database, sqlalchemy_url
+
+    admin = sa.create_engine(sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("create database cli_old_schema"))
+    admin.dispose()
+    url = sqlalchemy_url(pg_server).set(database="cli_old_schema").render_as_string(False)
+    db = Database(Settings(home=tmp_path / "home", database_url=url))
+    migrate.upgrade(db, "0003")
+    db.dispose()
+    env = {**os.environ, "DATABASE_URL": url, "PENGUIN_HOME": str(tmp_path), "COLUMNS": "200"}
+    result = run(["tenant", "list"], env)
+    assert result.returncode == 1
+    head = migrate.head_revision()
+    assert f"is at schema revision 0003, this version of penguin needs {head}" in result.stderr
+    assert "run `penguin db upgrade`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_server_is_named_in_one_line_without_its_password(tmp_path):
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://owner:hunter2secret@127.0.0.1:{port}/penguin",
+        "PENGUIN_HOME": str(tmp_path),
+        "COLUMNS": "200",
+    }
+    result = run(["tenant", "list"], env)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: cannot reach PostgreSQL (127.0.0.1:{port}, database penguin, from DATABASE_URL): "
+    )
+    assert "refused" in line.lower()
+    assert "hunter2secret" not in result.stderr + result.stdout
+
+
+def test_penguin_home_defaults_to_the_user_folder_unless_the_directory_has_a_penguin_folder(
+    tmp_path, monkeypatch
+):
+    from engine.config import Settings
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+    assert Settings.from_env({}, cwd=elsewhere).home == tmp_path / "data" / "penguinmails"
+    (elsewhere / ".penguin").mkdir()
+    assert Settings.from_env({}, cwd=elsewhere).home == elsewhere / ".penguin"
+    assert Settings.from_env({"PENGUIN_HOME": str(tmp_path / "x")}).home == tmp_path / "x"
+
+
+# -- The embedded server's life (issue 8, item 11) ----------------------------------------
+
+
+def test_env_keeps_the_embedded_server_up_across_other_commands_until_db_stop(tmp_path):
+    home = tmp_path / "home"
+    env = _embedded_env(home)
+    exported = run(["env"], env)
+    assert exported.returncode == 0, exported.stderr
+    assert _server_answers(home)
+    # Other commands attach to the server and leave; it stays up for the exports' sake.
+    assert run(["db", "upgrade"], env).returncode == 0
+    assert run(["tenant", "list"], env).returncode == 0
+    assert _server_answers(home)
+
+    stopped = run(["db", "stop"], env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the embedded PostgreSQL" in stopped.stdout
+    assert not _server_answers(home)
+    assert "is not running" in run(["db", "stop"], env).stdout
+
+
+def test_a_killed_holder_does_not_keep_the_embedded_server_in_use(tmp_path):
+    home = tmp_path / "home"
+    env = _embedded_env(home)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from engine.config import Settings; "
+            "from engine.embedded import start_embedded_postgres; "
+            "start_embedded_postgres(Settings.from_env()); print('holding', flush=True); "
+            "time.sleep(600)",
+        ],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert _server_answers(home)
+        busy = run(["db", "stop"], env)
+        assert f"still in use by pid {holder.pid}" in busy.stdout
+        assert _server_answers(home)
+    finally:
+        holder.kill()  # SIGKILL: it never leaves the list of holders itself
+        holder.wait()
+    stopped = run(["db", "stop"], env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the embedded PostgreSQL" in stopped.stdout
+    assert not _server_answers(home)
