@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Prints where the UIs, the sent mail and the logs are; the demo run shows in the Dagster UI.
 up: $(STAMP)
 	$(BIN)/penguin up --demo
 
@@ -33,5 +34,8 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check engine orchestration dashboards tests benchmarks
 
+# Removes what the build made here. State (database, mail, uploads) lives in PENGUIN_HOME: the
+# per-user data folder (`~/.local/share/penguinmails` on Linux) unless ./.penguin exists, which
+# this removes too; the per-user folder is left alone (`penguin db stop`, then delete it).
 clean:
 	rm -rf $(VENV) .penguin dbt_project/target dbt_project/logs

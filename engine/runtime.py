@@ -1,9 +1,15 @@
 """`penguin up`: start every part of the system, print where it is, stop all of it on exit.
 
-Order: PostgreSQL (embedded unless DATABASE_URL), the SMTP sink, migrations, optional demo
-data (run through Dagster, so its runs show in the UI), then `dagster dev` and Streamlit.
-Each child runs in its own process group; stopping ends the whole group, because
-`dagster dev` leaves its code servers behind when only it is signalled.
+Order: PostgreSQL (embedded unless DATABASE_URL), the SMTP sink, migrations, `dbt parse` (once,
+here, so no Dagster process parses), then one Dagster code server, `dagster-webserver`,
+`dagster-daemon` and Streamlit; with `--demo`, once they answer, the demo tenant and its CSV,
+which the upload sensor turns into a run the user can watch. Each child runs in its own
+process group; stopping ends the whole group (a code server leaves its run workers behind
+when only it is signalled).
+
+Each child gets only the settings and secrets it needs (`child_environment`): nothing of this
+process's `PENGUIN_*`, `DATABASE_URL` or libpq `PG*` variables passes through by accident, and
+the owner's credentials stay here.
 """
 
 from __future__ import annotations
@@ -27,18 +33,64 @@ from pathlib import Path
 
 from rich.console import Console
 
-from engine import demo, migrate
+from engine import dbt_manifest, migrate
 from engine.config import PROJECT_ROOT, Settings
 from engine.db import Database, connection_parts
-from engine.embedded import start_embedded_postgres, stop_embedded_postgres
+from engine.embedded import release_embedded_postgres
 from engine.smtp_sink import SmtpSink
 
+#: The Dagster instance `penguin up` (and `penguin env`) configure. Rewritten on every start,
+#: so an upgrade of penguin brings its settings along.
 DAGSTER_YAML = """\
-# Written by `penguin up`. Run, event and schedule storage stay here (SQLite), so the
-# Dagster UI keeps its history across restarts.
+# Written by `penguin up` and `penguin env`; rewritten on every start (edits are lost).
+# Run, event and schedule storage stay here (SQLite), so the Dagster UI keeps its history.
 telemetry:
   enabled: false
+# No first-visit newsletter pop-up in the UI.
+nux:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    # A queued run starts within a second instead of five.
+    dequeue_interval_seconds: 1
+concurrency:
+  # One run at a time per pool: `sends` (the sending engine) and `dbt` (dbt build, which
+  # fails with "relation already exists" when two run at once). Assets carry their pool, so
+  # this holds for every job and for materializations started by hand. A run waits in the
+  # queue until every pool it needs is free.
+  pools:
+    default_limit: 1
+    granularity: run
+  runs:
+    max_concurrent_runs: 4
+sensors:
+  # Each sensor is evaluated in its own thread, so a slow tick does not delay the others.
+  use_threads: true
+  num_workers: 4
 """
+
+#: Dagster's workspace under `penguin up`: one code server, shared by webserver and daemon,
+#: instead of one per process (each imports the definitions; one import, one process less).
+WORKSPACE_YAML = """\
+# Written by `penguin up`: the code server it starts (`dagster code-server start`).
+load_from:
+  - grpc_server:
+      host: 127.0.0.1
+      port: {port}
+      location_name: penguinmails
+"""
+
+#: Variables never passed to a child as they are: each child gets the ones it needs, set
+#: explicitly (`child_environment`).
+_PRIVATE_PREFIXES = ("PENGUIN_", "PG")
+_PRIVATE_NAMES = ("DATABASE_URL",)
+#: SMTP passwords of sender accounts (`PENGUIN_SMTP_<TENANT>__<NAME>`); the sink's own
+#: settings share the prefix but are not secrets.
+_SMTP_PASSWORD_PREFIX = "PENGUIN_SMTP_"
+_SMTP_SINK_PREFIX = "PENGUIN_SMTP_SINK_"
+_TELEMETRY_OFF = {"DO_NOT_TRACK": "1", "DAGSTER_DISABLE_TELEMETRY": "1"}
 
 
 def exported_environment(db: Database) -> dict[str, str]:
@@ -67,15 +119,79 @@ def exported_environment(db: Database) -> dict[str, str]:
     return env
 
 
+def child_environment(
+    kind: str, db: Database, parent: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a child of `penguin up`: `kind` is "dagster" or "dashboards".
+
+    Starts from `parent` (default os.environ) minus every `PENGUIN_*`, `DATABASE_URL` and
+    libpq `PG*` variable, then adds what that child needs and nothing else:
+
+    * Dagster (webserver, daemon, code server, and so every run): the server's coordinates,
+      the application and analytics roles' passwords, the SMTP sink and the sender accounts'
+      SMTP passwords (the sending engine reads them), `DAGSTER_HOME`;
+    * the dashboards: the server's coordinates and the dashboards role's password, and
+      `PENGUIN_HOME` (the upload page drops files into the inbox). No SMTP password, no
+      password of a role that can write.
+
+    Neither ever gets the owner's `DATABASE_URL`: migrations and tenant creation run here.
+    """
+    parent = os.environ if parent is None else parent
+    settings, server = db.settings, db.server
+    env = {
+        name: value
+        for name, value in parent.items()
+        if not name.startswith(_PRIVATE_PREFIXES) and name not in _PRIVATE_NAMES
+    }
+    env.update(_TELEMETRY_OFF)
+    env.update(
+        PENGUIN_HOME=str(settings.home),
+        PENGUIN_PG_HOST=server.host,
+        PENGUIN_PG_PORT=str(server.port),
+        PENGUIN_PG_DATABASE=server.dbname,
+    )
+    if kind == "dagster":
+        env.update(
+            DAGSTER_HOME=str(settings.dagster_home),
+            PENGUIN_SMTP_SINK_PORT=str(settings.smtp_sink_port),
+            # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), parent.get("PATH", "")]),
+        )
+        for name, value in (
+            ("PENGUIN_APP_PASSWORD", settings.app_password),
+            ("PENGUIN_ANALYTICS_PASSWORD", settings.analytics_password),
+        ):
+            if value:
+                env[name] = value
+        env.update(
+            (name, value)
+            for name, value in parent.items()
+            if name.startswith(_SMTP_PASSWORD_PREFIX) and not name.startswith(_SMTP_SINK_PREFIX)
+        )
+    elif kind == "dashboards":
+        env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+        if settings.dashboards_password:
+            env["PENGUIN_DASHBOARDS_PASSWORD"] = settings.dashboards_password
+    else:
+        raise ValueError(f"unknown child kind {kind!r}")
+    return env
+
+
 def shell_exports(env: Mapping[str, str]) -> str:
     return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in env.items())
 
 
 def prepare_dagster_home(settings: Settings) -> None:
+    """Write the instance settings (`DAGSTER_YAML`) under `PENGUIN_HOME/dagster/`."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    (settings.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+
+
+def write_workspace(settings: Settings) -> Path:
+    """The workspace file pointing webserver and daemon at the shared code server."""
+    path = settings.dagster_home / "workspace.yaml"
+    path.write_text(WORKSPACE_YAML.format(port=settings.dagster_code_port))
+    return path
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -136,8 +252,32 @@ def dagster_ready(base_url: str, timeout: float = 5.0) -> bool:
     return True
 
 
-#: The largest file the dashboard's upload page takes (Streamlit's default is 200).
-MAX_DASHBOARD_UPLOAD_MB = 500
+_DAEMONS = json.dumps(
+    {
+        "query": """
+{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"""
+    }
+).encode()
+
+
+def daemon_ready(base_url: str, timeout: float = 5.0) -> bool:
+    """Every daemon the instance requires (sensors, run queue, ...) has reported in."""
+    request = urllib.request.Request(
+        f"{base_url}/graphql", data=_DAEMONS, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            health = json.load(response)["data"]["instance"]["daemonHealth"]
+    except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
+        return False
+    statuses = health["allDaemonStatuses"]
+    return bool(statuses) and all(s["healthy"] for s in statuses if s["required"])
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
 
 
 @dataclass
@@ -146,15 +286,16 @@ class Child:
     args: list[str]
     log: Path
     ready: Callable[[], bool]
+    env: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
-    def start(self, env: Mapping[str, str], cwd: Path) -> None:
+    def start(self, cwd: Path) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
             self.args,
             cwd=cwd,
-            env=dict(env),
+            env=dict(self.env),
             stdin=subprocess.DEVNULL,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -195,6 +336,7 @@ class Stack:
     demo: bool = False
     children: list[Child] = field(default_factory=list)
     sink: SmtpSink | None = None
+    db: Database | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def request_stop(self, *_: object) -> None:
@@ -223,14 +365,14 @@ class Stack:
             ("PENGUIN_DAGSTER_PORT", settings.dagster_port),
             ("PENGUIN_DASHBOARD_PORT", settings.dashboard_port),
             ("PENGUIN_SMTP_SINK_PORT", settings.smtp_sink_port),
+            ("PENGUIN_DAGSTER_CODE_PORT", settings.dagster_code_port),
         ):
             if not port_is_free(port):
                 raise StartupError(f"port {port} is in use; set {name} to a free port")
         settings.home.mkdir(parents=True, exist_ok=True)
         with console.status("Starting PostgreSQL…"):
-            if settings.database_url is None:
-                start_embedded_postgres(settings)
-            db = Database(settings)
+            db = Database(settings)  # starts the embedded server unless DATABASE_URL is set
+        self.db = db
         console.print(f"[green]✓[/] PostgreSQL  {_describe(db)}")
         self.sink = SmtpSink(settings.maildir, settings.smtp_sink_host, settings.smtp_sink_port)
         self.sink.start()
@@ -241,114 +383,119 @@ class Stack:
         with console.status("Applying migrations…"):
             revision = migrate.upgrade(db)
         console.print(f"[green]✓[/] Schema      app at revision {revision}")
-        env = {
-            **os.environ,
-            **exported_environment(db),
-            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-            # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        }
+        dagster_env = child_environment("dagster", db)
+        dashboards_env = child_environment("dashboards", db)
+        if dbt_manifest.is_stale():
+            log = settings.logs / "dbt-parse.log"
+            with console.status("Parsing the dbt project…"):
+                parsed = dbt_manifest.parse(dagster_env, log)
+            if not parsed:
+                raise StartupError(f"`dbt parse` failed; see {log}")
+            console.print("[green]✓[/] dbt         project parsed once for every Dagster process")
         prepare_dagster_home(settings)
-        if self.demo:
-            self._load_demo(db, env)
-        db.dispose()
+        workspace = write_workspace(settings)
         logs = settings.logs
-        self.children = [
-            Child(
-                "Dagster",
-                [
-                    sys.executable,
-                    "-m",
-                    "dagster",
-                    "dev",
-                    "-w",
-                    str(PROJECT_ROOT / "workspace.yaml"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(settings.dagster_port),
-                ],
-                logs / "dagster.log",
-                lambda: dagster_ready(f"http://127.0.0.1:{settings.dagster_port}"),
-            ),
-            Child(
-                "Dashboards",
-                [
-                    sys.executable,
-                    "-m",
-                    "streamlit",
-                    "run",
-                    str(PROJECT_ROOT / "dashboards" / "app.py"),
-                    "--server.address",
-                    "127.0.0.1",
-                    "--server.port",
-                    str(settings.dashboard_port),
-                    "--server.headless",
-                    "true",
-                    "--browser.gatherUsageStats",
-                    "false",
-                    "--client.toolbarMode",
-                    "viewer",
-                    # The upload page holds a file in memory; larger ones go to the inbox.
-                    "--server.maxUploadSize",
-                    str(MAX_DASHBOARD_UPLOAD_MB),
-                ],
-                logs / "dashboards.log",
-                lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),
-            ),
-        ]
-        if self._stop.is_set():
-            return
-        for child in self.children:
-            child.start(env, PROJECT_ROOT)
-        with console.status("Waiting for the Dagster UI and the dashboards…"):
-            self._wait_healthy(timeout=180)
-
-    def _load_demo(self, db: Database, env: Mapping[str, str]) -> None:
-        info = demo.load_demo(db, datetime.now(UTC))
-        self.console.print(
-            f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}', campaign "
-            f"'{demo.DEMO_CAMPAIGN}', {info.csv_path.name} in the uploads inbox"
-        )
-        log = self.settings.logs / "demo-run.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        run = Child(
-            "Demo run",
+        dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
+        code_server = Child(
+            "Dagster code server",
             [
                 sys.executable,
                 "-m",
                 "dagster",
-                "asset",
-                "materialize",
+                "code-server",
+                "start",
                 "-m",
                 "orchestration.definitions",
-                "--select",
-                "*",
+                "--location-name",
+                "penguinmails",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(settings.dagster_code_port),
             ],
-            log,
-            ready=lambda: True,
+            logs / "dagster-code-server.log",
+            lambda: port_answers(settings.dagster_code_port),
+            env=dagster_env,
         )
-        run.start(env, PROJECT_ROOT)
-        with self.console.status(
-            "Running the demo pipeline in Dagster (upload → enroll → send → dbt)…"
-        ):
-            while run.exited() is None and not self._stop.wait(0.25):
-                pass
-        if self._stop.is_set():  # Ctrl-C or SIGTERM during the demo run: end it, start nothing
-            run.stop(grace=10)
+        dashboards = Child(
+            "Dashboards",
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(PROJECT_ROOT / "dashboards" / "app.py"),
+                # Everything else (headless, upload size, toolbar, usage stats) lives in
+                # dashboards/.streamlit/config.toml, which `streamlit run` by hand reads too.
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(settings.dashboard_port),
+            ],
+            logs / "dashboards.log",
+            lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),
+            env=dashboards_env,
+        )
+        webserver = Child(
+            "Dagster UI",
+            [
+                sys.executable,
+                "-m",
+                "dagster_webserver",
+                "-w",
+                str(workspace),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(settings.dagster_port),
+            ],
+            logs / "dagster-webserver.log",
+            lambda: dagster_ready(dagster_url),
+            env=dagster_env,
+        )
+        daemon = Child(
+            "Dagster daemon",
+            [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)],
+            logs / "dagster-daemon.log",
+            lambda: daemon_ready(dagster_url),
+            env=dagster_env,
+        )
+        self.children = [code_server, dashboards, webserver, daemon]
+        if self._stop.is_set():
             return
-        code = run.exited()
-        if code != 0:
-            self.console.print(f"[yellow]![/] The demo pipeline run failed; see {log}")
-        else:
-            self.console.print(
-                f"[green]✓[/] Demo run    contacts, enrollments, sent_emails and "
-                f"the dbt models are materialized (log: {log})"
-            )
+        # The code server first: webserver and daemon load the code location from it.
+        code_server.start(PROJECT_ROOT)
+        dashboards.start(PROJECT_ROOT)
+        with console.status("Waiting for the Dagster code server…"):
+            self._wait_healthy([code_server], timeout=180)
+        for child in (webserver, daemon):
+            if not self._stop.is_set():
+                child.start(PROJECT_ROOT)
+        with console.status("Waiting for the Dagster UI, its daemon and the dashboards…"):
+            self._wait_healthy(self.children, timeout=180)
+        if self.demo and not self._stop.is_set():
+            self._load_demo(db)
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def _load_demo(self, db: Database) -> None:
+        """The demo tenant, sender and campaign, and its CSV dropped into the uploads inbox:
+        the upload sensor starts the run that ingests, enrolls, sends and rebuilds the marts,
+        while the UIs already answer."""
+        from engine import demo
+
+        with self.console.status("Loading the demo tenant…"):
+            info = demo.load_demo(db, datetime.now(UTC))
+        self.console.print(
+            f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}', campaign "
+            f"'{demo.DEMO_CAMPAIGN}'; {info.csv_path.name} dropped into the uploads inbox"
+        )
+        self.console.print(
+            "  Demo run     the upload sensor starts it within seconds; watch it at "
+            f"[bold cyan]http://127.0.0.1:{self.settings.dagster_port}/runs[/]"
+        )
+
+    def _wait_healthy(self, children: list[Child], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        waiting = list(self.children)
+        waiting = list(children)
         while waiting and not self._stop.is_set():
             for child in list(waiting):
                 code = child.exited()
@@ -372,7 +519,7 @@ class Stack:
         self.console.print()
         self.console.print(f"  Dagster UI   [bold cyan]http://127.0.0.1:{s.dagster_port}[/]")
         self.console.print(f"  Dashboards   [bold cyan]http://127.0.0.1:{s.dashboard_port}[/]")
-        self.console.print(f"  Sent mail    {s.maildir}/new/")
+        self.console.print(f"  Sent mail    {s.maildir}/new/  (one file per message)")
         self.console.print(f"  Logs         {s.logs}/")
         self.console.print("\n  Press Ctrl-C to stop everything.\n")
 
@@ -399,8 +546,12 @@ class Stack:
         if self.sink is not None:
             self.sink.stop()
             self.sink = None
+        if self.db is not None:
+            self.db.dispose()
         if self.settings.database_url is None:
-            stop_embedded_postgres(self.settings)
+            # Stops the embedded server unless another process holds it or `penguin env`
+            # asked to keep it running.
+            release_embedded_postgres(self.settings)
         self.console.print("Stopped.")
 
 

@@ -1,55 +1,36 @@
-"""Analytics: the dbt project as Dagster assets, rebuilt after every successful send run."""
+"""Analytics: the dbt project as Dagster assets.
 
-import shutil
-import sys
+The marts are rebuilt in the same run as the sends they count (`send_due_job`, and the upload
+run), not by a run of their own: one run start less between a send and the dashboards. All
+dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes), because two at
+once fail with "relation already exists".
+"""
+
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
-from filelock import FileLock
 
+from engine import dbt_manifest
 from engine.config import DBT_PROJECT_DIR
 from orchestration.resources import PostgresResource
-from orchestration.sending import send_due_job
 
-_VENV_DBT = Path(sys.executable).with_name("dbt")
-DBT_EXECUTABLE = str(_VENV_DBT) if _VENV_DBT.exists() else shutil.which("dbt") or "dbt"
+DBT_EXECUTABLE = dbt_manifest.dbt_executable()
+#: The pool of every dbt build (see the module docstring).
+DBT_POOL = "dbt"
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
 
-
-def parse_dbt_project() -> None:
-    """Write target/manifest.json with `dbt parse` (offline), one process at a time.
-
-    dagster-dbt's own preparer would look for `dbt` on PATH; this uses the one installed
-    beside this Python, so a venv works without being activated.
-    """
-    target = dbt_project.project_dir / dbt_project.target_path
-    target.mkdir(parents=True, exist_ok=True)
-    with FileLock(target / "parse.lock").acquire(timeout=120):
-        DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE).cli(
-            ["parse", "--quiet"], target_path=dbt_project.target_path
-        ).wait()
-
-
-def manifest_is_stale() -> bool:
-    """Whether the manifest is missing or older than a file of the project (after a pull)."""
-    manifest = dbt_project.manifest_path
-    if not manifest.exists():
-        return True
-    built = manifest.stat().st_mtime
-    project = dbt_project.project_dir
-    sources = [project / "dbt_project.yml", *(project / "models").rglob("*")]
-    sources += (project / "macros").rglob("*")
-    return any(path.stat().st_mtime > built for path in sources if path.is_file())
-
-
-# Parse on every load under `dagster dev` (picks up model edits), and wherever the manifest
-# is missing or older than the project's files (a fresh clone, a pull, tests).
-if dbt_project.preparer.using_dagster_dev() or manifest_is_stale():
-    parse_dbt_project()
+# `penguin up` parses before Dagster starts, so its processes find the manifest fresh and skip
+# this. Only a process that finds it missing or older than the project's files (a fresh clone,
+# a pull, a model edited under `dagster dev` by hand) parses, once, under a lock.
+if dbt_manifest.is_stale() and not dbt_manifest.parse(os.environ):
+    raise RuntimeError(
+        f"`dbt parse` of {DBT_PROJECT_DIR} failed; run it by hand to see why: "
+        f"cd {DBT_PROJECT_DIR} && dbt parse --profiles-dir ."
+    )
 
 
 class PenguinDbtTranslator(DagsterDbtTranslator):
@@ -69,6 +50,7 @@ class PenguinDbtTranslator(DagsterDbtTranslator):
     manifest=dbt_project.manifest_path,
     project=dbt_project,
     dagster_dbt_translator=PenguinDbtTranslator(),
+    pool=DBT_POOL,
 )
 def analytics_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
@@ -92,21 +74,9 @@ analytics_daily_schedule = dg.ScheduleDefinition(
 )
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[send_due_job],
-    request_job=analytics_job,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Rebuilds the marts after each successful send run.",
-)
-def analytics_after_sends_sensor(context: dg.RunStatusSensorContext):
-    return dg.RunRequest(run_key=f"after:{context.dagster_run.run_id}")
-
-
 defs = dg.Definitions(
     assets=[analytics_models],
     jobs=[analytics_job],
     schedules=[analytics_daily_schedule],
-    sensors=[analytics_after_sends_sensor],
     resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)},
 )

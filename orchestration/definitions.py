@@ -1,4 +1,8 @@
-"""The code location: each domain module brings its own assets, jobs, sensors, schedules."""
+"""The code location: each domain module brings its own assets, jobs, sensors, schedules.
+
+Every job runs in-process: its steps are small and sequential, and a process per step cost
+seconds of imports each (the run worker already has the definitions loaded).
+"""
 
 from __future__ import annotations
 
@@ -11,5 +15,8 @@ defs = dg.Definitions.merge(
     ingestion.defs,
     sending.defs,
     analytics.defs,
-    dg.Definitions(resources={"postgres": PostgresResource(), "smtp": SmtpResource()}),
+    dg.Definitions(
+        resources={"postgres": PostgresResource(), "smtp": SmtpResource()},
+        executor=dg.in_process_executor,
+    ),
 )

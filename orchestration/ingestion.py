@@ -204,16 +204,20 @@ def list_members_have_contacts(postgres: PostgresResource) -> dg.AssetCheckResul
 
 ingest_upload_job = dg.define_asset_job(
     "ingest_upload_job",
+    # Sending and the marts in the same run (one run start from a file to the dashboards);
+    # their pools (`sends`, `dbt`) keep it from overlapping another send run or dbt build.
     selection=dg.AssetSelection.assets(
-        "upload_batches", "contacts", "contact_lists", "enrollments"
-    ),
-    description="Ingest one uploaded file, then enroll its contacts in active campaigns.",
+        "upload_batches", "contacts", "contact_lists", "enrollments", "sent_emails"
+    )
+    | dg.AssetSelection.key_prefixes("analytics"),
+    description="Ingest one uploaded file, enroll its contacts in active campaigns, send what "
+    "is due, and rebuild the marts.",
 )
 
 
 @dg.sensor(
     job=ingest_upload_job,
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=3,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts ingest_upload_job for each file waiting in the uploads inbox.",
 )

@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from engine.config import Settings
-from engine.db import Database, connection_parts
+from engine.db import Database
 from engine.senders import SmtpServer
 
 
@@ -46,11 +46,11 @@ class PostgresResource(dg.ConfigurableResource):
 
     def dbt_env(self) -> dict[str, str]:
         """What dbt's profiles.yml reads: the server, and the analytics role's password."""
-        parts = connection_parts(self.db.owner_url)
+        server = self.db.server
         env = {
-            "PENGUIN_PG_HOST": parts.host,
-            "PENGUIN_PG_PORT": str(parts.port),
-            "PENGUIN_PG_DATABASE": parts.dbname,
+            "PENGUIN_PG_HOST": server.host,
+            "PENGUIN_PG_PORT": str(server.port),
+            "PENGUIN_PG_DATABASE": server.dbname,
         }
         if self.db.settings.analytics_password:
             env["PENGUIN_ANALYTICS_PASSWORD"] = self.db.settings.analytics_password
@@ -58,14 +58,26 @@ class PostgresResource(dg.ConfigurableResource):
 
     @contextmanager
     def dbt_environment(self) -> Iterator[None]:
-        """Run dbt (which reads os.environ) against this database, then restore the env."""
-        saved = dict(os.environ)
-        os.environ.update(self.dbt_env())
+        """Point dbt at this resource's database for the duration of a build.
+
+        dagster-dbt (0.29) gives dbt no environment of its own: `DbtCliResource.cli` copies
+        `os.environ` into the dbt process and renders profiles.yml in this process from
+        `os.environ` too, so the variables must be in this process's environment. Under
+        `penguin up` they already are (and nothing changes here); a resource configured with
+        another `database_url` (tests) sets them for the build and puts back exactly the
+        variables it changed, leaving the rest of the environment alone.
+        """
+        wanted = self.dbt_env()
+        saved = {name: os.environ.get(name) for name in wanted}
+        os.environ.update(wanted)
         try:
             yield
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 class SmtpResource(dg.ConfigurableResource):

@@ -1,4 +1,10 @@
-"""Sending: enrollments, and the send job that a sensor starts whenever sends fall due."""
+"""Sending: enrollments, and the send job that a sensor starts whenever sends fall due.
+
+Every send run also rebuilds the marts (the dbt assets, all under the `analytics/` prefix), so
+the dashboards count a send without waiting for another run to start. The sending engine runs
+in the pool `sends` (limit 1 in the instance `penguin up` writes): whichever job includes
+`sent_emails`, one send run at a time.
+"""
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
 import dagster as dg
@@ -37,10 +43,17 @@ def enrollments(
     )
 
 
+#: The pool of every run of the sending engine (see the module docstring).
+SENDS_POOL = "sends"
+#: The dbt models, which a run that sends rebuilds after sending.
+MARTS = dg.AssetSelection.key_prefixes("analytics")
+
+
 @dg.asset(
     deps=[enrollments],
     group_name="sending",
     kinds={"smtp", "postgres"},
+    pool=SENDS_POOL,
     description=(
         "Messages sent over SMTP. Materializing runs the engine once over every due "
         "enrollment: claim, render, send, record, advance."
@@ -63,16 +76,22 @@ def sent_emails(
 
 send_due_job = dg.define_asset_job(
     "send_due_job",
-    selection=[sent_emails],
-    description="Send every message that is due now.",
+    selection=dg.AssetSelection.assets(sent_emails) | MARTS,
+    description="Send every message that is due now, then rebuild the marts (dbt build).",
 )
+
+_FINISHED = [
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+]
 
 
 @dg.sensor(
     job=send_due_job,
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts send_due_job whenever enrollments are due and no send run is active.",
+    description="Starts send_due_job whenever enrollments are due.",
 )
 def due_sends_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     db, now = postgres.db, utcnow()
@@ -85,13 +104,15 @@ def due_sends_sensor(context: dg.SensorEvaluationContext, postgres: PostgresReso
             oldest = first
     if not due:
         return dg.SkipReason("nothing is due")
-    runs = context.instance.get_run_records(dg.RunsFilter(job_name=send_due_job.name), limit=1)
-    if runs and not runs[0].dagster_run.is_finished:
-        return dg.SkipReason(f"{due} due; a send run is already in progress")
-    # A second tick that sees the same due set before the run claims it maps to the same
-    # run_key, which Dagster runs once. The last run's id is part of the key, so the same
-    # set is requested again after that run ends (a failed run's leases fall due again).
-    last = runs[0].dagster_run.run_id if runs else "none"
+    # A second tick that sees the same due set (the run it asked for is queued or has not
+    # claimed yet) maps to the same run_key, which Dagster runs once. The last *finished*
+    # send run is part of the key, so the same set is requested again once that run has
+    # ended (a failed run's leases fall due again). A run that does start beside another
+    # waits for the `sends` pool, and claims are leased: an extra run sends nothing twice.
+    finished = context.instance.get_run_records(
+        dg.RunsFilter(job_name=send_due_job.name, statuses=_FINISHED), limit=1
+    )
+    last = finished[0].dagster_run.run_id if finished else "none"
     run_key = f"due:{oldest.isoformat()}:{due}:after:{last}"
     context.update_cursor(run_key)
     return dg.RunRequest(run_key=run_key, tags={"penguin/due": str(due)})

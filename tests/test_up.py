@@ -1,4 +1,5 @@
-"""`penguin up --demo` as a user runs it: everything answers, Ctrl-C leaves no process."""
+"""`penguin up --demo` as a user runs it: everything answers, the demo runs in Dagster while
+the UIs answer, each child holds only its own secrets, Ctrl-C leaves no process."""
 
 from __future__ import annotations
 
@@ -43,16 +44,34 @@ def _graphql(port: int, query: str) -> dict:
         return json.load(response)["data"]
 
 
-def _start_up(home: Path, *args: str) -> tuple[subprocess.Popen, int, int]:
+#: Secrets given to `penguin up`, each of which only some children may hold.
+SECRETS = {
+    "PENGUIN_SMTP_DEMO__X": "smtp-secret-4f1c",
+    "PENGUIN_DASHBOARDS_PASSWORD": "dashboards-secret-9b2e",
+    "PENGUIN_APP_PASSWORD": "app-secret-77d0",
+    "PENGUIN_ANALYTICS_PASSWORD": "analytics-secret-1a5e",
+    "PGPASSWORD": "libpq-secret-c3a8",
+}
+
+
+def _start_up(
+    home: Path, *args: str, extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, int, int]:
     """`penguin up` on free ports with its own PENGUIN_HOME and embedded PostgreSQL."""
     dagster_port, dashboard_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "DAGSTER_HOME") and not k.startswith("PENGUIN_")
+    }
     env.update(
         PENGUIN_HOME=str(home),
         PENGUIN_DAGSTER_PORT=str(dagster_port),
         PENGUIN_DASHBOARD_PORT=str(dashboard_port),
         PENGUIN_SMTP_SINK_PORT=str(free_port()),
+        PENGUIN_DAGSTER_CODE_PORT=str(free_port()),
         COLUMNS="200",
+        **(extra or {}),
     )
     home.mkdir(parents=True)
     proc = subprocess.Popen(
@@ -67,38 +86,126 @@ def _start_up(home: Path, *args: str) -> tuple[subprocess.Popen, int, int]:
     return proc, dagster_port, dashboard_port
 
 
+def _read_until_ready(proc: subprocess.Popen, output: list[str], timeout: float = 400) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if "Press Ctrl-C" in line:
+            break
+    return "".join(output)
+
+
+_RUNS = "{ runsOrError { ... on Runs { results { runId jobName status startTime endTime } } } }"
+
+
+def _runs(port: int) -> list[dict]:
+    return _graphql(port, _RUNS)["runsOrError"]["results"]
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _environments(home: Path) -> dict[str, list[dict[str, str]]]:
+    """The environments of this PENGUIN_HOME's child processes, by kind."""
+    found: dict[str, list[dict[str, str]]] = {"dagster": [], "dashboards": []}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            environ = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        command = " ".join(proc.info["cmdline"] or [])
+        if environ.get("PENGUIN_HOME") != str(home) or "penguin up" in command:
+            continue
+        if "streamlit" in command:
+            found["dashboards"].append(environ)
+        elif "dagster" in command:
+            found["dagster"].append(environ)
+    return found
+
+
 def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
     home = tmp_path / "home"
-    proc, dagster_port, dashboard_port = _start_up(home, "--demo")
-    output = []
+    proc, dagster_port, dashboard_port = _start_up(home, "--demo", extra=SECRETS)
+    output: list[str] = []
     try:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        text = "".join(output)
+        text = _read_until_ready(proc, output)
         assert "Press Ctrl-C" in text, text
         assert f"http://127.0.0.1:{dagster_port}" in text
         assert f"http://127.0.0.1:{dashboard_port}" in text
-
-        # A message sits in the sink's Maildir.
-        assert len(list((home / "maildir" / "new").iterdir())) == 40
-        # The Dagster UI shows the assets, materialized by the demo run.
-        nodes = _graphql(dagster_port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
-        keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
-        assert {"contacts", "enrollments", "sent_emails", "analytics/campaign_daily"} <= keys
-        runs = _graphql(dagster_port, "{ runsOrError { ... on Runs { results { status } } } }")
-        assert [r["status"] for r in runs["runsOrError"]["results"]] == ["SUCCESS"]
-        # The dashboards answer.
+        # The UIs answer before the demo has run: its run is something to watch.
+        assert f"watch it at http://127.0.0.1:{dagster_port}/runs" in text
         health = f"http://127.0.0.1:{dashboard_port}/_stcore/health"
         with urllib.request.urlopen(health, timeout=10) as response:
             assert response.status == 200
-        # State survives under PENGUIN_HOME.
-        assert (home / "dagster" / "dagster.yaml").exists()
+
+        # The upload sensor starts the demo run; its messages land in the sink's Maildir.
+        maildir = home / "maildir" / "new"
+        _wait_for(
+            lambda: maildir.exists() and len(list(maildir.iterdir())) == 40,
+            180,
+            "40 messages in the Maildir",
+        )
+        # Every run ends, and ends well (a send run the due-sends sensor asked for while the
+        # upload run was sending may follow it; it finds nothing left to send).
+        runs = _wait_for(
+            lambda: (
+                (r := _runs(dagster_port))
+                and all(x["status"] in ("SUCCESS", "FAILURE", "CANCELED") for x in r)
+                and r
+            ),
+            180,
+            "the demo's runs to finish",
+        )
+        assert [r["status"] for r in runs] == ["SUCCESS"] * len(runs), runs
+        assert "ingest_upload_job" in {r["jobName"] for r in runs}
+        # The Dagster UI shows the assets, materialized by the demo run.
+        nodes = _graphql(
+            dagster_port,
+            "{ assetNodes { assetKey { path } assetMaterializations(limit: 1) { runId } } }",
+        )["assetNodes"]
+        materialized = {
+            "/".join(n["assetKey"]["path"]) for n in nodes if n["assetMaterializations"]
+        }
+        assert {"contacts", "enrollments", "sent_emails", "analytics/campaign_daily"} <= (
+            materialized
+        )
+
+        # Each child holds only what it needs.
+        environments = _environments(home)
+        assert environments["dagster"] and environments["dashboards"], environments.keys()
+        for env in environments["dagster"]:
+            assert env["PENGUIN_SMTP_DEMO__X"] == SECRETS["PENGUIN_SMTP_DEMO__X"]
+            assert env["PENGUIN_APP_PASSWORD"] == SECRETS["PENGUIN_APP_PASSWORD"]
+            assert env["PENGUIN_ANALYTICS_PASSWORD"] == SECRETS["PENGUIN_ANALYTICS_PASSWORD"]
+            assert {"PENGUIN_PG_HOST", "DAGSTER_HOME", "PENGUIN_SMTP_SINK_PORT"} <= set(env)
+            assert env["DAGSTER_DISABLE_TELEMETRY"] == "1"
+            for name in ("DATABASE_URL", "PENGUIN_DASHBOARDS_PASSWORD", "PGPASSWORD"):
+                assert name not in env
+        for env in environments["dashboards"]:
+            assert env["PENGUIN_DASHBOARDS_PASSWORD"] == SECRETS["PENGUIN_DASHBOARDS_PASSWORD"]
+            assert {"PENGUIN_PG_HOST", "PENGUIN_PG_PORT", "PENGUIN_PG_DATABASE"} <= set(env)
+            leaked = {
+                "DATABASE_URL",
+                "PENGUIN_SMTP_DEMO__X",
+                "PENGUIN_APP_PASSWORD",
+                "PENGUIN_ANALYTICS_PASSWORD",
+                "PGPASSWORD",
+            } & set(env)
+            assert not leaked
+
+        # State survives under PENGUIN_HOME; the instance has no first-visit pop-up.
+        dagster_yaml = (home / "dagster" / "dagster.yaml").read_text()
+        assert "nux:\n  enabled: false" in dagster_yaml
         assert (home / "pgdata" / "PG_VERSION").exists()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -108,6 +215,47 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
     assert "Stopped." in rest
     time.sleep(1)
     assert _processes_of(home) == []
+    # No secret is printed, to the terminal or into any log penguin up writes.
+    printed = "".join(output) + rest
+    logs = {path: path.read_text(errors="replace") for path in (home / "logs").rglob("*.log")}
+    assert logs
+    for secret in SECRETS.values():
+        assert secret not in printed
+        assert not [path for path, text in logs.items() if secret in text]
+
+
+def test_dbt_builds_submitted_at_once_run_one_at_a_time_and_all_succeed(tmp_path):
+    """Three dbt builds at once failed with "relation already exists": the `dbt` pool lets
+    the run queue start one at a time."""
+    home = tmp_path / "home"
+    proc, dagster_port, _ = _start_up(home)
+    output: list[str] = []
+    launch = """
+    mutation { launchRun(executionParams: {selector: {repositoryLocationName: "penguinmails",
+      repositoryName: "__repository__", jobName: "analytics_job"}, mode: "default"}) {
+      __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }
+    """
+    try:
+        assert "Press Ctrl-C" in _read_until_ready(proc, output)
+        launched = [_graphql(dagster_port, launch)["launchRun"] for _ in range(3)]
+        assert [r["__typename"] for r in launched] == ["LaunchRunSuccess"] * 3, launched
+        runs = _wait_for(
+            lambda: (
+                (r := [x for x in _runs(dagster_port) if x["jobName"] == "analytics_job"])
+                and len(r) == 3
+                and all(x["status"] in ("SUCCESS", "FAILURE", "CANCELED") for x in r)
+                and r
+            ),
+            400,
+            "three analytics runs to finish",
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+    assert [r["status"] for r in runs] == ["SUCCESS"] * 3, runs
+    spans = sorted((r["startTime"], r["endTime"]) for r in runs)
+    for (_, ended), (started, _) in zip(spans, spans[1:], strict=False):
+        assert started >= ended, spans  # the next began only after the previous ended
 
 
 def test_up_refuses_a_port_in_use_and_says_which_variable(tmp_path):
@@ -148,22 +296,22 @@ def test_sigterm_stops_everything_too(tmp_path):
     assert _processes_of(home) == []
 
 
-def test_stopping_during_the_demo_run_starts_nothing_and_leaves_nothing(tmp_path):
+def test_stopping_while_starting_starts_nothing_more_and_leaves_nothing(tmp_path):
     home = tmp_path / "home"
     proc, _, _ = _start_up(home, "--demo")
     seen = []
     try:
         for line in proc.stdout:
             seen.append(line)
-            if "Demo data" in line:
+            if "Schema" in line:
                 break
-        time.sleep(2)  # the demo run is under way
+        time.sleep(2)  # the Dagster processes are starting
         assert _processes_of(home)
     finally:
         proc.send_signal(signal.SIGHUP)  # as when the terminal is closed
         code = proc.wait(60)
     rest = proc.stdout.read()
     assert code == 0, "".join(seen) + rest
-    assert "Dagster UI" not in rest
+    assert "Dagster UI" not in rest and "Demo data" not in rest
     time.sleep(1)
     assert _processes_of(home) == []
