@@ -1,0 +1,49 @@
+"""Connections: what a process can reach with the settings it was given."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from engine.config import Settings
+from engine.db import Database, OwnerUnavailableError
+
+
+def test_a_process_given_only_the_servers_coordinates_reaches_its_roles_never_the_owner(database):
+    server = database.server
+    settings = Settings(
+        home=database.settings.home,
+        database_url=None,
+        pg_host=server.host,
+        pg_port=server.port,
+        pg_database=server.dbname,
+    )
+    child = Database(settings)
+    try:
+        assert child.owner_url is None
+        with child.app.connect() as conn:
+            assert conn.execute(sa.text("select current_user")).scalar() == "penguin_app"
+        with child.dashboards.connect() as conn:
+            assert conn.execute(sa.text("select current_user")).scalar() == "penguin_dashboards"
+        with pytest.raises(OwnerUnavailableError, match="no owner credentials"):
+            child.owner  # noqa: B018
+    finally:
+        child.dispose()
+
+
+def test_settings_read_the_servers_coordinates_from_the_environment(tmp_path):
+    settings = Settings.from_env(
+        {
+            "PENGUIN_HOME": str(tmp_path),
+            "PENGUIN_PG_HOST": "/run/pg",
+            "PENGUIN_PG_PORT": "5433",
+            "PENGUIN_PG_DATABASE": "penguin",
+            "PENGUIN_DASHBOARDS_PASSWORD": "s3cret",
+        }
+    )
+    where = (settings.pg_host, settings.pg_port, settings.pg_database)
+    assert where == ("/run/pg", 5433, "penguin")
+    assert settings.database_url is None and settings.dashboards_password == "s3cret"
+    url = Database(settings).dashboards_url
+    assert (url.username, url.password, url.database) == ("penguin_dashboards", "s3cret", "penguin")
+    assert url.query["host"] == "/run/pg"
