@@ -61,6 +61,9 @@ class Settings:
     pg_host: str | None = None
     pg_port: int = 5432
     pg_database: str = "postgres"
+    #: libpq's sslmode for the roles' connections (an external server's `?sslmode=` carries
+    #: over to the processes that get only PENGUIN_PG_*).
+    pg_sslmode: str | None = None
     smtp_sink_host: str = "127.0.0.1"
     smtp_sink_port: int = 2525
     dagster_port: int = 3000
@@ -81,6 +84,7 @@ class Settings:
             pg_host=env.get("PENGUIN_PG_HOST") or None,
             pg_port=_int(env, "PENGUIN_PG_PORT", cls.pg_port),
             pg_database=env.get("PENGUIN_PG_DATABASE") or cls.pg_database,
+            pg_sslmode=env.get("PENGUIN_PG_SSLMODE") or None,
             smtp_sink_port=_int(env, "PENGUIN_SMTP_SINK_PORT", cls.smtp_sink_port),
             dagster_port=_int(env, "PENGUIN_DAGSTER_PORT", cls.dagster_port),
             dashboard_port=_int(env, "PENGUIN_DASHBOARD_PORT", cls.dashboard_port),

@@ -45,6 +45,7 @@ class ConnectionParts:
     user: str
     password: str
     dbname: str
+    sslmode: str | None = None
 
 
 def connection_parts(url: URL) -> ConnectionParts:
@@ -57,7 +58,12 @@ def connection_parts(url: URL) -> ConnectionParts:
         user=url.username or "",
         password=url.password or "",
         dbname=url.database or "postgres",
+        sslmode=_one(url.query.get("sslmode")),
     )
+
+
+def _one(value: str | tuple[str, ...] | None) -> str | None:
+    return value[0] if isinstance(value, tuple) else value
 
 
 #: Every connection resolves names in the catalog and `app` only, which no role but the owner can
@@ -99,6 +105,7 @@ class Database:
                 user="",
                 password="",
                 dbname=settings.pg_database,
+                sslmode=settings.pg_sslmode,
             )
 
     @classmethod
@@ -109,13 +116,14 @@ class Database:
         if self.owner_url is not None:  # keeps the owner URL's options (sslmode, ...)
             return self.owner_url.set(username=role, password=password)
         server = self.server
+        query = {"sslmode": server.sslmode} if server.sslmode else {}
         if server.host.startswith("/"):  # a Unix socket folder (the embedded server)
             return URL.create(
                 "postgresql+psycopg",
                 username=role,
                 password=password,
                 database=server.dbname,
-                query={"host": server.host, "port": str(server.port)},
+                query={"host": server.host, "port": str(server.port), **query},
             )
         return URL.create(
             "postgresql+psycopg",
@@ -124,6 +132,7 @@ class Database:
             host=server.host,
             port=server.port,
             database=server.dbname,
+            query=query,
         )
 
     @property

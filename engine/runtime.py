@@ -105,6 +105,7 @@ def exported_environment(db: Database) -> dict[str, str]:
         "PENGUIN_PG_HOST": parts.host,
         "PENGUIN_PG_PORT": str(parts.port),
         "PENGUIN_PG_DATABASE": parts.dbname,
+        **({"PENGUIN_PG_SSLMODE": parts.sslmode} if parts.sslmode else {}),
         "PENGUIN_SMTP_SINK_PORT": str(settings.smtp_sink_port),
         "DAGSTER_HOME": str(settings.dagster_home),
         "DO_NOT_TRACK": "1",
@@ -113,6 +114,7 @@ def exported_environment(db: Database) -> dict[str, str]:
     for name, value in (
         ("PENGUIN_APP_PASSWORD", settings.app_password),
         ("PENGUIN_ANALYTICS_PASSWORD", settings.analytics_password),
+        ("PENGUIN_DASHBOARDS_PASSWORD", settings.dashboards_password),
     ):
         if value:
             env[name] = value
@@ -150,6 +152,8 @@ def child_environment(
         PENGUIN_PG_PORT=str(server.port),
         PENGUIN_PG_DATABASE=server.dbname,
     )
+    if server.sslmode:
+        env["PENGUIN_PG_SSLMODE"] = server.sslmode
     if kind == "dagster":
         env.update(
             DAGSTER_HOME=str(settings.dagster_home),

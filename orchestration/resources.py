@@ -52,6 +52,8 @@ class PostgresResource(dg.ConfigurableResource):
             "PENGUIN_PG_PORT": str(server.port),
             "PENGUIN_PG_DATABASE": server.dbname,
         }
+        if server.sslmode:
+            env["PENGUIN_PG_SSLMODE"] = server.sslmode
         if self.db.settings.analytics_password:
             env["PENGUIN_ANALYTICS_PASSWORD"] = self.db.settings.analytics_password
         return env

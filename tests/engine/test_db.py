@@ -47,3 +47,19 @@ def test_settings_read_the_servers_coordinates_from_the_environment(tmp_path):
     url = Database(settings).dashboards_url
     assert (url.username, url.password, url.database) == ("penguin_dashboards", "s3cret", "penguin")
     assert url.query["host"] == "/run/pg"
+
+
+def test_an_external_servers_sslmode_reaches_the_processes_given_only_coordinates(tmp_path):
+    from engine.runtime import child_environment
+
+    owner = Settings(
+        home=tmp_path, database_url="postgresql://owner:pw@db.example:5432/pm?sslmode=verify-full"
+    )
+    db = Database(owner)
+    assert db.app_url.query["sslmode"] == "verify-full"
+    for kind in ("dagster", "dashboards"):
+        env = child_environment(kind, db, parent={})
+        assert env["PENGUIN_PG_SSLMODE"] == "verify-full"
+        child = Database(Settings.from_env(env))
+        assert child.owner_url is None
+        assert child.app_url.query["sslmode"] == "verify-full"
