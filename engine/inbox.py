@@ -7,12 +7,18 @@ mapping, and which door it came in by); the dashboard's uploader does.
 
 Files appear by atomic rename when `drop` writes them; a file copied in by hand is only
 taken once it has not changed for `SETTLE_SECONDS`, so a half-copied file is never read.
+
+Everything here comes from users: a dropped file keeps only a safe base name of what the
+browser or the user called it (never a path out of its folder), and instructions that cannot
+be used (not JSON, not an object, a mapping that is not text to text, an unknown `source`)
+end only their own file, which moves to `failed/` saying what is wrong with them.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,12 +27,16 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from engine.db import tenant_transaction
-from engine.ingest import IngestError, IngestResult, Progress, ingest_file
-from engine.ingest.store import check_list_name, completed_batch
+from engine.ingest import SOURCES, IngestError, IngestResult, Progress, ingest_file
+from engine.ingest.errors import shown
+from engine.ingest.store import check_list_name
 from engine.tenants import UnknownTenantError, tenant_id, validate_name
 
 SETTLE_SECONDS = 2.0
+#: Bytes of a dropped file's name, leaving room for the `-N`, the timestamp and the sidecar's
+#: `.` and `.upload.json` within the 255 bytes most file systems allow.
+MAX_NAME_BYTES = 150
+DEFAULT_NAME = "upload.csv"
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class InboxFile:
     list_name: str
     mapping: dict[str, str] = field(default_factory=dict)
     source: str = "inbox"
+    #: What is wrong with the instructions beside the file; such a file is not ingested.
+    problem: str | None = None
 
     @property
     def where(self) -> str:
@@ -59,17 +71,46 @@ def _sidecar(path: Path) -> Path:
 
 
 def read_file(path: Path) -> InboxFile:
-    """The inbox file at `path` (`.../inbox/<tenant>/<list>/<file>`) with its instructions."""
-    instructions = {}
-    if _sidecar(path).exists():
-        instructions = json.loads(_sidecar(path).read_text(encoding="utf-8"))
-    return InboxFile(
-        path=path,
-        tenant=path.parent.parent.name,
-        list_name=path.parent.name,
-        mapping=dict(instructions.get("mapping") or {}),
-        source=instructions.get("source", "inbox"),
-    )
+    """The inbox file at `path` (`.../inbox/<tenant>/<list>/<file>`) with its instructions.
+
+    Never raises for bad instructions: they are the file's `problem`, for `process_file`.
+    """
+    tenant, list_name = path.parent.parent.name, path.parent.name
+    sidecar = _sidecar(path)
+    try:
+        mapping, source = _instructions(sidecar)
+    except ValueError as exc:
+        problem = f"{sidecar.name}, the instructions beside the file, {exc}"
+        return InboxFile(path, tenant, list_name, problem=problem)
+    return InboxFile(path, tenant, list_name, mapping=mapping, source=source)
+
+
+def _instructions(sidecar: Path) -> tuple[dict[str, str], str]:
+    """(mapping, source) from `sidecar`, or the defaults when there is none; raises
+    `ValueError` saying what is wrong with it."""
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, "inbox"
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({shown(exc)})") from None
+    try:
+        instructions = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(instructions, dict):
+        raise ValueError(f"must be a JSON object, not {type(instructions).__name__}")
+    mapping = instructions.get("mapping") or {}
+    if not isinstance(mapping, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+    ):
+        raise ValueError('has a "mapping" that is not an object of column names to field names')
+    source = instructions.get("source", "inbox")
+    if source not in SOURCES:
+        raise ValueError(f"names an unknown source '{shown(source)}' (one of {', '.join(SOURCES)})")
+    return mapping, source
 
 
 def pending_files(uploads: Path, *, now_timestamp: float | None = None) -> Iterator[InboxFile]:
@@ -109,7 +150,9 @@ def drop(
         )
     folder = inbox_path(uploads) / tenant / list_name
     folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder / (name or source.name))
+    target = _free_name(folder / safe_name(name or source.name))
+    if target.parent.resolve() != folder.resolve():  # safe_name makes this impossible
+        raise AssertionError(f"{target} is not in {folder}")
     if mapping or via != "inbox":
         _sidecar(target).write_text(
             json.dumps({"mapping": mapping or {}, "source": via}), encoding="utf-8"
@@ -118,6 +161,23 @@ def drop(
     shutil.copyfile(source, tmp)
     tmp.rename(target)  # atomic: a reader never sees half a file
     return target
+
+
+def safe_name(name: str) -> str:
+    """An uploaded file's name as a plain file name in its inbox folder: the last component
+    of a `/` or `\\` path, without control characters or leading dots (no hidden file, no
+    `..`), at most `MAX_NAME_BYTES` (keeping the extension), or `DEFAULT_NAME` if nothing
+    is left."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if unicodedata.category(c)[0] != "C")
+    base = base.strip().lstrip(".").strip()
+    if len(base.encode()) > MAX_NAME_BYTES:
+        stem, dot, extension = base.rpartition(".")
+        suffix = f".{extension}" if dot and stem and len(extension) <= 10 else ""
+        room = MAX_NAME_BYTES - len(suffix.encode())
+        kept = base[: len(base) - len(suffix)].encode()[:room].decode("utf-8", errors="ignore")
+        base = kept.rstrip() + suffix
+    return base or DEFAULT_NAME
 
 
 def _free_name(target: Path) -> Path:
@@ -148,6 +208,8 @@ def process_file(
     the file again resumes that batch.
     """
     stamp = now.strftime("%Y%m%dT%H%M%S")
+    if item.problem is not None:
+        return _fail(uploads, item, item.problem, stamp)
     try:
         tid = tenant_id(app, item.tenant)
         result = ingest_file(
@@ -161,20 +223,15 @@ def process_file(
             progress=progress,
         )
     except (IngestError, UnknownTenantError) as exc:
-        moved = _move(uploads, item, "failed", stamp)
-        moved.with_name(moved.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")
-        return InboxOutcome(item, None, str(exc), moved)
+        return _fail(uploads, item, str(exc), stamp)
     return InboxOutcome(item, result, None, _move(uploads, item, "processed", stamp))
 
 
-def already_loaded(app: Engine, item: InboxFile, sha: str) -> bool:
-    """Whether content `sha` was loaded into this file's list before."""
-    try:
-        tid = tenant_id(app, item.tenant)
-    except UnknownTenantError:
-        return False
-    with tenant_transaction(app, tid) as conn:
-        return completed_batch(conn, item.list_name.strip(), sha) is not None
+def _fail(uploads: Path, item: InboxFile, error: str, stamp: str) -> InboxOutcome:
+    """Move `item` to `failed/`, beside a `.error.txt` that says why."""
+    moved = _move(uploads, item, "failed", stamp)
+    moved.with_name(moved.name + ".error.txt").write_text(f"{error}\n", encoding="utf-8")
+    return InboxOutcome(item, None, error, moved)
 
 
 def process_inbox(app: Engine, uploads: Path, now: datetime) -> list[InboxOutcome]:

@@ -1,9 +1,10 @@
 """Ingestion: CSV files in the uploads inbox become upload batches, contacts and lists.
 
-`upload_inbox_sensor` asks for one run per waiting file, keyed by tenant, list and content
-hash, so a second tick, or a retried run, never loads a file twice. The `uploads`
-multi-asset ingests the file (or, materialized by hand, every waiting file) through
-`engine.ingest` and reports on the three tables it writes.
+`upload_inbox_sensor` asks for one run per waiting file, keyed by the file and its content,
+so a second tick, or a retried run, never loads a file twice. The sensor only looks: the
+`uploads` multi-asset ingests the file (or, materialized by hand, every waiting file) through
+`engine.ingest`, moves it on (to `processed/`, also when its content was loaded before, or
+to `failed/`) and reports on the three tables it writes.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
@@ -14,7 +15,7 @@ import dagster as dg
 import pydantic
 import sqlalchemy as sa
 
-from engine.inbox import InboxOutcome, already_loaded, pending_files, process_file, read_file
+from engine.inbox import InboxOutcome, pending_files, process_file, read_file
 from engine.ingest import survey
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
@@ -222,9 +223,12 @@ ingest_upload_job = dg.define_asset_job(
     description="Starts ingest_upload_job for each file waiting in the uploads inbox.",
 )
 def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
-    """One run per file, keyed by tenant, list and content hash: a second tick or a retry
-    maps to the same key, which Dagster runs once. The cursor remembers each waiting file's
-    hash by size and mtime, so a large file is hashed once, not on every tick."""
+    """One run per waiting file, keyed by tenant, list, file name, mtime and content hash: a
+    second tick or a retry maps to the same key, which Dagster runs once, while the same
+    name and content dropped again later (a new mtime) gets a run of its own, which finds it
+    loaded and moves it to `processed/`. The sensor reads and requests, nothing else: every
+    file, broken instructions included, is moved by its run. The cursor remembers each
+    waiting file's hash by size and mtime, so a large file is hashed once, not every tick."""
     uploads_dir = postgres.db.settings.uploads
     seen = json.loads(context.cursor) if context.cursor else {}
     waiting = {}
@@ -238,14 +242,9 @@ def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresR
         else:
             sha = survey(item.path).sha256
         waiting[relative] = [stat.st_size, stat.st_mtime_ns, sha]
-        if already_loaded(postgres.db.app, item, sha):
-            # The same content again: its run_key has run, so no run would take this file.
-            outcome = process_file(postgres.db.app, uploads_dir, item, utcnow())
-            context.log.info(f"{item.where}: already loaded; moved to {outcome.moved_to}")
-            continue
         requests.append(
             dg.RunRequest(
-                run_key=f"upload:{item.tenant}/{item.list_name}/{sha}",
+                run_key=f"upload:{relative}:{stat.st_mtime_ns}:{sha}",
                 run_config=dg.RunConfig(ops={"uploads": UploadConfig(path=relative)}),
                 tags={"penguin/tenant": item.tenant, "penguin/list": item.list_name},
             )

@@ -9,7 +9,13 @@ The dashboard's uploader, `penguin upload` and the uploads inbox all end in `ing
   merged, its rejects saved and the batch `completed`, all in one transaction (`store`);
 * a file that cannot be used at all, or a crash, leaves the batch `failed` (or `processing`)
   with nothing of the file written; ingesting the same file into the same list again resumes
-  that batch, and once a batch is completed the same content is not loaded twice.
+  that batch, and once a batch is completed the same content is not loaded twice, even when
+  two uploads of it start at the same moment (registration takes turns per content and list).
+
+Whatever goes wrong while a file is read reaches the caller as one `IngestError` naming the
+file (DuckDB's errors and unexpected ones included, the original chained as its cause), and
+is recorded on the batch: the CLI, the inbox and the upload page show one line, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -30,7 +37,7 @@ from engine.db import tenant_transaction
 from engine.ingest import store
 from engine.ingest.clean import clean_chunk
 from engine.ingest.columns import FIELDS, check_fields, map_columns, parse_mapping
-from engine.ingest.errors import IngestError
+from engine.ingest.errors import IngestError, shown, shown_list
 from engine.ingest.source import (
     LINE,
     CsvScan,
@@ -126,11 +133,12 @@ def ingest_file(
     list_name = store.check_list_name(list_name)
     explicit = dict(mapping or {})
     check_fields(explicit)
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file")
-    surveyed = survey(path)  # one read: hash, size, encoding clues, longest line
+    surveyed = _survey(path, shown(file_name))  # one read: hash, size, encoding, longest line
     sha, size = surveyed.sha256, surveyed.size
     with tenant_transaction(app, tenant_id) as conn:
+        # Concurrent uploads of this content into this list take turns from here to commit,
+        # so the second finds the first's batch instead of registering its own.
+        store.lock_registration(conn, list_name, sha)
         if not force and (done := store.completed_batch(conn, list_name, sha)) is not None:
             return IngestResult.from_row(done, already_loaded=True)
         batch_id = None if force else store.unfinished_batch(conn, list_name, sha)
@@ -152,10 +160,37 @@ def ingest_file(
             app, tenant_id, batch_id, path, surveyed, list_name, file_name, explicit, now, progress
         )
     except Exception as exc:
-        message = str(exc) if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
+        error = _as_ingest_error(exc, shown(file_name))
         with tenant_transaction(app, tenant_id) as conn:
-            store.fail_batch(conn, batch_id, message, now)
-        raise
+            store.fail_batch(conn, batch_id, str(error), now)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def _survey(path: Path, label: str) -> Survey:
+    if not path.is_file():
+        raise IngestError(f"{label}: no such file ({shown(path, 200)})")
+    try:
+        return survey(path)
+    except OSError as exc:
+        raise IngestError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _as_ingest_error(exc: Exception, label: str) -> IngestError:
+    """`exc` as the one-line error a user sees, naming the file (`label`)."""
+    if isinstance(exc, IngestError):
+        return exc
+    first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
+    detail = shown(first_line, 200) or type(exc).__name__
+    if isinstance(exc, duckdb.Error):
+        return IngestError(f"{label}: the file cannot be read as CSV ({detail})")
+    if isinstance(exc, OSError):
+        return IngestError(f"{label}: the file cannot be read ({detail})")
+    return IngestError(
+        f"{label}: the upload failed unexpectedly ({type(exc).__name__}: {detail}); "
+        "nothing of it was saved, and uploading it again retries it"
+    )
 
 
 def _load(
@@ -171,26 +206,27 @@ def _load(
     progress: Progress | None,
 ) -> IngestResult:
     report = progress or (lambda stage, done, total: None)
+    label = shown(file_name)
     with (
         tempfile.TemporaryDirectory(prefix="penguin-ingest-") as work,
         tenant_transaction(app, tenant_id) as conn,
     ):
         if store.lock_batch(conn, batch_id) == "completed":  # a concurrent retry finished it
             return IngestResult.from_row(store.batch_row(conn, batch_id), already_loaded=True)
-        readable = to_utf8(path, surveyed, Path(work))
+        readable = to_utf8(path, surveyed, Path(work), label)
         duck = open_duckdb(Path(work))
         try:
-            fmt = sniff_format(duck, readable, file_name)
-            scan = CsvScan(duck, readable, fmt, file_name)
+            fmt = sniff_format(duck, readable, label)
+            scan = CsvScan(duck, readable, fmt, label)
             if scan.count() == 0:
                 if scan.rejects:
                     first = scan.rejects[0]
                     raise IngestError(
-                        f"{file_name}: none of its {len(scan.rejects)} lines can be read; "
+                        f"{label}: none of its {len(scan.rejects)} lines can be read; "
                         f"line {first.line}: {first.reason}"
                     )
                 raise IngestError(
-                    f"{file_name}: the file has a header row ({', '.join(fmt.columns)}) "
+                    f"{label}: the file has a header row ({shown_list(fmt.columns)}) "
                     "but no data rows"
                 )
             report("reading", 0, scan.total_records)
@@ -206,7 +242,7 @@ def _load(
                             sample=sample.rename(
                                 dict(zip(sample.columns, fmt.columns, strict=True))
                             ),
-                            file_name=file_name,
+                            file_name=label,
                         )
                     chunk = clean_chunk(frame, fmt.columns, columns, fmt.delimiter)
                     stage.add(chunk.contacts)
@@ -269,29 +305,38 @@ def preview_file(
 
     Raises `IngestError` when the file cannot be read at all (not a CSV, no rows, ...).
     """
-    file_name = file_name or path.name
+    label = shown(file_name or path.name)
     explicit = dict(mapping or {})
     check_fields(explicit)
-    if not path.is_file():
-        raise IngestError(f"{path}: no such file")
+    try:
+        return _preview(path, label, explicit, rows)
+    except Exception as exc:
+        error = _as_ingest_error(exc, label)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def _preview(path: Path, label: str, explicit: dict[str, str], rows: int) -> Preview:
+    surveyed = _survey(path, label)
     with tempfile.TemporaryDirectory(prefix="penguin-preview-") as work:
-        readable = to_utf8(path, survey(path), Path(work))
+        readable = to_utf8(path, surveyed, Path(work), label)
         duck = open_duckdb(Path(work))
         try:
-            fmt = sniff_format(duck, readable, file_name)
-            head = next(CsvScan(duck, readable, fmt, file_name).batches(), None)
+            fmt = sniff_format(duck, readable, label)
+            head = next(CsvScan(duck, readable, fmt, label).batches(), None)
         finally:
             duck.close()
     if head is None or head.is_empty():
-        raise IngestError(f"{file_name}: the file has no data rows")
+        raise IngestError(f"{label}: the file has no data rows")
     head = head.drop(LINE).rename(dict(zip(positions(len(fmt.columns)), fmt.columns, strict=True)))
     found = map_columns(
-        fmt.columns, explicit, sample=head.head(1000), file_name=file_name, require_email=False
+        fmt.columns, explicit, sample=head.head(1000), file_name=label, require_email=False
     )
     problem = None
     if "email" not in found.values():
         problem = (
-            f"no column looks like an email address; columns found: {', '.join(fmt.columns)}. "
+            f"no column looks like an email address; columns found: {shown_list(fmt.columns)}. "
             "Choose the address column."
         )
     return Preview(fmt.as_json(), found, head.head(rows), problem)
@@ -307,6 +352,7 @@ __all__ = [
     "IngestResult",
     "Preview",
     "Progress",
+    "SOURCES",
     "preview_file",
     "survey",
     "ingest_file",

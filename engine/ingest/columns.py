@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from engine.ingest.errors import IngestError
+from engine.ingest.errors import IngestError, shown, shown_list
 
 HEADER_ALIASES: dict[str, tuple[str, ...]] = {
     "email": (
@@ -98,7 +98,9 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         column, sep, target = pair.partition("=")
         if not sep or not column.strip() or not target.strip():
-            raise IngestError(f"--map {pair!r}: write it as COLUMN=FIELD, e.g. 'Work Mail=email'")
+            raise IngestError(
+                f"--map '{shown(pair)}': write it as COLUMN=FIELD, e.g. 'Work Mail=email'"
+            )
         mapping[column.strip()] = target.strip()
     return mapping
 
@@ -107,7 +109,8 @@ def check_fields(explicit: Mapping[str, str]) -> None:
     for column, target in explicit.items():
         if target not in FIELDS and target != ATTRIBUTE:
             raise IngestError(
-                f"mapping {column}={target}: {target!r} is not a contact field; "
+                f"mapping {shown(column)}={shown(target)}: '{shown(target)}' is not a contact "
+                "field; "
                 f"fields: {', '.join(FIELDS)} (or {ATTRIBUTE}, to keep the column as it is)"
             )
     targets = [t for t in explicit.values() if t != ATTRIBUTE]
@@ -132,8 +135,8 @@ def map_columns(
     for column in explicit:
         if column not in columns:
             raise IngestError(
-                f"mapping names column {column!r}, which {file_name} does not have; "
-                f"columns found: {', '.join(columns)}"
+                f"mapping names column '{shown(column)}', which {file_name} does not have; "
+                f"columns found: {shown_list(columns)}"
             )
     mapping = dict(explicit)
     taken = set(mapping.values())
@@ -149,7 +152,7 @@ def map_columns(
     if "email" not in mapping.values() and require_email:
         raise IngestError(
             f"{file_name}: no column looks like an email address; columns found: "
-            f"{', '.join(columns)}. Map the address column to email (--map COLUMN=email)"
+            f"{shown_list(columns)}. Map the address column to email (--map COLUMN=email)"
         )
     return {
         column: mapping[column]

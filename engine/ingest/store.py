@@ -52,6 +52,15 @@ _UNFINISHED = sa.text(
     order by created_at desc limit 1
     """
 )
+# Registration of one content into one list takes turns until commit: without it, two
+# uploads of the same file at the same moment both find no batch and both register one.
+_REGISTRATION_LOCK = sa.text(
+    """
+    select pg_advisory_xact_lock(
+        hashtextextended('upload-batch:' || app.current_tenant_id() || ':' || :list_name
+                         || ':' || :sha, 0))
+    """
+)
 _REGISTER = sa.text(
     """
     insert into app.upload_batches
@@ -91,6 +100,23 @@ _COMPLETE = sa.text(
     """
 )
 _BY_ID = sa.text("select * from app.upload_batches where id = :batch_id")
+# `prefix` is hex digits only (see `batches_by_prefix`), so it holds no LIKE wildcard.
+_BY_PREFIX = sa.text(
+    """
+    select id, created_at, file_name, list_name, status from app.upload_batches
+    where replace(id::text, '-', '') like :prefix || '%'
+    order by created_at desc limit :limit
+    """
+)
+_RECENT = sa.text(
+    """
+    select id, created_at, file_name, list_name, source, status, total_rows, inserted_count,
+           updated_count, rejected_count, error
+    from app.upload_batches order by created_at desc limit :limit
+    """
+)
+#: Hex digits of a batch id a user must give at least (as git asks for commit ids).
+MIN_ID_PREFIX = 4
 
 _STAGE = sa.text(
     """
@@ -257,6 +283,10 @@ def check_list_name(name: str) -> str:
     return name
 
 
+def lock_registration(conn: Connection, list_name: str, sha: str) -> None:
+    conn.execute(_REGISTRATION_LOCK, {"list_name": list_name, "sha": sha})
+
+
 def completed_batch(conn: Connection, list_name: str, sha: str) -> sa.Row | None:
     return conn.execute(_COMPLETED, {"list_name": list_name, "sha": sha}).first()
 
@@ -304,6 +334,21 @@ def fail_batch(conn: Connection, batch_id: uuid.UUID, error: str, now: datetime)
 
 def batch_row(conn: Connection, batch_id: uuid.UUID) -> sa.Row:
     return conn.execute(_BY_ID, {"batch_id": batch_id}).one()
+
+
+def recent_batches(conn: Connection, limit: int) -> list[sa.Row]:
+    return list(conn.execute(_RECENT, {"limit": limit}).all())
+
+
+def batches_by_prefix(conn: Connection, prefix: str, limit: int = 10) -> list[sa.Row]:
+    """The tenant's batches whose id starts with `prefix` (hex digits, hyphens ignored),
+    newest first. Raises `ValueError` for a prefix that is not hex or is too short."""
+    digits = prefix.strip().replace("-", "").lower()
+    if not digits or any(c not in "0123456789abcdef" for c in digits) or len(digits) > 32:
+        raise ValueError("is not a batch id")
+    if len(digits) < MIN_ID_PREFIX:
+        raise ValueError(f"is too short: give at least {MIN_ID_PREFIX} hex digits of a batch id")
+    return list(conn.execute(_BY_PREFIX, {"prefix": digits, "limit": limit}).all())
 
 
 class _BoundedWriter(QueuedLibpqWriter):

@@ -76,3 +76,69 @@ def test_drop_refuses_names_that_cannot_be_inbox_folders(
     with pytest.raises(IngestError, match=message):
         drop(database.settings.uploads, source, tenant, list_name)
     assert not inbox_path(database.settings.uploads).exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "landed"),
+    [
+        ("../../outside.csv", "outside.csv"),
+        ("/tmp/absolute.csv", "absolute.csv"),
+        ("..\\..\\windows.csv", "windows.csv"),
+        ("C:\\Users\\ada\\crm.csv", "crm.csv"),
+        ("..", "upload.csv"),
+        (".hidden.csv", "hidden.csv"),
+        ("bell\x07\x1b[2J.csv", "bell[2J.csv"),
+        ("x" * 300 + ".csv", "x" * 146 + ".csv"),
+    ],
+)
+def test_an_uploaded_file_name_lands_inside_its_inbox_folder(database, tmp_path, name, landed):
+    uploads = database.settings.uploads
+    source = write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"])
+    target = drop(uploads, source, "default", "l", mapping={"Email": "email"}, name=name)
+    folder = inbox_path(uploads) / "default" / "l"
+    assert target == folder / landed and target.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([landed, f".{landed}.upload.json"])
+    assert [p for p in uploads.rglob("*") if p.is_file() and folder not in p.parents] == []
+
+
+@pytest.mark.parametrize(
+    ("instructions", "problem"),
+    [
+        ("{not json", "is not valid JSON (Expecting property name"),
+        ('["a", "b"]', "must be a JSON object, not list"),
+        ('{"mapping": {"Contact": 3}}', '"mapping" that is not an object of column names'),
+        ('{"mapping": ["Contact", "email"]}', '"mapping" that is not an object of column names'),
+        ('{"source": "carrier pigeon"}', "names an unknown source 'carrier pigeon'"),
+        (b"\xff\xfe{", "cannot be read"),
+    ],
+)
+def test_broken_instructions_end_only_their_own_file(
+    database, now, tmp_path, instructions, problem
+):
+    uploads = database.settings.uploads
+    good = drop(
+        uploads, write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"]), "default", "l"
+    )
+    bad = drop(
+        uploads, write_csv(tmp_path / "b.csv", [["b@example.com"]], ["Email"]), "default", "l"
+    )
+    sidecar = bad.with_name(f".{bad.name}.upload.json")
+    if isinstance(instructions, bytes):
+        sidecar.write_bytes(instructions)
+    else:
+        sidecar.write_text(instructions)
+
+    waiting = {f.path.name: f for f in pending_files(uploads)}  # the page lists them all
+    assert waiting["a.csv"].problem is None and problem in waiting["b.csv"].problem
+
+    outcomes = {o.file.path.name: o for o in process_inbox(database.app, uploads, now)}
+    assert outcomes[good.name].result.inserted == 1
+    assert outcomes[bad.name].result is None
+    moved = outcomes[bad.name].moved_to
+    assert moved.parent == uploads / "failed" / "default" / "l"
+    error = moved.with_name(moved.name + ".error.txt").read_text()
+    assert (
+        error.startswith(".b.csv.upload.json, the instructions beside the file,")
+        and problem in error
+    )
+    assert [p for p in inbox_path(uploads).rglob("*") if p.is_file()] == []

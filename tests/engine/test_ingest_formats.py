@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import codecs
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
 
+from engine.config import PROJECT_ROOT
 from engine.db import tenant_transaction
-from engine.ingest import IngestError, ingest_file
+from engine.ingest import IngestError, ingest_file, preview_file
 from engine.tenants import tenant_id
 from tests.factories import write_contacts_csv
 
@@ -246,3 +253,167 @@ def test_a_hundred_thousand_rows_with_invalid_and_duplicate_lines(database, tena
         count = conn.execute(sa.text("select count(*) from app.contacts")).scalar()
         members = conn.execute(sa.text("select count(*) from app.contact_list_members")).scalar()
     assert count == members == expected.distinct
+
+
+@pytest.mark.parametrize(
+    "name", ["leads[12].csv", "lead?.csv", "*.csv", "{leads1,leads2}.csv", "~leads.csv"]
+)
+def test_a_file_name_with_glob_characters_is_read_as_itself(database, tenant, now, tmp_path, name):
+    for i in (1, 2):
+        (tmp_path / f"leads{i}.csv").write_text(f"Email\nother{i}@example.com\n")
+    path = tmp_path / name
+    path.write_text("Email\nself@example.com\n")
+    assert preview_file(path).rows["Email"].to_list() == ["self@example.com"]
+    result = load(database, tenant, path, now)
+    assert (result.total_rows, result.inserted) == (1, 1)
+    assert [c.email for c in contacts(database, tenant)] == ["self@example.com"]
+
+
+def test_a_plain_csv_named_gz_is_read_as_csv(database, tenant, now, tmp_path):
+    path = tmp_path / "leads.csv.gz"
+    path.write_text("Email\nada@example.com\n")
+    assert load(database, tenant, path, now).inserted == 1
+
+
+def test_a_real_gzip_file_is_refused_with_what_to_do(database, tenant, now, tmp_path):
+    path = tmp_path / "leads.csv.gz"
+    path.write_bytes(gzip.compress(b"Email\nada@example.com\n"))
+    with pytest.raises(IngestError, match="leads.csv.gz: this is a gzip-compressed file"):
+        load(database, tenant, path, now)
+
+
+def test_a_five_thousand_column_file_loads(database, tenant, now, tmp_path):
+    width, rows = 5_000, 300
+    path = tmp_path / "wide.csv"
+    with path.open("w") as out:
+        out.write("Email," + ",".join(f"c{i}" for i in range(1, width)) + "\n")
+        for r in range(rows):
+            out.write(f"p{r}@example.com," + ",".join(f"v{i}" for i in range(1, width)) + "\n")
+    result = load(database, tenant, path, now)
+    assert (result.total_rows, result.inserted, result.rejected) == (rows, rows, 0)
+    [contact] = [c for c in contacts(database, tenant) if c.email == "p7@example.com"]
+    assert len(contact.attributes) == width - 1 and contact.attributes["c4999"] == "v4999"
+
+
+def test_a_file_wider_than_the_column_limit_is_refused_naming_both(database, tenant, now, tmp_path):
+    from engine.ingest.source import MAX_COLUMNS
+
+    path = tmp_path / "wider.csv"
+    width = MAX_COLUMNS + 1
+    path.write_text(
+        "Email," + ",".join(f"c{i}" for i in range(1, width)) + "\n"
+        "ada@example.com" + ",x" * (width - 1) + "\n"
+    )
+    with pytest.raises(
+        IngestError, match=f"wider.csv: the file has {width:,} columns; at most {MAX_COLUMNS:,}"
+    ):
+        load(database, tenant, path, now)
+
+
+#: Loads a file with one 200 MB line in a process of its own and prints its peak memory.
+_HUGE_LINE_LOAD = """
+import json, sys
+from datetime import datetime
+from pathlib import Path
+from engine.config import Settings
+from engine.db import Database
+from engine.ingest import ingest_file
+from engine.tenants import tenant_id
+
+db = Database(Settings.from_env())
+result = ingest_file(
+    db.app, tenant_id(db.app, "default"), Path(sys.argv[1]), "list",
+    datetime.fromisoformat(sys.argv[2]),
+)
+# VmHWM, not getrusage: a child's ru_maxrss starts at its parent's size when it forked.
+peak_kb = next(
+    int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")
+)
+print(json.dumps({
+    "peak_mb": peak_kb / 1024,
+    "counts": [result.total_rows, result.inserted, result.rejected],
+}))
+"""
+
+
+def test_a_200_mb_line_is_a_reject_of_its_own_in_bounded_memory(database, tenant, now, tmp_path):
+    path = tmp_path / "huge.csv"
+    with path.open("w") as out:
+        out.write("Email,Notes\n")
+        out.write("".join(f"p{i}@example.com,n\n" for i in range(2, 5)))  # lines 2-4
+        out.write("huge@example.com,")  # line 5: 200 MB
+        for _ in range(200):
+            out.write("x" * 1_000_000)
+        out.write("\n")
+        out.write('q@example.com,"two\nlines"\n')  # line 6
+        out.write("not an address,n\n")  # line 7
+        out.write("r@example.com,n\n")  # line 8
+    env = {
+        **os.environ,
+        "DATABASE_URL": database.settings.database_url,
+        "PENGUIN_HOME": str(database.settings.home),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _HUGE_LINE_LOAD, str(path), now.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=PROJECT_ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["counts"] == [7, 5, 2]
+    assert report["peak_mb"] < 600, report  # the line once took a 16 x 256 MiB buffer
+    found = rejects(database, tenant)
+    assert [r.line_number for r in found] == [5, 7]
+    assert found[0].reason == "line 5 is 191 MiB long; lines over 8 MiB are refused"
+    assert found[0].raw_row.startswith("huge@example.com,xxx") and len(found[0].raw_row) < 20_000
+    assert "'not an address' is not valid" in found[1].reason
+    assert {c.email for c in contacts(database, tenant)} == {
+        "p2@example.com",
+        "p3@example.com",
+        "p4@example.com",
+        "q@example.com",
+        "r@example.com",
+    }
+
+
+def test_a_line_with_too_many_fields_is_reported_with_its_real_count(
+    database, tenant, now, tmp_path
+):
+    path = tmp_path / "wide-line.csv"
+    path.write_text(
+        "Email,A,B,C,D\n"
+        "ok@example.com,1,2,3,4\n"
+        "long@example.com,1,2,3,4,5,6,7,8\n"
+        'quoted@example.com,"1,2",3,4,5,"6,7",8\n'
+    )
+    load(database, tenant, path, now)
+    hint = " (a value holding the delimiter needs quotes)"
+    assert [(r.line_number, r.reason) for r in rejects(database, tenant)] == [
+        (3, "the line has 9 fields but the header has 5" + hint),
+        (4, "the line has 7 fields but the header has 5" + hint),
+    ]
+
+
+def test_a_mostly_binary_file_is_refused_as_not_text(database, tenant, now, tmp_path):
+    path = tmp_path / "photo.csv"
+    path.write_bytes(random.Random(8).randbytes(100_000))
+    with pytest.raises(IngestError, match="photo.csv: does not look like a text file") as raised:
+        load(database, tenant, path, now)
+    assert str(raised.value).isprintable()
+
+
+def test_control_characters_in_headers_are_escaped_in_errors(database, tenant, now, tmp_path):
+    path = tmp_path / "escape.csv"
+    path.write_bytes(b"Na\x1b[2Jme,Ph\x07one\nAda,123\n")
+    with pytest.raises(IngestError) as raised:
+        load(database, tenant, path, now)
+    message = str(raised.value)
+    assert "columns found: Na\\x1b[2Jme, Ph\\x07one" in message and message.isprintable()
+    with tenant_transaction(database.app, tenant) as conn:
+        error = conn.execute(sa.text("select error from app.upload_batches")).scalar_one()
+    assert error == message
+    preview = preview_file(path)
+    assert "columns found: Na\\x1b[2Jme, Ph\\x07one" in preview.problem

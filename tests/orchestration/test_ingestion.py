@@ -73,10 +73,51 @@ def test_a_dropped_file_is_requested_once_and_loaded_once(database, tmp_path):
             batches = conn.execute(sa.text("select status from app.upload_batches")).all()
         assert batches == [("completed",)]
 
-        # The same content dropped again is recognized and moved on without a run.
+        # The same name and content dropped again gets a run of its own (the sensor moves
+        # nothing), which finds the content loaded and moves the file to processed/.
         again_dropped = _settled(
             drop(uploads, write_csv(tmp_path / "b.csv", rows), "default", "vip", name="a.csv")
         )
-        skipped, _ = _tick(database, instance)
-        assert isinstance(skipped, dg.SkipReason) and not again_dropped.exists()
-        assert list((uploads / "processed" / "default" / "vip").glob("*a.csv"))
+        [second], _ = _tick(database, instance)
+        assert second.run_key != first.run_key and again_dropped.exists()
+        assert _run(database, instance, path).success
+        assert not again_dropped.exists()
+        assert len(list((uploads / "processed" / "default" / "vip").glob("*a*.csv"))) == 2
+        with database.owner.connect() as conn:
+            batches = conn.execute(sa.text("select status from app.upload_batches")).all()
+        assert batches == [("completed",)]
+
+
+def test_the_sensor_only_requests_and_a_file_with_broken_instructions_fails_in_its_run(
+    database, tmp_path
+):
+    uploads = database.settings.uploads
+    with dg.instance_for_test() as instance:
+        good = _settled(
+            drop(
+                uploads,
+                write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"]),
+                "default",
+                "l",
+            )
+        )
+        bad = _settled(
+            drop(
+                uploads,
+                write_csv(tmp_path / "b.csv", [["b@example.com"]], ["Email"]),
+                "default",
+                "l",
+            )
+        )
+        bad.with_name(".b.csv.upload.json").write_text("{not json")
+        requests, _ = _tick(database, instance)
+        paths = sorted(r.run_config["ops"]["uploads"]["config"]["path"] for r in requests)
+        assert paths == ["default/l/a.csv", "default/l/b.csv"]
+        assert good.exists() and bad.exists()  # the tick moved nothing
+
+        assert _run(database, instance, "default/l/b.csv").success
+        [failed] = (uploads / "failed" / "default" / "l").glob("*b.csv")
+        reason = failed.with_name(failed.name + ".error.txt").read_text()
+        assert ".b.csv.upload.json, the instructions beside the file, is not valid JSON" in reason
+        assert good.exists()
+        assert _run(database, instance, "default/l/a.csv").success and not good.exists()
