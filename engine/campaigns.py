@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,7 +11,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from engine.ingest.store import ensure_list
-from engine.templates import TemplateRenderError, check_syntax, contact_context, render
+from engine.templates import (
+    Renderer,
+    RenderLimits,
+    TemplateRenderError,
+    check_syntax,
+    contact_context,
+)
+
+log = logging.getLogger(__name__)
 
 #: Step types the engine runs today; `condition` and `action` are accepted by the schema
 #: but a campaign using them is refused at launch until the engine supports them.
@@ -69,12 +78,26 @@ _STEPS = sa.text(
     where s.campaign_id = :id order by s.step_order
     """
 )
+#: Launch renders every contact of a list up to this size, and a random sample of this many
+#: beyond it (and says so).
+LAUNCH_SAMPLE_SIZE = 10_000
+
+_LIST_SIZE = sa.text("select count(*) from app.contact_list_members where list_id = :list_id")
+_LIST_CONTACTS = sa.text(
+    """
+    select c.* from app.contacts c
+    join app.contact_list_members m on m.contact_id = c.id
+    where m.list_id = :list_id
+    order by c.id
+    """
+)
 _SAMPLE_CONTACTS = sa.text(
     """
     select c.* from app.contacts c
     join app.contact_list_members m on m.contact_id = c.id
     where m.list_id = :list_id
-    limit 1000
+    order by random()
+    limit :limit
     """
 )
 _ACTIVATE = sa.text(
@@ -150,8 +173,51 @@ def create_campaign(
     return campaign_id
 
 
-def validate_campaign(conn: Connection, campaign_id: uuid.UUID) -> None:
-    """Refuse a campaign that could fail halfway: unsupported steps, unrenderable templates."""
+@dataclass(frozen=True)
+class LaunchCheck:
+    """What validation rendered: every email step against these contacts of the list."""
+
+    email_steps: int
+    contacts_checked: int
+    contacts_on_list: int
+
+    @property
+    def sampled(self) -> bool:
+        return self.contacts_checked < self.contacts_on_list
+
+    def summary(self) -> str:
+        if self.contacts_on_list == 0:
+            return (
+                f"{self.email_steps} email step(s) checked for syntax only: the list has no "
+                "contacts yet (a contact added later that a template fails for ends only its "
+                "own enrollment)"
+            )
+        if self.sampled:
+            return (
+                f"{self.email_steps} email step(s) rendered: checked "
+                f"{self.contacts_checked:,} of {self.contacts_on_list:,} contacts (a sample)"
+            )
+        return (
+            f"{self.email_steps} email step(s) rendered: checked all "
+            f"{self.contacts_checked:,} contacts"
+        )
+
+
+def validate_campaign(
+    conn: Connection,
+    campaign_id: uuid.UUID,
+    *,
+    limits: RenderLimits | None = None,
+    sample_size: int = LAUNCH_SAMPLE_SIZE,
+) -> LaunchCheck:
+    """Refuse a campaign that could fail halfway: unsupported steps, unrenderable templates.
+
+    Every email step's parts render against every contact of the list (a random sample of
+    `sample_size` when the list is larger), within the same limits as at send time; the first
+    failure is a `CampaignError` naming the step, the part and the contact.
+    """
+    if sample_size < 1:
+        raise ValueError("sample_size must be >= 1")
     campaign = conn.execute(_CAMPAIGN, {"id": campaign_id}).one_or_none()
     if campaign is None:
         raise CampaignError(f"no campaign with id {campaign_id}")
@@ -160,33 +226,62 @@ def validate_campaign(conn: Connection, campaign_id: uuid.UUID) -> None:
     steps = conn.execute(_STEPS, {"id": campaign_id}).all()
     if not steps:
         raise CampaignError("the campaign has no steps")
-    contacts = [
-        dict(row._mapping) for row in conn.execute(_SAMPLE_CONTACTS, {"list_id": campaign.list_id})
-    ]
+    email_steps = []
     for step in steps:
         where = f"step {step.step_order} ({step.step_type})"
         if step.step_type not in RUNNABLE_STEP_TYPES:
             raise CampaignError(f"{where}: step type {step.step_type!r} is not supported yet")
         if step.step_type != "email":
             continue
+        email_steps.append(step)
         for part in ("subject", "body_text", "body_html"):
             source = getattr(step, part)
-            if source is None:
-                continue
-            try:
-                check_syntax(source, where=f"{where} {part}")
-            except TemplateRenderError as exc:
-                raise CampaignError(str(exc)) from None
-            # With contacts on the list, every one of them must render (variables included);
-            # an empty list can only be checked for syntax.
-            for contact in contacts:
-                context = contact_context(contact)
+            if source is not None:
                 try:
-                    render(source, context, where=f"{where} {part}")
+                    check_syntax(source, where=f"{where} {part}")
                 except TemplateRenderError as exc:
-                    raise CampaignError(f"{exc} (contact {context['email']})") from None
+                    raise CampaignError(str(exc)) from None
+
+    on_list = (
+        0
+        if campaign.list_id is None
+        else conn.execute(_LIST_SIZE, {"list_id": campaign.list_id}).scalar_one()
+    )
+    if on_list == 0:
+        contacts: list[sa.Row] = []
+    elif on_list <= sample_size:
+        contacts = conn.execute(_LIST_CONTACTS, {"list_id": campaign.list_id}).all()
+    else:
+        contacts = conn.execute(
+            _SAMPLE_CONTACTS, {"list_id": campaign.list_id, "limit": sample_size}
+        ).all()
+    check = LaunchCheck(len(email_steps), len(contacts), max(on_list, len(contacts)))
+    if contacts and email_steps:
+        with Renderer(limits) as renderer:
+            for contact in contacts:
+                context = contact_context(contact._mapping)
+                for step in email_steps:
+                    parts = {p: getattr(step, p) for p in ("subject", "body_text", "body_html")}
+                    try:
+                        renderer.render(
+                            parts, context, where=f"step {step.step_order} ({step.step_type})"
+                        )
+                    except TemplateRenderError as exc:
+                        sample = f"; {check.summary()}" if check.sampled else ""
+                        raise CampaignError(f"{exc} (contact {context['email']}{sample})") from None
+    return check
 
 
-def launch_campaign(conn: Connection, campaign_id: uuid.UUID, now: datetime) -> None:
-    validate_campaign(conn, campaign_id)
+def launch_campaign(
+    conn: Connection,
+    campaign_id: uuid.UUID,
+    now: datetime,
+    *,
+    limits: RenderLimits | None = None,
+    sample_size: int = LAUNCH_SAMPLE_SIZE,
+) -> LaunchCheck:
+    """Validate, then activate; returns (and logs) what validation checked."""
+    check = validate_campaign(conn, campaign_id, limits=limits, sample_size=sample_size)
     conn.execute(_ACTIVATE, {"id": campaign_id, "now": now})
+    log.info("campaign %s launched: %s", campaign_id, check.summary())
+    return check

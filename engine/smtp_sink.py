@@ -20,7 +20,10 @@ class SmtpSink:
         self.maildir = maildir
         self.host = host
         self.port = port
-        self._controller = Controller(Mailbox(maildir), hostname=host, port=port)
+        # SMTPUTF8: addresses with a non-ASCII local part arrive as they are (RFC 6531).
+        self._controller = Controller(
+            Mailbox(maildir), hostname=host, port=port, enable_SMTPUTF8=True
+        )
 
     def start(self) -> SmtpSink:
         try:

@@ -1,21 +1,41 @@
-"""Template rendering in Jinja2's sandbox.
+"""Template rendering in Jinja2's sandbox, in a worker process with a time and memory limit.
 
 Templates come from users, so they render in `SandboxedEnvironment` (no attribute access to
-Python internals) with `StrictUndefined` (a misspelt variable is an error, not a blank).
-Campaign launch renders every step against its contacts first, so a template that cannot
-render is rejected then, never halfway through a send.
+Python internals) with `StrictUndefined` (a misspelt variable is an error, not a blank). The
+sandbox alone does not stop a template from raising (`{{ 1/0 }}`), running away (nested loops)
+or eating the machine's memory (`{{ 'x' * 10**10 }}`), so rendering happens in a small worker
+process (`Renderer`) that the parent talks to over a pipe, one item (the parts of one message)
+at a time:
+
+* the parent waits at most `RenderLimits.seconds` per item, then kills the worker (a new one
+  starts for the next item) and that item fails with "template took longer than N s";
+* the worker runs under `RLIMIT_AS`, so a memory blow-up is a `MemoryError` there, never in the
+  parent, and that item fails with "template needs too much memory";
+* output is counted while it is generated and stops at `RenderLimits.output_bytes`;
+* cheap guards in the sandbox (`*`, `**`, `%`, `+`, padding and `replace`) refuse the common
+  abuses before they allocate anything, with a precise message.
+
+Whatever goes wrong while rendering one item is a `TemplateRenderError` naming where (step and
+part); it ends only that item. Campaign launch renders every step against its contacts first,
+so a template that cannot render is normally rejected then, not halfway through a send.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from types import TracebackType
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2.filters import do_center, do_indent
 from jinja2.sandbox import SandboxedEnvironment
-
-_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 #: Contact fields every template may use; unmapped CSV columns come in as `attributes`.
 CONTACT_FIELDS = (
@@ -32,9 +52,53 @@ CONTACT_FIELDS = (
     "timezone",
 )
 
+KIB = 1024
+MIB = 1024 * KIB
+
 
 class TemplateRenderError(ValueError):
-    pass
+    """A template failed for one item; the message names the step and part and why."""
+
+
+class RendererError(RuntimeError):
+    """The renderer itself could not run (no worker process): not the template's fault."""
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """How much one item (the parts of one message) may cost to render.
+
+    `memory_bytes` is what the worker may allocate on top of what it uses before rendering
+    anything (the interpreter, Jinja2 and whatever the parent's main module imports).
+    """
+
+    seconds: float = 2.0
+    output_bytes: int = 256 * KIB
+    memory_bytes: int = 512 * MIB
+    #: Compiled templates the worker keeps, by source.
+    cache_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0 < self.seconds <= 600:
+            raise ValueError(f"render seconds must be in (0, 600], not {self.seconds}")
+        if not KIB <= self.output_bytes <= 64 * MIB:
+            raise ValueError(f"render output_bytes must be 1 KiB..64 MiB, not {self.output_bytes}")
+        if not 32 * MIB <= self.memory_bytes <= 64 * 1024 * MIB:
+            raise ValueError(f"render memory_bytes must be 32 MiB..64 GiB, not {self.memory_bytes}")
+        if self.cache_size < 1:
+            raise ValueError("render cache_size must be >= 1")
+
+
+def _size(n: int) -> str:
+    if n % MIB == 0:
+        return f"{n // MIB} MiB"
+    if n % KIB == 0:
+        return f"{n // KIB} KiB"
+    return f"{n:,} bytes"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:g} s"
 
 
 def variable_name(key: str) -> str:
@@ -52,16 +116,375 @@ def contact_context(contact: Mapping[str, Any]) -> dict[str, Any]:
     return context
 
 
-def render(source: str, context: Mapping[str, Any], *, where: str = "template") -> str:
+# -- the sandbox ------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """A guard refused an operation before it allocated anything."""
+
+
+#: Integers bigger than this are refused: Python will not print one over 4,300 digits anyway.
+_MAX_INT_BITS = 16 * 1024
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+class _LimitedSandbox(SandboxedEnvironment):
+    """The sandbox plus guards that refuse the cheap ways to build a huge value.
+
+    They are a fast, precise first line; the worker's memory limit and the parent's timeout
+    stop whatever gets past them (`~` concatenation, `format`, loops).
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def __init__(self, max_length: int) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self.max_length = max_length
+        self.filters["center"] = self._center
+        self.filters["indent"] = self._indent
+        self.filters["replace"] = self._replace_filter
+        self.filters["format"] = self._format_filter
+
+    def _check_length(self, n: int, what: str = "a string") -> None:
+        if n > self.max_length:
+            raise _Refused(
+                f"template would build {what} of {n:,} characters (limit {self.max_length:,})"
+            )
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            self._check_power(left, right)
+        elif operator == "*":
+            self._check_repeat(left, right)
+        elif operator == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                self._check_length(len(left) + len(right))
+        elif operator == "%" and isinstance(left, str):
+            self._check_percent(left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def _check_power(self, base: Any, exponent: Any) -> None:
+        if isinstance(base, int) and isinstance(exponent, int) and exponent > 0:
+            bits = max(abs(base).bit_length() - 1, 0) * exponent if abs(base) > 1 else 0
+            if bits > _MAX_INT_BITS:
+                raise _Refused(
+                    f"template would compute a number of about {bits:,} bits "
+                    f"(limit {_MAX_INT_BITS:,})"
+                )
+
+    def _check_repeat(self, left: Any, right: Any) -> None:
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                what = "a string" if isinstance(seq, str) else "a list"
+                self._check_length(len(seq) * times, what)
+        if isinstance(left, int) and isinstance(right, int):
+            bits = left.bit_length() + right.bit_length()
+            if bits > _MAX_INT_BITS:
+                raise _Refused(
+                    f"template would compute a number of about {bits:,} bits "
+                    f"(limit {_MAX_INT_BITS:,})"
+                )
+
+    def _check_percent(self, text: str, args: Any) -> None:
+        values = args if isinstance(args, tuple) else (args,)
+        for match in _PERCENT_SPEC.finditer(text):
+            for number in match.groups():
+                if number == "*":
+                    widest = max((v for v in values if isinstance(v, int)), default=0)
+                    self._check_length(widest + len(text))
+                elif number is not None:
+                    self._check_length(int(number) + len(text))
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+                __self._check_length(max(args[0], len(owner)))
+            elif name == "expandtabs":
+                width = args[0] if args and isinstance(args[0], int) else 8
+                __self._check_length(len(owner) + owner.count("\t") * max(width, 0))
+            elif name == "replace" and len(args) >= 2:
+                __self._check_replace(owner, *args[:3])
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def _check_replace(self, text: Any, old: Any, new: Any, count: Any = -1) -> None:
+        if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
+            found = text.count(old) if old else len(text) + 1
+            if isinstance(count, int) and count >= 0:
+                found = min(found, count)
+            self._check_length(len(text) + found * max(len(new) - len(old), 0))
+
+    def _center(self, value: Any, width: int = 80) -> str:
+        if isinstance(width, int):
+            self._check_length(max(width, len(str(value))))
+        return do_center(value, width)
+
+    def _indent(
+        self, s: Any, width: int | str = 4, first: bool = False, blank: bool = False
+    ) -> str:
+        if isinstance(width, int):
+            text = str(s)
+            self._check_length(len(text) + (text.count("\n") + 1) * width)
+        return do_indent(s, width, first, blank)
+
+    def _replace_filter(self, s: Any, old: Any, new: Any, count: int | None = None) -> str:
+        text = str(s)
+        self._check_replace(text, str(old), str(new), -1 if count is None else count)
+        return text.replace(str(old), str(new), -1 if count is None else count)
+
+    def _format_filter(self, value: Any, *args: Any, **kwargs: Any) -> str:
+        text = str(value)
+        self._check_percent(text, args)
+        return text % (kwargs or args)
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+#: Answers from the worker: ("ok", texts) or ("error", part index, message, fatal).
+_OK = "ok"
+_ERROR = "error"
+
+
+def _limit_memory(allowance: int) -> None:
+    """Cap the worker's address space at what it uses now plus `allowance`."""
     try:
-        return _env.from_string(source).render(context)
-    except TemplateError as exc:
-        raise TemplateRenderError(f"{where}: {exc.__class__.__name__}: {exc}") from exc
+        import resource
+
+        import psutil
+    except ImportError:  # not a POSIX system: only the time limit applies
+        return
+    limit = psutil.Process().memory_info().vms + allowance
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _render_part(env: _LimitedSandbox, template: Template, context: dict, limit: int) -> str:
+    chunks: list[str] = []
+    size = 0
+    for chunk in template.generate(context):
+        size += len(chunk.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise _Refused(f"template output is over the limit of {_size(limit)}")
+        chunks.append(chunk)
+    return "".join(chunks)
+
+
+def _render_item(
+    env: _LimitedSandbox,
+    cache: OrderedDict[str, Template],
+    limits: RenderLimits,
+    progress: Any,
+    sources: list[str | None],
+    context: dict,
+) -> tuple:
+    texts: list[str | None] = []
+    for index, source in enumerate(sources):
+        progress.value = index
+        if source is None:
+            texts.append(None)
+            continue
+        try:
+            template = cache.get(source)
+            if template is None:
+                template = env.from_string(source)
+                cache[source] = template
+                if len(cache) > limits.cache_size:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(source)
+            texts.append(_render_part(env, template, context, limits.output_bytes))
+        except MemoryError:
+            return (_ERROR, index, _memory_message(limits), True)
+        except _Refused as exc:
+            return (_ERROR, index, str(exc), False)
+        except RecursionError:
+            return (_ERROR, index, "template nests or recurses too deeply", False)
+        except Exception as exc:  # anything a template can raise: it ends this item only
+            return (_ERROR, index, f"{exc.__class__.__name__}: {exc}", False)
+    return (_OK, texts)
+
+
+def _memory_message(limits: RenderLimits) -> str:
+    return f"template needs too much memory (over {_size(limits.memory_bytes)})"
+
+
+def _worker_main(conn: Connection, limits: RenderLimits, progress: Any) -> None:
+    """The worker's loop: one request (sources of one item and a context) → one answer.
+
+    It needs no secrets, so it drops the environment it inherited before running any template.
+    """
+    os.environ.clear()
+    _limit_memory(limits.memory_bytes)
+    env = _LimitedSandbox(max_length=limits.output_bytes)
+    cache: OrderedDict[str, Template] = OrderedDict()
+    conn.send("ready")
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if request is None:
+            return
+        sources, context = request
+        try:
+            answer = _render_item(env, cache, limits, progress, sources, context)
+        except MemoryError:  # while keeping the cache or building the answer
+            answer = (_ERROR, progress.value, _memory_message(limits), True)
+        try:
+            conn.send(answer)
+        except MemoryError:
+            conn.send((_ERROR, progress.value, _memory_message(limits), True))
+        if answer[0] == _ERROR and answer[3]:
+            return  # after a MemoryError the worker is not trusted: the parent starts another
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # forkserver forks from a small server process (cheap restarts, no copy of a parent's
+    # threads or connections); spawn where it does not exist.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+#: Worker start-up (importing Jinja2) is not charged to any template.
+_STARTUP_SECONDS = 60.0
+
+
+class Renderer:
+    """Renders items in one worker process, reused across items; use it as a context manager.
+
+    ```
+    with Renderer(limits) as renderer:
+        texts = renderer.render({"subject": s, "body_text": t}, context, where="step 1")
+    ```
+    The worker starts on the first item (a run with nothing to render costs no process) and
+    again after an item that timed out or ran out of memory; `close` always ends it.
+    """
+
+    def __init__(self, limits: RenderLimits | None = None) -> None:
+        self.limits = limits or RenderLimits()
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._progress: Any = None
+        self.started = 0  # worker processes started so far (for tests and logs)
+
+    def __enter__(self) -> Renderer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def worker_pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def _start(self) -> Connection:
+        ctx = _context()
+        parent, child = ctx.Pipe()
+        self._progress = ctx.Value("i", 0, lock=False)
+        process = ctx.Process(
+            target=_worker_main,
+            args=(child, self.limits, self._progress),
+            name="penguin-template-renderer",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except OSError as exc:
+            raise RendererError(f"cannot start the template renderer: {exc}") from exc
+        finally:
+            child.close()
+        self._process, self._conn = process, parent
+        self.started += 1
+        try:
+            ready = parent.poll(_STARTUP_SECONDS) and parent.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            code = process.exitcode
+            self.close()
+            raise RendererError(f"the template renderer did not start (exit code {code})")
+        return parent
+
+    def close(self) -> None:
+        """End the worker: ask it to stop, then kill it if it does not."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+            conn.close()
+        if process is not None:
+            process.join(timeout=1)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+            process.close()
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+        self.close()
+
+    def render(
+        self,
+        parts: Mapping[str, str | None],
+        context: Mapping[str, Any],
+        *,
+        where: str = "template",
+    ) -> dict[str, str | None]:
+        """Render the parts of one item (e.g. subject, body_text, body_html) for `context`.
+
+        A part whose source is None stays None. Raises `TemplateRenderError` naming
+        "`where` `part`" for anything the template causes, `RendererError` if no worker runs.
+        """
+        names = list(parts)
+        sources = [parts[name] for name in names]
+        conn = self._conn or self._start()
+        try:
+            conn.send((sources, dict(context)))
+        except (OSError, ValueError) as exc:  # the worker is gone; the next item gets another
+            self._kill()
+            raise RendererError(f"the template renderer stopped: {exc}") from exc
+        except Exception as exc:  # the context cannot be pickled
+            raise TemplateRenderError(f"{where}: its data cannot be rendered: {exc}") from exc
+        if not conn.poll(self.limits.seconds):
+            index = self._progress.value if self._progress is not None else 0
+            self._kill()
+            raise TemplateRenderError(
+                f"{where} {names[min(index, len(names) - 1)]}: template took longer than "
+                f"{_seconds(self.limits.seconds)}"
+            )
+        try:
+            answer = conn.recv()
+        except (EOFError, OSError):
+            # Killed from outside (the kernel's OOM killer, a signal): blame the item, since
+            # the worker was idle before it, and start a new one for the next.
+            index = self._progress.value if self._progress is not None else 0
+            code = self._process.exitcode if self._process is not None else None
+            self._kill()
+            raise TemplateRenderError(
+                f"{where} {names[min(index, len(names) - 1)]}: the template stopped the renderer "
+                f"(exit code {code}); it may need too much memory"
+            ) from None
+        if answer[0] == _OK:
+            return dict(zip(names, answer[1], strict=True))
+        _, index, message, fatal = answer
+        if fatal:
+            self._kill()
+        raise TemplateRenderError(f"{where} {names[index]}: {message}")
 
 
 def check_syntax(source: str, *, where: str = "template") -> None:
     """Parse without rendering: for templates that have no contacts to render against yet."""
     try:
-        _env.parse(source)
+        _LimitedSandbox(max_length=RenderLimits().output_bytes).parse(source)
     except TemplateError as exc:
         raise TemplateRenderError(f"{where}: {exc.__class__.__name__}: {exc}") from exc
+    except RecursionError:
+        raise TemplateRenderError(f"{where}: template nests too deeply") from None

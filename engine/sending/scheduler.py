@@ -21,7 +21,13 @@ from engine.db import tenant_transaction
 from engine.senders import SenderConfigError, SmtpServer, smtp_server_for
 from engine.sending import store
 from engine.sending.messenger import Delivery, Outcome, OutgoingEmail, deliver
-from engine.templates import TemplateRenderError, contact_context, render
+from engine.templates import (
+    Renderer,
+    RendererError,
+    RenderLimits,
+    TemplateRenderError,
+    contact_context,
+)
 from engine.tenants import all_tenants
 
 
@@ -32,6 +38,8 @@ class Config:
     max_attempts: int = 5
     retry_backoff: timedelta = timedelta(minutes=1)
     max_batches_per_tenant: int = 100
+    #: Time, output and memory limits of rendering one message's templates.
+    render: RenderLimits = field(default_factory=RenderLimits)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_attempts < 1 or self.max_batches_per_tenant < 1:
@@ -57,6 +65,26 @@ class SendReport:
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one `send_due` call shares."""
+
+    app: Engine
+    sink: SmtpServer
+    config: Config
+    env: Mapping[str, str]
+    report: SendReport
+    worker: str
+    renderer: Renderer
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    subject: str
+    body_text: str
+    body_html: str | None
 
 
 @dataclass(frozen=True)
@@ -87,80 +115,129 @@ def send_due(
 
     `now` is the time of the first batch; with a `clock`, each later batch is claimed, leased
     and recorded at the clock's time instead, so a long run never claims with a stale lease.
+    One item that fails (its template, its address, its data) ends only itself, with a reason.
     """
-    worker = worker or default_worker_name()
     report = SendReport()
     first = True
-    for tenant_id in tenants if tenants is not None else [t for t, _ in all_tenants(app)]:
-        for _ in range(config.max_batches_per_tenant):
-            batch_now = now if first or clock is None else clock()
-            first = False
-            with tenant_transaction(app, tenant_id) as conn:
-                rows = store.claim(conn, worker, batch_now, config.lease, config.batch_size)
-            if not rows:
-                break
-            report.claimed += len(rows)
-            _process(app, tenant_id, rows, sink, batch_now, config, env, report, worker)
-            if on_batch:
-                on_batch(report)
+    with Renderer(config.render) as renderer:
+        run = _Run(app, sink, config, env, report, worker or default_worker_name(), renderer)
+        for tenant_id in tenants if tenants is not None else [t for t, _ in all_tenants(app)]:
+            for _ in range(config.max_batches_per_tenant):
+                batch_now = now if first or clock is None else clock()
+                first = False
+                with tenant_transaction(app, tenant_id) as conn:
+                    rows = store.claim(conn, run.worker, batch_now, config.lease, config.batch_size)
+                if not rows:
+                    break
+                report.claimed += len(rows)
+                _process(run, tenant_id, rows, batch_now)
+                if on_batch:
+                    on_batch(report)
     return report
 
 
-def _process(
-    app: Engine,
-    tenant_id: uuid.UUID,
-    rows: list[sa.Row],
-    sink: SmtpServer,
-    now: datetime,
-    config: Config,
-    env: Mapping[str, str],
-    report: SendReport,
-    worker: str,
-) -> None:
+def _process(run: _Run, tenant_id: uuid.UUID, rows: list[sa.Row], now: datetime) -> None:
+    """One claimed batch: render (no transaction open), prepare, deliver, record."""
+    rendered = {row.enrollment_id: _render(run, row) for row in rows if _needs_email(row)}
+
     pending: list[_Pending] = []
-    with tenant_transaction(app, tenant_id) as conn:
+    with tenant_transaction(run.app, tenant_id) as conn:
         for row in rows:
+            item = _for_one_item(
+                conn, run, row, now, lambda row=row: _prepare(conn, run, row, rendered, now)
+            )
+            if item is not None:
+                pending.append(item)
 
-            def leave(reason: str, row: sa.Row = row) -> None:
-                store.exit_enrollment(conn, row.enrollment_id, reason, now, worker)
+    outcomes = _deliver(run, pending)
 
-            if row.step_id is None:
-                leave("its current step was deleted")
-            elif row.suppressed:
-                leave("suppressed")
-                report.suppressed += 1
-            elif row.step_type == "wait":
-                resume = row.wait_until or now + row.wait_duration
-                store.advance(conn, row.enrollment_id, row.step_id, now, worker, next_run_at=resume)
-                report.waits += 1
-            elif row.step_type != "email":
-                leave(f"step type {row.step_type} is not supported yet")
-                report.errors.append(f"step type {row.step_type} is not supported yet")
-            elif row.sender_id is None:
-                # Deleted, or not this tenant's: row-level security hides another tenant's.
-                leave("the campaign has no sender account")
-                report.errors.append(f"campaign {row.campaign_id} has no sender account")
-            else:
-                item = _prepare_email(conn, row, now, report, worker)
-                if item is not None:
-                    pending.append(item)
-
-    by_server: dict[SmtpServer | str, list[_Pending]] = defaultdict(list)
-    for item in pending:
-        try:
-            by_server[smtp_server_for(item.row, sink, env)].append(item)
-        except SenderConfigError as exc:
-            by_server[str(exc)].append(item)
-    outcomes: list[tuple[_Pending, Delivery]] = []
-    for server, items in by_server.items():
-        if isinstance(server, str):  # the sender cannot be used: a configuration problem
-            outcomes += [(item, Delivery(Outcome.RETRY, server)) for item in items]
-        else:
-            outcomes += zip(items, deliver(server, [i.email for i in items]), strict=True)
-
-    with tenant_transaction(app, tenant_id) as conn:
+    with tenant_transaction(run.app, tenant_id) as conn:
         for item, delivery in outcomes:
-            _record(conn, item, delivery, now, config, report, worker)
+            _for_one_item(
+                conn,
+                run,
+                item.row,
+                now,
+                lambda item=item, delivery=delivery: _record(conn, run, item, delivery, now),
+                settled=False,
+            )
+
+
+def _needs_email(row: sa.Row) -> bool:
+    return (
+        row.step_id is not None
+        and not row.suppressed
+        and row.step_type == "email"
+        and row.sender_id is not None
+        and row.message_status in (None, "queued")
+    )
+
+
+def _render(run: _Run, row: sa.Row) -> _Rendered | TemplateRenderError:
+    """The message's texts for this contact, or the template's error (which ends only it)."""
+    parts = {"subject": row.subject, "body_text": row.body_text, "body_html": row.body_html}
+    try:
+        texts = run.renderer.render(
+            parts, contact_context(row._mapping), where=f"step {row.step_order}"
+        )
+    except TemplateRenderError as exc:
+        return exc
+    return _Rendered(
+        subject=_one_line(texts["subject"] or ""),
+        body_text=texts["body_text"] or "",
+        body_html=texts["body_html"] or None,
+    )
+
+
+def _item_failure(exc: Exception) -> bool:
+    """Whether `exc` is about one item (its data), not the database or the code as a whole.
+
+    A lost connection, a deadlock or a statement that does not fit the schema fails every item
+    alike: those stop the run loudly (leases expire, a later run resumes), instead of ending
+    every enrollment of the batch with a reason that is not theirs.
+    """
+    if isinstance(exc, sa.exc.DBAPIError):
+        return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) and not (
+            exc.connection_invalidated
+        )
+    return not isinstance(exc, sa.exc.SQLAlchemyError | RendererError)
+
+
+def _describe(exc: Exception) -> str:
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    return f"{cause.__class__.__name__}: {first_line}"
+
+
+def _for_one_item(
+    conn: sa.Connection,
+    run: _Run,
+    row: sa.Row,
+    now: datetime,
+    action: Callable[[], _Pending | None],
+    *,
+    settled: bool = True,
+) -> _Pending | None:
+    """Run `action` for one item in a savepoint, so its failure undoes only its own writes.
+
+    The item then exits with the reason (`settled`), or, when its SMTP conversation already
+    happened, is left `sending` for a later run to mark in doubt (never sent twice).
+    """
+    try:
+        with conn.begin_nested():
+            return action()
+    except Exception as exc:
+        if not _item_failure(exc):
+            raise
+        reason = _describe(exc)
+        if settled:
+            reason = f"could not prepare the message: {reason}"
+            store.exit_enrollment(conn, row.enrollment_id, reason, now, run.worker)
+            run.report.failed += 1
+        else:
+            reason = f"could not record the outcome: {reason}"
+        run.report.errors.append(f"{row.email}: {reason}")
+        return None
 
 
 def _one_line(text: str) -> str:
@@ -168,10 +245,49 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _prepare(
+    conn: sa.Connection,
+    run: _Run,
+    row: sa.Row,
+    rendered: Mapping[uuid.UUID, _Rendered | TemplateRenderError],
+    now: datetime,
+) -> _Pending | None:
+    """Settle what needs no SMTP; for an email, write its message row before any SMTP."""
+    report, worker = run.report, run.worker
+
+    def leave(reason: str) -> None:
+        store.exit_enrollment(conn, row.enrollment_id, reason, now, worker)
+
+    if row.step_id is None:
+        leave("its current step was deleted")
+    elif row.suppressed:
+        leave("suppressed")
+        report.suppressed += 1
+    elif row.step_type == "wait":
+        resume = row.wait_until or now + row.wait_duration
+        store.advance(conn, row.enrollment_id, row.step_id, now, worker, next_run_at=resume)
+        report.waits += 1
+    elif row.step_type != "email":
+        leave(f"step type {row.step_type} is not supported yet")
+        report.errors.append(f"step type {row.step_type} is not supported yet")
+    elif row.sender_id is None:
+        # Deleted, or not this tenant's: row-level security hides another tenant's.
+        leave("the campaign has no sender account")
+        report.errors.append(f"campaign {row.campaign_id} has no sender account")
+    else:
+        return _prepare_email(conn, run, row, rendered.get(row.enrollment_id), now)
+    return None
+
+
 def _prepare_email(
-    conn: sa.Connection, row: sa.Row, now: datetime, report: SendReport, worker: str
+    conn: sa.Connection,
+    run: _Run,
+    row: sa.Row,
+    texts: _Rendered | TemplateRenderError | None,
+    now: datetime,
 ) -> _Pending | None:
     """Write the message row (or pick up the existing one) before any SMTP traffic."""
+    report, worker = run.report, run.worker
     if row.message_row_id is not None:
         if row.message_status == "sent":  # sent, but the worker stopped before advancing
             store.advance(conn, row.enrollment_id, row.step_id, now, worker, next_run_at=now)
@@ -186,18 +302,10 @@ def _prepare_email(
                 conn, row.enrollment_id, f"message {row.message_status}", now, worker
             )
             return None
-    context = contact_context(row._mapping)
-    try:
-        subject = _one_line(render(row.subject, context, where=f"step {row.step_order} subject"))
-        body_text = render(row.body_text, context, where=f"step {row.step_order} body_text")
-        body_html = (
-            render(row.body_html, context, where=f"step {row.step_order} body_html")
-            if row.body_html
-            else None
-        )
-    except TemplateRenderError as exc:
-        store.exit_enrollment(conn, row.enrollment_id, f"template error: {exc}", now, worker)
-        report.errors.append(str(exc))
+    if not isinstance(texts, _Rendered):
+        error = texts or TemplateRenderError(f"step {row.step_order}: not rendered")
+        store.exit_enrollment(conn, row.enrollment_id, f"template error: {error}", now, worker)
+        report.errors.append(f"{row.email}: {error}")
         return None
     if row.message_row_id is not None:
         message_row_id = conn.execute(
@@ -209,7 +317,7 @@ def _prepare_email(
     else:
         domain = row.sender_email.rsplit("@", 1)[-1]
         message_id = f"{uuid.uuid4()}@{domain}"
-        message_row_id = store.begin_message(conn, row, subject, message_id, now)
+        message_row_id = store.begin_message(conn, row, texts.subject, message_id, now)
         attempt = 1
         if message_row_id is None:  # another worker created it meanwhile
             return None
@@ -218,53 +326,93 @@ def _prepare_email(
         sender_email=row.sender_email,
         sender_name=_one_line(row.sender_name) if row.sender_name else None,
         recipient=row.email,
-        subject=subject,
-        body_text=body_text,
-        body_html=body_html,
+        subject=texts.subject,
+        body_text=texts.body_text,
+        body_html=texts.body_html,
         date=now,
         headers={"List-Unsubscribe": f"<mailto:{row.sender_email}?subject=unsubscribe>"},
     )
     return _Pending(row, message_row_id, email, attempt)
 
 
+def _deliver(run: _Run, pending: list[_Pending]) -> list[tuple[_Pending, Delivery]]:
+    """One SMTP conversation per server; a sender that cannot be used is a configuration
+    problem, retried with its reason (nothing is sent for it, no login is attempted)."""
+    by_server: dict[SmtpServer | str, list[_Pending]] = defaultdict(list)
+    for item in pending:
+        try:
+            server = smtp_server_for(item.row, run.sink, tenant=item.row.tenant_name, env=run.env)
+        except SenderConfigError as exc:
+            server = str(exc)
+        except Exception as exc:  # a value the database let through but SMTP cannot use
+            server = f"sender {item.row.sender_email}: {_describe(exc)}"
+        by_server[server].append(item)
+    outcomes: list[tuple[_Pending, Delivery]] = []
+    for server, items in by_server.items():
+        if isinstance(server, str):
+            outcomes += [(item, Delivery(Outcome.RETRY, server)) for item in items]
+            continue
+        try:
+            deliveries = deliver(server, [i.email for i in items])
+        except Exception as exc:  # a fault in the messenger: these may or may not have gone
+            reason = f"the messenger failed: {_describe(exc)}"
+            run.report.errors.append(f"{server.host}:{server.port}: {reason}")
+            deliveries = [Delivery(Outcome.UNKNOWN, reason) for _ in items]
+        outcomes += zip(items, deliveries, strict=True)
+    return outcomes
+
+
+@dataclass(frozen=True)
+class _Settlement:
+    """What an SMTP outcome does: the message's status, the enrollment's next move, and the
+    report's counter."""
+
+    status: str
+    enrollment: str  # advance | reschedule | exit | bounce
+    counter: str
+    exit_reason: str | None = None
+    reported: bool = False  # also listed in the report's errors
+
+
+_SETTLEMENTS = {
+    Outcome.SENT: _Settlement("sent", "advance", "sent"),
+    Outcome.BOUNCED: _Settlement("bounced", "bounce", "bounced", "bounced"),
+    Outcome.REJECTED: _Settlement("failed", "exit", "failed", "message rejected", True),
+    # It may have arrived: never sent again.
+    Outcome.UNKNOWN: _Settlement("unknown", "advance", "in_doubt"),
+    Outcome.RETRY: _Settlement("queued", "reschedule", "retrying"),
+}
+_GIVE_UP = _Settlement("failed", "exit", "failed", "send failed", True)
+
+
 def _record(
-    conn: sa.Connection,
-    item: _Pending,
-    delivery: Delivery,
-    now: datetime,
-    config: Config,
-    report: SendReport,
-    worker: str,
+    conn: sa.Connection, run: _Run, item: _Pending, delivery: Delivery, now: datetime
 ) -> None:
-    row = item.row
+    row, worker = item.row, run.worker
     error = f"{delivery.code or ''} {delivery.response}".strip()
+    settlement = _SETTLEMENTS[delivery.outcome]
+    values: dict[str, object] = {"error": error}
+    if delivery.outcome is Outcome.RETRY and item.attempt >= run.config.max_attempts:
+        settlement = _GIVE_UP
+        values = {"error": f"gave up after {item.attempt} attempts: {error}"}
+    elif delivery.outcome is Outcome.RETRY:
+        retry_at = now + run.config.backoff(item.attempt)
+        values["next_attempt_at"] = retry_at
+    elif delivery.outcome is Outcome.SENT:
+        values = {"response": delivery.response, "sent_at": now}
 
-    def record(status: str, **values: object) -> bool:
-        # False: our lease ran out and another worker settled this message meanwhile.
-        return store.record(conn, item.message_row_id, status, now, **values)
-
-    def leave(reason: str) -> None:
-        store.exit_enrollment(conn, row.enrollment_id, reason, now, worker)
-
-    outcome = delivery.outcome
-    if outcome is Outcome.RETRY and item.attempt >= config.max_attempts:
-        if record("failed", error=f"gave up after {item.attempt} attempts: {error}"):
-            leave("send failed")
-            report.failed += 1
-            report.errors.append(f"{row.email}: {error}")
-    elif outcome is Outcome.RETRY:
-        retry_at = now + config.backoff(item.attempt)
-        if record("queued", error=error, next_attempt_at=retry_at):
-            store.reschedule(conn, row.enrollment_id, retry_at, now, worker)
-            report.retrying += 1
-    elif outcome is Outcome.SENT:
-        if record("sent", response=delivery.response, sent_at=now):
-            store.advance(
-                conn, row.enrollment_id, row.step_id, now, worker, next_run_at=now, sent_at=now
-            )
-            report.sent += 1
-    elif outcome is Outcome.BOUNCED:
-        if record("bounced", error=error):
+    # False: our lease ran out and another worker settled this message meanwhile.
+    if not store.record(conn, item.message_row_id, settlement.status, now, **values):
+        return
+    if settlement.enrollment == "advance":
+        sent_at = now if delivery.outcome is Outcome.SENT else None
+        store.advance(
+            conn, row.enrollment_id, row.step_id, now, worker, next_run_at=now, sent_at=sent_at
+        )
+    elif settlement.enrollment == "reschedule":
+        store.reschedule(conn, row.enrollment_id, values["next_attempt_at"], now, worker)
+    else:
+        if settlement.enrollment == "bounce":
             conn.execute(
                 store.SUPPRESS,
                 {"email": row.email, "reason": "bounce", "detail": error, "now": now},
@@ -272,14 +420,8 @@ def _record(
             conn.execute(
                 store.MARK_CONTACT, {"status": "bounced", "contact_id": row.contact_id, "now": now}
             )
-            leave("bounced")
-            report.bounced += 1
-    elif outcome is Outcome.REJECTED:
-        if record("failed", error=error):
-            leave("message rejected")
-            report.failed += 1
-            report.errors.append(f"{row.email}: {error}")
-    else:  # UNKNOWN: it may have arrived; never sent again
-        if record("unknown", error=error):
-            store.advance(conn, row.enrollment_id, row.step_id, now, worker, next_run_at=now)
-            report.in_doubt += 1
+        store.exit_enrollment(conn, row.enrollment_id, settlement.exit_reason, now, worker)
+    counter = settlement.counter
+    setattr(run.report, counter, getattr(run.report, counter) + 1)
+    if settlement.reported:
+        run.report.errors.append(f"{row.email}: {error}")

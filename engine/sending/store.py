@@ -49,7 +49,7 @@ WORK = sa.text(
            ct.phone, ct.website, ct.city, ct.country, ct.timezone, ct.attributes,
            snd.id as sender_id, snd.email as sender_email, snd.display_name as sender_name,
            snd.smtp_host, snd.smtp_port, snd.smtp_security, snd.smtp_username,
-           snd.smtp_password_env,
+           snd.smtp_password_env, tn.name as tenant_name,
            exists (
                select from app.suppressions sup
                where sup.tenant_id = cc.tenant_id and lower(sup.email) = lower(ct.email)
@@ -60,6 +60,8 @@ WORK = sa.text(
     join app.campaigns c on c.id = cc.campaign_id
     left join app.campaign_steps s on s.id = cc.current_step_id
     join app.contacts ct on ct.id = cc.contact_id
+    -- The tenant's name binds its SMTP password variables (senders.check_password_env).
+    join app.tenants tn on tn.id = cc.tenant_id
     left join app.templates t on t.id = s.template_id
     left join app.sender_accounts snd on snd.id = c.sender_account_id
     left join app.sent_emails m on m.campaign_contact_id = cc.id and m.step_id = s.id

@@ -211,12 +211,12 @@ def test_missing_smtp_password_variable_is_named_and_nothing_is_lost(
     database, smtp_server, now, tmp_path
 ):
     tenant = seed_tenant(database, "acme", now, tmp_path)
-    _use_own_smtp_server(database, tenant, smtp_server, password_env="PENGUIN_SMTP_ACME")
+    _use_own_smtp_server(database, tenant, smtp_server, password_env="PENGUIN_SMTP_ACME__MAIN")
     report = send_due(database.app, smtp_server.server(), now, env={})
     assert report.retrying == 3 and smtp_server.messages == []
     errors = {m.last_error for m in _messages(database, tenant)}
     assert errors == {
-        "sender sales@acme.example: environment variable PENGUIN_SMTP_ACME "
+        "sender sales@acme.example: environment variable PENGUIN_SMTP_ACME__MAIN "
         "(its SMTP password) is not set"
     }
     assert {m.status for m in _messages(database, tenant)} == {"queued"}
@@ -295,7 +295,8 @@ def test_a_sender_cannot_read_other_secrets_as_its_password(database, now, tmp_p
     tenant = seed_tenant(database, "acme", now, tmp_path)
     with (
         pytest.raises(
-            SenderConfigError, match="must be an environment variable named PENGUIN_SMTP_<NAME>"
+            SenderConfigError,
+            match="'DATABASE_URL' must be named PENGUIN_SMTP_ACME__<NAME> for tenant acme",
         ),
         tenant_transaction(database.app, tenant.tenant_id) as conn,
     ):
@@ -327,3 +328,30 @@ def test_campaign_with_another_tenants_sender_is_refused(database, now, tmp_path
                 steps=[Step("email", subject="s", body_text="b")],
             )
             launch_campaign(conn, campaign, now)
+
+
+def test_an_item_the_database_refuses_ends_alone_and_the_batch_is_sent(
+    database, smtp_server, now, tmp_path
+):
+    # A Jinja string literal may hold "\x00"; PostgreSQL text cannot, so writing this one
+    # message row fails. Only its enrollment ends; the batch's transaction goes on.
+    subject = "Hi{% if email == 'acme1@example.com' %}{{ '\\x00' }}{% endif %}"
+    tenant = seed_tenant(
+        database, "acme", now, tmp_path, steps=[Step("email", subject=subject, body_text="b")]
+    )
+    report = send_due(database.app, smtp_server.server(), now)
+    assert (report.sent, report.failed) == (2, 1)
+    assert sorted(m["To"] for m in smtp_server.messages) == [
+        "acme0@example.com",
+        "acme2@example.com",
+    ]
+    exited = {
+        e.email: e.exit_reason for e in _enrollments(database, tenant) if e.status == "exited"
+    }
+    assert list(exited) == ["acme1@example.com"]
+    assert exited["acme1@example.com"].startswith("could not prepare the message: DataError: ")
+    assert "NUL" in exited["acme1@example.com"]
+    assert [m.recipient_email for m in _messages(database, tenant)] == [
+        "acme0@example.com",
+        "acme2@example.com",
+    ]
