@@ -238,12 +238,15 @@ def upload(
     ] = False,
 ) -> None:
     """Load contacts from a CSV file into a list, and report what became of every row."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from engine.ingest import IngestError, ingest_file, parse_mapping
+    from engine.ingest.errors import shown
 
     db = _database()
     tid = _tenant(db, tenant)
+    name = escape(shown(file.name))  # user text: no markup, no terminal control characters
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -251,7 +254,7 @@ def upload(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(f"reading {file.name}", total=None)
+        task = bar.add_task(f"reading {name}", total=None)
 
         def progress(stage: str, done: int, total: int | None) -> None:
             if stage == "merging":
@@ -270,12 +273,12 @@ def upload(
                 force=force,
                 progress=progress,
             )
-        except IngestError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+        except IngestError as exc:  # every failure to read the file: one line, no traceback
+            err.print(f"[bold red]error:[/] {escape(shown(exc, 2000))}")
             raise typer.Exit(1) from None
     if result.already_loaded:
         console.print(
-            f"{file.name} was already loaded into list {result.list_name!r} "
+            f"{name} was already loaded into list '{escape(shown(result.list_name))}' "
             f"(batch {result.batch_id}); nothing changed. Use --force to load it again."
         )
         return
@@ -283,11 +286,15 @@ def upload(
 
 
 def _print_result(result) -> None:
+    from rich.markup import escape
     from rich.table import Table
+
+    from engine.ingest.errors import shown
 
     fmt = result.file_format
     console.print(
-        f"batch {result.batch_id}: {result.file_name} → list {result.list_name!r} "
+        f"batch {result.batch_id}: {escape(shown(result.file_name))} → list "
+        f"'{escape(shown(result.list_name))}' "
         f"({fmt.get('encoding')}, delimiter {fmt.get('delimiter')!r})"
     )
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -316,21 +323,16 @@ def uploads_list(
     limit: Annotated[int, typer.Option(help="How many of the latest batches.")] = 20,
 ) -> None:
     """The latest upload batches of a tenant, with their status and counts."""
-    import sqlalchemy as sa
     from rich.table import Table
+    from rich.text import Text
 
     from engine.db import tenant_transaction
+    from engine.ingest.errors import shown
+    from engine.ingest.store import recent_batches
 
     db = _database()
     with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
-        rows = conn.execute(
-            sa.text(
-                "select id, created_at, file_name, list_name, source, status, total_rows, "
-                "inserted_count, updated_count, rejected_count, error from app.upload_batches "
-                "order by created_at desc limit :limit"
-            ),
-            {"limit": limit},
-        ).all()
+        rows = recent_batches(conn, limit)
     table = Table(
         "batch",
         "created",
@@ -348,41 +350,66 @@ def uploads_list(
         table.add_row(
             str(row.id),
             f"{row.created_at:%Y-%m-%d %H:%M}",
-            row.file_name,
-            row.list_name or "",
+            Text(shown(row.file_name)),  # Text: user data is never read as markup
+            Text(shown(row.list_name or "")),
             row.source,
             row.status,
             f"{row.total_rows:,}",
             f"{row.inserted_count:,}",
             f"{row.updated_count:,}",
             f"{row.rejected_count:,}",
-            row.error or "",
+            Text(shown(row.error or "", 300)),
         )
     console.print(table)
 
 
 @uploads_app.command("rejects")
 def uploads_rejects(
-    batch: Annotated[str, typer.Argument(help="Batch id (see `penguin uploads list`).")],
+    batch: Annotated[
+        str,
+        typer.Argument(
+            help="Batch id, or its first 4 or more hex digits (see `penguin uploads list`)."
+        ),
+    ],
     tenant: TenantOption = DEFAULT_TENANT,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
     ] = None,
 ) -> None:
     """A batch's rejected lines as CSV (line, reason, raw line), safe to open in a spreadsheet."""
-    import uuid
+    from rich.markup import escape
 
     from engine.db import tenant_transaction
+    from engine.ingest.errors import shown
     from engine.ingest.rejects import rejects_frame, safe_csv
+    from engine.ingest.store import batches_by_prefix
 
-    try:
-        batch_id = uuid.UUID(batch)
-    except ValueError:
-        err.print(f"[bold red]error:[/] {batch!r} is not a batch id")
-        raise typer.Exit(2) from None
+    given = escape(shown(batch))
     db = _database()
     with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
-        frame = rejects_frame(conn, batch_id)
+        try:
+            found = batches_by_prefix(conn, batch)
+        except ValueError as exc:
+            err.print(f"[bold red]error:[/] '{given}' {exc}")
+            raise typer.Exit(2) from None
+        if not found:
+            err.print(
+                f"[bold red]error:[/] tenant {tenant} has no upload batch '{given}'; "
+                "see `penguin uploads list`"
+            )
+            raise typer.Exit(2)
+        if len(found) > 1:
+            candidates = "\n".join(
+                f"  {row.id}  {row.created_at:%Y-%m-%d %H:%M}  "
+                f"{escape(shown(row.file_name))} → {escape(shown(row.list_name or ''))}"
+                for row in found
+            )
+            err.print(
+                f"[bold red]error:[/] '{given}' is the start of more than one batch id; "
+                f"give more of it:\n{candidates}"
+            )
+            raise typer.Exit(2)
+        frame = rejects_frame(conn, found[0].id)
     if output is None:
         sys.stdout.write(safe_csv(frame))
     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
+import time
 
 import polars as pl
 import pytest
@@ -379,3 +381,55 @@ def test_a_list_name_is_required(database, tenant, now, tmp_path):
     path = write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"])
     with pytest.raises(IngestError, match="a list name must not be empty"):
         ingest_file(database.app, tenant, path, "  ", now)
+
+
+def test_two_uploads_of_the_same_file_at_the_same_moment_record_one_completed_batch(
+    database, tenant, now, tmp_path
+):
+    path = write_csv(tmp_path / "a.csv", [["a@example.com"], ["b@example.com"]], ["Email"])
+    results: dict[str, object] = {}
+
+    def upload(who: str) -> None:
+        try:
+            results[who] = ingest_file(database.app, tenant, path, "l", now)
+        except Exception as exc:  # reported by the assertion below
+            results[who] = exc
+
+    # Hold new batches back until both uploads have checked for one and wait: without turns,
+    # both find none and both register their own.
+    with database.owner.connect() as owner:
+        owner.execute(sa.text("lock table app.upload_batches in share mode"))
+        threads = [threading.Thread(target=upload, args=(who,)) for who in ("first", "second")]
+        for thread in threads:
+            thread.start()
+        waiting = sa.text(
+            "select count(*) from pg_locks where not granted and database = "
+            "(select oid from pg_database where datname = current_database())"
+        )
+        deadline = time.monotonic() + 30
+        while owner.execute(waiting).scalar_one() < 2:  # both blocked, on a lock of some kind
+            assert time.monotonic() < deadline, "the uploads never reached the database"
+            time.sleep(0.05)
+        owner.rollback()  # releases the table
+    for thread in threads:
+        thread.join(timeout=60)
+    outcomes = sorted(results.values(), key=lambda r: getattr(r, "already_loaded", None))
+    assert [getattr(r, "already_loaded", r) for r in outcomes] == [False, True]
+    assert outcomes[0].batch_id == outcomes[1].batch_id and outcomes[0].inserted == 2
+    assert [b.status for b in batches(database, tenant)] == ["completed"]
+
+
+def test_an_internationalized_domain_is_stored_in_its_sendable_ascii_form(
+    database, tenant, now, tmp_path
+):
+    path = write_csv(
+        tmp_path / "idn.csv",
+        [["a@bücher.example"], ["A@XN--BCHER-KVA.example"], ["zoë@exämple.com"]],
+        header=["Email"],
+    )
+    result = ingest_file(database.app, tenant, path, "l", now)
+    assert (result.inserted, result.duplicates, result.rejected) == (2, 1, 0)
+    assert [c.email for c in contacts(database, tenant)] == [
+        "A@xn--bcher-kva.example",  # the later line wins; the local part is kept as written
+        "zoë@xn--exmple-cua.com",
+    ]
