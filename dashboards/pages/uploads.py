@@ -17,6 +17,7 @@ from engine import inbox
 from engine.config import Settings
 from engine.ingest import FIELDS, IngestError, preview_file
 from engine.ingest.columns import ATTRIBUTE, check_fields
+from engine.ingest.errors import shown
 
 KEEP = "(keep as attribute)"
 NEW_LIST = "➕ New list"
@@ -47,6 +48,12 @@ tenant = data.pick_tenant(
     data.all_tenants, "There is no tenant yet: create one with `penguin tenant create NAME`."
 )
 uploads = Settings.from_env().uploads
+
+
+def plain(text: object) -> str:
+    """User text (a file name, an error quoting a header) as literal text in Markdown:
+    control characters escaped by `shown`, Markdown's punctuation by a backslash."""
+    return "".join(f"\\{c}" if c in "\\`*_[]<>#|~$" else c for c in shown(text, 500))
 
 
 def staged(uploaded) -> Path:
@@ -102,8 +109,8 @@ def upload_form() -> None:
     path = staged(uploaded)
     try:
         found = preview(str(path), uploaded.name)
-    except IngestError as exc:
-        st.error(f"This file cannot be uploaded: {exc}")
+    except IngestError as exc:  # preview_file reports every failure to read a file so
+        st.error(f"This file cannot be uploaded: {plain(exc)}")
         return
     fmt = found.file_format
     delimiter = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(
@@ -151,11 +158,15 @@ def upload_form() -> None:
                 name=uploaded.name,
             )
         except IngestError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
+            return
+        except OSError as exc:  # the inbox folder: full disk, permissions
+            st.error(f"The file could not be queued: {plain(exc)}")
             return
         st.success(
-            f"{uploaded.name} is queued for list {list_name!r} ({queued.name}). "
-            "Dagster's upload sensor picks it up within seconds; follow it below."
+            f"{plain(uploaded.name)} is queued for list '{plain(list_name)}' "
+            f"({plain(queued.name)}). Dagster's upload sensor picks it up within seconds; "
+            "follow it below."
         )
 
 
@@ -179,7 +190,10 @@ def live_batches() -> None:
 
 def show_batches(waiting: list[inbox.InboxFile], frame: pl.DataFrame) -> None:
     for item in waiting:
-        st.write(f"{STATUS['queued']} · {item.path.name} → list {item.list_name!r}")
+        note = f" — will fail: {plain(item.problem)}" if item.problem else ""
+        st.write(
+            f"{STATUS['queued']} · {plain(item.path.name)} → list '{plain(item.list_name)}'{note}"
+        )
     if frame.is_empty():
         if not waiting:
             st.info(f"Tenant {tenant} has no uploads yet.")

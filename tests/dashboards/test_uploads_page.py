@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 
 import pytest
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
+from engine import inbox
 from engine.config import PROJECT_ROOT
 from engine.db import tenant_transaction
 from engine.inbox import process_inbox
@@ -178,3 +180,37 @@ def test_the_page_explains_missing_marts(use_database, database):
     at.switch_page(PAGE).run()
     assert not at.exception, at.exception
     assert "analytics marts have not been built yet" in at.info[0].value
+
+
+def test_a_file_name_holding_a_path_is_queued_inside_the_inbox(page_env):
+    uploads = page_env.settings.uploads
+    at = open_page()
+    at.text_input[0].set_value("l").run()
+    pick_file(at, "../../../evil.csv", b"Email\na@example.com\n")
+    upload_button(at).click().run()
+    assert not at.exception, at.exception
+    assert "(evil.csv)" in at.success[0].value
+    assert (uploads / "inbox" / "default" / "l" / "evil.csv").read_bytes() == (
+        b"Email\na@example.com\n"
+    )
+    assert [p for p in uploads.parent.rglob("evil.csv")] == [
+        uploads / "inbox" / "default" / "l" / "evil.csv"
+    ]
+
+
+def test_a_binary_file_is_refused_in_one_line(page_env):
+    at = open_page()
+    pick_file(at, "photo.csv", random.Random(5).randbytes(20_000))
+    assert not at.exception, at.exception
+    assert "photo.csv: does not look like a text file" in at.error[0].value
+
+
+def test_a_waiting_file_with_broken_instructions_does_not_break_the_page(page_env, tmp_path):
+    uploads = page_env.settings.uploads
+    source = tmp_path / "a.csv"
+    source.write_text("Email\na@example.com\n")
+    queued = inbox.drop(uploads, source, "default", "l")
+    queued.with_name(".a.csv.upload.json").write_text("{not json")
+    at = open_page()
+    assert not at.exception, at.exception
+    assert any("a.csv" in md.value and "will fail" in md.value for md in at.markdown)
