@@ -256,7 +256,7 @@ def test_a_hundred_thousand_rows_with_invalid_and_duplicate_lines(database, tena
 
 
 @pytest.mark.parametrize(
-    "name", ["leads[12].csv", "lead?.csv", "*.csv", "{leads1,leads2}.csv", "~leads.csv"]
+    "name", ["leads[12].csv", "leads?.csv", "*.csv", "{leads1,leads2}.csv", "~leads.csv"]
 )
 def test_a_file_name_with_glob_characters_is_read_as_itself(database, tenant, now, tmp_path, name):
     for i in (1, 2):
