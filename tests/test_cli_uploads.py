@@ -42,7 +42,8 @@ def _batch(database, batch_id: str, file_name: str) -> None:
             sa.text(
                 "insert into app.upload_batches (id, tenant_id, list_name, file_name, "
                 "content_sha256, file_size, column_mapping, source, status, created_at) "
-                "select cast(:id as uuid), id, 'l', :file_name, :file_name, 1, '{}', 'cli', 'completed', now() "
+                "select cast(:id as uuid), id, 'l', :file_name, :file_name, 1, '{}', 'cli', "
+                "'completed', now() "
                 "from app.tenants where name = 'default'"
             ),
             {"id": batch_id, "file_name": file_name},
