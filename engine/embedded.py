@@ -105,6 +105,8 @@ def release_embedded_postgres(settings: Settings) -> bool:
 def _release(pgdata: Path) -> bool:
     if _embedded.pop(pgdata, None) is None:
         return False
+    if not (pgdata / "PG_VERSION").exists():  # the folder went first (a temporary home)
+        return False
     with _pgserver().postgres_server.PostgresServer._lock:
         others = _live_holders(pgdata, without=os.getpid())
         if others or (pgdata / KEEP_MARK).exists():
