@@ -182,6 +182,10 @@ def _render(run: _Run, row: sa.Row) -> _Rendered | TemplateRenderError:
         )
     except TemplateRenderError as exc:
         return exc
+    except RendererError:
+        raise  # no worker process: not this item's fault, so the run stops loudly
+    except Exception as exc:  # e.g. contact data that cannot be handed to the worker
+        return TemplateRenderError(f"step {row.step_order}: {_describe(exc)}")
     return _Rendered(
         subject=_one_line(texts["subject"] or ""),
         body_text=texts["body_text"] or "",

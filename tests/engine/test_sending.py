@@ -355,3 +355,21 @@ def test_an_item_the_database_refuses_ends_alone_and_the_batch_is_sent(
         "acme0@example.com",
         "acme2@example.com",
     ]
+
+
+def test_contact_data_a_template_cannot_take_ends_only_that_enrollment(
+    database, smtp_server, now, tmp_path
+):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(  # written around the ingest, which keeps attributes an object
+            sa.text("update app.contacts set attributes = '[1, 2]' where email = :email"),
+            {"email": "acme1@example.com"},
+        )
+    report = send_due(database.app, smtp_server.server(), now)
+    assert report.sent == 2
+    exited = {
+        e.email: e.exit_reason for e in _enrollments(database, tenant) if e.status == "exited"
+    }
+    assert list(exited) == ["acme1@example.com"]
+    assert exited["acme1@example.com"].startswith("template error: step 1: TypeError: ")
