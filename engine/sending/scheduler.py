@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -138,11 +139,15 @@ def send_due(
 
 def _process(run: _Run, tenant_id: uuid.UUID, rows: list[sa.Row], now: datetime) -> None:
     """One claimed batch: render (no transaction open), prepare, deliver, record."""
-    rendered = {row.enrollment_id: _render(run, row) for row in rows if _needs_email(row)}
+    rendered, deferred = _render_batch(run, rows)
 
     pending: list[_Pending] = []
     with tenant_transaction(run.app, tenant_id) as conn:
         for row in rows:
+            if row.enrollment_id in deferred:
+                # Released now, claimed again by the next batch with a fresh lease.
+                store.reschedule(conn, row.enrollment_id, now, now, run.worker)
+                continue
             item = _for_one_item(
                 conn, run, row, now, lambda row=row: _prepare(conn, run, row, rendered, now)
             )
@@ -161,6 +166,30 @@ def _process(run: _Run, tenant_id: uuid.UUID, rows: list[sa.Row], now: datetime)
                 lambda item=item, delivery=delivery: _record(conn, run, item, delivery, now),
                 settled=False,
             )
+
+
+def _render_batch(
+    run: _Run, rows: list[sa.Row]
+) -> tuple[dict[uuid.UUID, _Rendered | TemplateRenderError], set[uuid.UUID]]:
+    """Render the batch's emails within a third of the lease; the rest is deferred.
+
+    Each item may take up to the render time limit, so a batch of slow templates could
+    outlast its lease and be claimed by another worker meanwhile. Rendering stops when a third
+    of the lease (real time, not the run's `now`) is spent; the first item always renders, so
+    every batch makes progress.
+    """
+    budget = run.config.lease.total_seconds() / 3
+    started = time.monotonic()
+    rendered: dict[uuid.UUID, _Rendered | TemplateRenderError] = {}
+    deferred: set[uuid.UUID] = set()
+    for row in rows:
+        if not _needs_email(row):
+            continue
+        if rendered and time.monotonic() - started > budget:
+            deferred.add(row.enrollment_id)
+        else:
+            rendered[row.enrollment_id] = _render(run, row)
+    return rendered, deferred
 
 
 def _needs_email(row: sa.Row) -> bool:

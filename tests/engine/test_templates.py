@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 import time
+from datetime import timedelta
 
 import psutil
 import pytest
@@ -259,3 +260,19 @@ def test_at_send_time_a_failing_template_ends_only_its_enrollment_and_the_batch_
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
         recipients = conn.execute(sa.text("select recipient_email from app.sent_emails")).all()
     assert sorted(r.recipient_email for r in recipients) == ["ok0@example.com", "ok1@example.com"]
+
+
+def test_a_batch_of_slow_templates_renders_within_its_lease_and_defers_the_rest(
+    database, smtp_server, tmp_path
+):
+    """Each of these takes the whole time limit; a batch stops rendering after a third of its
+    lease and releases the rest, which later batches of the run claim with fresh leases."""
+    loop = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    steps = [Step("email", subject="Hi", body_text=loop)]
+    tenant = seed_tenant(database, "acme", NOW, tmp_path, steps=steps)  # three contacts
+    config = Config(render=FAST, lease=timedelta(seconds=1.2))  # budget 0.4 s: one item
+    report = send_due(database.app, smtp_server.server(), NOW, config=config)
+    assert report.claimed == 3 + 2 + 1  # each batch rendered one and released the others
+    reasons = {reason for _, reason in _enrollments(database, tenant.tenant_id).values()}
+    assert reasons == {"template error: step 1 body_text: template took longer than 0.5 s"}
+    assert smtp_server.messages == []
