@@ -16,6 +16,7 @@ end only their own file, which moves to `failed/` saying what is wrong with them
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import unicodedata
@@ -28,7 +29,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from engine.ingest import SOURCES, IngestError, IngestResult, Progress, ingest_file
-from engine.ingest.errors import shown
+from engine.ingest.errors import readable_name, shown
 from engine.ingest.store import check_list_name
 from engine.tenants import UnknownTenantError, tenant_id, validate_name
 
@@ -76,6 +77,13 @@ def read_file(path: Path) -> InboxFile:
     Never raises for bad instructions: they are the file's `problem`, for `process_file`.
     """
     tenant, list_name = path.parent.parent.name, path.parent.name
+    if readable_name(tenant) != tenant or readable_name(list_name) != list_name:
+        # Made on another system (Latin-1 bytes): not a tenant or list name anyone can type.
+        problem = (
+            f"its folder {shown(tenant)}/{shown(list_name)} has a name that is not valid UTF-8; "
+            "rename the folder to the tenant's and the list's names"
+        )
+        return InboxFile(path, tenant, list_name, problem=problem)
     sidecar = _sidecar(path)
     try:
         mapping, source = _instructions(sidecar)
@@ -92,7 +100,11 @@ def _instructions(sidecar: Path) -> tuple[dict[str, str], str]:
         text = sidecar.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}, "inbox"
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # the file's name leaves no room for a sidecar's
+            return {}, "inbox"
+        raise ValueError(f"cannot be read ({shown(exc)})") from None
+    except UnicodeDecodeError as exc:
         raise ValueError(f"cannot be read ({shown(exc)})") from None
     try:
         instructions = json.loads(text)
@@ -193,9 +205,15 @@ def _free_name(target: Path) -> Path:
 def _move(uploads: Path, item: InboxFile, outcome: str, stamp: str) -> Path:
     folder = uploads / outcome / item.tenant / item.list_name
     folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder / f"{stamp}-{item.path.name}")
+    # A name copied in by hand may be 255 bytes or not UTF-8: the moved file's name is made
+    # safe like an uploaded one's, so the stamp (and `.error.txt`) always fit.
+    target = _free_name(folder / f"{stamp}-{safe_name(readable_name(item.path.name))}")
     item.path.rename(target)
-    _sidecar(item.path).unlink(missing_ok=True)
+    try:
+        _sidecar(item.path).unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:  # no sidecar can exist for such a name
+            raise
     return target
 
 

@@ -37,7 +37,7 @@ from engine.db import tenant_transaction
 from engine.ingest import store
 from engine.ingest.clean import clean_chunk
 from engine.ingest.columns import FIELDS, check_fields, map_columns, parse_mapping
-from engine.ingest.errors import IngestError, shown, shown_list
+from engine.ingest.errors import IngestError, readable_name, shown, shown_list
 from engine.ingest.source import (
     LINE,
     CsvScan,
@@ -129,7 +129,7 @@ def ingest_file(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}")
-    file_name = file_name or path.name
+    file_name = readable_name(file_name or path.name)
     list_name = store.check_list_name(list_name)
     explicit = dict(mapping or {})
     check_fields(explicit)

@@ -8,6 +8,7 @@ run to megabytes. Every piece of user data that goes into a message passes throu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 #: Characters of one value quoted in a message.
@@ -31,6 +32,16 @@ def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     if len(escaped) > limit or len(value) > len(head):
         return escaped[: limit - 1] + "…"
     return escaped
+
+
+def readable_name(name: str) -> str:
+    """A file or folder name as text the database can store: bytes that are not UTF-8 (a name
+    made on another system, which Python holds as lone surrogates) become U+FFFD."""
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:  # a lone surrogate that did not come from the file system
+        raw = name.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 def shown_list(items: Iterable[object], limit: int = SHOWN_ITEMS) -> str:

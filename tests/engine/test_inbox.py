@@ -142,3 +142,52 @@ def test_broken_instructions_end_only_their_own_file(
         and problem in error
     )
     assert [p for p in inbox_path(uploads).rglob("*") if p.is_file()] == []
+
+
+def test_a_hand_copied_file_whose_name_is_not_utf8_is_loaded_and_moved_aside(
+    database, now, tmp_path
+):
+    """A name made on another system (Latin-1 bytes from a zip): the content is fine, so it
+    loads, recorded under a readable name; it never stops the inbox with an encoding error."""
+    uploads = database.settings.uploads
+    folder = inbox_path(uploads) / "default" / "l"
+    folder.mkdir(parents=True)
+    (folder / os.fsdecode(b"caf\xe9.csv")).write_bytes(b"Email\nc@example.com\n")
+    write_csv(folder / "later.csv", [["d@example.com"]], ["Email"])
+
+    outcomes = process_inbox(database.app, uploads, now)
+    assert [(o.error, o.result.inserted) for o in outcomes] == [(None, 1), (None, 1)]
+    assert outcomes[0].result.file_name == "caf\ufffd.csv"
+    assert outcomes[0].moved_to.parent == uploads / "processed" / "default" / "l"
+    assert [p for p in inbox_path(uploads).rglob("*") if p.is_file()] == []
+
+
+def test_a_hand_copied_file_with_a_name_too_long_to_stamp_is_loaded_and_moved_aside(
+    database, now, tmp_path
+):
+    """255 bytes is a valid name, but not with the timestamp in front or a sidecar beside it."""
+    uploads = database.settings.uploads
+    folder = inbox_path(uploads) / "default" / "l"
+    long = "x" * 251 + ".csv"
+    write_csv(folder / long, [["a@example.com"]], ["Email"])
+    write_csv(folder / "earlier.csv", [["b@example.com"]], ["Email"])
+
+    outcomes = process_inbox(database.app, uploads, now)
+    assert [(o.error, o.result.inserted) for o in outcomes] == [(None, 1), (None, 1)]
+    assert outcomes[1].result.file_name == long
+    assert outcomes[1].moved_to.parent == uploads / "processed" / "default" / "l"
+    assert [p for p in inbox_path(uploads).rglob("*") if p.is_file()] == []
+
+
+def test_a_folder_name_that_is_not_utf8_fails_only_its_own_file(database, now, tmp_path):
+    uploads = database.settings.uploads
+    odd = inbox_path(uploads) / "default" / os.fsdecode(b"list-\xe9")
+    write_csv(odd / "a.csv", [["a@example.com"]], ["Email"])
+    write_csv(inbox_path(uploads) / "default" / "l" / "b.csv", [["b@example.com"]], ["Email"])
+
+    outcomes = {o.file.path.name: o for o in process_inbox(database.app, uploads, now)}
+    assert outcomes["b.csv"].result.inserted == 1
+    assert outcomes["a.csv"].result is None
+    assert "not valid UTF-8" in outcomes["a.csv"].error
+    moved = outcomes["a.csv"].moved_to
+    assert "not valid UTF-8" in moved.with_name(moved.name + ".error.txt").read_text()
