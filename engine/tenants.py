@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 DEFAULT_TENANT = "default"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 _INSERT = sa.text(
     "insert into app.tenants (name) values (:name) on conflict (name) do nothing returning id"
@@ -32,7 +32,7 @@ class UnknownTenantError(LookupError):
 
 
 def validate_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # not `match` with `$`, which allows a final newline
         raise ValueError(
             f"tenant name {name!r} is not valid: use 1-63 lowercase letters, digits, '-' or '_',"
             " starting with a letter or digit"

@@ -220,6 +220,15 @@ def test_tenant_names_that_would_share_smtp_variables_are_refused(database):
         create_tenant(database.owner, "acme_eu")
 
 
+@pytest.mark.parametrize("name", ["acme\n", "acme\nother", "Acme"])
+def test_a_tenant_name_with_a_newline_or_capitals_is_refused(database, name):
+    """`$` also matches before a final newline: "acme\n" would be a second tenant whose SMTP
+    variables and inbox folder no one could name."""
+    with pytest.raises(ValueError, match="is not valid"):
+        create_tenant(database.owner, name)
+    assert [n for _, n in all_tenants(database.owner) if n.startswith(("acme", "Acme"))] == []
+
+
 def test_the_dashboards_role_reads_the_marts_and_nothing_else(built_pipeline):
     database = built_pipeline.database
     with psycopg.connect(_libpq(database, DASHBOARDS_ROLE)) as conn:
