@@ -86,10 +86,11 @@ load_from:
 #: explicitly (`child_environment`).
 _PRIVATE_PREFIXES = ("PENGUIN_", "PG")
 _PRIVATE_NAMES = ("DATABASE_URL",)
-#: SMTP passwords of sender accounts (`PENGUIN_SMTP_<TENANT>__<NAME>`); the sink's own
-#: settings share the prefix but are not secrets.
+#: SMTP passwords of sender accounts (`PENGUIN_SMTP_<TENANT>__<NAME>`): the only variables of
+#: that prefix holding `__`. The sink's own settings (`PENGUIN_SMTP_SINK_PORT`) share the prefix
+#: and are set explicitly; a tenant may be named `sink` or `sink-eu`, whose passwords must pass.
 _SMTP_PASSWORD_PREFIX = "PENGUIN_SMTP_"
-_SMTP_SINK_PREFIX = "PENGUIN_SMTP_SINK_"
+_SMTP_PASSWORD_SEPARATOR = "__"
 _TELEMETRY_OFF = {"DO_NOT_TRACK": "1", "DAGSTER_DISABLE_TELEMETRY": "1"}
 
 
@@ -170,7 +171,7 @@ def child_environment(
         env.update(
             (name, value)
             for name, value in parent.items()
-            if name.startswith(_SMTP_PASSWORD_PREFIX) and not name.startswith(_SMTP_SINK_PREFIX)
+            if name.startswith(_SMTP_PASSWORD_PREFIX) and _SMTP_PASSWORD_SEPARATOR in name
         )
     elif kind == "dashboards":
         env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"

@@ -63,3 +63,22 @@ def test_an_external_servers_sslmode_reaches_the_processes_given_only_coordinate
         child = Database(Settings.from_env(env))
         assert child.owner_url is None
         assert child.app_url.query["sslmode"] == "verify-full"
+
+
+def test_smtp_passwords_of_tenants_named_like_the_sink_reach_dagster_and_only_dagster(tmp_path):
+    """Tenants `sink` and `sink-eu` own PENGUIN_SMTP_SINK__* and PENGUIN_SMTP_SINK_EU__*; the
+    sink's own settings (PENGUIN_SMTP_SINK_PORT) share the prefix but never hold `__`."""
+    from engine.runtime import child_environment
+
+    db = Database(Settings(home=tmp_path, database_url="postgresql://o:pw@db.example:5432/pm"))
+    passwords = {
+        "PENGUIN_SMTP_SINK__MAIN": "s1",
+        "PENGUIN_SMTP_SINK_EU__MAIN": "s2",
+        "PENGUIN_SMTP_ACME__MAIN": "s3",
+    }
+    parent = {**passwords, "PENGUIN_SMTP_SINK_PORT": "9999"}
+    dagster = child_environment("dagster", db, parent=parent)
+    assert {name: dagster.get(name) for name in passwords} == passwords
+    assert dagster["PENGUIN_SMTP_SINK_PORT"] == str(db.settings.smtp_sink_port)
+    dashboards = child_environment("dashboards", db, parent=parent)
+    assert [name for name in dashboards if name.startswith("PENGUIN_SMTP_")] == []
