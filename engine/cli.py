@@ -135,6 +135,17 @@ def db_upgrade() -> None:
     db = _database(migrated=False)
     revision = migrate.upgrade(db)
     console.print(f"schema app is at revision {revision} (head {migrate.head_revision()})")
+    from rich.markup import escape
+
+    for schema, owner in migrate.stray_schemas(db):
+        err.print(
+            "[yellow]warning:[/] "
+            + escape(
+                f"schema {schema!r} (owner {owner}) was not made by a migration and a role's "
+                "SQL could resolve names in it; inspect it and drop it if nobody needs it: "
+                f'drop schema "{schema}" cascade'
+            )
+        )
 
 
 @db_app.command("stop")
@@ -242,7 +253,7 @@ def upload(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from engine.ingest import IngestError, ingest_file, parse_mapping
-    from engine.ingest.errors import shown
+    from engine.text import shown
 
     db = _database()
     tid = _tenant(db, tenant)
@@ -289,7 +300,7 @@ def _print_result(result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from engine.ingest.errors import shown
+    from engine.text import shown
 
     fmt = result.file_format
     console.print(
@@ -327,8 +338,8 @@ def uploads_list(
     from rich.text import Text
 
     from engine.db import tenant_transaction
-    from engine.ingest.errors import shown
     from engine.ingest.store import recent_batches
+    from engine.text import shown
 
     db = _database()
     with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
@@ -380,9 +391,9 @@ def uploads_rejects(
     from rich.markup import escape
 
     from engine.db import tenant_transaction
-    from engine.ingest.errors import shown
     from engine.ingest.rejects import rejects_frame, safe_csv
     from engine.ingest.store import batches_by_prefix
+    from engine.text import shown
 
     given = escape(shown(batch))
     db = _database()

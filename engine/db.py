@@ -72,8 +72,11 @@ SEARCH_PATH = "pg_catalog,app"
 _CONNECT_ARGS = {"options": f"-c search_path={SEARCH_PATH}"}
 
 
-def _engine(url: URL) -> Engine:
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=_CONNECT_ARGS)
+def _engine(url: URL, options: str = "") -> Engine:
+    # Set per connection, not only on the role: a role may change its own defaults
+    # (ALTER ROLE ... SET), but not what the engine asks for when it connects.
+    connect_args = {"options": f"{_CONNECT_ARGS['options']} {options}".strip()}
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 class OwnerUnavailableError(RuntimeError):
@@ -166,7 +169,7 @@ class Database:
 
     @cached_property
     def dashboards(self) -> Engine:
-        return _engine(self.dashboards_url)
+        return _engine(self.dashboards_url, "-c default_transaction_read_only=on")
 
     def dispose(self) -> None:
         for name in ("owner", "app", "analytics", "dashboards"):

@@ -29,9 +29,9 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from engine.ingest import SOURCES, IngestError, IngestResult, Progress, ingest_file
-from engine.ingest.errors import readable_name, shown
 from engine.ingest.store import check_list_name
 from engine.tenants import UnknownTenantError, tenant_id, validate_name
+from engine.text import readable_name, shown
 
 SETTLE_SECONDS = 2.0
 #: Bytes of a dropped file's name, leaving room for the `-N`, the timestamp and the sidecar's

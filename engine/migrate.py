@@ -95,6 +95,34 @@ def _grant_database_privileges(db: Database) -> None:
         conn.execute(sa.text(f"grant usage on schema {quote(MARTS_SCHEMA)} to {DASHBOARDS_ROLE}"))
 
 
+_STRAY_SCHEMAS = sa.text(
+    """
+    select n.nspname as schema, pg_catalog.pg_get_userbyid(n.nspowner) as owner
+    from pg_catalog.pg_namespace n
+    where (pg_catalog.pg_get_userbyid(n.nspowner) = any(:roles)
+           or n.nspname = any(:roles) or n.nspname = current_user)
+      and n.nspname <> all(:expected)
+    order by 1
+    """
+)
+
+
+def stray_schemas(db: Database) -> list[tuple[str, str]]:
+    """Schemas that no migration made but a role could have: owned by one of the project's
+    roles, or named after a role (a default search path's "$user"). Since revision 0004 no
+    role but the owner can create one; a database upgraded from before may still hold one a
+    role planted then. (schema, owner) pairs, for the operator to inspect and drop."""
+    with db.owner.connect() as conn:
+        rows = conn.execute(
+            _STRAY_SCHEMAS,
+            {
+                "roles": [APP_ROLE, ANALYTICS_ROLE, DASHBOARDS_ROLE],
+                "expected": list(ANALYTICS_SCHEMAS),
+            },
+        )
+        return [(row.schema, row.owner) for row in rows]
+
+
 def _set_role_passwords(db: Database) -> None:
     passwords = {
         APP_ROLE: db.settings.app_password,

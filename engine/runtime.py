@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from engine import dbt_manifest, migrate
 from engine.config import PROJECT_ROOT, Settings
@@ -388,6 +389,14 @@ class Stack:
         with console.status("Applying migrations…"):
             revision = migrate.upgrade(db)
         console.print(f"[green]✓[/] Schema      app at revision {revision}")
+        for schema, owner in migrate.stray_schemas(db):
+            console.print(
+                "[yellow]![/] "
+                + escape(
+                    f"schema {schema!r} (owner {owner}) was not made by a migration; inspect "
+                    f'it and drop it if nobody needs it: drop schema "{schema}" cascade'
+                )
+            )
         dagster_env = child_environment("dagster", db)
         dashboards_env = child_environment("dashboards", db)
         if dbt_manifest.is_stale():

@@ -37,6 +37,8 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.filters import do_center, do_indent
 from jinja2.sandbox import SandboxedEnvironment
 
+from engine.text import shown
+
 #: Contact fields every template may use; unmapped CSV columns come in as `attributes`.
 CONTACT_FIELDS = (
     "email",
@@ -300,7 +302,8 @@ def _render_item(
         except RecursionError:
             return (_ERROR, index, "template nests or recurses too deeply", False)
         except Exception as exc:  # anything a template can raise: it ends this item only
-            return (_ERROR, index, f"{exc.__class__.__name__}: {exc}", False)
+            # The message may quote the template's own values: one bounded, printable line.
+            return (_ERROR, index, shown(f"{exc.__class__.__name__}: {exc}", 300), False)
     return (_OK, texts)
 
 
@@ -485,6 +488,8 @@ def check_syntax(source: str, *, where: str = "template") -> None:
     try:
         _LimitedSandbox(max_length=RenderLimits().output_bytes).parse(source)
     except TemplateError as exc:
-        raise TemplateRenderError(f"{where}: {exc.__class__.__name__}: {exc}") from exc
+        raise TemplateRenderError(
+            f"{where}: {shown(f'{exc.__class__.__name__}: {exc}', 300)}"
+        ) from exc
     except RecursionError:
         raise TemplateRenderError(f"{where}: template nests too deeply") from None

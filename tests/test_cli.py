@@ -298,3 +298,18 @@ def test_a_killed_holder_does_not_keep_the_embedded_server_in_use(tmp_path):
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped the embedded PostgreSQL" in stopped.stdout
     assert not _server_answers(home)
+
+
+def test_db_upgrade_warns_of_a_schema_a_role_planted_before_the_least_privilege_migration(
+    env, database
+):
+    import sqlalchemy as sa
+
+    with database.owner.begin() as conn:  # as the analytics role could before revision 0004
+        conn.execute(sa.text("create schema penguin_app authorization penguin_analytics"))
+    result = run(["db", "upgrade"], env)
+    assert result.returncode == 0, result.stderr
+    assert "warning: schema 'penguin_app' (owner penguin_analytics) was not made by a" in (
+        " ".join(result.stderr.split())
+    )
+    assert 'drop schema "penguin_app" cascade' in " ".join(result.stderr.split())

@@ -17,7 +17,7 @@ from engine import inbox
 from engine.config import Settings
 from engine.ingest import FIELDS, IngestError, preview_file
 from engine.ingest.columns import ATTRIBUTE, check_fields
-from engine.ingest.errors import shown
+from engine.text import shown
 
 KEEP = "(keep as attribute)"
 NEW_LIST = "➕ New list"

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.ingest.clean import SIMPLE_ADDRESS, canonical_email, validate_addresses
-from engine.ingest.errors import shown
+from engine.text import shown
 
 simple_addresses = st.from_regex(SIMPLE_ADDRESS, fullmatch=True)
 ascii_text = st.text(

@@ -256,3 +256,28 @@ def test_the_dashboards_role_reads_the_marts_and_nothing_else(built_pipeline):
         conn.commit()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("delete from analytics_marts.campaign_daily")
+
+
+def test_a_role_that_changes_its_own_defaults_does_not_change_the_engines_connections(database):
+    # PostgreSQL lets a role ALTER ROLE itself SET ...; the engine asks for its settings on
+    # every connection instead of trusting the role's defaults.
+    roles_settings = {
+        APP_ROLE: "alter role penguin_app set search_path = public",
+        DASHBOARDS_ROLE: "alter role penguin_dashboards set default_transaction_read_only = off",
+    }
+    try:
+        for role, statement in roles_settings.items():
+            with psycopg.connect(_libpq(database, role), autocommit=True) as conn:
+                conn.execute("set default_transaction_read_only = off")
+                conn.execute(statement)
+        database.dispose()
+        with database.app.connect() as conn:
+            assert conn.execute(sa.text("show search_path")).scalar() == "pg_catalog,app"
+        with database.dashboards.connect() as conn:
+            assert conn.execute(sa.text("show transaction_read_only")).scalar() == "on"
+    finally:  # roles are shared by every database of the test server
+        with database.owner.begin() as conn:
+            conn.execute(sa.text("alter role penguin_app set search_path = pg_catalog, app"))
+            conn.execute(
+                sa.text("alter role penguin_dashboards set default_transaction_read_only = on")
+            )

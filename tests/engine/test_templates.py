@@ -276,3 +276,12 @@ def test_a_batch_of_slow_templates_renders_within_its_lease_and_defers_the_rest(
     reasons = {reason for _, reason in _enrollments(database, tenant.tenant_id).values()}
     assert reasons == {"template error: step 1 body_text: template took longer than 0.5 s"}
     assert smtp_server.messages == []
+
+
+def test_an_error_quoting_a_huge_value_is_one_short_printable_line():
+    source = "{% set s = 'x' * 90000 ~ '\x1b[2J' %}{{ {}[s].y }}"
+    with Renderer(FAST) as renderer, pytest.raises(TemplateRenderError) as raised:
+        renderer.render({"body_text": source}, {}, where="step 1")
+    message = str(raised.value)
+    assert message.startswith("step 1 body_text: UndefinedError: ")
+    assert len(message) < 400 and "\x1b" not in message

@@ -1,0 +1,49 @@
+"""User text in messages: whatever a user typed or uploaded (a header, an address, a file name,
+a template) appears in an error as one readable line of bounded length.
+
+User data is arbitrary: it may hold control characters (a terminal escape, a NUL, half a
+binary file) or run to megabytes. Every piece of it that goes into a message passes through
+`shown` (or `shown_list`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+#: Characters of one value quoted in a message.
+SHOWN_CHARS = 80
+#: Values of a list (the columns of a file) named in a message.
+SHOWN_ITEMS = 20
+
+
+def shown(text: object, limit: int = SHOWN_CHARS) -> str:
+    """`text` safe to put in a message: non-printable characters escaped (`\\x1b`, `\\n`,
+    `\\u200b`), and at most `limit` characters of it, the cut marked with `…`."""
+    value = str(text)
+    head = value[: limit + 1]  # escaping only lengthens: the rest can never be shown
+    escaped = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in head
+    )
+    if len(escaped) > limit or len(value) > len(head):
+        return escaped[: limit - 1] + "…"
+    return escaped
+
+
+def readable_name(name: str) -> str:
+    """A file or folder name as text the database can store: bytes that are not UTF-8 (a name
+    made on another system, which Python holds as lone surrogates) become U+FFFD."""
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:  # a lone surrogate that did not come from the file system
+        raw = name.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def shown_list(items: Iterable[object], limit: int = SHOWN_ITEMS) -> str:
+    """The first `limit` items, each `shown`, comma-separated, saying how many are left out."""
+    values = list(items)
+    text = ", ".join(shown(v, 40) for v in values[:limit])
+    if len(values) > limit:
+        text += f", … ({len(values) - limit:,} more)"
+    return text
