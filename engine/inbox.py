@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import unicodedata
 import uuid
@@ -34,6 +35,8 @@ from engine.tenants import UnknownTenantError, tenant_id, validate_name
 from engine.text import readable_name, shown
 
 SETTLE_SECONDS = 2.0
+#: A folder name's bytes (file systems allow 255; room is left for the moved files' stamps).
+MAX_FOLDER_BYTES = 200
 #: Bytes of a dropped file's name, leaving room for the `-N`, the timestamp and the sidecar's
 #: `.` and `.upload.json` within the 255 bytes most file systems allow.
 MAX_NAME_BYTES = 150
@@ -159,6 +162,12 @@ def drop(
         raise IngestError(
             f"list name {list_name!r} cannot be used for an inbox folder: it must not contain "
             "'/' or '\\' or start with '.' (penguin upload takes any name)"
+        )
+    if len(os.fsencode(list_name)) > MAX_FOLDER_BYTES:
+        raise IngestError(
+            f"list name {shown(list_name, 40)} is too long for an inbox folder "
+            f"({len(os.fsencode(list_name))} bytes, at most {MAX_FOLDER_BYTES}; "
+            "penguin upload takes it)"
         )
     folder = inbox_path(uploads) / tenant / list_name
     folder.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,7 @@ def test_a_second_file_of_the_same_name_does_not_overwrite_the_first(database, t
         ("default", ".hidden", "list name '.hidden' cannot be used for an inbox folder"),
         ("default", "  ", "a list name must not be empty"),
         ("Not A Tenant", "l", "tenant name 'Not A Tenant' is not valid"),
+        ("default", "é" * 150, r"is too long for an inbox folder \(300 bytes, at most 200;"),
     ],
 )
 def test_drop_refuses_names_that_cannot_be_inbox_folders(
