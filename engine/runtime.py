@@ -233,18 +233,27 @@ class StartupError(RuntimeError):
     pass
 
 
+def _graphql(base_url: str, query: bytes, timeout: float) -> dict | None:
+    """The `data` of a query to Dagster's GraphQL API, or None while it does not answer."""
+    request = urllib.request.Request(
+        f"{base_url}/graphql", data=query, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)["data"]
+    except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def dagster_ready(base_url: str, timeout: float = 5.0) -> bool:
     """The webserver answers and every code location has loaded (assets are visible).
 
     A code location that failed to load is a startup error, not something to wait for.
     """
-    request = urllib.request.Request(
-        f"{base_url}/graphql", data=_LOCATIONS, headers={"Content-Type": "application/json"}
-    )
+    data = _graphql(base_url, _LOCATIONS, timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            entries = json.load(response)["data"]["workspaceOrError"]["locationEntries"]
-    except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
+        entries = data["workspaceOrError"]["locationEntries"]  # type: ignore[index]
+    except (KeyError, TypeError):
         return False
     if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
         return False
@@ -268,15 +277,11 @@ _DAEMONS = json.dumps(
 
 def daemon_ready(base_url: str, timeout: float = 5.0) -> bool:
     """Every daemon the instance requires (sensors, run queue, ...) has reported in."""
-    request = urllib.request.Request(
-        f"{base_url}/graphql", data=_DAEMONS, headers={"Content-Type": "application/json"}
-    )
+    data = _graphql(base_url, _DAEMONS, timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            health = json.load(response)["data"]["instance"]["daemonHealth"]
-    except (urllib.error.URLError, OSError, KeyError, TypeError, ValueError):
+        statuses = data["instance"]["daemonHealth"]["allDaemonStatuses"]  # type: ignore[index]
+    except (KeyError, TypeError):
         return False
-    statuses = health["allDaemonStatuses"]
     return bool(statuses) and all(s["healthy"] for s in statuses if s["required"])
 
 

@@ -195,3 +195,14 @@ def built_pipeline(pg_server: str, template_database: str, tmp_path_factory) -> 
     yield Pipeline(db, SmtpTestServer("127.0.0.1", port, handler), result)
     controller.stop()
     db.dispose()
+
+
+@pytest.fixture
+def env(database: Database) -> dict[str, str]:
+    """The environment of a user's shell pointed at `database` (for running `penguin`)."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database.settings.database_url,
+        "PENGUIN_HOME": str(database.settings.home),
+        "COLUMNS": "200",
+    }

@@ -21,6 +21,22 @@ from engine.senders import create_sender
 from engine.tenants import create_tenant
 
 DBT = str(Path(sys.executable).with_name("dbt"))
+PENGUIN = str(Path(sys.executable).with_name("penguin"))
+
+
+def run_penguin(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    """The `penguin` command as a user runs it, from the repository root unless `cwd`."""
+    return subprocess.run(
+        [PENGUIN, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=kwargs.pop("cwd", DBT_PROJECT_DIR.parent),
+        **kwargs,
+    )
+
+
 HEADER = ["Email", "First Name", "Last Name", "Company", "Plan"]
 
 

@@ -8,34 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from engine import migrate
 from engine.config import PROJECT_ROOT
-
-PENGUIN = str(Path(sys.executable).with_name("penguin"))
-
-
-def run(args, env, **kwargs):
-    return subprocess.run(
-        [PENGUIN, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=kwargs.pop("cwd", PROJECT_ROOT),
-        **kwargs,
-    )
-
-
-@pytest.fixture
-def env(database):
-    return {
-        **os.environ,
-        "DATABASE_URL": database.settings.database_url,
-        "PENGUIN_HOME": str(database.settings.home),
-        "COLUMNS": "200",
-    }
+from tests.factories import PENGUIN
+from tests.factories import run_penguin as run
 
 
 def test_env_prints_exports_that_dbt_can_use(env):

@@ -3,36 +3,13 @@ one clear line, never a traceback; batches named by the start of their id, like 
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
-from engine.config import PROJECT_ROOT
+from tests.factories import run_penguin as run
 from tests.factories import write_csv
-
-PENGUIN = str(Path(sys.executable).with_name("penguin"))
-
-
-def run(args, env):
-    return subprocess.run(
-        [PENGUIN, *args], env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
-    )
-
-
-@pytest.fixture
-def env(database):
-    return {
-        **os.environ,
-        "DATABASE_URL": database.settings.database_url,
-        "PENGUIN_HOME": str(database.settings.home),
-        "COLUMNS": "200",
-    }
 
 
 def _batch(database, batch_id: str, file_name: str) -> None:

@@ -34,25 +34,6 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-#: Tables with a tenant_id (as in 0001); their isolation policy is recreated below.
-TENANT_TABLES = (
-    "sender_accounts",
-    "templates",
-    "contact_lists",
-    "upload_batches",
-    "upload_rejects",
-    "contacts",
-    "contact_list_members",
-    "suppressions",
-    "campaigns",
-    "campaign_settings",
-    "campaign_steps",
-    "campaign_contacts",
-    "sent_emails",
-    "email_events",
-    "campaign_approvals",
-)
-
 SEARCH_PATH = "pg_catalog, app"
 
 ROLES = f"""
@@ -154,14 +135,23 @@ create unique index tenants_variable_name_key
 
 
 def _policies(condition: str) -> str:
-    return "\n".join(
-        f"""
-drop policy tenant_isolation on app.{table};
-create policy tenant_isolation on app.{table}
-    using (tenant_id = {condition})
-    with check (tenant_id = {condition});"""
-        for table in TENANT_TABLES
-    )
+    """Every tenant table's isolation policy (made in 0001), recreated with `condition`."""
+    return f"""
+do $$
+declare
+    t text;
+begin
+    for t in select tablename from pg_catalog.pg_policies
+             where schemaname = 'app' and policyname = 'tenant_isolation'
+    loop
+        execute pg_catalog.format('drop policy tenant_isolation on app.%I', t);
+        execute pg_catalog.format(
+            'create policy tenant_isolation on app.%I using (tenant_id = {condition}) '
+            'with check (tenant_id = {condition})', t);
+    end loop;
+end
+$$;
+"""
 
 
 # (table, old constraint, new definition)
