@@ -83,14 +83,7 @@ _STEPS = sa.text(
 LAUNCH_SAMPLE_SIZE = 10_000
 
 _LIST_SIZE = sa.text("select count(*) from app.contact_list_members where list_id = :list_id")
-_LIST_CONTACTS = sa.text(
-    """
-    select c.* from app.contacts c
-    join app.contact_list_members m on m.contact_id = c.id
-    where m.list_id = :list_id
-    order by c.id
-    """
-)
+# Every contact when the list holds at most :limit, else a random sample of :limit.
 _SAMPLE_CONTACTS = sa.text(
     """
     select c.* from app.contacts c
@@ -247,14 +240,11 @@ def validate_campaign(
         if campaign.list_id is None
         else conn.execute(_LIST_SIZE, {"list_id": campaign.list_id}).scalar_one()
     )
-    if on_list == 0:
-        contacts: list[sa.Row] = []
-    elif on_list <= sample_size:
-        contacts = conn.execute(_LIST_CONTACTS, {"list_id": campaign.list_id}).all()
-    else:
-        contacts = conn.execute(
-            _SAMPLE_CONTACTS, {"list_id": campaign.list_id, "limit": sample_size}
-        ).all()
+    contacts = (
+        conn.execute(_SAMPLE_CONTACTS, {"list_id": campaign.list_id, "limit": sample_size}).all()
+        if on_list
+        else []
+    )
     check = LaunchCheck(len(email_steps), len(contacts), max(on_list, len(contacts)))
     if contacts and email_steps:
         with Renderer(limits) as renderer:

@@ -137,15 +137,8 @@ def db_upgrade() -> None:
     console.print(f"schema app is at revision {revision} (head {migrate.head_revision()})")
     from rich.markup import escape
 
-    for schema, owner in migrate.stray_schemas(db):
-        err.print(
-            "[yellow]warning:[/] "
-            + escape(
-                f"schema {schema!r} (owner {owner}) was not made by a migration and a role's "
-                "SQL could resolve names in it; inspect it and drop it if nobody needs it: "
-                f'drop schema "{schema}" cascade'
-            )
-        )
+    for warning in migrate.stray_schema_warnings(db):
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 @db_app.command("stop")

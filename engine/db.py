@@ -47,6 +47,18 @@ class ConnectionParts:
     dbname: str
     sslmode: str | None = None
 
+    def environment(self) -> dict[str, str]:
+        """The server's coordinates as the `PENGUIN_PG_*` variables every process of the
+        system (and dbt's profiles.yml) reads; never a user or a password."""
+        env = {
+            "PENGUIN_PG_HOST": self.host,
+            "PENGUIN_PG_PORT": str(self.port),
+            "PENGUIN_PG_DATABASE": self.dbname,
+        }
+        if self.sslmode:
+            env["PENGUIN_PG_SSLMODE"] = self.sslmode
+        return env
+
 
 def connection_parts(url: URL) -> ConnectionParts:
     host = url.host or url.query.get("host") or "localhost"

@@ -134,7 +134,10 @@ def pending_files(uploads: Path, *, now_timestamp: float | None = None) -> Itera
     for path in sorted(inbox_path(uploads).glob("*/*/*")):
         if not path.is_file() or path.name.startswith("."):
             continue
-        if now_timestamp is not None and now_timestamp - path.stat().st_mtime < SETTLE_SECONDS:
+        try:
+            if now_timestamp is not None and now_timestamp - path.stat().st_mtime < SETTLE_SECONDS:
+                continue
+        except FileNotFoundError:  # moved on (by its run) since the listing
             continue
         yield read_file(path)
 

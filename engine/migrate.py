@@ -107,11 +107,11 @@ _STRAY_SCHEMAS = sa.text(
 )
 
 
-def stray_schemas(db: Database) -> list[tuple[str, str]]:
-    """Schemas that no migration made but a role could have: owned by one of the project's
-    roles, or named after a role (a default search path's "$user"). Since revision 0004 no
-    role but the owner can create one; a database upgraded from before may still hold one a
-    role planted then. (schema, owner) pairs, for the operator to inspect and drop."""
+def stray_schema_warnings(db: Database) -> list[str]:
+    """One warning per schema that no migration made but a role could have: owned by one of
+    the project's roles, or named after a role (a default search path's "$user"). Since
+    revision 0004 no role but the owner can create one; a database upgraded from before may
+    still hold one a role planted then, for the operator to inspect and drop."""
     with db.owner.connect() as conn:
         rows = conn.execute(
             _STRAY_SCHEMAS,
@@ -120,7 +120,12 @@ def stray_schemas(db: Database) -> list[tuple[str, str]]:
                 "expected": list(ANALYTICS_SCHEMAS),
             },
         )
-        return [(row.schema, row.owner) for row in rows]
+        return [
+            f"schema {row.schema!r} (owner {row.owner}) was not made by a migration and a "
+            "role's SQL could resolve names in it; inspect it and drop it if nobody needs it: "
+            f'drop schema "{row.schema}" cascade'
+            for row in rows
+        ]
 
 
 def _set_role_passwords(db: Database) -> None:

@@ -36,7 +36,7 @@ from rich.markup import escape
 
 from engine import dbt_manifest, migrate
 from engine.config import PROJECT_ROOT, Settings
-from engine.db import Database, connection_parts
+from engine.db import Database
 from engine.embedded import release_embedded_postgres
 from engine.smtp_sink import SmtpSink
 
@@ -98,16 +98,12 @@ _TELEMETRY_OFF = {"DO_NOT_TRACK": "1", "DAGSTER_DISABLE_TELEMETRY": "1"}
 def exported_environment(db: Database) -> dict[str, str]:
     """The variables every process needs to share this database, sink and home."""
     settings = db.settings
-    parts = connection_parts(db.owner_url)
     env = {
         "PENGUIN_HOME": str(settings.home),
         "DATABASE_URL": db.owner_url.set(drivername="postgresql").render_as_string(
             hide_password=False
         ),
-        "PENGUIN_PG_HOST": parts.host,
-        "PENGUIN_PG_PORT": str(parts.port),
-        "PENGUIN_PG_DATABASE": parts.dbname,
-        **({"PENGUIN_PG_SSLMODE": parts.sslmode} if parts.sslmode else {}),
+        **db.server.environment(),
         "PENGUIN_SMTP_SINK_PORT": str(settings.smtp_sink_port),
         "DAGSTER_HOME": str(settings.dagster_home),
         "DO_NOT_TRACK": "1",
@@ -148,14 +144,8 @@ def child_environment(
         if not name.startswith(_PRIVATE_PREFIXES) and name not in _PRIVATE_NAMES
     }
     env.update(_TELEMETRY_OFF)
-    env.update(
-        PENGUIN_HOME=str(settings.home),
-        PENGUIN_PG_HOST=server.host,
-        PENGUIN_PG_PORT=str(server.port),
-        PENGUIN_PG_DATABASE=server.dbname,
-    )
-    if server.sslmode:
-        env["PENGUIN_PG_SSLMODE"] = server.sslmode
+    env["PENGUIN_HOME"] = str(settings.home)
+    env.update(server.environment())
     if kind == "dagster":
         env.update(
             DAGSTER_HOME=str(settings.dagster_home),
@@ -394,14 +384,8 @@ class Stack:
         with console.status("Applying migrations…"):
             revision = migrate.upgrade(db)
         console.print(f"[green]✓[/] Schema      app at revision {revision}")
-        for schema, owner in migrate.stray_schemas(db):
-            console.print(
-                "[yellow]![/] "
-                + escape(
-                    f"schema {schema!r} (owner {owner}) was not made by a migration; inspect "
-                    f'it and drop it if nobody needs it: drop schema "{schema}" cascade'
-                )
-            )
+        for warning in migrate.stray_schema_warnings(db):
+            console.print(f"[yellow]![/] {escape(warning)}")
         dagster_env = child_environment("dagster", db)
         dashboards_env = child_environment("dashboards", db)
         if dbt_manifest.is_stale():
@@ -575,7 +559,7 @@ class Stack:
 
 
 def _describe(db: Database) -> str:
-    parts = connection_parts(db.owner_url)
+    parts = db.server
     where = parts.host if parts.host.startswith("/") else f"{parts.host}:{parts.port}"
     kind = "external" if db.settings.database_url else "embedded"
     return f"{kind}, {where}, database {parts.dbname}"

@@ -165,14 +165,15 @@ class _LimitedSandbox(SandboxedEnvironment):
             self._check_percent(left, right)
         return super().call_binop(context, operator, left, right)
 
+    def _check_bits(self, bits: int) -> None:
+        if bits > _MAX_INT_BITS:
+            raise _Refused(
+                f"template would compute a number of about {bits:,} bits (limit {_MAX_INT_BITS:,})"
+            )
+
     def _check_power(self, base: Any, exponent: Any) -> None:
         if isinstance(base, int) and isinstance(exponent, int) and exponent > 0:
-            bits = max(abs(base).bit_length() - 1, 0) * exponent if abs(base) > 1 else 0
-            if bits > _MAX_INT_BITS:
-                raise _Refused(
-                    f"template would compute a number of about {bits:,} bits "
-                    f"(limit {_MAX_INT_BITS:,})"
-                )
+            self._check_bits(max(abs(base).bit_length() - 1, 0) * exponent if abs(base) > 1 else 0)
 
     def _check_repeat(self, left: Any, right: Any) -> None:
         for seq, times in ((left, right), (right, left)):
@@ -180,12 +181,7 @@ class _LimitedSandbox(SandboxedEnvironment):
                 what = "a string" if isinstance(seq, str) else "a list"
                 self._check_length(len(seq) * times, what)
         if isinstance(left, int) and isinstance(right, int):
-            bits = left.bit_length() + right.bit_length()
-            if bits > _MAX_INT_BITS:
-                raise _Refused(
-                    f"template would compute a number of about {bits:,} bits "
-                    f"(limit {_MAX_INT_BITS:,})"
-                )
+            self._check_bits(left.bit_length() + right.bit_length())
 
     def _check_percent(self, text: str, args: Any) -> None:
         values = args if isinstance(args, tuple) else (args,)
@@ -260,7 +256,7 @@ def _limit_memory(allowance: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _render_part(env: _LimitedSandbox, template: Template, context: dict, limit: int) -> str:
+def _render_part(template: Template, context: dict, limit: int) -> str:
     chunks: list[str] = []
     size = 0
     for chunk in template.generate(context):
@@ -294,7 +290,7 @@ def _render_item(
                     cache.popitem(last=False)
             else:
                 cache.move_to_end(source)
-            texts.append(_render_part(env, template, context, limits.output_bytes))
+            texts.append(_render_part(template, context, limits.output_bytes))
         except MemoryError:
             return (_ERROR, index, _memory_message(limits), True)
         except _Refused as exc:

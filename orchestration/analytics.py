@@ -20,6 +20,8 @@ from orchestration.resources import PostgresResource
 DBT_EXECUTABLE = dbt_manifest.dbt_executable()
 #: The pool of every dbt build (see the module docstring).
 DBT_POOL = "dbt"
+#: The dbt models (all keyed under `analytics/`): what a run that sends rebuilds after sending.
+MARTS = dg.AssetSelection.key_prefixes("analytics")
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
 

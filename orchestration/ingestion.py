@@ -1,14 +1,14 @@
 """Ingestion: CSV files in the uploads inbox become upload batches, contacts and lists.
 
-`upload_inbox_sensor` asks for one run per waiting file, keyed by the file and its content,
-so a second tick, or a retried run, never loads a file twice. The sensor only looks: the
+`upload_inbox_sensor` asks for one run per waiting file, keyed by the file, its size and
+mtime, so a second tick, or a retried run, never loads a file twice (a run hashes its file and
+skips content already loaded into that list). The sensor only looks: the
 `uploads` multi-asset ingests the file (or, materialized by hand, every waiting file) through
 `engine.ingest`, moves it on (to `processed/`, also when its content was loaded before, or
 to `failed/`) and reports on the three tables it writes.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
-import json
 import time
 
 import dagster as dg
@@ -16,7 +16,7 @@ import pydantic
 import sqlalchemy as sa
 
 from engine.inbox import InboxOutcome, pending_files, process_file, read_file
-from engine.ingest import survey
+from orchestration.analytics import MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
@@ -210,7 +210,7 @@ ingest_upload_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(
         "upload_batches", "contacts", "contact_lists", "enrollments", "sent_emails"
     )
-    | dg.AssetSelection.key_prefixes("analytics"),
+    | MARTS,
     description="Ingest one uploaded file, enroll its contacts in active campaigns, send what "
     "is due, and rebuild the marts.",
 )
@@ -223,33 +223,27 @@ ingest_upload_job = dg.define_asset_job(
     description="Starts ingest_upload_job for each file waiting in the uploads inbox.",
 )
 def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
-    """One run per waiting file, keyed by tenant, list, file name, mtime and content hash: a
-    second tick or a retry maps to the same key, which Dagster runs once, while the same
-    name and content dropped again later (a new mtime) gets a run of its own, which finds it
-    loaded and moves it to `processed/`. The sensor reads and requests, nothing else: every
-    file, broken instructions included, is moved by its run. The cursor remembers each
-    waiting file's hash by size and mtime, so a large file is hashed once, not every tick."""
+    """One run per waiting file, keyed by its path in the inbox, size and mtime: a second
+    tick or a retry maps to the same key, which Dagster runs once, while the same file dropped
+    again later (a new mtime) gets a run of its own, which finds its content loaded (the run
+    hashes it) and moves it to `processed/`. The sensor only lists and requests: it reads no
+    file's content and moves nothing; every file, broken instructions included, is moved by
+    its run."""
     uploads_dir = postgres.db.settings.uploads
-    seen = json.loads(context.cursor) if context.cursor else {}
-    waiting = {}
     requests = []
     for item in pending_files(uploads_dir, now_timestamp=time.time()):
-        stat = item.path.stat()
+        try:
+            stat = item.path.stat()
+        except FileNotFoundError:  # its run moved it on since the listing
+            continue
         relative = str(item.path.relative_to(uploads_dir / "inbox"))
-        known = seen.get(relative)
-        if known and known[:2] == [stat.st_size, stat.st_mtime_ns]:
-            sha = known[2]
-        else:
-            sha = survey(item.path).sha256
-        waiting[relative] = [stat.st_size, stat.st_mtime_ns, sha]
         requests.append(
             dg.RunRequest(
-                run_key=f"upload:{relative}:{stat.st_mtime_ns}:{sha}",
+                run_key=f"upload:{relative}:{stat.st_size}:{stat.st_mtime_ns}",
                 run_config=dg.RunConfig(ops={"uploads": UploadConfig(path=relative)}),
                 tags={"penguin/tenant": item.tenant, "penguin/list": item.list_name},
             )
         )
-    context.update_cursor(json.dumps(waiting))
     if not requests:
         return dg.SkipReason("no files are waiting in the uploads inbox")
     return requests

@@ -46,14 +46,7 @@ class PostgresResource(dg.ConfigurableResource):
 
     def dbt_env(self) -> dict[str, str]:
         """What dbt's profiles.yml reads: the server, and the analytics role's password."""
-        server = self.db.server
-        env = {
-            "PENGUIN_PG_HOST": server.host,
-            "PENGUIN_PG_PORT": str(server.port),
-            "PENGUIN_PG_DATABASE": server.dbname,
-        }
-        if server.sslmode:
-            env["PENGUIN_PG_SSLMODE"] = server.sslmode
+        env = self.db.server.environment()
         if self.db.settings.analytics_password:
             env["PENGUIN_ANALYTICS_PASSWORD"] = self.db.settings.analytics_password
         return env

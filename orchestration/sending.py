@@ -14,6 +14,7 @@ from engine.enrollment import enroll_active_campaigns
 from engine.sending import store
 from engine.sending.scheduler import send_due
 from engine.tenants import all_tenants
+from orchestration.analytics import MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource, SmtpResource
 
@@ -45,8 +46,6 @@ def enrollments(
 
 #: The pool of every run of the sending engine (see the module docstring).
 SENDS_POOL = "sends"
-#: The dbt models, which a run that sends rebuilds after sending.
-MARTS = dg.AssetSelection.key_prefixes("analytics")
 
 
 @dg.asset(

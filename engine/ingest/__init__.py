@@ -37,7 +37,7 @@ from engine.db import tenant_transaction
 from engine.ingest import store
 from engine.ingest.clean import clean_chunk
 from engine.ingest.columns import FIELDS, check_fields, map_columns, parse_mapping
-from engine.ingest.errors import IngestError, readable_name, shown, shown_list
+from engine.ingest.errors import IngestError
 from engine.ingest.source import (
     LINE,
     CsvScan,
@@ -48,6 +48,7 @@ from engine.ingest.source import (
     survey,
     to_utf8,
 )
+from engine.text import readable_name, shown, shown_list
 
 #: progress(stage, done, total): stage is "reading" (rows) or "merging" (no counts).
 Progress = Callable[[str, int, int | None], None]

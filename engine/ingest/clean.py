@@ -21,8 +21,8 @@ import polars as pl
 from email_validator import EmailNotValidError, validate_email
 
 from engine.ingest.columns import TEXT_FIELDS
-from engine.ingest.errors import shown
 from engine.ingest.source import LINE, MAX_REJECT_TEXT, positions
+from engine.text import shown
 
 _ATOM = r"[A-Za-z0-9_%+'-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

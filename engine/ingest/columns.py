@@ -15,7 +15,8 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from engine.ingest.errors import IngestError, shown, shown_list
+from engine.ingest.errors import IngestError
+from engine.text import shown, shown_list
 
 HEADER_ALIASES: dict[str, tuple[str, ...]] = {
     "email": (

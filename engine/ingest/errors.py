@@ -1,13 +1,8 @@
 """The one error a user can cause by uploading a file.
 
-User text quoted in its messages goes through `engine.text.shown` (re-exported here).
+User text quoted in its messages goes through `engine.text.shown`, so each message is one
+readable line of bounded length.
 """
-
-from __future__ import annotations
-
-from engine.text import readable_name, shown, shown_list
-
-__all__ = ["IngestError", "readable_name", "shown", "shown_list"]
 
 
 class IngestError(ValueError):

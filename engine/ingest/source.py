@@ -44,7 +44,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from engine.ingest.errors import IngestError, shown
+from engine.ingest.errors import IngestError
+from engine.text import shown
 
 CHUNK_BYTES = 1 << 20
 #: Records DuckDB hands over at a time, at most; bounds memory whatever the file's length.
