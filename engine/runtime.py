@@ -66,6 +66,13 @@ concurrency:
     granularity: run
   runs:
     max_concurrent_runs: 4
+    # The same per job, counted by the run queue as it starts runs (a pool limit let two runs
+    # queued at once start together on a fresh instance): one dbt build, one send run.
+    tag_concurrency_limits:
+      - key: penguin/dbt
+        limit: 1
+      - key: penguin/sends
+        limit: 1
 sensors:
   # Each sensor is evaluated in its own thread, so a slow tick does not delay the others.
   use_threads: true

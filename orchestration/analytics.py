@@ -22,6 +22,11 @@ DBT_EXECUTABLE = dbt_manifest.dbt_executable()
 DBT_POOL = "dbt"
 #: The dbt models (all keyed under `analytics/`): what a run that sends rebuilds after sending.
 MARTS = dg.AssetSelection.key_prefixes("analytics")
+#: Run tag of every job that builds the marts: the run queue starts one such run at a time
+#: (`tag_concurrency_limits` in the instance `penguin up` writes). The pool alone let two
+#: runs submitted at once start together on a fresh instance; it still covers materializations
+#: started by hand, which carry no job tags.
+DBT_TAGS = {"penguin/dbt": "build"}
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
 
@@ -65,6 +70,7 @@ analytics_job = dg.define_asset_job(
     "analytics_job",
     selection=dg.AssetSelection.assets(analytics_models),
     description="dbt build: staging views, marts, and their tests.",
+    tags=DBT_TAGS,
 )
 
 analytics_daily_schedule = dg.ScheduleDefinition(

@@ -19,6 +19,7 @@ from engine.inbox import InboxOutcome, pending_files, process_file, read_file
 from orchestration.analytics import MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
+from orchestration.sending import SENDS_TAGS
 
 GROUP = "ingestion"
 
@@ -206,13 +207,15 @@ def list_members_have_contacts(postgres: PostgresResource) -> dg.AssetCheckResul
 ingest_upload_job = dg.define_asset_job(
     "ingest_upload_job",
     # Sending and the marts in the same run (one run start from a file to the dashboards);
-    # their pools (`sends`, `dbt`) keep it from overlapping another send run or dbt build.
+    # its tags (and the pools `sends`, `dbt`) keep it from overlapping another send run or
+    # dbt build.
     selection=dg.AssetSelection.assets(
         "upload_batches", "contacts", "contact_lists", "enrollments", "sent_emails"
     )
     | MARTS,
     description="Ingest one uploaded file, enroll its contacts in active campaigns, send what "
     "is due, and rebuild the marts.",
+    tags=SENDS_TAGS,
 )
 
 

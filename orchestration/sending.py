@@ -14,7 +14,7 @@ from engine.enrollment import enroll_active_campaigns
 from engine.sending import store
 from engine.sending.scheduler import send_due
 from engine.tenants import all_tenants
-from orchestration.analytics import MARTS
+from orchestration.analytics import DBT_TAGS, MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource, SmtpResource
 
@@ -46,6 +46,9 @@ def enrollments(
 
 #: The pool of every run of the sending engine (see the module docstring).
 SENDS_POOL = "sends"
+#: Run tags of every job that sends (and so rebuilds the marts): one such run at a time in
+#: the run queue, as with `analytics.DBT_TAGS`.
+SENDS_TAGS = {"penguin/sends": "send", **DBT_TAGS}
 
 
 @dg.asset(
@@ -77,6 +80,7 @@ send_due_job = dg.define_asset_job(
     "send_due_job",
     selection=dg.AssetSelection.assets(sent_emails) | MARTS,
     description="Send every message that is due now, then rebuild the marts (dbt build).",
+    tags=SENDS_TAGS,
 )
 
 _FINISHED = [
