@@ -1,0 +1,1 @@
+"""The sequence engine: scheduling rules, conditions, step statements and the forecast."""
