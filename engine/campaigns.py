@@ -42,9 +42,15 @@ class CampaignError(ValueError):
 
 _INSERT_CAMPAIGN = sa.text(
     """
-    insert into app.campaigns (tenant_id, name, description, list_id, sender_account_id, timezone)
-    values (app.current_tenant_id(), :name, :description, :list_id, :sender_id, :timezone)
+    insert into app.campaigns (tenant_id, name, description, list_id, timezone)
+    values (app.current_tenant_id(), :name, :description, :list_id, :timezone)
     returning id
+    """
+)
+_INSERT_SENDER = sa.text(
+    """
+    insert into app.campaign_senders (tenant_id, campaign_id, sender_account_id, position)
+    values (app.current_tenant_id(), :campaign_id, :sender_id, 1)
     """
 )
 _INSERT_SETTINGS = sa.text(
@@ -58,14 +64,29 @@ _INSERT_SETTINGS = sa.text(
 _INSERT_STEP = sa.text(
     """
     insert into app.campaign_steps
-        (tenant_id, campaign_id, step_order, name, step_type, subject, body_text, body_html,
+        (tenant_id, campaign_id, step_order, key, name, step_type, subject, body_text, body_html,
          wait_duration)
-    values (app.current_tenant_id(), :campaign_id, :step_order, :name, :step_type, :subject,
-            :body_text, :body_html, :wait)
+    values (app.current_tenant_id(), :campaign_id, :step_order, 'step-' || :step_order, :name,
+            :step_type, :subject, :body_text, :body_html, :wait)
+    """
+)
+# Steps run in order: each one's next step is the one after it (the last one's is the end).
+_LINK_STEPS = sa.text(
+    """
+    update app.campaign_steps s set next_step_id = n.next_id
+    from (
+        select id, lead(id) over (order by step_order) as next_id
+        from app.campaign_steps where campaign_id = :campaign_id and removed_at is null
+    ) n
+    where n.id = s.id
     """
 )
 _CAMPAIGN = sa.text(
-    "select id, status, list_id, sender_account_id from app.campaigns where id = :id"
+    """
+    select c.id, c.status, c.list_id,
+           exists (select from app.campaign_senders cs where cs.campaign_id = c.id) as has_sender
+    from app.campaigns c where c.id = :id
+    """
 )
 # Row-level security hides other tenants' senders, so "not found" covers both cases.
 _SENDER_VISIBLE = sa.text("select exists (select from app.sender_accounts where id = :id)")
@@ -75,7 +96,7 @@ _STEPS = sa.text(
            coalesce(s.body_text, t.body_text) as body_text,
            coalesce(s.body_html, t.body_html) as body_html
     from app.campaign_steps s left join app.templates t on t.id = s.template_id
-    where s.campaign_id = :id order by s.step_order
+    where s.campaign_id = :id and s.removed_at is null order by s.step_order
     """
 )
 #: Launch renders every contact of a list up to this size, and a random sample of this many
@@ -133,7 +154,6 @@ def create_campaign(
             "name": name,
             "description": description,
             "list_id": list_id,
-            "sender_id": sender_id,
             "timezone": timezone,
         },
     ).scalar_one()
@@ -163,6 +183,8 @@ def create_campaign(
             for order, step in enumerate(steps, start=1)
         ],
     )
+    conn.execute(_LINK_STEPS, {"campaign_id": campaign_id})
+    conn.execute(_INSERT_SENDER, {"campaign_id": campaign_id, "sender_id": sender_id})
     return campaign_id
 
 
@@ -214,7 +236,7 @@ def validate_campaign(
     campaign = conn.execute(_CAMPAIGN, {"id": campaign_id}).one_or_none()
     if campaign is None:
         raise CampaignError(f"no campaign with id {campaign_id}")
-    if campaign.sender_account_id is None:
+    if not campaign.has_sender:
         raise CampaignError("the campaign has no sender account")
     steps = conn.execute(_STEPS, {"id": campaign_id}).all()
     if not steps:

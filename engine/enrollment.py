@@ -22,7 +22,7 @@ _ENROLL = sa.text(
         join app.contacts ct on ct.id = m.contact_id and ct.status = 'active'
         cross join lateral (
             select s.id from app.campaign_steps s
-            where s.campaign_id = c.id order by s.step_order limit 1
+            where s.campaign_id = c.id and s.removed_at is null order by s.step_order limit 1
         ) first_step
         where c.status = 'active'
           and not exists (

@@ -63,7 +63,8 @@ WORK = sa.text(
     -- The tenant's name binds its SMTP password variables (senders.check_password_env).
     join app.tenants tn on tn.id = cc.tenant_id
     left join app.templates t on t.id = s.template_id
-    left join app.sender_accounts snd on snd.id = c.sender_account_id
+    left join app.campaign_senders cs on cs.campaign_id = c.id and cs.position = 1
+    left join app.sender_accounts snd on snd.id = cs.sender_account_id
     left join app.sent_emails m on m.campaign_contact_id = cc.id and m.step_id = s.id
     where cc.id = any(:ids) and cc.lease_owner = :worker
     order by cc.next_run_at
@@ -114,12 +115,7 @@ RECORD = sa.text(
 ADVANCE = sa.text(
     """
     with next_step as (
-        select (
-            select s2.id from app.campaign_steps s2
-            join app.campaign_steps s1 on s1.id = :step_id
-            where s2.campaign_id = s1.campaign_id and s2.step_order > s1.step_order
-            order by s2.step_order limit 1
-        ) as id
+        select (select s.next_step_id from app.campaign_steps s where s.id = :step_id) as id
     )
     update app.campaign_contacts cc
     set current_step_id = coalesce(n.id, cc.current_step_id),

@@ -263,13 +263,20 @@ def test_a_worker_whose_lease_was_taken_over_changes_nothing(database, smtp_serv
     }
 
 
+def test_a_sender_a_campaign_rotates_over_cannot_be_deleted(database, now, tmp_path):
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with pytest.raises(sa.exc.IntegrityError, match="campaign_senders"):
+        with tenant_transaction(database.app, tenant.tenant_id) as conn:
+            conn.execute(sa.text("delete from app.sender_accounts"))
+
+
 def test_campaign_without_a_usable_sender_exits_and_other_tenants_still_send(
     database, smtp_server, now, tmp_path
 ):
     broken = seed_tenant(database, "broken", now, tmp_path)
     healthy = seed_tenant(database, "healthy", now, tmp_path)
     with tenant_transaction(database.app, broken.tenant_id) as conn:
-        conn.execute(sa.text("delete from app.sender_accounts"))
+        conn.execute(sa.text("delete from app.campaign_senders"))
     report = send_due(database.app, smtp_server.server(), now)
     assert report.sent == 3
     assert {m["To"].split("@")[0][:-1] for m in smtp_server.messages} == {"healthy"}

@@ -9,7 +9,6 @@ renamed as (
         name as campaign_name,
         status as campaign_status,
         list_id,
-        sender_account_id,
         timezone as campaign_timezone,
         launched_at,
         completed_at,
