@@ -4,6 +4,8 @@ without SMTPUTF8: one address a server cannot take ends only its own message."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 
@@ -13,8 +15,16 @@ from aiosmtpd.controller import Controller
 
 from engine.db import tenant_transaction
 from engine.senders import SmtpServer
-from engine.sending.messenger import Outcome, OutgoingEmail, deliver
-from engine.sending.scheduler import send_due
+from engine.sending.messenger import (
+    CallbackError,
+    Courier,
+    CourierConfig,
+    Delivery,
+    Outcome,
+    OutgoingEmail,
+    SendJob,
+    deliver,
+)
 from engine.smtp_sink import SmtpSink
 from tests.conftest import NOW, free_port
 from tests.factories import seed_tenant
@@ -167,6 +177,8 @@ def test_the_local_sink_takes_smtputf8_addresses(tmp_path):
 def test_a_recipient_the_server_cannot_take_ends_only_its_enrollment(
     database, ascii_server, tmp_path
 ):
+    from engine.sending.scheduler import send_due  # here: the messenger tests need no scheduler
+
     tenant = seed_tenant(database, "acme", NOW, tmp_path)
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
         conn.execute(  # as if a CSV had brought it in
@@ -189,3 +201,291 @@ def test_a_recipient_the_server_cannot_take_ends_only_its_enrollment(
     assert (bad.status, bad.exit_reason, bad.message) == ("exited", "message rejected", "failed")
     assert "does not offer SMTPUTF8" in bad.last_error
     assert {(r.status, r.message) for r in by_email.values()} == {("completed", "sent")}
+
+
+# The courier: pooled sending against a real server that fails on demand (tests/smtp_faults.py).
+
+
+def _jobs(server: SmtpServer, recipients: list[str], first: int = 0, **callbacks) -> list[SendJob]:
+    return [SendJob(server, _email(r, first + i), **callbacks) for i, r in enumerate(recipients)]
+
+
+@pytest.mark.parametrize(
+    ("recipient", "outcome", "code"),
+    [
+        ("ann@example.com", Outcome.SENT, 250),
+        ("r421-ann@example.com", Outcome.RETRY, 421),
+        ("r451-ann@example.com", Outcome.RETRY, 451),
+        ("r550-ann@example.com", Outcome.BOUNCED, 550),
+        ("d554-ann@example.com", Outcome.REJECTED, 554),
+        ("drop-after-data-ann@example.com", Outcome.UNKNOWN, None),
+    ],
+)
+def test_a_real_servers_answer_decides_the_outcome(smtp_faults, recipient, outcome, code):
+    server = smtp_faults.start()
+    with Courier() as courier:
+        [delivery] = courier.send(_jobs(server.smtp, [recipient]))
+    assert (delivery.outcome, delivery.code) == (outcome, code)
+
+
+def test_one_batch_goes_on_past_every_kind_of_fault(smtp_faults):
+    server = smtp_faults.start()
+    recipients = [
+        "r421-a@example.com",
+        "r451-b@example.com",
+        "r550-c@example.com",
+        "d554-d@example.com",
+        "drop-after-data-e@example.com",
+        "f@example.com",
+    ]
+    with Courier(CourierConfig(concurrency=1, per_server=1)) as courier:
+        deliveries = courier.send(_jobs(server.smtp, recipients))
+    assert [d.outcome for d in deliveries] == [
+        Outcome.RETRY,
+        Outcome.RETRY,
+        Outcome.BOUNCED,
+        Outcome.REJECTED,
+        Outcome.UNKNOWN,
+        Outcome.SENT,
+    ]
+    # The message whose connection dropped after DATA did arrive: "unknown" is the truth.
+    assert server.recipients() == ["drop-after-data-e@example.com", "f@example.com"]
+
+
+def test_connections_are_reused_across_batches_and_quit_at_the_end(smtp_faults):
+    server = smtp_faults.start()
+    with Courier(CourierConfig(concurrency=10, per_server=2)) as courier:
+        first = courier.send(_jobs(server.smtp, [f"a{i}@example.com" for i in range(6)]))
+        assert server.connections == 2
+        second = courier.send(_jobs(server.smtp, [f"b{i}@example.com" for i in range(6)], 6))
+        assert server.connections == 2  # the same two sessions carried batch 2
+    assert [d.outcome for d in first + second] == [Outcome.SENT] * 12
+    assert len(server.arrivals) == 12
+    assert server.quits == 2
+    assert server.rsets == 0  # a healthy connection is not reset between messages
+
+
+@pytest.mark.parametrize("fault", ["r550-", "r451-", "r421-", "d554-", "drop-after-data-"])
+def test_a_connection_that_returned_an_error_is_never_reused(smtp_faults, fault):
+    server = smtp_faults.start()
+    recipients = ["a@example.com", f"{fault}b@example.com", "c@example.com"]
+    with Courier(CourierConfig(concurrency=1, per_server=1)) as courier:
+        deliveries = courier.send(_jobs(server.smtp, recipients))
+    assert deliveries[0].outcome is deliveries[2].outcome is Outcome.SENT
+    assert server.connections == 2
+    [first, last] = [a for a in server.arrivals if a.rcpt_tos[0] != f"{fault}b@example.com"]
+    assert (first.connection, last.connection) == (1, 2)
+
+
+def test_a_connection_is_replaced_after_its_message_limit(smtp_faults):
+    server = smtp_faults.start()
+    config = CourierConfig(concurrency=1, per_server=1, messages_per_connection=3)
+    with Courier(config) as courier:
+        courier.send(_jobs(server.smtp, [f"a{i}@example.com" for i in range(7)]))
+    assert [a.connection for a in server.arrivals] == [1, 1, 1, 2, 2, 2, 3]
+    assert server.quits == 3
+
+
+def test_connections_per_server_and_conversations_overall_are_bounded(smtp_faults):
+    one, two = smtp_faults.start(data_delay=0.1), smtp_faults.start(data_delay=0.1)
+    jobs = [
+        job
+        for i in range(8)
+        for job in (
+            SendJob(one.smtp, _email(f"one{i}@example.com", i)),
+            SendJob(two.smtp, _email(f"two{i}@example.com", 100 + i)),
+        )
+    ]
+    with Courier(CourierConfig(concurrency=3, per_server=2)) as courier:
+        deliveries = courier.send(jobs)
+    assert [d.outcome for d in deliveries] == [Outcome.SENT] * 16
+    assert one.max_open <= 2 and two.max_open <= 2
+    assert smtp_faults.max_in_data == 3  # the overall bound, and it was used
+
+
+def test_each_server_gets_its_own_connections_up_to_the_bound(smtp_faults):
+    one, two = smtp_faults.start(data_delay=0.1), smtp_faults.start(data_delay=0.1)
+    jobs = _jobs(one.smtp, [f"one{i}@example.com" for i in range(6)]) + _jobs(
+        two.smtp, [f"two{i}@example.com" for i in range(6)], 6
+    )
+    with Courier(CourierConfig(concurrency=10, per_server=2)) as courier:
+        courier.send(jobs)
+    assert (one.max_open, two.max_open) == (2, 2)
+    assert smtp_faults.max_in_data == 4
+
+
+def test_a_tarpit_costs_one_timeout_and_its_later_messages_none(smtp_faults):
+    tarpit, healthy = smtp_faults.start(tarpit=True), smtp_faults.start()
+    timeout = 0.5
+    jobs = _jobs(tarpit.smtp, [f"t{i}@example.com" for i in range(5)]) + _jobs(
+        healthy.smtp, ["h0@example.com", "h1@example.com"], 5
+    )
+    with Courier(CourierConfig(timeout=timeout, per_server=3)) as courier:
+        started = time.monotonic()
+        deliveries = courier.send(jobs)
+        first_batch = time.monotonic() - started
+        assert [d.outcome for d in deliveries] == [Outcome.SERVER_DOWN] * 5 + [Outcome.SENT] * 2
+        assert "timed out" in deliveries[0].response.lower()
+        assert timeout <= first_batch < 2 * timeout  # one timeout, not one per message
+        assert tarpit.connections == 1
+
+        started = time.monotonic()
+        [later] = courier.send(_jobs(tarpit.smtp, ["t9@example.com"], 9))
+        assert later.outcome is Outcome.SERVER_DOWN
+        assert time.monotonic() - started < timeout / 2  # no wait at all
+        assert tarpit.connections == 1
+        assert set(courier.down) == {tarpit.smtp}
+
+
+def test_a_refused_connection_marks_only_that_server_down(smtp_faults):
+    refused, healthy = smtp_faults.refused(), smtp_faults.start()
+    before_calls: list[str] = []
+    after_calls: list[Outcome] = []
+    jobs = _jobs(
+        refused,
+        ["a@example.com", "b@example.com"],
+        before=lambda: before_calls.append("before"),
+        after=lambda d: after_calls.append(d.outcome),
+    ) + _jobs(healthy.smtp, ["c@example.com"], 2)
+    with Courier() as courier:
+        deliveries = courier.send(jobs)
+    assert [d.outcome for d in deliveries] == [Outcome.SERVER_DOWN] * 2 + [Outcome.SENT]
+    # Nothing was tried for them: `before` never ran, `after` heard why.
+    assert before_calls == [] and after_calls == [Outcome.SERVER_DOWN] * 2
+
+
+def test_a_server_that_stops_answering_mid_conversation_is_down_for_the_rest(smtp_faults):
+    server = smtp_faults.start()
+    recipients = ["hang-a@example.com", "b@example.com", "c@example.com"]
+    with Courier(CourierConfig(timeout=0.5, concurrency=1, per_server=1)) as courier:
+        started = time.monotonic()
+        deliveries = courier.send(_jobs(server.smtp, recipients))
+        elapsed = time.monotonic() - started
+    # The message that was tried spends an attempt; the ones never tried do not.
+    assert [d.outcome for d in deliveries] == [
+        Outcome.RETRY,
+        Outcome.SERVER_DOWN,
+        Outcome.SERVER_DOWN,
+    ]
+    assert "during RCPT" in deliveries[1].response
+    assert elapsed < 1.0 and server.arrivals == []
+
+
+def test_before_returning_false_sends_nothing_and_the_connection_is_kept(smtp_faults):
+    server = smtp_faults.start()
+    after_calls: list[str] = []
+    jobs = [
+        SendJob(
+            server.smtp,
+            _email(r, i),
+            before=lambda r=r: not r.startswith("paused"),
+            after=lambda d, r=r: after_calls.append(r),
+        )
+        for i, r in enumerate(["a@example.com", "paused@example.com", "c@example.com"])
+    ]
+    with Courier(CourierConfig(concurrency=1, per_server=1)) as courier:
+        deliveries = courier.send(jobs)
+    assert deliveries[1] is None and deliveries[0].ok and deliveries[2].ok
+    assert server.recipients() == ["a@example.com", "c@example.com"]
+    assert sorted(after_calls) == ["a@example.com", "c@example.com"]
+    assert server.connections == 1
+
+
+def test_before_runs_just_before_the_conversation_and_after_right_after_in_threads(
+    smtp_faults,
+):
+    server = smtp_faults.start()
+    seen: list[tuple[str, str, bool, str]] = []
+
+    def before(recipient: str) -> bool:
+        arrived = recipient in server.recipients()
+        seen.append(("before", recipient, arrived, threading.current_thread().name))
+        return True
+
+    def after(recipient: str, delivery: Delivery) -> None:
+        arrived = recipient in server.recipients()
+        seen.append(("after", recipient, arrived, threading.current_thread().name))
+
+    recipients = [f"a{i}@example.com" for i in range(4)]
+    jobs = [
+        SendJob(
+            server.smtp,
+            _email(r, i),
+            before=lambda r=r: before(r),
+            after=lambda d, r=r: after(r, d),
+        )
+        for i, r in enumerate(recipients)
+    ]
+    with Courier(CourierConfig(concurrency=2)) as courier:
+        courier.send(jobs)
+    assert sorted((what, r, arrived) for what, r, arrived, _ in seen) == sorted(
+        [("before", r, False) for r in recipients] + [("after", r, True) for r in recipients]
+    )
+    assert all(thread != threading.main_thread().name for *_, thread in seen)
+
+
+def test_callback_errors_end_only_their_job_and_are_raised_after_the_batch(smtp_faults):
+    server = smtp_faults.start()
+
+    def before(recipient: str) -> None:
+        if recipient.startswith("bad-before"):
+            raise RuntimeError("the database went away for this one")
+
+    def after(recipient: str) -> None:
+        if recipient.startswith("bad-after"):
+            raise RuntimeError("could not record")
+
+    recipients = ["a@example.com", "bad-before@example.com", "bad-after@example.com", "d@x.com"]
+    jobs = [
+        SendJob(
+            server.smtp,
+            _email(r, i),
+            before=lambda r=r: before(r),
+            after=lambda d, r=r: after(r),
+        )
+        for i, r in enumerate(recipients)
+    ]
+    with Courier(CourierConfig(concurrency=1, per_server=1)) as courier:
+        with pytest.raises(CallbackError) as raised:
+            courier.send(jobs)
+    error = raised.value
+    assert [str(e) for e in error.exceptions] == [
+        "the database went away for this one",
+        "could not record",
+    ]
+    assert error.exceptions[0].__notes__ == ["in the before callback of message <m1@acme.example>"]
+    assert error.exceptions[1].__notes__ == ["in the after callback of message <m2@acme.example>"]
+    assert error.deliveries[1] is None  # never sent: `before` did not say yes
+    assert [d.outcome for d in error.deliveries if d] == [Outcome.SENT] * 3
+    assert server.recipients() == ["a@example.com", "bad-after@example.com", "d@x.com"]
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_without_costing_a_message(smtp_faults):
+    server = smtp_faults.start()
+    with Courier(CourierConfig(concurrency=1, per_server=1)) as courier:
+        courier.send(_jobs(server.smtp, ["a@example.com"]))
+        server.hang_up()  # e.g. the server's idle timeout between two batches
+        [delivery] = courier.send(_jobs(server.smtp, ["b@example.com"], 1))
+    assert delivery.outcome is Outcome.SENT
+    assert server.recipients() == ["a@example.com", "b@example.com"]
+    assert server.connections == 2
+
+
+def test_a_login_in_clear_text_to_another_host_is_never_attempted_by_the_courier():
+    server = SmtpServer("smtp.example.com", 25, "none", "sales", "secret")
+    with Courier() as courier:
+        [delivery] = courier.send([SendJob(server, _email("a@example.com"))])
+    assert delivery.outcome is Outcome.RETRY
+    assert "would send the password in clear text" in delivery.response
+
+
+def test_send_outside_the_with_block_says_how_to_use_it():
+    with pytest.raises(RuntimeError, match="with Courier"):
+        Courier().send([])
+
+
+def test_a_bad_configuration_is_refused_with_its_values():
+    with pytest.raises(ValueError, match="must be >= 1, got 0"):
+        CourierConfig(concurrency=0)
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        CourierConfig(timeout=0)
