@@ -288,7 +288,12 @@ class _Pool:
         return f"{self.server.host}:{self.server.port}"
 
 
-_STALE = (aiosmtplib.SMTPServerDisconnected, ConnectionError)
+def _stale(exc: Exception) -> bool:
+    """Whether MAIL on a reused connection failed because the server had ended the idle
+    session (closed it, or says 421 and closes): nothing was handed over, try a new one."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code == 421
+    return isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError)
 
 
 class Courier:
@@ -531,8 +536,8 @@ class Courier:
                         options=["SMTPUTF8"] if envelope.smtputf8 else [],
                         encoding=encoding,
                     )
-                except _STALE:
-                    if not reused:
+                except Exception as exc:
+                    if not (reused and _stale(exc)):
                         raise
                     client.close()
                     reused = False
@@ -575,11 +580,18 @@ class Courier:
             and connection.used < self.config.messages_per_connection
         ):
             pool.idle.append(connection)
+        elif pool.unusable is not None and pool.unusable.outcome is Outcome.SERVER_DOWN:
+            connection.client.close()  # no QUIT to wait for
         else:
             await _quit(connection.client, self.config.timeout)
 
     async def _close_idle(self, pool: _Pool) -> None:
+        """QUIT the idle connections; a server that is down gets no QUIT to wait for."""
         idle, pool.idle = pool.idle, []
+        if pool.unusable is not None and pool.unusable.outcome is Outcome.SERVER_DOWN:
+            for connection in idle:
+                connection.client.close()
+            return
         await asyncio.gather(*(_quit(c.client, self.config.timeout) for c in idle))
 
     async def _close_all(self) -> None:
