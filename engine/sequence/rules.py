@@ -66,6 +66,9 @@ RETRY_BASE: Final = timedelta(minutes=5)
 #: A server that is down (connection refused, timed out) defers its messages by this much,
 #: without spending one of their attempts.
 SERVER_DOWN_DELAY: Final = timedelta(minutes=15)
+#: With every sender paused there is no time to wait for: look again this much later (resuming
+#: a sender makes its enrollments due at once).
+PAUSED_RECHECK: Final = timedelta(days=1)
 #: An optimized send needs at least this many opens to have a usual open hour.
 MIN_OPENS_FOR_HOUR: Final = 2
 
@@ -577,11 +580,11 @@ class Defer:
     """Not now: set next_run_at = `until` and wait_reason = `reason`.
 
     `until` already honours the window, so a pass never reads the enrollment earlier than it
-    can go. None (reason `sender paused`): no time is known; resuming a sender re-dues it.
+    can go.
     """
 
     reason: str
-    until: datetime | None
+    until: datetime
 
 
 @dataclass(frozen=True)
@@ -608,10 +611,35 @@ def decide(
     the available ones (not paused, under their UTC-day limit, past their gap) are ranked least
     recently used first (never used first); senders last used at the same instant (one pass)
     go by fewer messages today, then by rotation position, so a batch with no gap still rotates.
-    None available: `sender paused` when every one is paused, else `sender limit` when every
-    unpaused one is at its limit, else `sender gap`; `until` is when the first of them is
-    available again.
+    None available: `sender paused` when every one is paused (looked at again a day later, or
+    when a sender resumes), else `sender limit` when every unpaused one is at its limit, else
+    `sender gap`; `until` is when the first of them is available again.
     Every deferral's `until` is moved on into the contact's window.
+    """
+    held = blocked(item, campaign, senders, now)
+    if held is not None:
+        return held
+    today = utc_day(now)
+    _, chosen = min(
+        _ready(item, campaign, senders, now),
+        key=lambda ps: (ps[1].last is not None, ps[1].last or now, ps[1].sent_on(today), ps[0]),
+    )
+    chosen.record(now)
+    campaign.record(now)
+    return Send(chosen.id)
+
+
+def blocked(
+    item: Item,
+    campaign: CampaignState,
+    senders: Mapping[Hashable, SenderState],
+    now: datetime,
+) -> Defer | Exit | None:
+    """`decide`'s answer when `item` cannot go at `now`, else None; changes no state.
+
+    Within one pass (one `now`) an answer that is not None stays the same for every item of the
+    same campaign, zone, open hour and candidate senders as long as no message is sent: the
+    forecast moves such items in bulk.
     """
     schedule = campaign.schedule
     if schedule.ended(now):
@@ -625,25 +653,33 @@ def decide(
 
     if campaign.at_limit(now):
         return deferred(CAMPAIGN_LIMIT, next_day_start(now, schedule.tz))
-    ids = (item.step_sender,) if item.step_sender is not None else campaign.senders
-    candidates = [(pos, senders[i]) for pos, i in enumerate(ids) if i in senders]
+    candidates = _candidates(item, campaign, senders)
     if not candidates:
         return Exit(NO_SENDER)
     active = [(pos, s) for pos, s in candidates if not s.paused]
     if not active:
-        return Defer(SENDER_PAUSED, None)
-    ready = [(pos, s) for pos, s in active if s.available_at(now) <= now]
-    if ready:
-        today = utc_day(now)
-        _, chosen = min(
-            ready,
-            key=lambda ps: (ps[1].last is not None, ps[1].last or now, ps[1].sent_on(today), ps[0]),
-        )
-        chosen.record(now)
-        campaign.record(now)
-        return Send(chosen.id)
+        return deferred(SENDER_PAUSED, now + PAUSED_RECHECK)
+    if _ready(item, campaign, senders, now):
+        return None
     reason = SENDER_LIMIT if all(s.at_limit(now) for _, s in active) else SENDER_GAP
     return deferred(reason, min(s.available_at(now) for _, s in active))
+
+
+def _candidates(
+    item: Item, campaign: CampaignState, senders: Mapping[Hashable, SenderState]
+) -> list[tuple[int, SenderState]]:
+    ids = (item.step_sender,) if item.step_sender is not None else campaign.senders
+    return [(pos, senders[i]) for pos, i in enumerate(ids) if i in senders]
+
+
+def _ready(
+    item: Item, campaign: CampaignState, senders: Mapping[Hashable, SenderState], now: datetime
+) -> list[tuple[int, SenderState]]:
+    return [
+        (pos, s)
+        for pos, s in _candidates(item, campaign, senders)
+        if not s.paused and s.available_at(now) <= now
+    ]
 
 
 def allocate(

@@ -448,12 +448,16 @@ def test_a_sender_at_its_limit_defers_to_the_next_utc_midnight_inside_the_window
     assert decision == Defer(rules.SENDER_LIMIT, at(BERLIN, 2026, 11, 19, 9, 0))
 
 
-def test_every_sender_paused_waits_without_a_time():
+def test_every_sender_paused_looks_again_a_day_later():
     senders = {"a": SenderState("a", 10, paused=True), "b": SenderState("b", 10, paused=True)}
-    decision = rules.decide(
-        Item("c", BERLIN), campaign_of("a", "b"), senders, utc(2026, 11, 18, 10)
+    now = utc(2026, 11, 18, 10)
+    decision = rules.decide(Item("c", BERLIN), campaign_of("a", "b"), senders, now)
+    assert decision == Defer(rules.SENDER_PAUSED, now + timedelta(days=1))
+    # Inside the contact's window: Friday's recheck waits for Monday.
+    friday = campaign_of("a", "b", window=OFFICE)
+    assert rules.decide(Item("c", BERLIN), friday, senders, utc(2026, 11, 20, 10)) == Defer(
+        rules.SENDER_PAUSED, at(BERLIN, 2026, 11, 23, 9, 0)
     )
-    assert decision == Defer(rules.SENDER_PAUSED, None)
 
 
 def test_the_minimum_gap_with_its_jitter_defers_to_the_first_free_sender():
@@ -480,7 +484,9 @@ def test_a_steps_own_sender_overrides_the_rotation():
         Send("x"),
     ]
     senders["x"].paused = True
-    assert rules.decide(item, campaign_of("a"), senders, now) == Defer(rules.SENDER_PAUSED, None)
+    assert rules.decide(item, campaign_of("a"), senders, now) == Defer(
+        rules.SENDER_PAUSED, now + timedelta(days=1)
+    )
 
 
 def test_a_campaign_without_a_sender_ends_the_enrollment_with_the_reason():
