@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
@@ -197,3 +198,100 @@ def create_sender(
             "min_gap_seconds": min_gap_seconds,
         },
     ).scalar_one()
+
+
+# -- the operator's view: list, pause, resume ---------------------------------------------------
+
+# Sends today: the sender's messages queued in the UTC day, except those that failed before any
+# SMTP conversation -- the rule of the sender daily limit (engine.sequence.rules).
+_LIST = sa.text(
+    """
+    select s.id, s.email, s.display_name, s.smtp_host, s.smtp_port, s.smtp_security,
+           s.daily_limit, s.min_gap_seconds, s.is_active,
+           (select count(*) from app.sent_emails m
+            where m.tenant_id = s.tenant_id and m.sender_account_id = s.id
+              and m.queued_at >= :day_start and m.queued_at < :day_end
+              and not (m.status = 'failed' and m.attempts = 0)) as sent_today
+    from app.sender_accounts s
+    order by lower(s.email)
+    """
+)
+_SET_ACTIVE = sa.text(
+    """
+    update app.sender_accounts set is_active = :active, updated_at = :now
+    where lower(email) = lower(:email)
+    returning id
+    """
+)
+# Enrollments the engine put off because every sender they could use was paused: due again now
+# that one is back (the rotation decides again which sender takes them). Leased ones are a
+# worker's, and left alone.
+_REDUE_PAUSED = sa.text(
+    """
+    update app.campaign_contacts cc set next_run_at = :now, wait_reason = null, updated_at = :now
+    where cc.status in ('enrolled', 'active') and cc.wait_reason = 'sender paused'
+      and cc.next_run_at > :now
+      and (cc.lease_expires_at is null or cc.lease_expires_at < :now)
+      and cc.campaign_id in (
+          select cs.campaign_id from app.campaign_senders cs where cs.sender_account_id = :id
+          union
+          select st.campaign_id from app.campaign_steps st
+          where st.sender_account_id = :id and st.removed_at is null
+      )
+    """
+)
+
+
+@dataclass(frozen=True)
+class SenderUsage:
+    """A sender account and its sends today (UTC day) against its daily limit."""
+
+    id: uuid.UUID
+    email: str
+    display_name: str | None
+    smtp_host: str | None
+    smtp_port: int | None
+    smtp_security: str
+    daily_limit: int
+    min_gap_seconds: int
+    is_active: bool
+    sent_today: int
+
+
+def list_senders(conn: Connection, now: datetime) -> list[SenderUsage]:
+    """The tenant's sender accounts with their sends in `now`'s UTC day."""
+    day_start = datetime.combine(now.astimezone(UTC).date(), time(), tzinfo=UTC)
+    rows = conn.execute(
+        _LIST, {"day_start": day_start, "day_end": day_start + timedelta(days=1)}
+    ).all()
+    return [SenderUsage(**row._mapping) for row in rows]
+
+
+def set_sender_active(conn: Connection, email: str, active: bool, now: datetime) -> int | None:
+    """Pause (`active=False`) or resume sender `email`; None when the tenant has no such sender.
+
+    Resuming makes the enrollments that waited only because every sender was paused due at
+    `now`; returns how many.
+    """
+    sender_id = conn.execute(
+        _SET_ACTIVE, {"email": email.strip(), "active": active, "now": now}
+    ).scalar()
+    if sender_id is None:
+        return None
+    if not active:
+        return 0
+    return conn.execute(_REDUE_PAUSED, {"id": sender_id, "now": now}).rowcount
+
+
+_FIND = sa.text(
+    """
+    select id, email, display_name, smtp_host, smtp_port, smtp_security, smtp_username,
+           smtp_password_env, daily_limit, min_gap_seconds, is_active
+    from app.sender_accounts where lower(email) = lower(:email)
+    """
+)
+
+
+def find_sender(conn: Connection, email: str) -> sa.Row | None:
+    """The tenant's sender account `email` (case-insensitive), or None."""
+    return conn.execute(_FIND, {"email": email.strip()}).one_or_none()
