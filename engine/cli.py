@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from engine import migrate
+from engine.cli_campaigns import campaign_app, sender_app
 from engine.config import ConfigError, Settings
 from engine.db import Database, OwnerUnavailableError, connection_parts
 from engine.embedded import start_embedded_postgres, stop_kept_server
@@ -28,6 +29,8 @@ uploads_app = typer.Typer(help="Upload batches and their rejects.", no_args_is_h
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(uploads_app, name="uploads")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(sender_app, name="sender")
 
 console = Console()
 err = Console(stderr=True)

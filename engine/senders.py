@@ -220,7 +220,7 @@ _SET_ACTIVE = sa.text(
     """
     update app.sender_accounts set is_active = :active, updated_at = :now
     where lower(email) = lower(:email)
-    returning id
+    returning id, email
     """
 )
 # Enrollments the engine put off because every sender they could use was paused: due again now
@@ -267,20 +267,23 @@ def list_senders(conn: Connection, now: datetime) -> list[SenderUsage]:
     return [SenderUsage(**row._mapping) for row in rows]
 
 
-def set_sender_active(conn: Connection, email: str, active: bool, now: datetime) -> int | None:
-    """Pause (`active=False`) or resume sender `email`; None when the tenant has no such sender.
+def set_sender_active(
+    conn: Connection, email: str, active: bool, now: datetime
+) -> tuple[str, int] | None:
+    """Pause (`active=False`) or resume sender `email` (any case); None when the tenant has no
+    such sender, else (its address as stored, enrollments made due).
 
     Resuming makes the enrollments that waited only because every sender was paused due at
-    `now`; returns how many.
+    `now`, so the next pass takes them up.
     """
-    sender_id = conn.execute(
+    row = conn.execute(
         _SET_ACTIVE, {"email": email.strip(), "active": active, "now": now}
-    ).scalar()
-    if sender_id is None:
+    ).one_or_none()
+    if row is None:
         return None
     if not active:
-        return 0
-    return conn.execute(_REDUE_PAUSED, {"id": sender_id, "now": now}).rowcount
+        return row.email, 0
+    return row.email, conn.execute(_REDUE_PAUSED, {"id": row.id, "now": now}).rowcount
 
 
 _FIND = sa.text(

@@ -1055,3 +1055,43 @@ def test_the_campaign_list_counts_steps_enrollments_and_sends_of_the_local_day(
         2,
     )
     assert (row.sent_today, row.daily_limit) == (2, 500)
+
+
+def test_resuming_a_sender_makes_the_enrollments_waiting_for_one_due(database, acme, tmp_path):
+    from engine.senders import list_senders, set_sender_active
+
+    upload(database, acme, tmp_path, [*ROWS, ["grace@example.com", "Grace", "", "Navy", "pro"]])
+    first = apply(database, acme, campaign(senders=[BOB]))
+    enroll_on(database, acme, first.campaign_id, "intro")
+    later = NOW + timedelta(days=1)
+    with tx(database, acme) as conn:
+        assert set_sender_active(conn, "Bob@Acme.example", False, NOW) == (BOB, 0)
+        assert [s.is_active for s in list_senders(conn, NOW) if s.email == BOB] == [False]
+        conn.execute(
+            sa.text(
+                """
+                update app.campaign_contacts cc set next_run_at = :later,
+                    wait_reason = case c.email when 'alan@example.com' then 'window'
+                                               else 'sender paused' end,
+                    lease_owner = case c.email when 'grace@example.com' then 'worker' end,
+                    lease_expires_at = case c.email when 'grace@example.com' then :later end
+                from app.contacts c where c.id = cc.contact_id
+                """
+            ),
+            {"later": later},
+        )
+        assert set_sender_active(conn, BOB, True, NOW) == (BOB, 1)  # not the leased one
+        rows = conn.execute(
+            sa.text(
+                """
+                select c.email, cc.next_run_at, cc.wait_reason from app.campaign_contacts cc
+                join app.contacts c on c.id = cc.contact_id order by c.email
+                """
+            )
+        ).all()
+        assert set_sender_active(conn, "ghost@acme.example", True, NOW) is None
+    assert [tuple(r) for r in rows] == [
+        ("ada@example.com", NOW, None),
+        ("alan@example.com", later, "window"),
+        ("grace@example.com", later, "sender paused"),
+    ]
