@@ -74,7 +74,7 @@ MIN_OPENS_FOR_HOUR: Final = 2
 
 
 def _aware(t: datetime, what: str = "time") -> datetime:
-    if t.tzinfo is None or t.utcoffset() is None:
+    if t.tzinfo is None:
         raise ValueError(f"{what} {t.isoformat()} has no time zone; pass an aware datetime")
     return t
 
@@ -289,6 +289,8 @@ def next_day_start(t: datetime, tz: ZoneInfo) -> datetime:
 
 def utc_day(t: datetime) -> date:
     """A sender's day."""
+    if t.tzinfo is UTC:
+        return t.date()
     return _aware(t).astimezone(UTC).date()
 
 
@@ -441,6 +443,7 @@ def _micros(t: datetime) -> int:
     return (_aware(t) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
+@lru_cache(maxsize=1 << 14)
 def jitter(sender_id: Hashable, last: datetime, gap: timedelta) -> timedelta:
     """The extra wait after a sender's minimum gap: in [0, gap/4), from sha256(sender, last)."""
     gap_us = gap // timedelta(microseconds=1)
