@@ -52,6 +52,7 @@ from sqlalchemy.engine import Connection
 
 from engine.sequence import conditions, rules
 from engine.sequence.rules import CampaignState, Defer, Exit, Item, Schedule, Send, SenderState
+from engine.text import shown
 
 PASS_EVERY = timedelta(minutes=5)
 #: The simulation goes on past the table's days to find the last message, up to this far.
@@ -88,7 +89,7 @@ class SimStep:
 
     def __post_init__(self) -> None:
         if self.kind not in STEP_KINDS:
-            raise ForecastError(f"step {self.key}: unknown step type {self.kind!r}")
+            raise ForecastError(f"step {shown(self.key)}: unknown step type {shown(self.kind)!r}")
 
 
 @dataclass(frozen=True)
@@ -172,15 +173,19 @@ class Forecast:
         return text + "."
 
     def table(self) -> Table:
-        """A rich table: a row per day, a column per email step, and the day's total."""
+        """A rich table: a row per day, a column per email step, and the day's total.
+
+        Names come from campaign files: they are shown as plain text (`shown`), never markup.
+        """
+        first = _day_label(self.days[0])
         table = Table(
-            title=f"Forecast of {self.campaign} ({self.timezone}), from {_day_label(self.days[0])}",
-            caption=self.summary(),
+            title=Text(f"Forecast of {shown(self.campaign)} ({self.timezone}), from {first}"),
+            caption=Text(self.summary()),
             caption_justify="left",
         )
         table.add_column("day", no_wrap=True)
         for key in self.steps:
-            table.add_column(key, justify="right")
+            table.add_column(Text(shown(key, 40)), justify="right")
         table.add_column("total", justify="right", style="bold")
         for row in self.as_rows():
             cells = [_count_cell(row[s]) for s in self.steps]
@@ -204,7 +209,7 @@ def _count_cell(n: int) -> Text:
 
 def render_forecast(forecast: Forecast) -> RenderableType:
     """What `penguin campaign forecast` prints: the table, then the notes."""
-    return Group(forecast.table(), *(Text(f"• {note}") for note in forecast.notes))
+    return Group(forecast.table(), *(Text(f"• {shown(note, 300)}") for note in forecast.notes))
 
 
 # --------------------------------------------------------------------------- simulation
@@ -282,11 +287,13 @@ class _Simulation:
         self.schedule = campaign.schedule
         self.steps = campaign.steps
         if not self.steps:
-            raise ForecastError(f"campaign {campaign.name} has no steps")
+            raise ForecastError(f"campaign {shown(campaign.name)} has no steps")
         for step in self.steps.values():
             for target in (step.next, step.true_next, step.false_next):
                 if target is not None and target not in self.steps:
-                    raise ForecastError(f"step {step.key}: goes to a missing step {target!r}")
+                    raise ForecastError(
+                        f"step {shown(step.key)}: goes to a missing step {shown(target)!r}"
+                    )
         self.first = next(iter(self.steps))
         self.now, self.pass_every, self.batch_size = now, pass_every, batch_size
         tz = self.schedule.tz
@@ -478,13 +485,13 @@ class _Simulation:
                 try:
                     ok = conditions.evaluate(step.condition, person.contact, set(person.events))
                 except ValueError as exc:
-                    raise ForecastError(f"step {step.key}: {exc}") from exc
+                    raise ForecastError(f"step {shown(step.key)}: {exc}") from exc
                 target = step.true_next if ok else step.false_next
             else:
                 try:
                     action = conditions.parse_action(step.action)
                 except ValueError as exc:
-                    raise ForecastError(f"step {step.key}: {exc}") from exc
+                    raise ForecastError(f"step {shown(step.key)}: {exc}") from exc
                 if action.kind == "exit":
                     return
                 _apply(action, person.contact)
@@ -497,7 +504,7 @@ class _Simulation:
             if due > t:
                 self._place(index, step.key, due)
                 return
-        raise ForecastError(f"step {step.key}: the sequence loops without waiting")
+        raise ForecastError(f"step {shown(step.key)}: the sequence loops without waiting")
 
     # -- email steps
 
@@ -842,7 +849,7 @@ def forecast_named(
     """`forecast` of the tenant's campaign called `name` (ForecastError if there is none)."""
     campaign_id = conn.execute(_CAMPAIGN_NAMED, {"name": name}).scalar()
     if campaign_id is None:
-        raise ForecastError(f"no campaign named {name!r} (see `penguin campaign list`)")
+        raise ForecastError(f"no campaign named {shown(name)!r} (see `penguin campaign list`)")
     return forecast(conn, campaign_id, now, days, pass_every)
 
 
@@ -882,7 +889,7 @@ def load(
             daily_limit=row.daily_limit or Schedule().daily_limit,
         )
     except ValueError as exc:
-        raise ForecastError(f"campaign {row.name}: {exc}") from exc
+        raise ForecastError(f"campaign {shown(row.name)}: {exc}") from exc
     day_start, day_end = rules.day_bounds(rules.local_day(now, tz), tz)
     sent_today = conn.execute(
         _CAMPAIGN_SENT, {"id": campaign_id, "day_start": day_start, "day_end": day_end}

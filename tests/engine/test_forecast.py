@@ -372,6 +372,18 @@ def test_the_table_shows_a_row_per_day_and_a_column_per_email_step():
     assert result.as_rows()[1] == {"day": day(1), "intro": 0, "follow-up": 2, "total": 2}
 
 
+def test_names_from_the_campaign_file_are_shown_as_text_not_markup():
+    steps = (email("[bold red]intro[/]", "x\x1b[2Jy"), email("x\x1b[2Jy"))
+    campaign = replace(campaign_of(*steps), name="[link=http://evil]q4[/link]")
+    result = simulate(campaign, members(1), free_sender(), MONDAY, days=2)
+    console = Console(width=160, record=True)
+    console.print(render_forecast(result))
+    text = console.export_text()
+    assert "[bold red]intro[/]" in text
+    assert "Forecast of [link=http://evil]q4[/link]" in text
+    assert "x\\x1b[2Jy" in text and "\x1b" not in text
+
+
 def test_a_campaign_that_cannot_run_is_refused_with_the_step():
     with pytest.raises(ForecastError, match="step intro: goes to a missing step 'nope'"):
         simulate(campaign_of(email("intro", "nope")), members(1), free_sender(), MONDAY)
