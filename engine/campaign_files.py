@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -536,6 +537,9 @@ def _plain(value: object, where: str, problems: _Problems) -> Any:
     if isinstance(value, str) and "\x00" in value:
         problems.add(where, "contains a NUL character")
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.add(where, f"{value} is not a number a condition or action can hold")
+        return None
     if value is None or isinstance(value, str | bool | int | float):
         return value
     problems.add(where, f"is not a value a condition or action can hold ({type(value).__name__})")
@@ -878,11 +882,14 @@ def parse(data: object, source: str = "<text>", found: Iterable[str] = ()) -> Ca
         raise CampaignFileError(problems.lines, source)
     top = _mapping(data, "", TOP_KEYS, problems, required=TOP_REQUIRED) or {}
     spec: dict[str, Any] = {}
+    # Names are stored without surrounding blanks (as `ensure_list` stores a list's name).
     if "name" in top:
-        spec["name"] = _text(top["name"], "name", problems, one_line=True, limit=MAX_NAME)
+        name = _text(top["name"], "name", problems, one_line=True, limit=MAX_NAME)
+        spec["name"] = name and name.strip()
     spec["description"] = _text(top.get("description"), "description", problems, optional=True)
     if "list" in top:
-        spec["list"] = _text(top["list"], "list", problems, one_line=True, limit=MAX_LIST_NAME)
+        list_name = _text(top["list"], "list", problems, one_line=True, limit=MAX_LIST_NAME)
+        spec["list"] = list_name and list_name.strip()
     if "senders" in top:
         spec["senders"] = _senders(top["senders"], problems)
     spec["from_name"] = _text(

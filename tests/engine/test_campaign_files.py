@@ -179,6 +179,11 @@ def test_durations_in_minutes_hours_days_and_weeks_are_accepted(text):
     assert cf.parse(step(1, wait=text)).steps[1]["wait"] == text
 
 
+def test_names_are_kept_without_surrounding_blanks():
+    spec = cf.parse(campaign(name=" q4 ", list="leads "))
+    assert (spec.data["name"], spec.data["list"]) == ("q4", "leads")
+
+
 def test_unicode_step_ids_and_jumps_work():
     spec = cf.parse(
         with_steps(
@@ -355,6 +360,11 @@ CASES = [
     # odd values
     (step(0, email={"subject": "S", "text": "a\x00b"}), "steps[intro].email.text: contains a NUL"),
     (step(4, action={"tag": "a\x00b"}), "steps[cold].action.tag: contains a NUL character"),
+    (step(4, action={"set": {"score": float("nan")}}), "steps[cold].action.set.score: nan is not"),
+    (
+        step(2, condition={"field": "x", "gt": float("inf")}),
+        "steps[warm?].condition.gt: inf is not a number",
+    ),
 ]
 
 
