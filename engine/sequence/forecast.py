@@ -845,12 +845,13 @@ def forecast_named(
     now: datetime,
     days: int = 30,
     pass_every: timedelta = PASS_EVERY,
+    batch_size: int = BATCH_SIZE,
 ) -> Forecast:
     """`forecast` of the tenant's campaign called `name` (ForecastError if there is none)."""
     campaign_id = conn.execute(_CAMPAIGN_NAMED, {"name": name}).scalar()
     if campaign_id is None:
         raise ForecastError(f"no campaign named {shown(name)!r} (see `penguin campaign list`)")
-    return forecast(conn, campaign_id, now, days, pass_every)
+    return forecast(conn, campaign_id, now, days, pass_every, batch_size)
 
 
 def forecast(
@@ -859,10 +860,21 @@ def forecast(
     now: datetime,
     days: int = 30,
     pass_every: timedelta = PASS_EVERY,
+    batch_size: int = BATCH_SIZE,
 ) -> Forecast:
-    """Load campaign `campaign_id` (in the connection's tenant) and `simulate` it from `now`."""
+    """Load campaign `campaign_id` (in the connection's tenant) and `simulate` it from `now`.
+
+    Reads only. `batch_size` is the engine's claim batch (`scheduler.Config.batch_size`)."""
     campaign, enrollments, senders = load(conn, campaign_id, now)
-    return simulate(campaign, enrollments, senders, now, days=days, pass_every=pass_every)
+    return simulate(
+        campaign,
+        enrollments,
+        senders,
+        now,
+        days=days,
+        pass_every=pass_every,
+        batch_size=batch_size,
+    )
 
 
 def load(
