@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -221,12 +222,82 @@ def _envelope(email: OutgoingEmail, server_smtputf8: bool) -> _Envelope:
     sender = address_for(email.sender_email, server_smtputf8)
     recipient = address_for(email.recipient, server_smtputf8)
     utf8 = not (sender.isascii() and recipient.isascii())
-    try:
-        msg = email.to_message(sender, recipient)
-        payload = msg.as_bytes(policy=policy.SMTPUTF8 if utf8 else msg.policy)
-    except Exception as exc:  # e.g. a header that cannot be encoded; one message only
-        raise Unsendable(f"message could not be built: {exc.__class__.__name__}: {exc}") from exc
+    payload = None if utf8 else plain_bytes(email, sender, recipient)
+    if payload is None:
+        try:
+            msg = email.to_message(sender, recipient)
+            payload = msg.as_bytes(policy=policy.SMTPUTF8 if utf8 else msg.policy)
+        except Exception as exc:  # e.g. a header that cannot be encoded; one message only
+            raise Unsendable(
+                f"message could not be built: {exc.__class__.__name__}: {exc}"
+            ) from exc
     return _Envelope(sender, recipient, payload, utf8)
+
+
+# The common message, written directly: the email package spends about a millisecond of CPU
+# per message parsing back the headers it is given, as much as the whole SMTP conversation.
+# `plain_bytes` writes only messages whose every part it can write exactly as the email
+# package would (a property test compares the two byte for byte); anything else (non-ASCII,
+# quoting, folding, HTML, transfer encodings, unusual headers) goes through the package.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PLAIN_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_LABEL}(?:\.{_LABEL})*")
+_PLAIN_ID = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
+#: A display name that needs no quoting: words of letters and digits, single spaces.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+#: Unstructured text that needs no encoding: printable ASCII words, single spaces, and no
+#: `=?` (which a reader would take for the start of an RFC 2047 encoded word).
+_PLAIN_TEXT = re.compile(r"(?!.*=\?)[!-~]+(?: [!-~]+)*")
+#: Extra headers written directly: unstructured ones, and Reply-To holding one plain address.
+_PLAIN_UNSTRUCTURED = frozenset({"List-Unsubscribe", "List-Unsubscribe-Post", "List-Id"})
+_MAX_LINE = 78  # the email package folds longer header lines and encodes longer body lines
+_TEXT_PART = (
+    'Content-Type: text/plain; charset="utf-8"\n'
+    "Content-Transfer-Encoding: 7bit\n"
+    "MIME-Version: 1.0\n"
+)
+
+
+def plain_bytes(email: OutgoingEmail, sender: str, recipient: str) -> bytes | None:
+    """`email` serialized as `email.to_message(sender, recipient).as_bytes()` would, when it
+    is a plain message (ASCII, no quoting, folding or encoding needed, text only); else None.
+    """
+    if (
+        email.body_html
+        or email.date.year < 1000
+        or not (
+            _PLAIN_ADDRESS.fullmatch(sender)
+            and _PLAIN_ADDRESS.fullmatch(recipient)
+            and _PLAIN_ID.fullmatch(email.message_id)
+            and (not email.sender_name or _PLAIN_NAME.fullmatch(email.sender_name))
+            and _PLAIN_TEXT.fullmatch(email.subject)
+        )
+    ):
+        return None
+    headers = [
+        ("From", f"{email.sender_name} <{sender}>" if email.sender_name else sender),
+        ("To", recipient),
+        ("Subject", email.subject),
+        ("Date", format_datetime(email.date)),
+        ("Message-ID", f"<{email.message_id}>"),
+    ]
+    for name, value in email.headers.items():
+        if name in _PLAIN_UNSTRUCTURED:
+            if not _PLAIN_TEXT.fullmatch(value):
+                return None
+        elif name != "Reply-To" or not _PLAIN_ADDRESS.fullmatch(value):
+            return None
+        headers.append((name, value))
+    if any(len(name) + 2 + len(value) > _MAX_LINE for name, value in headers):
+        return None
+    if not email.body_text.isascii():
+        return None
+    lines = email.body_text.encode("ascii").splitlines()
+    if any(len(line) > _MAX_LINE for line in lines):
+        return None
+    head = "".join(f"{name}: {value}\n" for name, value in headers)
+    return (head + _TEXT_PART + "\n").encode("ascii") + b"\n".join(lines) + b"\n"
 
 
 def _unexpected(phase: str) -> Outcome:
@@ -316,6 +387,7 @@ class Courier:
         self._pools: dict[SmtpServer, _Pool] = {}
         self._slots: asyncio.Semaphore | None = None
         self._local_hostname: str | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     def __enter__(self) -> Courier:
         self._runner = asyncio.Runner()
@@ -468,7 +540,7 @@ class Courier:
             username=server.username,
             password=server.password,
             timeout=timeout,
-            tls_context=ssl.create_default_context(),
+            tls_context=self._tls_context() if server.security != "none" else None,
             local_hostname=self._local_hostname,
         )
         try:
@@ -487,6 +559,12 @@ class Courier:
             await self._close_idle(pool)
             raise _ServerUnusable(pool.unusable) from exc
         return _Connection(client)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """One verifying context for the courier: loading the CA store takes milliseconds."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     def _unusable(self, pool: _Pool, exc: Exception) -> Delivery:
         """What a failed connection attempt means for the server's other jobs."""

@@ -7,11 +7,14 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from email import message_from_bytes, policy
 
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from engine.db import tenant_transaction
 from engine.senders import SmtpServer
@@ -24,6 +27,7 @@ from engine.sending.messenger import (
     OutgoingEmail,
     SendJob,
     deliver,
+    plain_bytes,
 )
 from engine.smtp_sink import SmtpSink
 from tests.conftest import NOW, free_port
@@ -489,3 +493,67 @@ def test_a_bad_configuration_is_refused_with_its_values():
         CourierConfig(concurrency=0)
     with pytest.raises(ValueError, match="timeout must be positive"):
         CourierConfig(timeout=0)
+
+
+# The plain-message writer must write exactly what the email package writes.
+
+EST = timezone(timedelta(hours=-5))
+
+_PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+_TRICKY = st.sampled_from(["=?", "?=", "..", ".", " ", "  ", "\t", "\r", "\n", "é", '"', "(", "@"])
+_ANY_TEXT = st.lists(st.one_of(_PRINTABLE, _TRICKY), max_size=90).map("".join)
+_WORD = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12)
+_WORDS = st.lists(_WORD, min_size=1, max_size=9).map(" ".join)
+# Mostly what the plain writer takes, so the comparison runs often; sometimes anything.
+_TEXT = st.one_of(_WORDS, _WORDS, _ANY_TEXT)
+_ATOM = st.text("abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=8)
+_ADDRESS = st.one_of(
+    st.builds(lambda a, b, d: f"{a}.{b}@{d}.example", _ATOM, _ATOM, st.sampled_from(["x", "a-b"])),
+    st.builds(lambda a: f"{a}@example.com", _ATOM),
+    st.builds(lambda t: f"{t}@example.com", _ANY_TEXT),
+)
+_NAME = st.one_of(
+    st.none(), st.from_regex(r"[A-Za-z0-9]{1,8}( [A-Za-z0-9]{1,8}){0,3}", fullmatch=True), _ANY_TEXT
+)
+_LINE = st.one_of(_WORDS, st.just(""), st.just("."), _ANY_TEXT)
+
+
+@given(
+    sender=_ADDRESS,
+    recipient=_ADDRESS,
+    name=_NAME,
+    subject=_TEXT,
+    body=st.lists(_LINE, max_size=6).map("\n".join),
+    message_id=st.one_of(_ADDRESS, _ANY_TEXT),
+    unsubscribe=st.one_of(st.none(), _TEXT),
+    reply_to=st.one_of(st.none(), _ADDRESS),
+    when=st.one_of(
+        st.datetimes(min_value=datetime(1900, 1, 1), timezones=st.sampled_from([UTC, EST])),
+        st.datetimes(timezones=st.sampled_from([UTC, EST])),
+    ),
+)
+@settings(max_examples=400, deadline=None)
+def test_a_plain_message_is_written_byte_for_byte_as_the_email_package_writes_it(
+    sender, recipient, name, subject, body, message_id, unsubscribe, reply_to, when
+):
+    headers = {}
+    if unsubscribe is not None:
+        headers["List-Unsubscribe"] = unsubscribe
+    if reply_to is not None:
+        headers["Reply-To"] = reply_to
+    email = OutgoingEmail(message_id, sender, name, recipient, subject, body, None, when, headers)
+    written = plain_bytes(email, sender, recipient)
+    event("written directly" if written is not None else "left to the email package")
+    if written is not None:
+        assert written == email.to_message(sender, recipient).as_bytes()
+
+
+def test_the_engines_usual_message_takes_the_plain_writer():
+    email = _email(
+        "lead1@customers.example",
+        subject="A question for Acme, Lead",
+        body_text="Hi Lead,\n\nhow does Acme send its email today?\n\nPat\n",
+        headers={"List-Unsubscribe": "<mailto:sales@acme.example?subject=unsubscribe>"},
+    )
+    written = plain_bytes(email, email.sender_email, email.recipient)
+    assert written == email.to_message().as_bytes()
