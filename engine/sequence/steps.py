@@ -82,27 +82,33 @@ _ENTERING = """case when ns.step_type = 'wait' then coalesce(
         greatest(cast(:now as timestamptz), ns.wait_until))
     else cast(:now as timestamptz) end"""
 
-#: The SET list that moves `cc` to the step `{next_id}` (an SQL expression; NULL = the end).
-_MOVE = f"""(current_step_id, status, next_run_at, completed_at) = (
-        select coalesce(b.next_id, cc.current_step_id),
-               case when b.next_id is null then 'completed' else 'active' end,
-               case when b.next_id is null then null else {_ENTERING} end,
-               case when b.next_id is null then cast(:now as timestamptz) else cc.completed_at end
-        from (select {{next_id}} as next_id) b
-        left join app.campaign_steps ns on ns.id = b.next_id
-    ),
+#: The SET list that moves `cc` to step `{next}` (an SQL expression; NULL = the end), entered
+#: at `{run_at}`. The statements compute both in their FROM list, once per step or per row.
+_MOVE = """current_step_id = coalesce({next}, cc.current_step_id),
+    status = case when {next} is null then 'completed' else 'active' end,
+    next_run_at = case when {next} is null then null else {run_at} end,
+    completed_at = case when {next} is null then cast(:now as timestamptz)
+                        else cc.completed_at end,
     started_at = coalesce(cc.started_at, cast(:now as timestamptz)),
     steps_completed = cc.steps_completed + 1,
     wait_reason = null, lease_owner = null, lease_expires_at = null,
     updated_at = cast(:now as timestamptz)"""
+
+#: One row: step :{param} (NULL: the end) as `id`, and when an enrollment entering it now is due.
+_TARGET = f"""(select ns.id, {_ENTERING} as run_at
+        from (select) one left join app.campaign_steps ns on ns.id = cast(:{{param}} as uuid))"""
 
 _COUNT_MOVED = """select count(*) as moved,
        count(*) filter (where status = 'completed') as completed
 from moved"""
 
 
-def _move(next_id: str) -> str:
-    return _MOVE.replace("{next_id}", next_id)
+def _move(next: str, run_at: str) -> str:
+    return _MOVE.replace("{next}", next).replace("{run_at}", run_at)
+
+
+def _target(param: str) -> str:
+    return _TARGET.replace("{param}", param)
 
 
 # -- campaigns starting and ending ---------------------------------------------------------------
@@ -339,8 +345,9 @@ _ADVANCE_WAITS = sa.text(
     f"""
     with moved as (
         update app.campaign_contacts cc
-        set {_move("s.next_step_id")}
+        set {_move("s.next_step_id", _ENTERING)}
         from app.campaign_steps s
+        left join app.campaign_steps ns on ns.id = s.next_step_id
         where s.id = any(cast(:step_ids as uuid[])) and cc.current_step_id = s.id and {_DUE}
         returning cc.status
     )
@@ -348,15 +355,31 @@ _ADVANCE_WAITS = sa.text(
     """
 )
 
-_BRANCH = "case when {condition} then cast(:true_next as uuid) else cast(:false_next as uuid) end"
-# One condition step: the branch is decided once per row, in the SET's subquery, and the row
-# goes to :true_next or :false_next. `{condition}` is `conditions.to_sql` output: SQL built
-# from allow-listed names, every value a bound parameter.
+# One condition step: the branch is decided once per row (the SET's subquery) and the row goes
+# to :true_next or :false_next. `{condition}` is `conditions.to_sql` output: SQL built from
+# allow-listed names, every value a bound parameter.
 _ADVANCE_CONDITION = f"""
     with moved as (
         update app.campaign_contacts cc
-        set {_move(_BRANCH)}
-        from app.contacts ct
+        set (current_step_id, status, next_run_at, completed_at) = (
+                select coalesce(n.id, cc.current_step_id),
+                       case when n.id is null then 'completed' else 'active' end,
+                       case when n.id is null then null else n.run_at end,
+                       case when n.id is null then cast(:now as timestamptz)
+                            else cc.completed_at end
+                -- offset 0 keeps the planner from copying the condition into every use
+                from (select {{condition}} as yes offset 0) x
+                cross join lateral (
+                    select case when x.yes then t.id else f.id end as id,
+                           case when x.yes then t.run_at else f.run_at end as run_at
+                    offset 0
+                ) n
+            ),
+            started_at = coalesce(cc.started_at, cast(:now as timestamptz)),
+            steps_completed = cc.steps_completed + 1,
+            wait_reason = null, lease_owner = null, lease_expires_at = null,
+            updated_at = cast(:now as timestamptz)
+        from app.contacts ct, {_target("true_next")} t, {_target("false_next")} f
         where ct.tenant_id = cc.tenant_id and ct.id = cc.contact_id
           and cc.current_step_id = cast(:step_id as uuid) and {_DUE}
         returning cc.status
@@ -367,7 +390,8 @@ _ADVANCE_CONDITION = f"""
 #: The rows an action step moves on; the action's CTE applies to exactly these.
 _MOVED_BY_ACTION = f"""moved as (
         update app.campaign_contacts cc
-        set {_move("cast(:next_id as uuid)")}
+        set {_move("n.id", "n.run_at")}
+        from {_target("next_id")} n
         where cc.current_step_id = cast(:step_id as uuid) and {_DUE}
         returning cc.tenant_id, cc.contact_id, cc.status
     )"""
