@@ -64,7 +64,9 @@ def setup_tenant(db: Database, tenant: str) -> None:
     now = datetime.now(UTC)
     tenant_id, _ = create_tenant(db.owner, tenant)
     with tenant_transaction(db.app, tenant_id) as conn:
-        sender = create_sender(conn, f"pat@{tenant}.example", "Pat", daily_limit=100_000)
+        sender = create_sender(
+            conn, f"pat@{tenant}.example", "Pat", daily_limit=100_000, min_gap_seconds=0
+        )
         campaign = create_campaign(
             conn,
             CAMPAIGN,

@@ -1,4 +1,8 @@
-"""Campaign definitions: create a campaign with its steps, validate it, launch it."""
+"""Campaign lifecycle: validate, launch, pause, resume, and the status an operator reads.
+
+Definitions come from campaign files (`engine.campaign_files`); `create_campaign` builds a
+simple in-order campaign from Python (the demo, tests, benchmarks).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from engine.ingest.store import ensure_list
+from engine.sequence import steps
 from engine.templates import (
     Renderer,
     RenderLimits,
@@ -21,9 +26,8 @@ from engine.templates import (
 
 log = logging.getLogger(__name__)
 
-#: Step types the engine runs today; `condition` and `action` are accepted by the schema
-#: but a campaign using them is refused at launch until the engine supports them.
-RUNNABLE_STEP_TYPES = ("email", "wait")
+#: Step types the engine runs.
+RUNNABLE_STEP_TYPES = ("email", "wait", "condition", "action")
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ _INSERT_STEP = sa.text(
     insert into app.campaign_steps
         (tenant_id, campaign_id, step_order, key, name, step_type, subject, body_text, body_html,
          wait_duration)
-    values (app.current_tenant_id(), :campaign_id, :step_order, 'step-' || :step_order, :name,
+    values (app.current_tenant_id(), :campaign_id, :step_order, cast(:step_order as text), :name,
             :step_type, :subject, :body_text, :body_html, :wait)
     """
 )
@@ -83,7 +87,7 @@ _LINK_STEPS = sa.text(
 )
 _CAMPAIGN = sa.text(
     """
-    select c.id, c.status, c.list_id,
+    select c.id, c.status, c.list_id, c.approval_required,
            exists (select from app.campaign_senders cs where cs.campaign_id = c.id) as has_sender
     from app.campaigns c where c.id = :id
     """
@@ -92,13 +96,35 @@ _CAMPAIGN = sa.text(
 _SENDER_VISIBLE = sa.text("select exists (select from app.sender_accounts where id = :id)")
 _STEPS = sa.text(
     """
-    select s.step_order, s.step_type, coalesce(s.subject, t.subject) as subject,
+    select s.step_order, s.key, s.step_type, coalesce(s.subject, t.subject) as subject,
            coalesce(s.body_text, t.body_text) as body_text,
-           coalesce(s.body_html, t.body_html) as body_html
+           coalesce(s.body_html, t.body_html) as body_html, s.variants
     from app.campaign_steps s left join app.templates t on t.id = s.template_id
     where s.campaign_id = :id and s.removed_at is null order by s.step_order
     """
 )
+
+
+def _email_parts(step: sa.Row) -> list[tuple[str, dict[str, str | None]]]:
+    """(where, parts) of each text an email step can send: itself, or each of its variants."""
+    where = f"step {step.key} ({step.step_type})"
+    if step.variants:
+        return [
+            (
+                f"{where} variant {n}",
+                {
+                    "subject": v.get("subject"),
+                    "body_text": v.get("text"),
+                    "body_html": v.get("html"),
+                },
+            )
+            for n, v in enumerate(step.variants, start=1)
+        ]
+    return [
+        (where, {"subject": step.subject, "body_text": step.body_text, "body_html": step.body_html})
+    ]
+
+
 #: Launch renders every contact of a list up to this size, and a random sample of this many
 #: beyond it (and says so).
 LAUNCH_SAMPLE_SIZE = 10_000
@@ -114,10 +140,36 @@ _SAMPLE_CONTACTS = sa.text(
     limit :limit
     """
 )
+# `scheduled` until its start for a campaign whose strategy is `scheduled` (the engine pass
+# activates it then); `active` otherwise.
 _ACTIVATE = sa.text(
     """
-    update app.campaigns set status = 'active', launched_at = :now, updated_at = :now
+    update app.campaigns
+    set status = case when send_strategy = 'scheduled' and start_at > :now
+                      then 'scheduled' else 'active' end,
+        launched_at = coalesce(launched_at, :now), completed_at = null, updated_at = :now
     where id = :id
+    returning status
+    """
+)
+_BY_NAME = sa.text(
+    "select id, name, status, approval_required, spec_sha256 from app.campaigns where name = :name"
+)
+_SET_STATUS = sa.text(
+    """
+    update app.campaigns set status = :status, updated_at = :now
+    where id = :id and status = any(:allowed)
+    returning status
+    """
+)
+_RESUME = sa.text(
+    """
+    update app.campaigns
+    set status = case when send_strategy = 'scheduled' and start_at > :now
+                      then 'scheduled' else 'active' end,
+        updated_at = :now
+    where id = :id and status = 'paused'
+    returning status
     """
 )
 
@@ -242,20 +294,21 @@ def validate_campaign(
     if not steps:
         raise CampaignError("the campaign has no steps")
     email_steps = []
+    texts: list[tuple[str, dict[str, str | None]]] = []
     for step in steps:
-        where = f"step {step.step_order} ({step.step_type})"
         if step.step_type not in RUNNABLE_STEP_TYPES:
-            raise CampaignError(f"{where}: step type {step.step_type!r} is not supported yet")
+            raise CampaignError(f"step {step.key}: step type {step.step_type!r} is not supported")
         if step.step_type != "email":
             continue
         email_steps.append(step)
-        for part in ("subject", "body_text", "body_html"):
-            source = getattr(step, part)
-            if source is not None:
-                try:
-                    check_syntax(source, where=f"{where} {part}")
-                except TemplateRenderError as exc:
-                    raise CampaignError(str(exc)) from None
+        for where, parts in _email_parts(step):
+            texts.append((where, parts))
+            for part, source in parts.items():
+                if source is not None:
+                    try:
+                        check_syntax(source, where=f"{where} {part}")
+                    except TemplateRenderError as exc:
+                        raise CampaignError(str(exc)) from None
 
     on_list = (
         0
@@ -272,12 +325,9 @@ def validate_campaign(
         with Renderer(limits) as renderer:
             for contact in contacts:
                 context = contact_context(contact._mapping)
-                for step in email_steps:
-                    parts = {p: getattr(step, p) for p in ("subject", "body_text", "body_html")}
+                for where, parts in texts:
                     try:
-                        renderer.render(
-                            parts, context, where=f"step {step.step_order} ({step.step_type})"
-                        )
+                        renderer.render(parts, context, where=where)
                     except TemplateRenderError as exc:
                         sample = f"; {check.summary()}" if check.sampled else ""
                         raise CampaignError(f"{exc} (contact {context['email']}{sample})") from None
@@ -292,8 +342,150 @@ def launch_campaign(
     limits: RenderLimits | None = None,
     sample_size: int = LAUNCH_SAMPLE_SIZE,
 ) -> LaunchCheck:
-    """Validate, then activate; returns (and logs) what validation checked."""
+    """Validate, then activate and enroll the list's members at once; returns (and logs) what
+    validation checked.
+
+    A campaign that needs approval launches only with an approval of its current definition.
+    """
+    campaign = conn.execute(_CAMPAIGN, {"id": campaign_id}).one_or_none()
+    if campaign is None:
+        raise CampaignError(f"no campaign with id {campaign_id}")
+    if campaign.status != "draft":
+        hint = " (penguin campaign resume)" if campaign.status == "paused" else ""
+        raise CampaignError(
+            f"the campaign is {campaign.status}; only a draft can be launched{hint}"
+        )
+    if campaign.approval_required:
+        from engine.campaign_files import approval_state
+
+        approved, detail = approval_state(conn, campaign_id)
+        if not approved:
+            raise CampaignError(f"the campaign needs an approval before it launches: {detail}")
     check = validate_campaign(conn, campaign_id, limits=limits, sample_size=sample_size)
-    conn.execute(_ACTIVATE, {"id": campaign_id, "now": now})
-    log.info("campaign %s launched: %s", campaign_id, check.summary())
+    status = conn.execute(_ACTIVATE, {"id": campaign_id, "now": now}).scalar_one()
+    enrolled = steps.enroll(conn, now) if status == "active" else 0
+    log.info(
+        "campaign %s launched (%s, %s enrolled): %s",
+        campaign_id,
+        status,
+        enrolled,
+        check.summary(),
+    )
     return check
+
+
+def campaign_named(conn: Connection, name: str) -> sa.Row:
+    """The tenant's campaign `name`; `CampaignError` naming it when there is none."""
+    row = conn.execute(_BY_NAME, {"name": name}).one_or_none()
+    if row is None:
+        raise CampaignError(f"no campaign named {name!r} in this tenant")
+    return row
+
+
+def pause_campaign(conn: Connection, campaign_id: uuid.UUID, now: datetime) -> str:
+    """Stop sending before the next message, including in a pass already under way (each
+    message is marked `sending` only while its campaign is active)."""
+    status = conn.execute(
+        _SET_STATUS,
+        {"id": campaign_id, "status": "paused", "now": now, "allowed": ["active", "scheduled"]},
+    ).scalar()
+    if status is None:
+        current = conn.execute(_CAMPAIGN, {"id": campaign_id}).one()
+        raise CampaignError(f"the campaign is {current.status}; only an active one can be paused")
+    return status
+
+
+def resume_campaign(conn: Connection, campaign_id: uuid.UUID, now: datetime) -> str:
+    status = conn.execute(_RESUME, {"id": campaign_id, "now": now}).scalar()
+    if status is None:
+        current = conn.execute(_CAMPAIGN, {"id": campaign_id}).one()
+        raise CampaignError(f"the campaign is {current.status}; only a paused one can be resumed")
+    return status
+
+
+_STATUS_STEPS = sa.text(
+    """
+    select s.key, s.step_type, s.step_order, cc.status, count(cc.id) as enrollments
+    from app.campaign_steps s
+    left join app.campaign_contacts cc on cc.current_step_id = s.id
+    where s.campaign_id = :id and (s.removed_at is null or cc.id is not null)
+    group by s.key, s.step_type, s.step_order, cc.status
+    order by s.step_order nulls last, s.key
+    """
+)
+_STATUS_TOTALS = sa.text(
+    """
+    select c.name, c.status, c.timezone, st.daily_limit,
+           (select count(*) from app.sent_emails m
+            where m.tenant_id = c.tenant_id and m.campaign_id = c.id
+              and m.queued_at >= (date_trunc('day', :now at time zone c.timezone)
+                                  at time zone c.timezone)
+              and not (m.status = 'failed' and m.attempts = 0)) as sent_today,
+           (select min(cc.next_run_at) from app.campaign_contacts cc
+            where cc.campaign_id = c.id and cc.status in ('enrolled', 'active')) as next_due
+    from app.campaigns c join app.campaign_settings st on st.campaign_id = c.id
+    where c.id = :id
+    """
+)
+_STATUS_WAITING = sa.text(
+    """
+    select coalesce(cc.wait_reason, case s.step_type when 'wait' then 'wait step'
+                                     else 'due' end) as reason,
+           count(*) as enrollments, min(cc.next_run_at) as until
+    from app.campaign_contacts cc join app.campaign_steps s on s.id = cc.current_step_id
+    where cc.campaign_id = :id and cc.status in ('enrolled', 'active')
+    group by 1 order by 3
+    """
+)
+_STATUS_SENDERS = sa.text(
+    """
+    select sa.email, sa.daily_limit, sa.is_active,
+           (select count(*) from app.sent_emails m
+            where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
+              and m.queued_at >= date_trunc('day', :now at time zone 'UTC') at time zone 'UTC'
+              and not (m.status = 'failed' and m.attempts = 0)) as sent_today
+    from app.campaign_senders cs join app.sender_accounts sa on sa.id = cs.sender_account_id
+    where cs.campaign_id = :id
+    order by cs.position
+    """
+)
+
+
+@dataclass(frozen=True)
+class CampaignStatus:
+    """What `penguin campaign status` shows."""
+
+    name: str
+    status: str
+    timezone: str
+    daily_limit: int
+    sent_today: int
+    next_due: datetime | None
+    #: (step key, step type, enrollment status, count), in step order.
+    steps: list[tuple[str, str, str | None, int]]
+    #: (why, enrollments, earliest time) of enrollments still to run.
+    waiting: list[tuple[str, int, datetime | None]]
+    #: (sender, sent today, daily limit, active) in rotation order.
+    senders: list[tuple[str, int, int, bool]]
+
+
+def campaign_status(conn: Connection, campaign_id: uuid.UUID, now: datetime) -> CampaignStatus:
+    params = {"id": campaign_id, "now": now}
+    totals = conn.execute(_STATUS_TOTALS, params).one()
+    return CampaignStatus(
+        name=totals.name,
+        status=totals.status,
+        timezone=totals.timezone,
+        daily_limit=totals.daily_limit,
+        sent_today=totals.sent_today,
+        next_due=totals.next_due,
+        steps=[
+            (r.key, r.step_type, r.status, r.enrollments)
+            for r in conn.execute(_STATUS_STEPS, params)
+        ],
+        waiting=[(r.reason, r.enrollments, r.until) for r in conn.execute(_STATUS_WAITING, params)],
+        senders=[
+            (r.email, r.sent_today, r.daily_limit, r.is_active)
+            for r in conn.execute(_STATUS_SENDERS, params)
+        ],
+    )

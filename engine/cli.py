@@ -199,30 +199,70 @@ def demo() -> None:
     )
 
 
+def _parse_now(value: str | None) -> datetime:
+    """`--now`: an ISO 8601 time; one without an offset is UTC."""
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        err.print(
+            f"[bold red]error:[/] --now {value!r} is not an ISO 8601 time "
+            "(e.g. 2026-12-01T09:00 or 2026-12-01T09:00+01:00)"
+        )
+        raise typer.Exit(2) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 @app.command()
 def send(
     tenant: TenantOption = DEFAULT_TENANT,
     all_tenants_: Annotated[bool, typer.Option("--all-tenants", help="Every tenant.")] = False,
+    now: Annotated[
+        str | None,
+        typer.Option(
+            "--now",
+            help="Run the pass as if it were this time (ISO 8601; UTC without an offset). "
+            "Every decision and every recorded time uses it.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Change nothing; print what the pass would do.")
+    ] = False,
 ) -> None:
-    """Run the sending engine once over every due enrollment, as send_due_job does."""
+    """Run one engine pass, as send_due_job does: enroll new list members, move wait,
+    condition and action steps on, and send the due emails under their throttles."""
     from engine.senders import SmtpServer
     from engine.sending.scheduler import send_due
-    from engine.tenants import UnknownTenantError, tenant_id
 
+    at = _parse_now(now)
     db = _database()
     settings = db.settings
-    only = None
-    if not all_tenants_:
-        try:
-            only = tenant_id(db.app, tenant)
-        except UnknownTenantError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+    only = None if all_tenants_ else [_tenant(db, tenant)]
     sink = SmtpServer(settings.smtp_sink_host, settings.smtp_sink_port)
-    report = send_due(db.app, sink, datetime.now(UTC), tenants=None if only is None else [only])
-    console.print(report.as_dict())
+    report = send_due(db.app, sink, at, tenants=only, dry_run=dry_run)
+    _print_pass(report, at, dry_run)
     for line in report.errors:
         err.print(f"[yellow]{line}[/]")
+
+
+def _print_pass(report, at: datetime, dry_run: bool) -> None:
+    from rich.table import Table
+
+    title = f"{'dry run: nothing changed; ' if dry_run else ''}pass at {at.isoformat()}"
+    table = Table(title=title, show_header=True)
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_column("by reason")
+    counts = report.as_dict()
+    rows = ["enrolled", "advanced"]
+    rows += ["would_send"] if dry_run else ["sent", "retrying", "bounced", "failed", "unknown"]
+    for name in rows:
+        table.add_row(name.replace("_", " "), f"{counts[name]:,}", "")
+    for name in ("deferred", "exited"):
+        detail = ", ".join(f"{r}: {n:,}" for r, n in counts[f"{name}_by_reason"].items())
+        table.add_row(name, f"{counts[name]:,}", detail)
+    console.print(table)
 
 
 @app.command()

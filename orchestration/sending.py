@@ -12,7 +12,7 @@ import dagster as dg
 from engine.db import tenant_transaction
 from engine.enrollment import enroll_active_campaigns
 from engine.sending import store
-from engine.sending.scheduler import send_due
+from engine.sending.scheduler import SendReport, send_due
 from engine.tenants import all_tenants
 from orchestration.analytics import DBT_TAGS, MARTS
 from orchestration.clock import utcnow
@@ -57,8 +57,9 @@ SENDS_TAGS = {"penguin/sends": "send", **DBT_TAGS}
     kinds={"smtp", "postgres"},
     pool=SENDS_POOL,
     description=(
-        "Messages sent over SMTP. Materializing runs the engine once over every due "
-        "enrollment: claim, render, send, record, advance."
+        "Messages sent over SMTP. Materializing runs one engine pass: enroll new list "
+        "members, move wait, condition and action steps on, send the due emails under their "
+        "throttles (claim, render, send, record, advance)."
     ),
 )
 def sent_emails(
@@ -73,7 +74,15 @@ def sent_emails(
     )
     for error in report.errors[:20]:
         context.log.warning(error)
-    return dg.MaterializeResult(metadata=report.as_dict())
+    return dg.MaterializeResult(metadata=pass_metadata(report))
+
+
+def pass_metadata(report: SendReport) -> dict[str, object]:
+    """The counts of a pass as run metadata: totals as numbers, reasons as JSON."""
+    return {
+        name: dg.MetadataValue.json(value) if isinstance(value, dict) else value
+        for name, value in report.as_dict().items()
+    }
 
 
 send_due_job = dg.define_asset_job(

@@ -108,7 +108,14 @@ def seed_tenant(
         )
     ]
     with tenant_transaction(db.app, tenant_id) as conn:
-        sender = create_sender(conn, f"sales@{name}.example", f"{name.title()} Sales")
+        # No gap, a high limit: one pass sends every due message (throttle tests set their own).
+        sender = create_sender(
+            conn,
+            f"sales@{name}.example",
+            f"{name.title()} Sales",
+            daily_limit=100_000,
+            min_gap_seconds=0,
+        )
         campaign = create_campaign(
             conn, f"{name} outreach", now, list_name="leads", sender_id=sender, steps=steps
         )

@@ -1,27 +1,52 @@
-"""The scheduler between store and messenger: claim → render → SMTP → record → advance.
+"""The engine pass: move sequences on, then send the due emails under their throttles.
+
+One pass (`send_due`), per tenant, all at the pass's `now`:
+
+1. the set-based steps (`engine.sequence.steps`): scheduled campaigns whose start has come go
+   active, new list members are enrolled, enrollments of contacts who replied, unsubscribed or
+   bounced exit, and every due wait, condition and action step moves on;
+2. the due emails, a batch at a time: **claim** (lock due enrollments, apply the scheduling rules
+   of `engine.sequence.rules` — window, start and end, campaign and sender limits, gaps, sender
+   rotation — defer what cannot go now to the time it can, queue a message row for what can),
+   **render** (no transaction open), then per message through the `Courier`: `sending` just
+   before its own SMTP conversation, settled right after it;
+3. campaigns with nothing left to do complete.
 
 Progress lives in the database, never only in memory: each stage commits before the next, so
-a restart resumes exactly where the last worker stopped.
+a restart resumes exactly where the last worker stopped, and a crash leaves only the
+conversations under way in doubt (`unknown`, never resent).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from engine.db import tenant_transaction
 from engine.senders import SenderConfigError, SmtpServer, smtp_server_for
 from engine.sending import store
-from engine.sending.messenger import Delivery, Outcome, OutgoingEmail, deliver
+from engine.sending.messenger import (
+    CallbackError,
+    Courier,
+    CourierConfig,
+    Delivery,
+    Outcome,
+    OutgoingEmail,
+    SendJob,
+)
+from engine.sequence import rules, steps
 from engine.templates import (
     Renderer,
     RendererError,
@@ -37,10 +62,11 @@ class Config:
     batch_size: int = 500
     lease: timedelta = timedelta(minutes=5)
     max_attempts: int = 5
-    retry_backoff: timedelta = timedelta(minutes=1)
-    max_batches_per_tenant: int = 100
+    max_batches_per_tenant: int = 1000
     #: Time, output and memory limits of rendering one message's templates.
     render: RenderLimits = field(default_factory=RenderLimits)
+    #: Concurrency of the SMTP conversations (see `CourierConfig`).
+    courier: CourierConfig = field(default_factory=CourierConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_attempts < 1 or self.max_batches_per_tenant < 1:
@@ -48,24 +74,38 @@ class Config:
         if self.lease <= timedelta(0):
             raise ValueError("lease must be positive")
 
-    def backoff(self, attempt: int) -> timedelta:
-        return self.retry_backoff * (2 ** (attempt - 1))
-
 
 @dataclass
 class SendReport:
+    """What one pass did (or, with `dry_run`, would do)."""
+
+    enrolled: int = 0
+    advanced: int = 0
+    #: Due emails looked at (each then sent, deferred, exited or finished).
     claimed: int = 0
     sent: int = 0
     retrying: int = 0
-    failed: int = 0
     bounced: int = 0
-    suppressed: int = 0
-    in_doubt: int = 0
-    waits: int = 0
+    failed: int = 0
+    unknown: int = 0
+    #: Dry runs: messages the pass would have sent.
+    would_send: int = 0
+    deferred: Counter[str] = field(default_factory=Counter)
+    exited: Counter[str] = field(default_factory=Counter)
+    campaigns_activated: int = 0
+    campaigns_completed: int = 0
     errors: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+    def as_dict(self) -> dict[str, object]:
+        """Counts for printing and run metadata: totals, and per-reason breakdowns."""
+        counts: dict[str, object] = {
+            k: v for k, v in self.__dict__.items() if isinstance(v, int) and not isinstance(v, bool)
+        }
+        counts["deferred"] = sum(self.deferred.values())
+        counts["exited"] = sum(self.exited.values())
+        counts["deferred_by_reason"] = dict(sorted(self.deferred.items()))
+        counts["exited_by_reason"] = dict(sorted(self.exited.items()))
+        return counts
 
 
 @dataclass(frozen=True)
@@ -78,22 +118,27 @@ class _Run:
     env: Mapping[str, str]
     report: SendReport
     worker: str
-    renderer: Renderer
+    renderer: Renderer | None
+    courier: Courier | None
+    #: The courier records outcomes from several threads at once.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@dataclass(frozen=True)
-class _Rendered:
-    subject: str
-    body_text: str
-    body_html: str | None
+@dataclass
+class _Work:
+    """One claimed email: its row, the sender and variant it got, its message row."""
 
-
-@dataclass(frozen=True)
-class _Pending:
     row: sa.Row
+    sender: sa.Row
+    campaign: sa.Row
     message_row_id: uuid.UUID
-    email: OutgoingEmail
+    message_id: str
+    variant: int | None
     attempt: int
+    subject: str = ""
+    body_text: str = ""
+    body_html: str | None = None
+    error: str | None = None
 
 
 def default_worker_name() -> str:
@@ -111,288 +156,466 @@ def send_due(
     on_batch: Callable[[SendReport], None] | None = None,
     tenants: list[uuid.UUID] | None = None,
     clock: Callable[[], datetime] | None = None,
+    dry_run: bool = False,
 ) -> SendReport:
-    """Work through every due enrollment of `tenants` (default: all); return what happened.
+    """One engine pass over `tenants` (default: all); return what happened.
 
-    `now` is the time of the first batch; with a `clock`, each later batch is claimed, leased
-    and recorded at the clock's time instead, so a long run never claims with a stale lease.
-    One item that fails (its template, its address, its data) ends only itself, with a reason.
+    `now` is the time of every decision and every recorded time; with a `clock`, each later
+    email batch is claimed, leased and recorded at the clock's time instead, so a long run never
+    claims with a stale lease. `dry_run` decides everything as a pass would, in transactions
+    that are rolled back, and sends nothing. One item that fails (its template, its address, its
+    data) ends only itself, with a reason.
     """
     report = SendReport()
-    first = True
-    with Renderer(config.render) as renderer:
-        run = _Run(app, sink, config, env, report, worker or default_worker_name(), renderer)
-        for tenant_id in tenants if tenants is not None else [t for t, _ in all_tenants(app)]:
+    worker = worker or default_worker_name()
+    ids = tenants if tenants is not None else [t for t, _ in all_tenants(app)]
+    if dry_run:
+        run = _Run(app, sink, config, env, report, worker, None, None)
+        for tenant_id in ids:
+            _dry_run(run, tenant_id, now)
+        return report
+    with Renderer(config.render) as renderer, Courier(config.courier) as courier:
+        run = _Run(app, sink, config, env, report, worker, renderer, courier)
+        first = True
+        for tenant_id in ids:
+            with tenant_transaction(app, tenant_id) as conn:
+                _run_steps(conn, report, now)
             for _ in range(config.max_batches_per_tenant):
                 batch_now = now if first or clock is None else clock()
                 first = False
                 with tenant_transaction(app, tenant_id) as conn:
-                    rows = store.claim(conn, run.worker, batch_now, config.lease, config.batch_size)
-                if not rows:
+                    claimed, work = _claim(conn, run, batch_now)
+                if not claimed:
                     break
-                report.claimed += len(rows)
-                _process(run, tenant_id, rows, batch_now)
+                if work:
+                    _send_batch(run, tenant_id, work, batch_now)
                 if on_batch:
                     on_batch(report)
+            with tenant_transaction(app, tenant_id) as conn:
+                report.campaigns_completed += _count(steps.complete_campaigns(conn, now))
     return report
 
 
-def _process(run: _Run, tenant_id: uuid.UUID, rows: list[sa.Row], now: datetime) -> None:
-    """One claimed batch: render (no transaction open), prepare, deliver, record."""
-    rendered, deferred = _render_batch(run, rows)
+def _count(result: object) -> int:
+    if isinstance(result, Mapping):
+        return sum(int(v) for v in result.values())
+    return int(result or 0)
 
-    pending: list[_Pending] = []
+
+def _run_steps(conn: Connection, report: SendReport, now: datetime) -> None:
+    """The set-based part of a pass: campaigns starting, enrollment, exits, wait, condition
+    and action steps."""
+    report.campaigns_activated += _count(steps.activate_scheduled(conn, now))
+    report.enrolled += _count(steps.enroll(conn, now))
+    report.exited.update(steps.exit_stopped(conn, now))
+    moved = steps.advance(conn, now)
+    report.advanced += moved.advanced
+    report.exited.update(moved.exited)
+
+
+def _dry_run(run: _Run, tenant_id: uuid.UUID, now: datetime) -> None:
+    """Everything a pass would decide at `now`, in one transaction rolled back at the end."""
     with tenant_transaction(run.app, tenant_id) as conn:
-        for row in rows:
-            if row.enrollment_id in deferred:
-                # Released now, claimed again by the next batch with a fresh lease.
-                store.reschedule(conn, row.enrollment_id, now, now, run.worker)
-                continue
-            item = _for_one_item(
-                conn, run, row, now, lambda row=row: _prepare(conn, run, row, rendered, now)
-            )
-            if item is not None:
-                pending.append(item)
-
-    outcomes = _deliver(run, pending)
-
-    with tenant_transaction(run.app, tenant_id) as conn:
-        for item, delivery in outcomes:
-            _for_one_item(
-                conn,
-                run,
-                item.row,
-                now,
-                lambda item=item, delivery=delivery: _record(conn, run, item, delivery, now),
-                settled=False,
-            )
+        savepoint = conn.begin_nested()
+        try:
+            _run_steps(conn, run.report, now)
+            for _ in range(run.config.max_batches_per_tenant):
+                claimed, work = _claim(conn, run, now)
+                if not claimed:
+                    break
+                run.report.would_send += len(work)
+            run.report.campaigns_completed += _count(steps.complete_campaigns(conn, now))
+        finally:
+            savepoint.rollback()
 
 
-def _render_batch(
-    run: _Run, rows: list[sa.Row]
-) -> tuple[dict[uuid.UUID, _Rendered | TemplateRenderError], set[uuid.UUID]]:
-    """Render the batch's emails within a third of the lease; the rest is deferred.
+# --------------------------------------------------------------------------- claim
 
-    Each item may take up to the render time limit, so a batch of slow templates could
-    outlast its lease and be claimed by another worker meanwhile. Rendering stops when a third
-    of the lease (real time, not the run's `now`) is spent; the first item always renders, so
-    every batch makes progress.
+
+def _claim(conn: Connection, run: _Run, now: datetime) -> tuple[int, list[_Work]]:
+    """Claim one batch of due emails; return how many were claimed and those that go now.
+
+    Everything claimed is settled here: sent now (leased, message row queued), deferred to when
+    it can go (`wait_reason`), exited, or, for messages a crashed worker left behind, finished.
     """
-    budget = run.config.lease.total_seconds() / 3
-    started = time.monotonic()
-    rendered: dict[uuid.UUID, _Rendered | TemplateRenderError] = {}
-    deferred: set[uuid.UUID] = set()
+    rows = conn.execute(store.CLAIM, {"now": now, "limit": run.config.batch_size}).all()
+    if not rows:
+        return 0, []
+    report = run.report
+    report.claimed += len(rows)
+    campaigns = {
+        c.id: c
+        for c in conn.execute(
+            store.CAMPAIGNS, {"ids": list({r.campaign_id for r in rows}), "now": now}
+        )
+    }
+    sender_ids = {s for c in campaigns.values() for s in c.senders}
+    sender_ids |= {r.step_sender_id for r in rows if r.step_sender_id is not None}
+    sender_ids |= {r.message_sender_id for r in rows if r.message_sender_id is not None}
+    day_start = datetime.combine(rules.utc_day(now), datetime.min.time(), tzinfo=ZoneInfo("UTC"))
+    senders = {
+        s.id: s
+        for s in conn.execute(store.SENDERS, {"ids": list(sender_ids), "utc_day_start": day_start})
+    }
+    optimized = [
+        r.contact_id for r in rows if campaigns[r.campaign_id].send_strategy == "optimized"
+    ]
+    opens = (
+        {o.contact_id: o.opens for o in conn.execute(store.OPENS, {"contact_ids": optimized})}
+        if optimized
+        else {}
+    )
+
+    campaign_states = {cid: _campaign_state(c, now) for cid, c in campaigns.items()}
+    sender_states = {sid: _sender_state(s, now) for sid, s in senders.items()}
+
+    defers: list[tuple[uuid.UUID, datetime, str]] = []
+    exits: list[tuple[uuid.UUID, str]] = []
+    fresh: list[tuple[sa.Row, uuid.UUID, int | None, str]] = []
+    retries: list[_Work] = []
     for row in rows:
-        if not _needs_email(row):
+        campaign = campaigns[row.campaign_id]
+        state = campaign_states[row.campaign_id]
+        if row.message_row_id is not None and row.message_status != "queued":
+            _finish_left_behind(conn, run, row, now)
             continue
-        if rendered and time.monotonic() - started > budget:
-            deferred.add(row.enrollment_id)
+        if row.suppressed or row.contact_status != "active":
+            exits.append(
+                (row.enrollment_id, "suppressed" if row.suppressed else row.contact_status)
+            )
+            continue
+        tz = rules.contact_timezone(row.timezone, state.schedule.tz)
+        open_hour = (
+            rules.usual_open_hour(opens.get(row.contact_id, ()), tz)
+            if campaign.send_strategy == "optimized"
+            else None
+        )
+        if row.message_row_id is not None:
+            # A retry (or a message claimed before a crash): it keeps its sender and has
+            # taken its counts already; only the schedule applies.
+            if state.schedule.ended(now):
+                exits.append((row.enrollment_id, rules.CAMPAIGN_ENDED))
+                continue
+            at, reason = rules.earliest_send(state.schedule, tz, now, open_hour)
+            if reason is not None:
+                defers.append((row.enrollment_id, at, reason))
+                continue
+            sender = senders.get(row.message_sender_id)
+            if sender is None:
+                exits.append((row.enrollment_id, rules.NO_SENDER))
+                continue
+            retries.append(
+                _Work(
+                    row,
+                    sender,
+                    campaign,
+                    row.message_row_id,
+                    row.message_id,
+                    int(row.message_variant) if row.message_variant else None,
+                    row.attempts + 1,
+                )
+            )
+            continue
+        item = rules.Item(row.campaign_id, tz, row.step_sender_id, open_hour)
+        decision = rules.decide(item, state, sender_states, now)
+        if isinstance(decision, rules.Exit):
+            exits.append((row.enrollment_id, decision.reason))
+        elif isinstance(decision, rules.Defer):
+            # No known time (every sender paused): looked at again in a day, or when a sender
+            # resumes (`penguin sender resume` makes these due at once).
+            until = decision.until or now + timedelta(days=1)
+            defers.append((row.enrollment_id, until, decision.reason))
         else:
-            rendered[row.enrollment_id] = _render(run, row)
-    return rendered, deferred
+            domain = senders[decision.sender_id].email.rsplit("@", 1)[-1]
+            fresh.append((row, decision.sender_id, _variant(row), f"{uuid.uuid4()}@{domain}"))
+
+    store.defer(conn, *_columns(defers, 3), now=now)
+    store.exit_many(conn, *_columns(exits, 2), now=now)
+    for _, _, reason in defers:
+        report.deferred[reason] += 1
+    for _, reason in exits:
+        report.exited[reason] += 1
+
+    work = list(retries)
+    if fresh:
+        queued = {
+            q.campaign_contact_id: q.id
+            for q in conn.execute(
+                store.QUEUE_MESSAGES,
+                {
+                    "enrollment_ids": [r.enrollment_id for r, *_ in fresh],
+                    "campaign_ids": [r.campaign_id for r, *_ in fresh],
+                    "step_ids": [r.step_id for r, *_ in fresh],
+                    "contact_ids": [r.contact_id for r, *_ in fresh],
+                    "sender_ids": [s for _, s, _, _ in fresh],
+                    "recipients": [r.email for r, *_ in fresh],
+                    "message_ids": [m for *_, m in fresh],
+                    "variants": [None if v is None else str(v) for _, _, v, _ in fresh],
+                    "now": now,
+                },
+            )
+        }
+        for row, sender_id, variant, message_id in fresh:
+            if row.enrollment_id in queued:
+                work.append(
+                    _Work(
+                        row,
+                        senders[sender_id],
+                        campaigns[row.campaign_id],
+                        queued[row.enrollment_id],
+                        message_id,
+                        variant,
+                        1,
+                    )
+                )
+    store.lease(conn, [w.row.enrollment_id for w in work], run.worker, now, run.config.lease)
+    return len(rows), work
 
 
-def _needs_email(row: sa.Row) -> bool:
-    return (
-        row.step_id is not None
-        and not row.suppressed
-        and row.step_type == "email"
-        and row.sender_id is not None
-        and row.message_status in (None, "queued")
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    return [[r[i] for r in rows] for i in range(width)]
+
+
+def _campaign_state(c: sa.Row, now: datetime) -> rules.CampaignState:
+    tz = rules.timezone_named(c.timezone) or ZoneInfo("UTC")
+    schedule = rules.Schedule(
+        tz=tz,
+        window=rules.Window(c.send_window_start, c.send_window_end, frozenset(c.send_days)),
+        strategy=c.send_strategy,
+        start_at=c.start_at,
+        end_at=c.end_at,
+        daily_limit=c.daily_limit,
+    )
+    return rules.CampaignState(
+        c.id, schedule, tuple(c.senders), rules.local_day(now, tz), c.sent_today
     )
 
 
-def _render(run: _Run, row: sa.Row) -> _Rendered | TemplateRenderError:
-    """The message's texts for this contact, or the template's error (which ends only it)."""
-    parts = {"subject": row.subject, "body_text": row.body_text, "body_html": row.body_html}
-    try:
-        texts = run.renderer.render(
-            parts, contact_context(row._mapping), where=f"step {row.step_order}"
+def _sender_state(s: sa.Row, now: datetime) -> rules.SenderState:
+    return rules.SenderState(
+        s.id,
+        s.daily_limit,
+        timedelta(seconds=s.min_gap_seconds),
+        paused=not s.is_active,
+        day=rules.utc_day(now),
+        sent=s.sent_today,
+        last=s.last_queued_at,
+    )
+
+
+def _variant(row: sa.Row) -> int | None:
+    """The A/B variant (1-based) of this enrollment at this step: deterministic, in proportion
+    to the weights (sha256 of enrollment and step)."""
+    if not row.variants:
+        return None
+    weights = [max(int(v.get("weight", 1)), 0) for v in row.variants]
+    total = sum(weights)
+    if total <= 0:
+        return 1
+    digest = hashlib.sha256(f"{row.enrollment_id}:{row.step_id}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") % total
+    for index, weight in enumerate(weights, start=1):
+        if point < weight:
+            return index
+        point -= weight
+    return len(weights)
+
+
+def _finish_left_behind(conn: Connection, run: _Run, row: sa.Row, now: datetime) -> None:
+    """A message a stopped worker left: `sent` moves on, `sending` is in doubt (never resent),
+    a settled failure ends the enrollment. The lease has run out, so it is ours to move."""
+    run_lease = [row.enrollment_id]
+    store.lease(conn, run_lease, run.worker, now, run.config.lease)
+    if row.message_status == "sending":
+        if conn.execute(store.MARK_IN_DOUBT, {"id": row.message_row_id, "now": now}).rowcount:
+            run.report.unknown += 1
+        store.advance(conn, row.enrollment_id, row.step_id, now, run.worker)
+    elif row.message_status in ("sent", "unknown"):
+        store.advance(conn, row.enrollment_id, row.step_id, now, run.worker)
+    else:
+        reason = "bounced" if row.message_status == "bounced" else "send failed"
+        store.exit_enrollment(conn, row.enrollment_id, reason, now, run.worker)
+        run.report.exited[reason] += 1
+
+
+# --------------------------------------------------------------------------- render and send
+
+
+def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetime) -> None:
+    """Render (no transaction open), then hand the messages to the courier; each one is marked
+    `sending` just before its conversation and settled right after it."""
+    assert run.renderer is not None and run.courier is not None
+    budget = run.config.lease.total_seconds() / 3
+    started = time.monotonic()
+    ready: list[_Work] = []
+    late: list[_Work] = []
+    for item in work:
+        if ready and time.monotonic() - started > budget:
+            late.append(item)  # rendering is slow: the rest goes with a fresh lease
+            continue
+        _render(run, item)
+        ready.append(item)
+    broken = [w for w in ready if w.error is not None]
+    with tenant_transaction(run.app, tenant_id) as conn:
+        tenant = conn.execute(store.TENANT_NAME).scalar_one()
+        for item in broken:
+            conn.execute(
+                store.FAIL_UNSENT, {"id": item.message_row_id, "error": item.error, "now": now}
+            )
+            store.exit_enrollment(conn, item.row.enrollment_id, item.error, now, run.worker)
+            run.report.exited["template error"] += 1
+            run.report.errors.append(f"{item.row.email}: {item.error}")
+        store.defer(
+            conn,
+            [w.row.enrollment_id for w in late],
+            [now for _ in late],
+            ["retry" for _ in late],
+            now,
         )
+
+    jobs: list[SendJob] = []
+    skipped: list[_Work] = []
+    for item in ready:
+        if item.error is not None:
+            continue
+        try:
+            server = smtp_server_for(item.sender, run.sink, tenant=tenant, env=run.env)
+        except SenderConfigError as exc:
+            server = None
+            reason = str(exc)
+        except Exception as exc:  # a value the database let through but SMTP cannot use
+            server = None
+            reason = f"sender {item.sender.email}: {_describe(exc)}"
+        if server is None:
+            _settle_unsent(run, tenant_id, item, now, reason)
+            continue
+        jobs.append(_job(run, tenant_id, item, server, now, skipped))
+    if jobs:
+        try:
+            run.courier.send(jobs)
+        except CallbackError as exc:
+            # Database trouble while recording: those enrollments keep their lease and fall
+            # due again when it runs out; their messages stay `sending` and become `unknown`.
+            for error in exc.exceptions:
+                run.report.errors.append(f"could not record a message: {_describe(error)}")
+    if skipped:
+        with tenant_transaction(run.app, tenant_id) as conn:
+            conn.execute(
+                store.RELEASE,
+                {"ids": [w.row.enrollment_id for w in skipped], "worker": run.worker, "now": now},
+            )
+
+
+def _render(run: _Run, item: _Work) -> None:
+    row = item.row
+    if item.variant is not None and row.variants and item.variant <= len(row.variants):
+        chosen = row.variants[item.variant - 1]
+        parts = {
+            "subject": chosen.get("subject"),
+            "body_text": chosen.get("text"),
+            "body_html": chosen.get("html"),
+        }
+    else:
+        parts = {"subject": row.subject, "body_text": row.body_text, "body_html": row.body_html}
+    where = f"step {row.step_key}"
+    try:
+        assert run.renderer is not None
+        texts = run.renderer.render(parts, contact_context(row._mapping), where=where)
     except TemplateRenderError as exc:
-        return exc
+        item.error = f"template error: {exc}"
+        return
     except RendererError:
         raise  # no worker process: not this item's fault, so the run stops loudly
     except Exception as exc:  # e.g. contact data that cannot be handed to the worker
-        return TemplateRenderError(f"step {row.step_order}: {_describe(exc)}")
-    return _Rendered(
-        subject=_one_line(texts["subject"] or ""),
-        body_text=texts["body_text"] or "",
-        body_html=texts["body_html"] or None,
-    )
+        item.error = f"template error: {where}: {_describe(exc)}"
+        return
+    item.subject = _one_line(texts["subject"] or "")
+    item.body_text = texts["body_text"] or ""
+    item.body_html = texts["body_html"] or None
 
 
-def _item_failure(exc: Exception) -> bool:
-    """Whether `exc` is about one item (its data), not the database or the code as a whole.
-
-    A lost connection, a deadlock or a statement that does not fit the schema fails every item
-    alike: those stop the run loudly (leases expire, a later run resumes), instead of ending
-    every enrollment of the batch with a reason that is not theirs.
-    """
-    if isinstance(exc, sa.exc.DBAPIError):
-        return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) and not (
-            exc.connection_invalidated
-        )
-    return not isinstance(exc, sa.exc.SQLAlchemyError | RendererError)
-
-
-def _describe(exc: Exception) -> str:
-    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
-    first_line = (str(cause).strip().splitlines() or [""])[0]
-    return f"{cause.__class__.__name__}: {first_line}"
-
-
-def _for_one_item(
-    conn: sa.Connection,
-    run: _Run,
-    row: sa.Row,
-    now: datetime,
-    action: Callable[[], _Pending | None],
-    *,
-    settled: bool = True,
-) -> _Pending | None:
-    """Run `action` for one item in a savepoint, so its failure undoes only its own writes.
-
-    The item then exits with the reason (`settled`), or, when its SMTP conversation already
-    happened, is left `sending` for a later run to mark in doubt (never sent twice).
-    """
-    try:
-        with conn.begin_nested():
-            return action()
-    except Exception as exc:
-        if not _item_failure(exc):
-            raise
-        reason = _describe(exc)
-        if settled:
-            reason = f"could not prepare the message: {reason}"
-            store.exit_enrollment(conn, row.enrollment_id, reason, now, run.worker)
-            run.report.failed += 1
-        else:
-            reason = f"could not record the outcome: {reason}"
-        run.report.errors.append(f"{row.email}: {reason}")
-        return None
-
-
-def _one_line(text: str) -> str:
-    """Header values cannot hold line breaks (a template's or a CSV cell's)."""
-    return " ".join(text.split())
-
-
-def _prepare(
-    conn: sa.Connection,
-    run: _Run,
-    row: sa.Row,
-    rendered: Mapping[uuid.UUID, _Rendered | TemplateRenderError],
-    now: datetime,
-) -> _Pending | None:
-    """Settle what needs no SMTP; for an email, write its message row before any SMTP."""
-    report, worker = run.report, run.worker
-
-    def leave(reason: str) -> None:
-        store.exit_enrollment(conn, row.enrollment_id, reason, now, worker)
-
-    if row.step_id is None:
-        leave("its current step was deleted")
-    elif row.suppressed:
-        leave("suppressed")
-        report.suppressed += 1
-    elif row.step_type == "wait":
-        resume = row.wait_until or now + row.wait_duration
-        store.advance(conn, row.enrollment_id, row.step_id, now, worker, next_run_at=resume)
-        report.waits += 1
-    elif row.step_type != "email":
-        leave(f"step type {row.step_type} is not supported yet")
-        report.errors.append(f"step type {row.step_type} is not supported yet")
-    elif row.sender_id is None:
-        # Deleted, or not this tenant's: row-level security hides another tenant's.
-        leave("the campaign has no sender account")
-        report.errors.append(f"campaign {row.campaign_id} has no sender account")
-    else:
-        return _prepare_email(conn, run, row, rendered.get(row.enrollment_id), now)
-    return None
-
-
-def _prepare_email(
-    conn: sa.Connection,
-    run: _Run,
-    row: sa.Row,
-    texts: _Rendered | TemplateRenderError | None,
-    now: datetime,
-) -> _Pending | None:
-    """Write the message row (or pick up the existing one) before any SMTP traffic."""
-    report, worker = run.report, run.worker
-    if row.message_row_id is not None:
-        if row.message_status == "sent":  # sent, but the worker stopped before advancing
-            store.advance(conn, row.enrollment_id, row.step_id, now, worker, next_run_at=now)
-            return None
-        if row.message_status == "sending":
-            conn.execute(store.MARK_IN_DOUBT, {"id": row.message_row_id, "now": now})
-            store.advance(conn, row.enrollment_id, row.step_id, now, worker, next_run_at=now)
-            report.in_doubt += 1
-            return None
-        if row.message_status != "queued":
-            store.exit_enrollment(
-                conn, row.enrollment_id, f"message {row.message_status}", now, worker
-            )
-            return None
-    if not isinstance(texts, _Rendered):
-        error = texts or TemplateRenderError(f"step {row.step_order}: not rendered")
-        store.exit_enrollment(conn, row.enrollment_id, f"template error: {error}", now, worker)
-        report.errors.append(f"{row.email}: {error}")
-        return None
-    if row.message_row_id is not None:
-        message_row_id = conn.execute(
-            store.RETRY_MESSAGE, {"id": row.message_row_id, "now": now}
-        ).scalar()
-        message_id, attempt = row.message_id, row.attempts + 1
-        if message_row_id is None:
-            return None
-    else:
-        domain = row.sender_email.rsplit("@", 1)[-1]
-        message_id = f"{uuid.uuid4()}@{domain}"
-        message_row_id = store.begin_message(conn, row, texts.subject, message_id, now)
-        attempt = 1
-        if message_row_id is None:  # another worker created it meanwhile
-            return None
-    email = OutgoingEmail(
-        message_id=message_id,
-        sender_email=row.sender_email,
-        sender_name=_one_line(row.sender_name) if row.sender_name else None,
-        recipient=row.email,
-        subject=texts.subject,
-        body_text=texts.body_text,
-        body_html=texts.body_html,
+def _email(item: _Work, now: datetime) -> OutgoingEmail:
+    sender, campaign = item.sender, item.campaign
+    name = campaign.from_name or sender.display_name
+    headers = {"List-Unsubscribe": f"<mailto:{sender.email}?subject=unsubscribe>"}
+    if campaign.reply_to:
+        headers["Reply-To"] = _one_line(campaign.reply_to)
+    return OutgoingEmail(
+        message_id=item.message_id,
+        sender_email=sender.email,
+        sender_name=_one_line(name) if name else None,
+        recipient=item.row.email,
+        subject=item.subject,
+        body_text=item.body_text,
+        body_html=item.body_html,
         date=now,
-        headers={"List-Unsubscribe": f"<mailto:{row.sender_email}?subject=unsubscribe>"},
+        headers=headers,
     )
-    return _Pending(row, message_row_id, email, attempt)
 
 
-def _deliver(run: _Run, pending: list[_Pending]) -> list[tuple[_Pending, Delivery]]:
-    """One SMTP conversation per server; a sender that cannot be used is a configuration
-    problem, retried with its reason (nothing is sent for it, no login is attempted)."""
-    by_server: dict[SmtpServer | str, list[_Pending]] = defaultdict(list)
-    for item in pending:
+def _job(
+    run: _Run,
+    tenant_id: uuid.UUID,
+    item: _Work,
+    server: SmtpServer,
+    now: datetime,
+    skipped: list[_Work],
+) -> SendJob:
+    marked = False
+
+    def before() -> bool:
+        nonlocal marked
         try:
-            server = smtp_server_for(item.row, run.sink, tenant=item.row.tenant_name, env=run.env)
-        except SenderConfigError as exc:
-            server = str(exc)
-        except Exception as exc:  # a value the database let through but SMTP cannot use
-            server = f"sender {item.row.sender_email}: {_describe(exc)}"
-        by_server[server].append(item)
-    outcomes: list[tuple[_Pending, Delivery]] = []
-    for server, items in by_server.items():
-        if isinstance(server, str):
-            outcomes += [(item, Delivery(Outcome.RETRY, server)) for item in items]
-            continue
-        try:
-            deliveries = deliver(server, [i.email for i in items])
-        except Exception as exc:  # a fault in the messenger: these may or may not have gone
-            reason = f"the messenger failed: {_describe(exc)}"
-            run.report.errors.append(f"{server.host}:{server.port}: {reason}")
-            deliveries = [Delivery(Outcome.UNKNOWN, reason) for _ in items]
-        outcomes += zip(items, deliveries, strict=True)
-    return outcomes
+            with tenant_transaction(run.app, tenant_id) as conn:
+                marked = (
+                    conn.execute(
+                        store.MARK_SENDING,
+                        {
+                            "id": item.message_row_id,
+                            "subject": item.subject,
+                            "worker": run.worker,
+                            "now": now,
+                        },
+                    ).first()
+                    is not None
+                )
+        except Exception as exc:
+            if not _item_failure(exc):
+                raise
+            # This message's own data (a NUL in its subject): it ends alone, nothing is sent.
+            reason = f"could not prepare the message: {_describe(exc)}"
+            with tenant_transaction(run.app, tenant_id) as conn:
+                conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
+                conn.execute(
+                    store.FAIL_UNSENT, {"id": item.message_row_id, "error": reason, "now": now}
+                )
+                store.exit_enrollment(conn, item.row.enrollment_id, reason, now, run.worker)
+            with run.lock:
+                run.report.failed += 1
+                run.report.exited["could not prepare the message"] += 1
+                run.report.errors.append(f"{item.row.email}: {reason}")
+            return False
+        if not marked:
+            with run.lock:
+                skipped.append(item)
+        return marked
+
+    def after(delivery: Delivery) -> None:
+        with tenant_transaction(run.app, tenant_id) as conn:
+            conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
+            _record(conn, run, item, delivery, now, marked=marked)
+
+    return SendJob(server, _email(item, now), before, after)
+
+
+def _settle_unsent(
+    run: _Run, tenant_id: uuid.UUID, item: _Work, now: datetime, reason: str
+) -> None:
+    """A sender that cannot be used (its configuration): retried with the reason, nothing sent,
+    no login attempted."""
+    with tenant_transaction(run.app, tenant_id) as conn:
+        conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
+        _record(conn, run, item, Delivery(Outcome.RETRY, reason), now, marked=False)
 
 
 @dataclass(frozen=True)
@@ -412,38 +635,72 @@ _SETTLEMENTS = {
     Outcome.BOUNCED: _Settlement("bounced", "bounce", "bounced", "bounced"),
     Outcome.REJECTED: _Settlement("failed", "exit", "failed", "message rejected", True),
     # It may have arrived: never sent again.
-    Outcome.UNKNOWN: _Settlement("unknown", "advance", "in_doubt"),
+    Outcome.UNKNOWN: _Settlement("unknown", "advance", "unknown"),
     Outcome.RETRY: _Settlement("queued", "reschedule", "retrying"),
+    Outcome.SERVER_DOWN: _Settlement("queued", "reschedule", "retrying"),
 }
 _GIVE_UP = _Settlement("failed", "exit", "failed", "send failed", True)
 
 
 def _record(
-    conn: sa.Connection, run: _Run, item: _Pending, delivery: Delivery, now: datetime
+    conn: Connection,
+    run: _Run,
+    item: _Work,
+    delivery: Delivery,
+    now: datetime,
+    *,
+    marked: bool,
 ) -> None:
-    row, worker = item.row, run.worker
+    """Settle one message and move its enrollment; the enrollment row is locked already."""
+    row, worker, report = item.row, run.worker, run.report
     error = f"{delivery.code or ''} {delivery.response}".strip()
     settlement = _SETTLEMENTS[delivery.outcome]
+    down = delivery.outcome is Outcome.SERVER_DOWN
     values: dict[str, object] = {"error": error}
     if delivery.outcome is Outcome.RETRY and item.attempt >= run.config.max_attempts:
         settlement = _GIVE_UP
         values = {"error": f"gave up after {item.attempt} attempts: {error}"}
+    elif down:
+        values["next_attempt_at"] = now + rules.SERVER_DOWN_DELAY
     elif delivery.outcome is Outcome.RETRY:
-        retry_at = now + run.config.backoff(item.attempt)
-        values["next_attempt_at"] = retry_at
+        values["next_attempt_at"] = now + rules.backoff(item.attempt, item.message_id)
     elif delivery.outcome is Outcome.SENT:
         values = {"response": delivery.response, "sent_at": now}
 
-    # False: our lease ran out and another worker settled this message meanwhile.
-    if not store.record(conn, item.message_row_id, settlement.status, now, **values):
-        return
+    if marked:
+        # False: our lease ran out and another worker settled this message meanwhile.
+        if not store.record(
+            conn, item.message_row_id, settlement.status, now, refund=down, **values
+        ):
+            return
+    elif settlement.status == "failed":
+        conn.execute(
+            store.FAIL_UNSENT, {"id": item.message_row_id, "error": values["error"], "now": now}
+        )
+    else:
+        # Never tried. Its sender cannot be used: the attempt counts, so a sender that stays
+        # broken fails its messages in the end instead of holding them for ever. Its server is
+        # down: it does not (an outage of any length fails nothing).
+        conn.execute(
+            store.NOTE_UNSENT,
+            {
+                "id": item.message_row_id,
+                "error": values["error"],
+                "next_attempt_at": values.get("next_attempt_at"),
+                "attempts": 0 if down else 1,
+                "now": now,
+            },
+        )
+
     if settlement.enrollment == "advance":
         sent_at = now if delivery.outcome is Outcome.SENT else None
-        store.advance(
-            conn, row.enrollment_id, row.step_id, now, worker, next_run_at=now, sent_at=sent_at
-        )
+        store.advance(conn, row.enrollment_id, row.step_id, now, worker, sent_at=sent_at)
     elif settlement.enrollment == "reschedule":
-        store.reschedule(conn, row.enrollment_id, values["next_attempt_at"], now, worker)
+        reason = rules.SERVER_DOWN if down else rules.RETRY
+        store.reschedule(conn, row.enrollment_id, values["next_attempt_at"], now, worker, reason)
+        if down:
+            with run.lock:
+                report.deferred[rules.SERVER_DOWN] += 1
     else:
         if settlement.enrollment == "bounce":
             conn.execute(
@@ -454,7 +711,35 @@ def _record(
                 store.MARK_CONTACT, {"status": "bounced", "contact_id": row.contact_id, "now": now}
             )
         store.exit_enrollment(conn, row.enrollment_id, settlement.exit_reason, now, worker)
-    counter = settlement.counter
-    setattr(run.report, counter, getattr(run.report, counter) + 1)
-    if settlement.reported:
-        run.report.errors.append(f"{row.email}: {error}")
+        with run.lock:
+            report.exited[settlement.exit_reason] += 1
+    with run.lock:
+        if not down:
+            setattr(report, settlement.counter, getattr(report, settlement.counter) + 1)
+        if settlement.reported:
+            report.errors.append(f"{row.email}: {error}")
+
+
+def _item_failure(exc: Exception) -> bool:
+    """Whether `exc` is about one item (its data), not the database or the code as a whole.
+
+    A lost connection, a deadlock or a statement that does not fit the schema fails every item
+    alike: those stop the run loudly (leases expire, a later run resumes), instead of ending
+    every enrollment of the batch with a reason that is not theirs.
+    """
+    if isinstance(exc, sa.exc.DBAPIError):
+        return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) and not (
+            exc.connection_invalidated
+        )
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    return f"{cause.__class__.__name__}: {first_line}"
+
+
+def _one_line(text: str) -> str:
+    """Header values cannot hold line breaks (a template's or a CSV cell's)."""
+    return " ".join(text.split())

@@ -1,95 +1,180 @@
-"""The store seam: claim due enrollments, record messages, advance sequences. SQL only.
+"""The store seam of the email steps: claim due emails, record messages, move enrollments. SQL only.
 
 What must hold:
 * claims are set-based (`FOR UPDATE SKIP LOCKED`) and leased, so any number of workers can
   run at once and a crashed worker's claims fall due again when the lease runs out;
-* at most one `sent_emails` row per (enrollment, step), ever: the row is written *before*
-  the SMTP conversation, so after a crash a message in `sending` is known to be in doubt and
-  is marked `unknown` instead of being sent again.
+* at most one `sent_emails` row per (enrollment, step), ever. The row is written `queued` when
+  the email is claimed (it reserves the sender's and the campaign's counts), goes to `sending`
+  just before its own SMTP conversation, and is settled right after it: after a crash only the
+  conversations under way are left `sending`, and those are marked `unknown`, never resent;
+* locks are taken in one order, enrollment row before message row, by every statement that
+  takes both, so two workers meeting after a lease ran out wait for each other, never deadlock.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+#: Due enrollments standing on an email step, oldest first, locked for this transaction.
 CLAIM = sa.text(
     """
     with due as (
         select cc.id
         from app.campaign_contacts cc
         join app.campaigns c on c.id = cc.campaign_id
+        join app.campaign_steps s on s.id = cc.current_step_id
         where cc.status in ('enrolled', 'active')
           and cc.next_run_at <= :now
           and (cc.lease_expires_at is null or cc.lease_expires_at < :now)
           and c.status = 'active'
-        order by cc.next_run_at
+          and s.step_type = 'email'
+        order by cc.next_run_at, cc.contact_id
         limit :limit
         for update of cc skip locked
     )
-    update app.campaign_contacts cc
-    set lease_owner = :worker, lease_expires_at = :lease_until, status = 'active',
-        started_at = coalesce(cc.started_at, :now), updated_at = :now
-    from due where cc.id = due.id
-    returning cc.id
-    """
-)
-
-WORK = sa.text(
-    """
-    select cc.id as enrollment_id, cc.campaign_id, cc.contact_id,
-           s.id as step_id, s.step_order, s.step_type, s.wait_duration, s.wait_until,
+    select cc.id as enrollment_id, cc.campaign_id, cc.contact_id, cc.next_run_at,
+           s.id as step_id, s.key as step_key, s.step_order, s.variants,
+           s.sender_account_id as step_sender_id,
            coalesce(s.subject, t.subject) as subject,
            coalesce(s.body_text, t.body_text) as body_text,
            coalesce(s.body_html, t.body_html) as body_html,
            ct.email, ct.first_name, ct.last_name, ct.full_name, ct.company, ct.job_title,
-           ct.phone, ct.website, ct.city, ct.country, ct.timezone, ct.attributes,
-           snd.id as sender_id, snd.email as sender_email, snd.display_name as sender_name,
-           snd.smtp_host, snd.smtp_port, snd.smtp_security, snd.smtp_username,
-           snd.smtp_password_env, tn.name as tenant_name,
+           ct.phone, ct.website, ct.city, ct.country, ct.timezone, ct.lead_score, ct.tags,
+           ct.attributes, ct.status as contact_status,
            exists (
                select from app.suppressions sup
                where sup.tenant_id = cc.tenant_id and lower(sup.email) = lower(ct.email)
            ) as suppressed,
            m.id as message_row_id, m.status as message_status, m.message_id,
+           m.sender_account_id as message_sender_id, m.variant as message_variant,
            coalesce(m.attempts, 0) as attempts
-    from app.campaign_contacts cc
-    join app.campaigns c on c.id = cc.campaign_id
-    left join app.campaign_steps s on s.id = cc.current_step_id
+    from due
+    join app.campaign_contacts cc on cc.id = due.id
+    join app.campaign_steps s on s.id = cc.current_step_id
     join app.contacts ct on ct.id = cc.contact_id
-    -- The tenant's name binds its SMTP password variables (senders.check_password_env).
-    join app.tenants tn on tn.id = cc.tenant_id
     left join app.templates t on t.id = s.template_id
-    left join app.campaign_senders cs on cs.campaign_id = c.id and cs.position = 1
-    left join app.sender_accounts snd on snd.id = cs.sender_account_id
-    left join app.sent_emails m on m.campaign_contact_id = cc.id and m.step_id = s.id
-    where cc.id = any(:ids) and cc.lease_owner = :worker
-    order by cc.next_run_at
+    left join app.sent_emails m
+        on m.tenant_id = cc.tenant_id and m.campaign_contact_id = cc.id and m.step_id = s.id
+    order by cc.next_run_at, cc.contact_id
     """
 )
 
-# Written before the SMTP conversation; the unique (enrollment, step) key makes a second
-# attempt at creating the same message a no-op.
-BEGIN_MESSAGE = sa.text(
+#: The campaigns of a claimed batch, locked so that two claimers count their limits in turn,
+#: with the messages each queued on its local day so far.
+CAMPAIGNS = sa.text(
+    """
+    select c.id, c.name, c.timezone, c.send_strategy, c.start_at, c.end_at, c.from_name,
+           c.reply_to, st.send_window_start, st.send_window_end, st.send_days, st.daily_limit,
+           st.track_opens, st.track_clicks,
+           (
+               select count(*) from app.sent_emails m
+               where m.tenant_id = c.tenant_id and m.campaign_id = c.id
+                 and m.queued_at >= (date_trunc('day', :now at time zone c.timezone)
+                                     at time zone c.timezone)
+                 and not (m.status = 'failed' and m.attempts = 0)
+           ) as sent_today,
+           array(
+               select cs.sender_account_id from app.campaign_senders cs
+               where cs.campaign_id = c.id order by cs.position
+           ) as senders
+    from app.campaigns c
+    join app.campaign_settings st on st.campaign_id = c.id
+    where c.id = any(:ids)
+    order by c.id
+    for update of c
+    """
+)
+
+#: Sender accounts with their messages of the UTC day and their latest message, locked in id
+#: order (the same order in every claimer).
+SENDERS = sa.text(
+    """
+    select sa.id, sa.email, sa.display_name, sa.smtp_host, sa.smtp_port, sa.smtp_security,
+           sa.smtp_username, sa.smtp_password_env, sa.daily_limit, sa.min_gap_seconds,
+           sa.is_active,
+           (
+               select count(*) from app.sent_emails m
+               where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
+                 and m.queued_at >= :utc_day_start
+                 and not (m.status = 'failed' and m.attempts = 0)
+           ) as sent_today,
+           (
+               select max(m.queued_at) from app.sent_emails m
+               where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
+           ) as last_queued_at
+    from app.sender_accounts sa
+    where sa.id = any(:ids)
+    order by sa.id
+    for update of sa
+    """
+)
+
+#: The local times of each contact's opens (for `optimized` campaigns' usual open hour).
+OPENS = sa.text(
+    """
+    select contact_id, array_agg(occurred_at order by occurred_at) as opens
+    from app.email_events
+    where tenant_id = app.current_tenant_id() and event_type = 'open'
+      and contact_id = any(:contact_ids)
+    group by contact_id
+    """
+)
+
+TENANT_NAME = sa.text("select name from app.tenants where id = app.current_tenant_id()")
+
+DEFER = sa.text(
+    """
+    update app.campaign_contacts cc
+    set next_run_at = d.until, wait_reason = d.reason, status = 'active',
+        started_at = coalesce(cc.started_at, :now), lease_owner = null, lease_expires_at = null,
+        updated_at = :now
+    from unnest(cast(:ids as uuid[]), cast(:untils as timestamptz[]), cast(:reasons as text[]))
+        as d (id, until, reason)
+    where cc.id = d.id
+    """
+)
+
+EXIT_MANY = sa.text(
+    """
+    update app.campaign_contacts cc
+    set status = 'exited', exit_reason = d.reason, exited_at = :now, next_run_at = null,
+        wait_reason = null, lease_owner = null, lease_expires_at = null, updated_at = :now
+    from unnest(cast(:ids as uuid[]), cast(:reasons as text[])) as d (id, reason)
+    where cc.id = d.id
+    """
+)
+
+LEASE = sa.text(
+    """
+    update app.campaign_contacts cc
+    set lease_owner = :worker, lease_expires_at = :lease_until, status = 'active',
+        started_at = coalesce(cc.started_at, :now), wait_reason = null, updated_at = :now
+    where cc.id = any(:ids)
+    """
+)
+
+#: The message rows of a claimed batch, `queued`: they take the sender's and the campaign's
+#: counts at once. The unique (enrollment, step) key makes a second one impossible.
+QUEUE_MESSAGES = sa.text(
     """
     insert into app.sent_emails
         (tenant_id, campaign_contact_id, campaign_id, step_id, contact_id, sender_account_id,
-         recipient_email, subject, message_id, status, attempts, queued_at, updated_at)
-    values (app.current_tenant_id(), :enrollment_id, :campaign_id, :step_id, :contact_id,
-            :sender_id, :recipient, :subject, :message_id, 'sending', 1, :now, :now)
+         recipient_email, message_id, variant, status, attempts, queued_at, updated_at)
+    select app.current_tenant_id(), q.enrollment_id, q.campaign_id, q.step_id, q.contact_id,
+           q.sender_id, q.recipient, q.message_id, q.variant, 'queued', 0, :now, :now
+    from unnest(cast(:enrollment_ids as uuid[]), cast(:campaign_ids as uuid[]),
+                cast(:step_ids as uuid[]), cast(:contact_ids as uuid[]),
+                cast(:sender_ids as uuid[]), cast(:recipients as text[]),
+                cast(:message_ids as text[]), cast(:variants as text[]))
+        as q (enrollment_id, campaign_id, step_id, contact_id, sender_id, recipient, message_id,
+              variant)
     on conflict (tenant_id, campaign_contact_id, step_id) do nothing
-    returning id
-    """
-)
-
-RETRY_MESSAGE = sa.text(
-    """
-    update app.sent_emails set status = 'sending', attempts = attempts + 1, updated_at = :now
-    where id = :id and status = 'queued'
-    returning id
+    returning id, campaign_contact_id
     """
 )
 
@@ -101,40 +186,98 @@ MARK_IN_DOUBT = sa.text(
     """
 )
 
+#: Just before one message's SMTP conversation: only a message still queued, of an enrollment
+#: this worker holds, of a campaign still active, to an address not suppressed meanwhile. A
+#: campaign paused during a run stops before its next message.
+MARK_SENDING = sa.text(
+    """
+    update app.sent_emails m
+    set status = 'sending', subject = :subject, attempts = m.attempts + 1, updated_at = :now
+    where m.id = :id and m.status = 'queued'
+      and exists (
+          select from app.campaign_contacts cc join app.campaigns c on c.id = cc.campaign_id
+          where cc.id = m.campaign_contact_id and cc.lease_owner = :worker
+            and c.status = 'active'
+      )
+      and not exists (
+          select from app.suppressions sup
+          where sup.tenant_id = m.tenant_id and lower(sup.email) = lower(m.recipient_email)
+      )
+    returning m.id
+    """
+)
+
+#: Taken first by every transaction that settles a message, as the claim does.
+LOCK_ENROLLMENT = sa.text("select id from app.campaign_contacts where id = :id for update")
+
 # Only a message still `sending` is settled: if our lease ran out and another worker marked
 # it `unknown` meanwhile, that verdict stands.
 RECORD = sa.text(
     """
     update app.sent_emails
     set status = :status, smtp_response = :response, last_error = :error,
-        sent_at = :sent_at, next_attempt_at = :next_attempt_at, updated_at = :now
+        sent_at = :sent_at, next_attempt_at = :next_attempt_at, updated_at = :now,
+        attempts = attempts - :refund
     where id = :id and status = 'sending'
     """
 )
 
+FAIL_UNSENT = sa.text(
+    """
+    update app.sent_emails set status = 'failed', last_error = :error, updated_at = :now
+    where id = :id and status = 'queued'
+    """
+)
+
+NOTE_UNSENT = sa.text(
+    """
+    update app.sent_emails
+    set attempts = attempts + :attempts, last_error = :error, next_attempt_at = :next_attempt_at,
+        updated_at = :now
+    where id = :id and status = 'queued'
+    """
+)
+
+#: Move past `step_id`, entering the next step (a wait's time counts from now) or completing.
 ADVANCE = sa.text(
     """
-    with next_step as (
-        select (select s.next_step_id from app.campaign_steps s where s.id = :step_id) as id
-    )
     update app.campaign_contacts cc
     set current_step_id = coalesce(n.id, cc.current_step_id),
         status = case when n.id is null then 'completed' else 'active' end,
-        next_run_at = case when n.id is null then null else :next_run_at end,
+        next_run_at = case
+            when n.id is null then null
+            -- Exact elapsed time, as engine.sequence.steps and rules.wait_resume count it.
+            when n.step_type = 'wait' then coalesce(
+                :now + extract(epoch from n.wait_duration) * interval '1 second',
+                greatest(:now, n.wait_until))
+            else :now end,
         completed_at = case when n.id is null then :now else cc.completed_at end,
         steps_completed = cc.steps_completed + 1,
         last_email_sent_at = coalesce(:sent_at, cc.last_email_sent_at),
-        lease_owner = null, lease_expires_at = null, updated_at = :now
-    from next_step n
-    where cc.id = :enrollment_id and cc.lease_owner = :worker and cc.current_step_id = :step_id
+        wait_reason = null, lease_owner = null, lease_expires_at = null, updated_at = :now
+    from app.campaign_steps s
+    left join app.campaign_steps n on n.id = s.next_step_id
+    where s.id = :step_id
+      and cc.id = :enrollment_id and cc.lease_owner = :worker and cc.current_step_id = :step_id
     """
 )
 
 RESCHEDULE = sa.text(
     """
     update app.campaign_contacts
-    set next_run_at = :next_run_at, lease_owner = null, lease_expires_at = null, updated_at = :now
+    set next_run_at = :next_run_at, wait_reason = :reason, lease_owner = null,
+        lease_expires_at = null, updated_at = :now
     where id = :enrollment_id and lease_owner = :worker
+    """
+)
+
+#: Claimed but not sent (the campaign was paused, the address suppressed meanwhile): released,
+#: due again now; the next pass decides.
+RELEASE = sa.text(
+    """
+    update app.campaign_contacts
+    set lease_owner = null, lease_expires_at = null, updated_at = :now
+    where id = any(:ids) and lease_owner = :worker
     """
 )
 
@@ -142,7 +285,7 @@ EXIT = sa.text(
     """
     update app.campaign_contacts
     set status = 'exited', exit_reason = :reason, exited_at = :now, next_run_at = null,
-        lease_owner = null, lease_expires_at = null, updated_at = :now
+        wait_reason = null, lease_owner = null, lease_expires_at = null, updated_at = :now
     where id = :enrollment_id and lease_owner = :worker
     """
 )
@@ -171,22 +314,37 @@ DUE_SUMMARY = sa.text(
 )
 
 
-def claim(
-    conn: Connection, worker: str, now: datetime, lease: timedelta, limit: int
-) -> list[sa.Row]:
-    ids = [
-        row.id
-        for row in conn.execute(
-            CLAIM, {"worker": worker, "now": now, "lease_until": now + lease, "limit": limit}
-        )
-    ]
-    if not ids:
-        return []
-    return list(conn.execute(WORK, {"ids": ids, "worker": worker}))
-
-
 # Every write to a claimed enrollment names the worker that holds its lease: a worker whose
 # lease ran out (and was taken over) changes nothing.
+
+
+def defer(
+    conn: Connection,
+    ids: Sequence[uuid.UUID],
+    untils: Sequence[datetime],
+    reasons: Sequence[str],
+    now: datetime,
+) -> None:
+    if ids:
+        conn.execute(
+            DEFER, {"ids": list(ids), "untils": list(untils), "reasons": list(reasons), "now": now}
+        )
+
+
+def exit_many(
+    conn: Connection, ids: Sequence[uuid.UUID], reasons: Sequence[str], now: datetime
+) -> None:
+    if ids:
+        conn.execute(EXIT_MANY, {"ids": list(ids), "reasons": list(reasons), "now": now})
+
+
+def lease(
+    conn: Connection, ids: Sequence[uuid.UUID], worker: str, now: datetime, length: timedelta
+) -> None:
+    if ids:
+        conn.execute(
+            LEASE, {"ids": list(ids), "worker": worker, "now": now, "lease_until": now + length}
+        )
 
 
 def advance(
@@ -196,32 +354,31 @@ def advance(
     now: datetime,
     worker: str,
     *,
-    next_run_at: datetime,
     sent_at: datetime | None = None,
 ) -> bool:
-    """Move past `step_id` to the next step (or complete); release the lease."""
-    return (
-        conn.execute(
-            ADVANCE,
-            {
-                "enrollment_id": enrollment_id,
-                "step_id": step_id,
-                "now": now,
-                "worker": worker,
-                "next_run_at": next_run_at,
-                "sent_at": sent_at,
-            },
-        ).rowcount
-        == 1
-    )
+    """Move past `step_id` into the next step (or complete); release the lease."""
+    params = {
+        "enrollment_id": enrollment_id,
+        "step_id": step_id,
+        "now": now,
+        "worker": worker,
+        "sent_at": sent_at,
+    }
+    return conn.execute(ADVANCE, params).rowcount == 1
 
 
 def reschedule(
-    conn: Connection, enrollment_id: uuid.UUID, next_run_at: datetime, now: datetime, worker: str
+    conn: Connection,
+    enrollment_id: uuid.UUID,
+    next_run_at: datetime,
+    now: datetime,
+    worker: str,
+    reason: str | None = None,
 ) -> bool:
     params = {
         "enrollment_id": enrollment_id,
         "next_run_at": next_run_at,
+        "reason": reason,
         "now": now,
         "worker": worker,
     }
@@ -245,8 +402,12 @@ def record(
     error: str | None = None,
     sent_at: datetime | None = None,
     next_attempt_at: datetime | None = None,
+    refund: bool = False,
 ) -> bool:
-    """Settle a message that is `sending`; False if it was settled by someone else."""
+    """Settle a message that is `sending`; False if it was settled by someone else.
+
+    `refund`: nothing was handed over and the attempt does not count (the server was down).
+    """
     params = {
         "id": message_row_id,
         "status": status,
@@ -255,28 +416,9 @@ def record(
         "error": error,
         "sent_at": sent_at,
         "next_attempt_at": next_attempt_at,
+        "refund": int(refund),
     }
     return conn.execute(RECORD, params).rowcount == 1
-
-
-def begin_message(
-    conn: Connection, work: sa.Row, subject: str, message_id: str, now: datetime
-) -> uuid.UUID | None:
-    """Write the `sending` row for a claimed work item; None if the row exists already."""
-    return conn.execute(
-        BEGIN_MESSAGE,
-        {
-            "enrollment_id": work.enrollment_id,
-            "campaign_id": work.campaign_id,
-            "step_id": work.step_id,
-            "contact_id": work.contact_id,
-            "sender_id": work.sender_id,
-            "recipient": work.email,
-            "subject": subject,
-            "message_id": message_id,
-            "now": now,
-        },
-    ).scalar()
 
 
 def due_summary(conn: Connection, now: datetime) -> tuple[int, datetime | None]:

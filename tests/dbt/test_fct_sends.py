@@ -16,9 +16,9 @@ def _fct_count(database) -> int:
 
 
 def test_incremental_run_picks_up_rows_committed_out_of_order(database, smtp_server, now, tmp_path):
-    seed_tenant(database, "early", now, tmp_path)
+    early = seed_tenant(database, "early", now, tmp_path)
     seed_tenant(database, "late", now, tmp_path, enroll=False)
-    send_due(database.app, smtp_server.server(), now)
+    send_due(database.app, smtp_server.server(), now, tenants=[early.tenant_id])
     dbt(database, "build")
     assert _fct_count(database) == 3
 
@@ -43,8 +43,9 @@ def test_status_changes_after_the_first_load_are_merged(database, smtp_server, n
     send_due(database.app, smtp_server.server(), now)
     dbt(database, "build")
     del smtp_server.handler.refuse["acme1@example.com"]
+    # The retry falls due after its backoff (five minutes and some jitter).
     send_due(
-        database.app, smtp_server.server(), now + timedelta(minutes=1), tenants=[tenant.tenant_id]
+        database.app, smtp_server.server(), now + timedelta(minutes=7), tenants=[tenant.tenant_id]
     )
     dbt(database, "build", "--select", "fct_sends+")
     with database.analytics.connect() as conn:

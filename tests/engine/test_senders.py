@@ -250,6 +250,7 @@ def test_the_tenants_own_password_logs_in_to_its_own_local_server(database, auth
             smtp_security="none",
             smtp_username="sales",
             smtp_password_env="PENGUIN_SMTP_ACME__MAIN",
+            min_gap_seconds=0,
         )
     env = {"PENGUIN_SMTP_ACME__MAIN": "acme-password"}
     report = send_due(database.app, SmtpServer("127.0.0.1", free_port()), NOW, env=env)

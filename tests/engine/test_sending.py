@@ -86,7 +86,7 @@ def test_suppressed_address_is_never_emailed(database, smtp_server, now, tmp_pat
             {"email": "ACME1@example.com", "reason": "unsubscribe", "detail": None, "now": now},
         )
     report = send_due(database.app, smtp_server.server(), now)
-    assert report.suppressed == 1
+    assert report.exited["suppressed"] == 1
     assert sorted(m["To"] for m in smtp_server.messages) == [
         "acme0@example.com",
         "acme2@example.com",
@@ -111,18 +111,19 @@ def test_permanent_smtp_failure_bounces_suppresses_and_exits(database, smtp_serv
 def test_transient_failure_retries_with_backoff_then_gives_up(database, smtp_server, now, tmp_path):
     tenant = seed_tenant(database, "acme", now, tmp_path)
     smtp_server.handler.refuse["acme1@example.com"] = "451 4.3.0 Try again later"
-    config = Config(max_attempts=2, retry_backoff=timedelta(minutes=5))
+    config = Config(max_attempts=2)
     first = send_due(database.app, smtp_server.server(), now, config=config)
     assert (first.sent, first.retrying) == (2, 1)
     waiting = [e for e in _enrollments(database, tenant) if e.email == "acme1@example.com"][0]
-    assert waiting.next_run_at == now + timedelta(minutes=5)
+    # Five minutes, plus up to a quarter of it as jitter.
+    assert timedelta(minutes=5) <= waiting.next_run_at - now < timedelta(minutes=6, seconds=15)
     assert (
         send_due(
             database.app, smtp_server.server(), now + timedelta(minutes=4), config=config
         ).claimed
         == 0
     )
-    second = send_due(database.app, smtp_server.server(), now + timedelta(minutes=5), config=config)
+    second = send_due(database.app, smtp_server.server(), waiting.next_run_at, config=config)
     assert second.failed == 1
     failed = [m for m in _messages(database, tenant) if m.recipient_email == "acme1@example.com"]
     assert [(m.status, m.attempts) for m in failed] == [("failed", 2)]
@@ -135,22 +136,54 @@ def test_transient_failure_then_success_sends_the_same_message(
     smtp_server.handler.refuse["acme1@example.com"] = "421 4.7.0 Slow down"
     send_due(database.app, smtp_server.server(), now)
     del smtp_server.handler.refuse["acme1@example.com"]
-    report = send_due(database.app, smtp_server.server(), now + timedelta(minutes=1))
+    assert send_due(database.app, smtp_server.server(), now + timedelta(minutes=1)).sent == 0
+    report = send_due(database.app, smtp_server.server(), now + timedelta(minutes=7))
     assert report.sent == 1
     rows = [m for m in _messages(database, tenant) if m.recipient_email == "acme1@example.com"]
     assert [(m.status, m.attempts) for m in rows] == [("sent", 2)]
 
 
+_LEASE_ALL = sa.text(
+    """
+    update app.campaign_contacts
+    set lease_owner = :worker, lease_expires_at = :until, status = 'active'
+    where status in ('enrolled', 'active')
+    returning id, current_step_id
+    """
+)
+_SENDING = sa.text(
+    """
+    insert into app.sent_emails
+        (tenant_id, campaign_contact_id, campaign_id, step_id, contact_id, sender_account_id,
+         recipient_email, subject, message_id, status, attempts, queued_at)
+    select cc.tenant_id, cc.id, cc.campaign_id, cc.current_step_id, cc.contact_id,
+           cs.sender_account_id, ct.email, 'x', cc.id::text || '@t', 'sending', 1, :now
+    from app.campaign_contacts cc
+    join app.contacts ct on ct.id = cc.contact_id
+    join app.campaign_senders cs on cs.campaign_id = cc.campaign_id
+    where cc.lease_owner = :worker
+    """
+)
+
+
+def _lease_all(database, tenant, worker, now, *, sending=False):
+    """What a worker that claimed every due enrollment leaves when it stops: leases for five
+    minutes, and with `sending` its messages mid-conversation."""
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        rows = conn.execute(
+            _LEASE_ALL, {"worker": worker, "until": now + timedelta(minutes=5)}
+        ).all()
+        if sending:
+            conn.execute(_SENDING, {"worker": worker, "now": now})
+    return rows
+
+
 def test_message_in_doubt_after_a_crash_is_not_resent(database, smtp_server, now, tmp_path):
     tenant = seed_tenant(database, "acme", now, tmp_path)
-    # A worker claimed and wrote the message rows, then died mid-conversation.
-    with tenant_transaction(database.app, tenant.tenant_id) as conn:
-        rows = store.claim(conn, "dead-worker", now, timedelta(minutes=5), 10)
-        for row in rows:
-            assert store.begin_message(conn, row, "x", f"{row.enrollment_id}@t", now)
+    _lease_all(database, tenant, "dead-worker", now, sending=True)
     assert send_due(database.app, smtp_server.server(), now + timedelta(minutes=1)).claimed == 0
     report = send_due(database.app, smtp_server.server(), now + timedelta(minutes=6))
-    assert (report.claimed, report.in_doubt, report.sent) == (3, 3, 0)
+    assert (report.claimed, report.unknown, report.sent) == (3, 3, 0)
     assert smtp_server.messages == []
     assert {m.status for m in _messages(database, tenant)} == {"unknown"}
 
@@ -158,24 +191,34 @@ def test_message_in_doubt_after_a_crash_is_not_resent(database, smtp_server, now
 def test_two_workers_never_claim_the_same_enrollment(database, now, tmp_path):
     tenant = seed_tenant(database, "acme", now, tmp_path)
     with tenant_transaction(database.app, tenant.tenant_id) as first:
-        mine = store.claim(first, "w1", now, timedelta(minutes=5), 2)
+        mine = first.execute(store.CLAIM, {"now": now, "limit": 2}).all()
         with tenant_transaction(database.app, tenant.tenant_id) as second:
-            theirs = store.claim(second, "w2", now, timedelta(minutes=5), 10)
+            theirs = second.execute(store.CLAIM, {"now": now, "limit": 10}).all()
     assert len(mine) == 2 and len(theirs) == 1
     assert not {r.enrollment_id for r in mine} & {r.enrollment_id for r in theirs}
 
 
-def test_unreachable_smtp_server_is_retried_not_lost(database, now, tmp_path):
+def test_a_server_that_is_down_defers_its_messages_without_spending_attempts(
+    database, smtp_server, now, tmp_path
+):
     from engine.senders import SmtpServer
     from tests.conftest import free_port
 
     tenant = seed_tenant(database, "acme", now, tmp_path)
     report = send_due(database.app, SmtpServer("127.0.0.1", free_port()), now)
-    assert report.retrying == 3
-    assert {m.status for m in _messages(database, tenant)} == {"queued"}
+    assert (report.retrying, report.deferred["server down"]) == (0, 3)
+    assert {(m.status, m.attempts) for m in _messages(database, tenant)} == {("queued", 0)}
     assert all(
         "Connect" in m.last_error or "connect" in m.last_error for m in _messages(database, tenant)
     )
+    waiting = _enrollments(database, tenant)
+    assert {e.next_run_at for e in waiting} == {now + timedelta(minutes=15)}
+    # An outage of any length fails nothing: once the server is back, every message goes.
+    for hours in range(1, 6):
+        send_due(database.app, SmtpServer("127.0.0.1", free_port()), now + timedelta(hours=hours))
+    report = send_due(database.app, smtp_server.server(), now + timedelta(hours=6))
+    assert report.sent == 3
+    assert {(m.status, m.attempts) for m in _messages(database, tenant)} == {("sent", 1)}
 
 
 def _use_own_smtp_server(database, tenant, smtp_server, password_env=None):
@@ -248,16 +291,13 @@ def test_refused_message_fails_without_suppressing_the_address(
 
 def test_a_worker_whose_lease_was_taken_over_changes_nothing(database, smtp_server, now, tmp_path):
     tenant = seed_tenant(database, "acme", now, tmp_path)
-    with tenant_transaction(database.app, tenant.tenant_id) as conn:
-        [row, *_] = store.claim(conn, "slow-worker", now, timedelta(minutes=5), 10)
+    [row, *_] = _lease_all(database, tenant, "slow-worker", now)
     # Ten minutes later the lease has run out; another worker takes the enrollments over.
     later = now + timedelta(minutes=10)
     assert send_due(database.app, smtp_server.server(), later).sent == 3
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
-        assert not store.advance(
-            conn, row.enrollment_id, row.step_id, later, "slow-worker", next_run_at=later
-        )
-        assert not store.exit_enrollment(conn, row.enrollment_id, "late", later, "slow-worker")
+        assert not store.advance(conn, row.id, row.current_step_id, later, "slow-worker")
+        assert not store.exit_enrollment(conn, row.id, "late", later, "slow-worker")
     assert {(e.status, e.steps_completed) for e in _enrollments(database, tenant)} == {
         ("completed", 1)
     }
@@ -358,9 +398,10 @@ def test_an_item_the_database_refuses_ends_alone_and_the_batch_is_sent(
     assert list(exited) == ["acme1@example.com"]
     assert exited["acme1@example.com"].startswith("could not prepare the message: DataError: ")
     assert "NUL" in exited["acme1@example.com"]
-    assert [m.recipient_email for m in _messages(database, tenant)] == [
-        "acme0@example.com",
-        "acme2@example.com",
+    assert [(m.recipient_email, m.status, m.attempts) for m in _messages(database, tenant)] == [
+        ("acme0@example.com", "sent", 1),
+        ("acme1@example.com", "failed", 0),
+        ("acme2@example.com", "sent", 1),
     ]
 
 

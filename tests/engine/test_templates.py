@@ -159,7 +159,7 @@ def _draft_campaign_with_contacts(database, tmp_path, steps, rows):
     """A tenant whose draft campaign's list already holds `rows` (launch comes after)."""
     tenant_id, _ = create_tenant(database.owner, "acme")
     with tenant_transaction(database.app, tenant_id) as conn:
-        sender = create_sender(conn, "sales@acme.example", "Acme Sales")
+        sender = create_sender(conn, "sales@acme.example", "Acme Sales", min_gap_seconds=0)
         campaign = create_campaign(
             conn, "outreach", NOW, list_name="leads", sender_id=sender, steps=steps
         )
@@ -258,8 +258,15 @@ def test_at_send_time_a_failing_template_ends_only_its_enrollment_and_the_batch_
     assert set(enrollments.values()) == {("completed", None)}
     assert any("bad@example.com" in e and reason in e for e in report.errors)
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
-        recipients = conn.execute(sa.text("select recipient_email from app.sent_emails")).all()
-    assert sorted(r.recipient_email for r in recipients) == ["ok0@example.com", "ok1@example.com"]
+        messages = conn.execute(
+            sa.text("select recipient_email, status, attempts from app.sent_emails")
+        ).all()
+    # The failing one's row was queued, then failed before any SMTP conversation.
+    assert sorted(tuple(m) for m in messages) == [
+        ("bad@example.com", "failed", 0),
+        ("ok0@example.com", "sent", 1),
+        ("ok1@example.com", "sent", 1),
+    ]
 
 
 def test_a_batch_of_slow_templates_renders_within_its_lease_and_defers_the_rest(

@@ -94,7 +94,7 @@ alter table app.campaign_steps
         references app.sender_accounts (tenant_id, id) on delete restrict;
 
 -- Steps made before files existed: keyed by their order, linked in order.
-update app.campaign_steps set key = 'step-' || step_order;
+update app.campaign_steps set key = step_order::text;
 update app.campaign_steps s set next_step_id = n.next_id
 from (
     select id, lead(id) over (partition by campaign_id order by step_order) as next_id
