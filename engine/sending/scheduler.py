@@ -61,7 +61,9 @@ from engine.tenants import all_tenants
 class Config:
     batch_size: int = 500
     lease: timedelta = timedelta(minutes=5)
-    max_attempts: int = 5
+    #: Attempts of a message that 4xx or lost connections interrupt: the waits between them
+    #: (rules.backoff: 5, 10, 20, 40, 80 minutes and jitter) span more than two and a half hours.
+    max_attempts: int = 6
     max_batches_per_tenant: int = 1000
     #: Time, output and memory limits of rendering one message's templates.
     render: RenderLimits = field(default_factory=RenderLimits)
