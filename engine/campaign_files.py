@@ -45,6 +45,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy.engine import Connection
 
 from engine.ingest.store import MAX_LIST_NAME, ensure_list
+from engine.sending.store import COUNTS_AGAINST_LIMITS
 from engine.sequence import conditions, rules
 from engine.templates import CONTACT_FIELDS, TemplateRenderError, check_syntax, variable_name
 from engine.text import shown
@@ -1759,7 +1760,7 @@ def approval_state(conn: Connection, campaign_id: uuid.UUID) -> tuple[bool, str]
 # Sends today: the campaign's messages queued in its local (campaign time zone) day, except
 # those that failed before any SMTP conversation -- the rule of the campaign daily limit.
 _CAMPAIGNS = sa.text(
-    """
+    f"""
     select c.id, c.name, c.status, l.name as list_name, st.daily_limit,
            (select count(*) from app.campaign_steps s
             where s.campaign_id = c.id and s.removed_at is null) as steps,
@@ -1767,7 +1768,7 @@ _CAMPAIGNS = sa.text(
            (select count(*) from app.sent_emails m
             where m.tenant_id = c.tenant_id and m.campaign_id = c.id
               and m.queued_at >= d.day_start and m.queued_at < d.day_end
-              and not (m.status = 'failed' and m.attempts = 0)) as sent_today
+              and {COUNTS_AGAINST_LIMITS}) as sent_today
     from app.campaigns c
     left join app.contact_lists l on l.id = c.list_id
     left join app.campaign_settings st on st.campaign_id = c.id

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from engine.ingest.store import ensure_list
+from engine.sending import store
 from engine.sequence import steps
 from engine.templates import (
     Renderer,
@@ -414,13 +415,12 @@ _STATUS_STEPS = sa.text(
     """
 )
 _STATUS_TOTALS = sa.text(
-    """
+    f"""
     select c.name, c.status, c.timezone, st.daily_limit,
            (select count(*) from app.sent_emails m
             where m.tenant_id = c.tenant_id and m.campaign_id = c.id
-              and m.queued_at >= (date_trunc('day', :now at time zone c.timezone)
-                                  at time zone c.timezone)
-              and not (m.status = 'failed' and m.attempts = 0)) as sent_today,
+              and m.queued_at >= {store.CAMPAIGN_DAY_START}
+              and {store.COUNTS_AGAINST_LIMITS}) as sent_today,
            (select min(cc.next_run_at) from app.campaign_contacts cc
             where cc.campaign_id = c.id and cc.status in ('enrolled', 'active')) as next_due
     from app.campaigns c join app.campaign_settings st on st.campaign_id = c.id
@@ -438,12 +438,12 @@ _STATUS_WAITING = sa.text(
     """
 )
 _STATUS_SENDERS = sa.text(
-    """
+    f"""
     select sa.email, sa.daily_limit, sa.is_active,
            (select count(*) from app.sent_emails m
             where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
-              and m.queued_at >= date_trunc('day', :now at time zone 'UTC') at time zone 'UTC'
-              and not (m.status = 'failed' and m.attempts = 0)) as sent_today
+              and m.queued_at >= {store.SENDER_DAY_START}
+              and {store.COUNTS_AGAINST_LIMITS}) as sent_today
     from app.campaign_senders cs join app.sender_accounts sa on sa.id = cs.sender_account_id
     where cs.campaign_id = :id
     order by cs.position

@@ -13,10 +13,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 from rich.text import Text
 
 from engine.tenants import DEFAULT_TENANT
+
+_LAUNCHED = sa.text(
+    """
+    select c.status, (select count(*) from app.campaign_contacts cc where cc.campaign_id = c.id)
+    from app.campaigns c where c.id = :id
+    """
+)
 
 campaign_app = typer.Typer(
     help="Campaigns: define them in YAML files, list, clone, approve.", no_args_is_help=True
@@ -224,8 +232,116 @@ def _decide(name: str, action: str, by: str, comment: str | None, tenant: str) -
         _notes([decision.note])
 
 
-# The lifecycle commands (status, launch, pause, resume, forecast) are added to `campaign_app`
-# here, by engine/campaigns.py's owner.
+# -- lifecycle ------------------------------------------------------------------------------------
+
+NameArgument = Annotated[str, typer.Argument(help="Campaign name.", show_default=False)]
+NowOption = Annotated[
+    str | None,
+    typer.Option("--now", help="As if it were this time (ISO 8601; UTC without an offset)."),
+]
+
+
+def _lifecycle(name: str, tenant: str, act) -> str:
+    """Run `act(conn, campaign_id, now)` in the tenant's transaction; a refusal exits 2."""
+    from engine.campaigns import CampaignError, campaign_named
+    from engine.cli import _database, _tenant
+    from engine.db import tenant_transaction
+
+    db = _database()
+    try:
+        with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
+            return act(conn, campaign_named(conn, name).id, _now())
+    except CampaignError as exc:
+        raise _fail(f"campaign {name}: {exc}") from None
+
+
+@campaign_app.command("launch")
+def campaign_launch(name: NameArgument, tenant: TenantOption = DEFAULT_TENANT) -> None:
+    """Validate, enroll the list's members and start (`scheduled` until its start_at)."""
+    from engine.campaigns import launch_campaign
+    from engine.cli import console
+
+    def launch(conn, campaign_id, now) -> str:
+        check = launch_campaign(conn, campaign_id, now)
+        status, enrolled = conn.execute(_LAUNCHED, {"id": campaign_id}).one()
+        return f"campaign {name} is {status}, {enrolled:,} enrolled; {check.summary()}"
+
+    console.print(Text(_lifecycle(name, tenant, launch)))
+
+
+@campaign_app.command("pause")
+def campaign_pause(name: NameArgument, tenant: TenantOption = DEFAULT_TENANT) -> None:
+    """Stop sending before the next message, also in a pass already under way."""
+    from engine.campaigns import pause_campaign
+    from engine.cli import console
+
+    status = _lifecycle(name, tenant, pause_campaign)
+    console.print(Text(f"campaign {name} is {status}"))
+
+
+@campaign_app.command("resume")
+def campaign_resume(name: NameArgument, tenant: TenantOption = DEFAULT_TENANT) -> None:
+    """Start sending again where it stopped."""
+    from engine.campaigns import resume_campaign
+    from engine.cli import console
+
+    status = _lifecycle(name, tenant, resume_campaign)
+    console.print(Text(f"campaign {name} is {status}"))
+
+
+@campaign_app.command("status")
+def campaign_status(
+    name: NameArgument, now: NowOption = None, tenant: TenantOption = DEFAULT_TENANT
+) -> None:
+    """Enrollments per step and state, sends today against the limits, what is waiting and why."""
+    from rich.table import Table
+
+    from engine.campaigns import campaign_status as status_of
+    from engine.cli import _parse_now, console
+    from engine.text import shown
+
+    at = _parse_now(now)
+    status = _lifecycle(name, tenant, lambda conn, cid, _: status_of(conn, cid, at))
+    console.print(
+        Text(
+            f"campaign {shown(status.name)}: {status.status}; sent today "
+            f"{status.sent_today:,} / {status.daily_limit:,} ({status.timezone} day); next due "
+            f"{status.next_due.isoformat() if status.next_due else 'nothing'}"
+        )
+    )
+    steps = Table("step", "type", "state", "enrollments", title="enrollments")
+    for key, kind, state, count in status.steps:
+        steps.add_row(Text(shown(key)), kind, state or "", f"{count:,}")
+    waiting = Table("waiting for", "enrollments", "earliest", title="still to run")
+    for reason, count, until in status.waiting:
+        waiting.add_row(reason, f"{count:,}", until.isoformat() if until else "")
+    senders = Table("sender", "sent today (UTC)", "daily limit", "state", title="senders")
+    for email, sent, limit, active in status.senders:
+        senders.add_row(Text(shown(email)), f"{sent:,}", f"{limit:,}", "" if active else "paused")
+    console.print(steps, waiting, senders)
+
+
+@campaign_app.command("forecast")
+def campaign_forecast(
+    name: NameArgument,
+    days: Annotated[int, typer.Option("--days", min=1, max=366, help="Days to show.")] = 30,
+    now: NowOption = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+) -> None:
+    """Messages per day and step under the limits, windows and waits (no replies or bounces
+    assumed), and the day the last one goes out."""
+    from engine.cli import _database, _parse_now, _tenant, console
+    from engine.db import tenant_transaction
+    from engine.sequence.forecast import ForecastError, forecast_named, render_forecast
+
+    at = _parse_now(now)
+    db = _database()
+    try:
+        with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
+            result = forecast_named(conn, name, at, days=days)
+    except ForecastError as exc:
+        raise _fail(str(exc)) from None
+    console.print(render_forecast(result))
 
 
 # -- senders ------------------------------------------------------------------------------------

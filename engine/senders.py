@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.engine import Connection
 
+from engine.sending.store import COUNTS_AGAINST_LIMITS
+
 _INSERT = sa.text(
     """
     insert into app.sender_accounts
@@ -205,13 +207,13 @@ def create_sender(
 # Sends today: the sender's messages queued in the UTC day, except those that failed before any
 # SMTP conversation -- the rule of the sender daily limit (engine.sequence.rules).
 _LIST = sa.text(
-    """
+    f"""
     select s.id, s.email, s.display_name, s.smtp_host, s.smtp_port, s.smtp_security,
            s.daily_limit, s.min_gap_seconds, s.is_active,
            (select count(*) from app.sent_emails m
             where m.tenant_id = s.tenant_id and m.sender_account_id = s.id
               and m.queued_at >= :day_start and m.queued_at < :day_end
-              and not (m.status = 'failed' and m.attempts = 0)) as sent_today
+              and {COUNTS_AGAINST_LIMITS}) as sent_today
     from app.sender_accounts s
     order by lower(s.email)
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -282,3 +283,55 @@ def test_campaign_commands_name_what_is_missing(env, tmp_path):
     assert "no tenant named 'ghost'" in refused(
         ["campaign", "apply", str(EXAMPLE), "--tenant", "ghost"], env
     )
+
+
+LAUNCHABLE = """\
+name: launchy
+list: leads
+senders: [alice@acme.example]
+approval: required
+schedule: {window: "00:00-24:00", days: [mon, tue, wed, thu, fri, sat, sun]}
+steps:
+  - id: intro
+    email: {subject: "Hi {{ first_name | default('there') }}", text: "Hello"}
+"""
+
+
+def test_a_campaign_launches_pauses_resumes_and_reports_from_the_cli(env, tmp_path):
+    from datetime import UTC, datetime
+
+    from tests.factories import people, write_csv
+
+    ok(["sender", "add", "alice@acme.example", "--min-gap", "0"], env)
+    campaign = tmp_path / "launchy.yaml"
+    campaign.write_text(LAUNCHABLE)
+    ok(["campaign", "apply", str(campaign)], env)
+    ok(
+        ["upload", str(write_csv(tmp_path / "leads.csv", people("lead", 3))), "--list", "leads"],
+        env,
+    )
+
+    assert "needs an approval before it launches" in refused(["campaign", "launch", "launchy"], env)
+    ok(["campaign", "approve", "launchy", "--by", "legal"], env)
+    launched = ok(["campaign", "launch", "launchy"], env)
+    assert launched.startswith("campaign launchy is active, 3 enrolled; ")
+    assert "only a draft can be launched" in refused(["campaign", "launch", "launchy"], env)
+
+    status = ok(["campaign", "status", "launchy"], env)
+    assert "campaign launchy: active; sent today 0 / 500" in status
+    assert rows_of(status)["intro"] == ["intro", "email", "enrolled", "3"]
+    assert "alice@acme.example" in rows_of(status)
+    assert "intro" in ok(["campaign", "forecast", "launchy", "--days", "2"], env)
+
+    at = datetime.now(UTC).isoformat()
+    dry = ok(["send", "--now", at, "--dry-run"], env)
+    assert "dry run: nothing changed" in dry
+    assert re.search(r"│ would send\s+│\s+3 │", dry), dry
+    assert rows_of(ok(["campaign", "status", "launchy"], env))["intro"][2] == "enrolled"
+    assert "is not an ISO 8601 time" in refused(["send", "--now", "next tuesday"], env)
+
+    assert ok(["campaign", "pause", "launchy"], env).strip() == "campaign launchy is paused"
+    assert "only an active one can be paused" in refused(["campaign", "pause", "launchy"], env)
+    assert ok(["campaign", "resume", "launchy"], env).strip() == "campaign launchy is active"
+    assert "no campaign named 'nope'" in refused(["campaign", "status", "nope"], env)
+    assert "--days" in refused(["campaign", "forecast", "launchy", "--days", "0"], env)

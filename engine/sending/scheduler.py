@@ -254,11 +254,7 @@ def _claim(conn: Connection, run: _Run, now: datetime) -> tuple[int, list[_Work]
     sender_ids = {s for c in campaigns.values() for s in c.senders}
     sender_ids |= {r.step_sender_id for r in rows if r.step_sender_id is not None}
     sender_ids |= {r.message_sender_id for r in rows if r.message_sender_id is not None}
-    day_start = datetime.combine(rules.utc_day(now), datetime.min.time(), tzinfo=ZoneInfo("UTC"))
-    senders = {
-        s.id: s
-        for s in conn.execute(store.SENDERS, {"ids": list(sender_ids), "utc_day_start": day_start})
-    }
+    senders = {s.id: s for s in conn.execute(store.SENDERS, {"ids": list(sender_ids), "now": now})}
     optimized = [
         r.contact_id for r in rows if campaigns[r.campaign_id].send_strategy == "optimized"
     ]
@@ -318,6 +314,14 @@ def _claim(conn: Connection, run: _Run, now: datetime) -> tuple[int, list[_Work]
                 )
             )
             continue
+        try:
+            variant = _variant(row)
+        except (TypeError, ValueError, AttributeError) as exc:
+            # Variants written by other means than a campaign file: the step cannot run, and
+            # only the enrollments standing on it end (as engine.sequence.steps does).
+            exits.append((row.enrollment_id, steps.ExitReason.INVALID_STEP.value))
+            report.errors.append(f"{row.email}: step {row.step_key}: variants: {_describe(exc)}")
+            continue
         item = rules.Item(row.campaign_id, tz, row.step_sender_id, open_hour)
         decision = rules.decide(item, state, sender_states, now)
         if isinstance(decision, rules.Exit):
@@ -329,7 +333,7 @@ def _claim(conn: Connection, run: _Run, now: datetime) -> tuple[int, list[_Work]
             defers.append((row.enrollment_id, until, decision.reason))
         else:
             domain = senders[decision.sender_id].email.rsplit("@", 1)[-1]
-            fresh.append((row, decision.sender_id, _variant(row), f"{uuid.uuid4()}@{domain}"))
+            fresh.append((row, decision.sender_id, variant, f"{uuid.uuid4()}@{domain}"))
 
     store.defer(conn, *_columns(defers, 3), now=now)
     store.exit_many(conn, *_columns(exits, 2), now=now)

@@ -20,6 +20,19 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+#: Whether message `m` takes a daily limit's count: every row from the moment it is queued,
+#: except one that failed before any SMTP conversation (engine.sequence.rules). Every count
+#: against a limit -- the engine's, the forecast's, `status` and `list` -- uses this.
+COUNTS_AGAINST_LIMITS = "not (m.status = 'failed' and m.attempts = 0)"
+#: Where today began for campaign `c`: local midnight in its time zone (`:now`'s day there).
+CAMPAIGN_DAY_START = (
+    "(date_trunc('day', cast(:now as timestamptz) at time zone c.timezone) at time zone c.timezone)"
+)
+#: Where today began for a sender: UTC midnight of `:now`.
+SENDER_DAY_START = (
+    "(date_trunc('day', cast(:now as timestamptz) at time zone 'UTC') at time zone 'UTC')"
+)
+
 #: Due enrollments standing on an email step, oldest first, locked for this transaction.
 CLAIM = sa.text(
     """
@@ -67,16 +80,14 @@ CLAIM = sa.text(
 #: The campaigns of a claimed batch, locked so that two claimers count their limits in turn,
 #: with the messages each queued on its local day so far.
 CAMPAIGNS = sa.text(
-    """
+    f"""
     select c.id, c.name, c.timezone, c.send_strategy, c.start_at, c.end_at, c.from_name,
            c.reply_to, st.send_window_start, st.send_window_end, st.send_days, st.daily_limit,
            st.track_opens, st.track_clicks,
            (
                select count(*) from app.sent_emails m
                where m.tenant_id = c.tenant_id and m.campaign_id = c.id
-                 and m.queued_at >= (date_trunc('day', :now at time zone c.timezone)
-                                     at time zone c.timezone)
-                 and not (m.status = 'failed' and m.attempts = 0)
+                 and m.queued_at >= {CAMPAIGN_DAY_START} and {COUNTS_AGAINST_LIMITS}
            ) as sent_today,
            array(
                select cs.sender_account_id from app.campaign_senders cs
@@ -93,15 +104,14 @@ CAMPAIGNS = sa.text(
 #: Sender accounts with their messages of the UTC day and their latest message, locked in id
 #: order (the same order in every claimer).
 SENDERS = sa.text(
-    """
+    f"""
     select sa.id, sa.email, sa.display_name, sa.smtp_host, sa.smtp_port, sa.smtp_security,
            sa.smtp_username, sa.smtp_password_env, sa.daily_limit, sa.min_gap_seconds,
            sa.is_active,
            (
                select count(*) from app.sent_emails m
                where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
-                 and m.queued_at >= :utc_day_start
-                 and not (m.status = 'failed' and m.attempts = 0)
+                 and m.queued_at >= {SENDER_DAY_START} and {COUNTS_AGAINST_LIMITS}
            ) as sent_today,
            (
                select max(m.queued_at) from app.sent_emails m

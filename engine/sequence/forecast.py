@@ -50,6 +50,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import Connection
 
+from engine.sending.store import COUNTS_AGAINST_LIMITS
 from engine.sequence import conditions, rules
 from engine.sequence.rules import CampaignState, Defer, Exit, Item, Schedule, Send, SenderState
 from engine.text import shown
@@ -724,10 +725,10 @@ _CAMPAIGN = sa.text(
 _CAMPAIGN_NAMED = sa.text("select id from app.campaigns where name = :name")
 # Every message counts except one that failed before any SMTP conversation (as the engine).
 _CAMPAIGN_SENT = sa.text(
-    """
+    f"""
     select count(*) from app.sent_emails m
     where m.campaign_id = :id and m.queued_at >= :day_start and m.queued_at < :day_end
-      and not (m.status = 'failed' and m.attempts = 0)
+      and {COUNTS_AGAINST_LIMITS}
     """
 )
 _STEPS = sa.text(
@@ -743,13 +744,13 @@ _STEPS = sa.text(
 # The campaign's senders (in rotation order) and its live steps' own senders, with their usage
 # of the UTC day so far (every campaign's) and their last message, as the engine loads them.
 _SENDERS = sa.text(
-    """
+    f"""
     select sa.id, sa.daily_limit, sa.min_gap_seconds, sa.is_active, cs.position,
            (
                select count(*) from app.sent_emails m
                where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
                  and m.queued_at >= :utc_day_start
-                 and not (m.status = 'failed' and m.attempts = 0)
+                 and {COUNTS_AGAINST_LIMITS}
            ) as sent_today,
            (
                select max(m.queued_at) from app.sent_emails m

@@ -421,3 +421,44 @@ def test_contact_data_a_template_cannot_take_ends_only_that_enrollment(
     }
     assert list(exited) == ["acme1@example.com"]
     assert exited["acme1@example.com"].startswith("template error: step 1: TypeError: ")
+
+
+def test_variants_the_engine_cannot_read_end_only_their_enrollments(
+    database, smtp_server, now, tmp_path
+):
+    broken = seed_tenant(database, "broken", now, tmp_path)
+    seed_tenant(database, "healthy", now, tmp_path)
+    with tenant_transaction(database.app, broken.tenant_id) as conn:
+        conn.execute(  # written around the campaign files, which refuse such a weight
+            sa.text(
+                "update app.campaign_steps set subject = null, body_text = null, "
+                """variants = '[{"subject": "a", "text": "b", "weight": "heavy"}]'"""
+            )
+        )
+    report = send_due(database.app, smtp_server.server(), now)
+    assert report.sent == 3
+    assert {m["To"].split("@")[0][:-1] for m in smtp_server.messages} == {"healthy"}
+    assert {(e.status, e.exit_reason) for e in _enrollments(database, broken)} == {
+        ("exited", "invalid step")
+    }
+    assert report.exited["invalid step"] == 3
+    assert any("variants: ValueError" in e for e in report.errors)
+
+
+@pytest.mark.parametrize(
+    ("table", "change"),
+    [
+        ("campaign_settings", "send_window_start = '22:00', send_window_end = '06:00'"),
+        ("campaign_settings", "send_days = '{}'"),
+        ("campaign_settings", "send_days = '{1,8}'"),
+        ("campaigns", "start_at = '2026-12-02', end_at = '2026-12-01'"),
+    ],
+)
+def test_settings_the_scheduling_rules_cannot_use_are_refused_by_the_database(
+    database, now, tmp_path, table, change
+):
+    """Else one campaign's settings would stop every send of its tenant's batch."""
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with pytest.raises(sa.exc.IntegrityError, match="check"):
+        with tenant_transaction(database.app, tenant.tenant_id) as conn:
+            conn.execute(sa.text(f"update app.{table} set {change}"))
