@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined
 from jinja2.filters import do_center, do_indent
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -108,13 +108,28 @@ def variable_name(key: str) -> str:
     return re.sub(r"\W+", "_", key.strip().lower()).strip("_")
 
 
+class Blank(Undefined):
+    """A contact field this contact has no value for.
+
+    It prints as nothing and is false, so `{{ first_name }}` is blank, but it is undefined to
+    `default`, so `{{ first_name | default('there') }}` says "there". Using it as a value
+    (`first_name.upper()`, `first_name + 1`) is still an error that names the field.
+    """
+
+    __slots__ = ()
+
+
 def contact_context(contact: Mapping[str, Any]) -> dict[str, Any]:
-    """The variables a template sees for one contact: its attributes, then its fields."""
+    """The variables a template sees for one contact: its attributes, then its fields.
+
+    A field that is NULL or empty is `Blank` rather than "", so a template's `default` applies.
+    """
     attributes = dict(contact.get("attributes") or {})
     context: dict[str, Any] = {variable_name(k): v for k, v in attributes.items()}
     context["attributes"] = attributes
     for field in CONTACT_FIELDS:
-        context[field] = contact.get(field) or ""
+        value = contact.get(field)
+        context[field] = Blank(name=field) if value is None or value == "" else value
     return context
 
 

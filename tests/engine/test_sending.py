@@ -49,6 +49,22 @@ def test_due_enrollments_are_sent_personalized_and_recorded(database, smtp_serve
     assert {e.status for e in _enrollments(database, tenant)} == {"completed"}
 
 
+def test_a_contact_without_a_first_name_is_greeted_by_the_templates_default(
+    database, smtp_server, now, tmp_path
+):
+    rows = [["ann@example.com", "Ann", "", "", ""], ["nobody@example.com", "", "", "", ""]]
+    step = Step(
+        "email", subject="Quick question, {{ first_name | default('there') }}", body_text="Hi"
+    )
+    seed_tenant(database, "acme", now, tmp_path, rows=rows, steps=[step])
+    assert send_due(database.app, smtp_server.server(), now).sent == 2
+    subjects = {m["To"]: m["Subject"] for m in smtp_server.messages}
+    assert subjects == {
+        "ann@example.com": "Quick question, Ann",
+        "nobody@example.com": "Quick question, there",
+    }
+
+
 def test_running_twice_sends_each_message_once(database, smtp_server, now, tmp_path):
     seed_tenant(database, "acme", now, tmp_path)
     send_due(database.app, smtp_server.server(), now)

@@ -22,7 +22,13 @@ from engine.db import tenant_transaction
 from engine.ingest import ingest_file
 from engine.senders import create_sender
 from engine.sending.scheduler import Config, send_due
-from engine.templates import MIB, Renderer, RenderLimits, TemplateRenderError
+from engine.templates import (
+    MIB,
+    Renderer,
+    RenderLimits,
+    TemplateRenderError,
+    contact_context,
+)
 from engine.tenants import create_tenant
 from tests.conftest import NOW
 from tests.factories import people, seed_tenant, write_csv
@@ -102,6 +108,37 @@ def test_a_misspelt_variable_is_still_an_error():
     with Renderer(FAST) as renderer:
         with pytest.raises(TemplateRenderError, match="UndefinedError: 'frist_name' is undefined"):
             renderer.render({"subject": "Hi {{ frist_name }}"}, {"first_name": "Ann"})
+
+
+@pytest.mark.parametrize("first_name", [None, ""])
+def test_a_contact_without_a_first_name_gets_the_templates_default(first_name):
+    contact = {"email": "ann@example.com", "first_name": first_name, "attributes": {}}
+    with Renderer(FAST) as renderer:
+        texts = renderer.render(
+            {
+                "subject": "Quick question, {{ first_name | default('there') }}",
+                "body_text": "Hi {{ first_name }}!{% if not company %} No company.{% endif %}",
+            },
+            contact_context(contact),
+        )
+    assert texts == {"subject": "Quick question, there", "body_text": "Hi ! No company."}
+
+
+def test_a_contact_with_a_first_name_keeps_it_over_the_default():
+    contact = {"email": "ann@example.com", "first_name": "Ann", "attributes": {}}
+    with Renderer(FAST) as renderer:
+        texts = renderer.render(
+            {"subject": "Quick question, {{ first_name | default('there') }}"},
+            contact_context(contact),
+        )
+    assert texts == {"subject": "Quick question, Ann"}
+
+
+def test_a_missing_field_used_as_a_value_is_an_error_naming_it():
+    contact = {"email": "ann@example.com", "first_name": None, "attributes": {}}
+    with Renderer(FAST) as renderer:
+        with pytest.raises(TemplateRenderError, match="'first_name' is undefined"):
+            renderer.render({"subject": "{{ first_name.upper() }}"}, contact_context(contact))
 
 
 def test_a_runaway_template_ends_within_the_time_limit_and_a_new_worker_takes_over():
