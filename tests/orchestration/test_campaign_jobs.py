@@ -1,0 +1,213 @@
+"""The Dagster jobs operators use for campaigns, executed for real against a real database and
+a real SMTP server: campaign_control_job launches, pauses and resumes (a refused action fails
+the run, saying why); a send_due_job run carries the counts of its engine pass; the due-sends
+sensor asks for a run whenever the engine has work, enrollment of new list members included;
+and at most one send run is started at a time by the daemon's run queue.
+
+The sensor's basics (a SkipReason with nothing due, a stable run_key, a new key after a failed
+run) are in tests/orchestration/test_definitions.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from engine import campaign_files as cf
+from engine.db import Database, tenant_transaction
+from engine.senders import create_sender
+from engine.tenants import create_tenant
+from orchestration.campaigns import campaign_control_job
+from orchestration.resources import PostgresResource, SmtpResource
+from tests.engine.campaign_rows import add_contact
+
+SENDER = "alice@acme.example"
+
+
+def _now() -> datetime:
+    """The wall clock: Dagster's runs and sensors read it (orchestration.clock)."""
+    return datetime.now(UTC)
+
+
+def _campaign(name: str = "q4", **top: Any) -> dict[str, Any]:
+    """A campaign file's content (as `penguin campaign apply` reads it)."""
+    return {
+        "name": name,
+        "list": "leads",
+        "senders": [SENDER],
+        "schedule": {
+            "window": "00:00-24:00",
+            "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+        },
+        "steps": [{"id": "intro", "email": {"subject": "Hi {{ first_name }}", "text": "Hello"}}],
+        **top,
+    }
+
+
+@pytest.fixture
+def acme(database: Database) -> uuid.UUID:
+    """Tenant acme with a sender that may send at once (no gap, a high limit)."""
+    tenant_id, _ = create_tenant(database.owner, "acme")
+    with tenant_transaction(database.app, tenant_id) as conn:
+        create_sender(conn, SENDER, "Alice", daily_limit=100_000, min_gap_seconds=0)
+    return tenant_id
+
+
+def _apply(database: Database, tenant_id: uuid.UUID, data: dict[str, Any]) -> None:
+    with tenant_transaction(database.app, tenant_id) as conn:
+        cf.apply(conn, cf.parse(data), _now())
+
+
+def _list_id(conn: sa.Connection, name: str = "leads") -> uuid.UUID:
+    return conn.execute(
+        sa.text("select id from app.contact_lists where name = :name"), {"name": name}
+    ).scalar_one()
+
+
+def _add_contacts(
+    database: Database, tenant_id: uuid.UUID, emails: list[str], timezone: str | None = None
+) -> None:
+    with tenant_transaction(database.app, tenant_id) as conn:
+        list_id = _list_id(conn)
+        for email in emails:
+            add_contact(conn, email, list_id=list_id, first_name="Ann", timezone=timezone)
+
+
+def _resources(database: Database, smtp_port: int | None = None) -> dict[str, object]:
+    return {
+        "postgres": PostgresResource(
+            database_url=database.settings.database_url, penguin_home=str(database.settings.home)
+        ),
+        "smtp": SmtpResource(sink_host="127.0.0.1", sink_port=smtp_port),
+    }
+
+
+def _control(
+    database: Database, action: str, campaign: str = "q4", tenant: str = "acme"
+) -> dg.ExecuteInProcessResult:
+    """One run of campaign_control_job, as the Launchpad starts it."""
+    return campaign_control_job.execute_in_process(
+        run_config={
+            "ops": {
+                "control_campaign": {
+                    "config": {"tenant": tenant, "campaign": campaign, "action": action}
+                }
+            }
+        },
+        resources={"postgres": _resources(database)["postgres"]},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    """The failure's description, as the run's page shows it."""
+    assert not result.success
+    failure = result.failure_data_for_node("control_campaign")
+    assert failure is not None and failure.user_failure_data is not None, failure
+    return failure.user_failure_data.description
+
+
+def _state(database: Database, tenant_id: uuid.UUID, name: str = "q4") -> tuple[str, int]:
+    with tenant_transaction(database.app, tenant_id) as conn:
+        return conn.execute(
+            sa.text(
+                "select c.status, (select count(*) from app.campaign_contacts cc "
+                "where cc.campaign_id = c.id) from app.campaigns c where c.name = :name"
+            ),
+            {"name": name},
+        ).one()
+
+
+# -- campaign_control_job -------------------------------------------------------------------------
+
+
+def test_an_operator_launches_pauses_and_resumes_a_campaign_with_runs(database, acme):
+    _apply(database, acme, _campaign())
+    _add_contacts(database, acme, ["ann@example.com", "bob@example.com", "cy@example.com"])
+
+    launched = _control(database, "launch")
+    assert launched.success
+    assert launched.output_for_node("control_campaign") == (
+        "launch acme/q4: 1 email step(s) rendered: checked all 3 contacts"
+    )
+    assert _state(database, acme) == ("active", 3)  # enrolled at once
+
+    paused = _control(database, "pause")
+    assert paused.output_for_node("control_campaign") == "pause acme/q4: now paused"
+    assert _state(database, acme) == ("paused", 3)
+
+    resumed = _control(database, "resume")
+    [event] = [e for e in resumed.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = {k: v.value for k, v in event.step_output_data.metadata.items()}
+    assert metadata == {"tenant": "acme", "campaign": "q4", "result": "now active"}
+    assert _state(database, acme) == ("active", 3)
+
+
+def test_a_launch_that_needs_an_approval_fails_its_run_saying_how_to_approve(database, acme):
+    _apply(database, acme, _campaign(approval="required"))
+    _add_contacts(database, acme, ["ann@example.com"])
+    description = _failure(_control(database, "launch"))
+    assert description == (
+        "launch acme/q4 refused: the campaign needs an approval before it launches: approval "
+        "is required and nobody has approved it yet; penguin campaign approve q4 --by WHO"
+    )
+    assert _state(database, acme) == ("draft", 0)
+
+    with tenant_transaction(database.app, acme) as conn:
+        cf.approve(conn, "q4", "legal", _now())
+    assert _control(database, "launch").success
+    assert _state(database, acme) == ("active", 1)
+
+
+def test_a_launch_whose_template_fails_for_a_contact_fails_its_run_naming_step_and_contact(
+    database, acme
+):
+    text = "Hello{% if email == 'bad@example.com' %}{{ 1 / 0 }}{% endif %}"
+    _apply(
+        database, acme, _campaign(steps=[{"id": "intro", "email": {"subject": "Hi", "text": text}}])
+    )
+    _add_contacts(database, acme, ["ann@example.com", "bad@example.com"])
+    description = _failure(_control(database, "launch"))
+    assert description.startswith("launch acme/q4 refused: step intro"), description
+    assert "ZeroDivisionError: division by zero" in description
+    assert description.endswith("(contact bad@example.com)")
+    assert _state(database, acme) == ("draft", 0)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "campaign", "action", "expected"),
+    [
+        ("nobody", "q4", "launch", "no tenant named 'nobody'"),
+        (
+            "acme",
+            "nope",
+            "launch",
+            "launch acme/nope refused: no campaign named 'nope' in this tenant",
+        ),
+        (
+            "acme",
+            "q4",
+            "pause",
+            "pause acme/q4 refused: the campaign is draft; only an active one can be paused",
+        ),
+        (
+            "acme",
+            "q4",
+            "resume",
+            "resume acme/q4 refused: the campaign is draft; only a paused one can be resumed",
+        ),
+    ],
+)
+def test_a_refused_action_fails_its_run_naming_what_is_wrong(
+    database, acme, tenant, campaign, action, expected
+):
+    _apply(database, acme, _campaign())
+    description = _failure(_control(database, action, campaign=campaign, tenant=tenant))
+    assert expected in description, description
+    assert _state(database, acme) == ("draft", 0)
