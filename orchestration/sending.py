@@ -13,6 +13,7 @@ from engine.db import tenant_transaction
 from engine.enrollment import enroll_active_campaigns
 from engine.sending import store
 from engine.sending.scheduler import SendReport, send_due
+from engine.sequence import steps
 from engine.tenants import all_tenants
 from orchestration.analytics import DBT_TAGS, MARTS
 from orchestration.clock import utcnow
@@ -103,17 +104,20 @@ _FINISHED = [
     job=send_due_job,
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts send_due_job whenever enrollments are due.",
+    description="Starts send_due_job whenever enrollments are due or new list members wait.",
 )
 def due_sends_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     db, now = postgres.db, utcnow()
     due, oldest = 0, None
     for tenant_id, _ in all_tenants(db.app):
         with tenant_transaction(db.app, tenant_id) as conn:
-            count, first = store.due_summary(conn, now)
-        due += count
-        if first is not None and (oldest is None or first < oldest):
-            oldest = first
+            # Due enrollments, and what the pass starts with that none shows yet: campaigns
+            # whose start has come, new list members to enroll (`penguin upload`, actions).
+            summaries = [store.due_summary(conn, now), steps.waiting_to_start(conn, now)]
+        for count, first in summaries:
+            due += count
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
     if not due:
         return dg.SkipReason("nothing is due")
     # A second tick that sees the same due set (the run it asked for is queued or has not

@@ -113,11 +113,14 @@ def _target(param: str) -> str:
 
 # -- campaigns starting and ending ---------------------------------------------------------------
 
+#: Scheduled campaigns `c` whose start has come.
+_STARTING = "c.status = 'scheduled' and (c.start_at is null or c.start_at <= :now)"
+
 _ACTIVATE_SCHEDULED = sa.text(
-    """
-    update app.campaigns
+    f"""
+    update app.campaigns c
     set status = 'active', launched_at = coalesce(launched_at, :now), updated_at = :now
-    where status = 'scheduled' and (start_at is null or start_at <= :now)
+    where {_STARTING}
     """
 )
 
@@ -149,18 +152,11 @@ def complete_campaigns(conn: Connection, now: datetime) -> int:
 
 # -- enrollment -----------------------------------------------------------------------------------
 
-# New members of active campaigns' lists, each on its campaign's first live step (a campaign
-# without live steps enrolls nobody). Contacts already enrolled are skipped before anything
-# else is looked at (the anti-join), and the unique key makes a concurrent pass harmless;
-# suppressed addresses and contacts that are not active are never enrolled.
-_ENROLL = sa.text(
-    f"""
-    with new as (
-        insert into app.campaign_contacts
-            (tenant_id, campaign_id, contact_id, status, current_step_id, next_run_at,
-             enrolled_at, updated_at)
-        select c.tenant_id, c.id, ct.id, 'enrolled', ns.id, {_ENTERING},
-               cast(:now as timestamptz), cast(:now as timestamptz)
+#: New members of active campaigns' lists, with the campaign's first live step `ns` (a campaign
+#: without live steps enrolls nobody): who a pass enrolls, defined once for `enroll` and
+#: `waiting_to_start`. Contacts already enrolled are skipped before anything else is looked at
+#: (the anti-join); suppressed addresses and contacts that are not active are never enrolled.
+_JOINING = """
         from app.campaigns c
         cross join lateral (
             select s.* from app.campaign_steps s
@@ -180,13 +176,38 @@ _ENROLL = sa.text(
           and not exists (
               select from app.suppressions sup
               where sup.tenant_id = ct.tenant_id and lower(sup.email) = lower(ct.email)
-          )
+          )"""
+
+# Each on its campaign's first live step; the unique key makes a concurrent pass harmless.
+_ENROLL = sa.text(
+    f"""
+    with new as (
+        insert into app.campaign_contacts
+            (tenant_id, campaign_id, contact_id, status, current_step_id, next_run_at,
+             enrolled_at, updated_at)
+        select c.tenant_id, c.id, ct.id, 'enrolled', ns.id, {_ENTERING},
+               cast(:now as timestamptz), cast(:now as timestamptz)
+        {_JOINING}
         on conflict (tenant_id, campaign_id, contact_id) do nothing
         returning campaign_id
     )
     select c.name as campaign, count(*) as enrolled
     from new join app.campaigns c on c.id = new.campaign_id
     group by c.name order by c.name
+    """
+)
+
+#: Work the start of a pass would find that no enrollment's `next_run_at` shows: campaigns
+#: `activate_scheduled` starts, members `enroll` enrolls. `oldest` (since when) stays the same
+#: from one look to the next while nothing changes.
+_WAITING_TO_START = sa.text(
+    f"""
+    select count(*) as waiting, min(since) as oldest from (
+        select coalesce(c.start_at, c.updated_at) as since
+        from app.campaigns c where {_STARTING}
+        union all
+        select m.added_at {_JOINING}
+    ) w
     """
 )
 
@@ -199,6 +220,15 @@ def enroll_by_campaign(conn: Connection, now: datetime) -> dict[str, int]:
 def enroll(conn: Connection, now: datetime) -> int:
     """Enroll new members of the tenant's active campaigns' lists; how many in all."""
     return sum(enroll_by_campaign(conn, now).values())
+
+
+def waiting_to_start(conn: Connection, now: datetime) -> tuple[int, datetime | None]:
+    """How much work a pass at `now` would start that no enrollment is due for yet -- campaigns
+    whose scheduled start has come, list members it would enroll -- and since when. Whoever
+    decides whether a pass is needed (the due-sends sensor) counts these with the due ones:
+    else contacts added to a running campaign's list wait for some other work to fall due."""
+    row = conn.execute(_WAITING_TO_START, {"now": now}).one()
+    return row.waiting, row.oldest
 
 
 # -- exits ---------------------------------------------------------------------------------------

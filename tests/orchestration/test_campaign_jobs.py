@@ -11,7 +11,7 @@ run) are in tests/orchestration/test_definitions.py.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -21,9 +21,12 @@ import sqlalchemy as sa
 from engine import campaign_files as cf
 from engine.db import Database, tenant_transaction
 from engine.senders import create_sender
+from engine.sending import store
 from engine.tenants import create_tenant
+from orchestration import analytics, campaigns, ingestion, sending
 from orchestration.campaigns import campaign_control_job
 from orchestration.resources import PostgresResource, SmtpResource
+from orchestration.sending import due_sends_sensor
 from tests.engine.campaign_rows import add_contact
 
 SENDER = "alice@acme.example"
@@ -211,3 +214,110 @@ def test_a_refused_action_fails_its_run_naming_what_is_wrong(
     description = _failure(_control(database, action, campaign=campaign, tenant=tenant))
     assert expected in description, description
     assert _state(database, acme) == ("draft", 0)
+
+
+# -- the due-sends sensor ------------------------------------------------------------------------
+
+
+def _tick(database: Database, instance: dg.DagsterInstance):
+    with dg.build_sensor_context(instance=instance, resources=_resources(database)) as context:
+        return due_sends_sensor(context)
+
+
+def test_new_members_of_a_launched_campaigns_list_make_the_sensor_ask_for_a_send_run(
+    database, acme, smtp_faults
+):
+    server = smtp_faults.start()
+    steps = [
+        {"id": "intro", "email": {"subject": "Hi", "text": "Hello"}},
+        {"id": "pause", "wait": "3d"},
+        {"id": "again", "email": {"subject": "Re", "text": "Again"}},
+    ]
+    _apply(database, acme, _campaign(steps=steps))
+    _add_contacts(database, acme, ["ann@example.com"])
+    assert _control(database, "launch").success
+    with dg.instance_for_test() as instance:
+        assert isinstance(_tick(database, instance), dg.RunRequest)
+        _send_run(database, instance, server.port)
+        # Ann waits three days: the campaign is active with nothing due.
+        assert isinstance(_tick(database, instance), dg.SkipReason)
+
+        # Contacts added to the list later (`penguin upload`): nothing is enrolled for them
+        # yet, and the send run is where they are enrolled, so the sensor must ask for one.
+        _add_contacts(database, acme, ["bob@example.com", "cy@example.com"])
+        request = _tick(database, instance)
+        assert isinstance(request, dg.RunRequest), request
+        assert request.run_key == _tick(database, instance).run_key  # a repeated tick is harmless
+        result = _send_run(database, instance, server.port)
+        assert _metadata(result)["enrolled"] == 2 and _metadata(result)["sent"] == 2
+        assert isinstance(_tick(database, instance), dg.SkipReason)
+
+        # Members a pass would not enroll (suppressed, unsubscribed) ask for nothing: else
+        # every finished run would be followed by another that does nothing.
+        _add_contacts(database, acme, ["dee@example.com"])
+        with tenant_transaction(database.app, acme) as conn:
+            conn.execute(
+                store.SUPPRESS,
+                {"email": "DEE@example.com", "reason": "manual", "detail": None, "now": _now()},
+            )
+            add_contact(conn, "eve@example.com", list_id=_list_id(conn), status="unsubscribed")
+        assert isinstance(_tick(database, instance), dg.SkipReason)
+
+
+def test_a_scheduled_campaign_whose_start_has_come_makes_the_sensor_ask_for_a_send_run(
+    database, acme
+):
+    start = _now() + timedelta(days=1)
+    schedule = {
+        "strategy": "scheduled",
+        "start_at": start.strftime("%Y-%m-%dT%H:%M"),
+        "window": "00:00-24:00",
+        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+    }
+    _apply(database, acme, _campaign(schedule=schedule))
+    _add_contacts(database, acme, ["ann@example.com"])
+    assert _control(database, "launch").success
+    assert _state(database, acme)[0] == "scheduled"
+    with dg.instance_for_test() as instance:
+        assert isinstance(_tick(database, instance), dg.SkipReason)
+        with tenant_transaction(database.app, acme) as conn:  # a day later
+            conn.execute(sa.text("update app.campaigns set start_at = now() - interval '1 minute'"))
+        request = _tick(database, instance)
+        assert isinstance(request, dg.RunRequest), request
+
+
+# -- send_due_job ---------------------------------------------------------------------------------
+
+
+def _code_location(database: Database, smtp_port: int | None = None) -> dg.Definitions:
+    """The code location of orchestration/definitions.py, its resources pointed at the test's
+    database and SMTP server."""
+    return dg.Definitions.merge(
+        ingestion.defs,
+        sending.defs,
+        campaigns.defs,
+        analytics.defs,
+        dg.Definitions(resources=_resources(database, smtp_port), executor=dg.in_process_executor),
+    )
+
+
+def _send_run(
+    database: Database, instance: dg.DagsterInstance, smtp_port: int, *, marts: bool = False
+) -> dg.ExecuteInProcessResult:
+    """One run of send_due_job: its engine pass, and with `marts` the dbt build after it."""
+    job = _code_location(database, smtp_port).resolve_job_def("send_due_job")
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=None if marts else [dg.AssetKey("sent_emails")],
+        raise_on_error=False,
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    [materialization] = [
+        m for m in result.get_asset_materialization_events() if m.asset_key.path == ["sent_emails"]
+    ]
+    metadata = materialization.step_materialization_data.materialization.metadata
+    return {k: v.value for k, v in metadata.items()}
