@@ -265,7 +265,7 @@ def test_new_members_of_a_launched_campaigns_list_make_the_sensor_ask_for_a_send
 
 
 def test_a_scheduled_campaign_whose_start_has_come_makes_the_sensor_ask_for_a_send_run(
-    database, acme
+    database, acme, smtp_faults
 ):
     start = _now() + timedelta(days=1)
     schedule = {
@@ -284,6 +284,14 @@ def test_a_scheduled_campaign_whose_start_has_come_makes_the_sensor_ask_for_a_se
             conn.execute(sa.text("update app.campaigns set start_at = now() - interval '1 minute'"))
         request = _tick(database, instance)
         assert isinstance(request, dg.RunRequest), request
+        # The run starts the campaign, enrolls its list and sends: nothing else is needed.
+        metadata = _metadata(_send_run(database, instance, smtp_faults.start().port))
+        assert (metadata["campaigns_activated"], metadata["enrolled"], metadata["sent"]) == (
+            1,
+            1,
+            1,
+        )
+        assert isinstance(_tick(database, instance), dg.SkipReason)
 
 
 # -- send_due_job ---------------------------------------------------------------------------------
@@ -321,3 +329,184 @@ def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     ]
     metadata = materialization.step_materialization_data.materialization.metadata
     return {k: v.value for k, v in metadata.items()}
+
+
+def _zone_at(local_hour: int, now: datetime) -> str:
+    """A fixed-offset IANA zone whose local time is about `local_hour` at `now`."""
+    ahead = (local_hour - now.hour) % 24
+    if ahead > 14:  # zones run from UTC-12 to UTC+14
+        ahead -= 24
+    return f"Etc/GMT{-ahead:+d}"  # POSIX signs: Etc/GMT-3 is three hours ahead of UTC
+
+
+_OUTCOMES = sa.text(
+    """
+    select
+        (select count(*) from app.campaign_contacts) as enrollments,
+        (select count(*) from app.contacts where 'reached' = any(tags)) as reached,
+        (select json_object_agg(status, n) from
+            (select status, count(*) as n from app.sent_emails group by status) s) as messages,
+        (select json_object_agg(exit_reason, n) from
+            (select exit_reason, count(*) as n from app.campaign_contacts
+             where status = 'exited' group by exit_reason) e) as exits,
+        (select json_object_agg(wait_reason, n) from
+            (select wait_reason, count(*) as n from app.campaign_contacts
+             where status = 'active' and wait_reason is not null group by wait_reason) w) as waits
+    """
+)
+
+
+_MART = sa.text(
+    """
+    select sum(sent_count), sum(bounced_count), sum(failed_count), sum(unknown_count),
+           sum(pending_count)
+    from analytics_marts.campaign_daily where campaign_name = 'q4'
+    """
+)
+
+
+def test_a_send_run_carries_the_counts_of_its_pass_as_the_database_has_them(
+    database, acme, smtp_faults
+):
+    server = smtp_faults.start()
+    now = _now()
+    awake, asleep = _zone_at(6, now), _zone_at(18, now)  # inside and outside 00:00-12:00
+    schedule = {"window": "00:00-12:00", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]}
+    steps = [
+        {"id": "mark", "action": {"tag": "reached"}},
+        {"id": "intro", "email": {"subject": "Hi {{ first_name }}", "text": "Hello"}},
+    ]
+    _apply(database, acme, _campaign(schedule=schedule, steps=steps))
+    answers = ["ann", "bob", "r550-cy", "d554-dee", "drop-after-data-eve", "r451-fay", "ivy"]
+    _add_contacts(database, acme, [f"{a}@example.com" for a in answers], timezone=awake)
+    _add_contacts(database, acme, ["gus@example.com", "hal@example.com"], timezone=asleep)
+    assert _control(database, "launch").success
+    # After the launch: a new member (enrolled by the run itself) and a suppression.
+    _add_contacts(database, acme, ["jo@example.com"], timezone=awake)
+    with tenant_transaction(database.app, acme) as conn:
+        conn.execute(
+            store.SUPPRESS,
+            {"email": "ivy@example.com", "reason": "manual", "detail": None, "now": now},
+        )
+
+    with dg.instance_for_test() as instance:
+        result = _send_run(database, instance, server.port, marts=True)
+    metadata = _metadata(result)
+
+    # What the pass did, one item of each kind: the metadata an operator reads on the run.
+    assert metadata["enrolled"] == 1
+    assert metadata["advanced"] == 9  # everyone but ivy passed the action step
+    assert (metadata["sent"], metadata["retrying"], metadata["bounced"]) == (3, 1, 1)
+    assert (metadata["failed"], metadata["unknown"]) == (1, 1)
+    assert (metadata["deferred"], metadata["deferred_by_reason"]) == (2, {"window": 2})
+    assert metadata["exited"] == 3
+    assert metadata["exited_by_reason"] == {
+        "bounced": 1,
+        "message rejected": 1,
+        "suppressed": 1,
+    }
+    # ... and what the database holds after it.
+    with tenant_transaction(database.app, acme) as conn:
+        db = conn.execute(_OUTCOMES).one()
+    assert db.enrollments == 9 + metadata["enrolled"]
+    assert db.reached == metadata["advanced"]
+    assert db.messages == {
+        "sent": metadata["sent"],
+        "queued": metadata["retrying"],
+        "bounced": metadata["bounced"],
+        "failed": metadata["failed"],
+        "unknown": metadata["unknown"],
+    }
+    assert db.exits == metadata["exited_by_reason"]
+    assert db.waits == {**metadata["deferred_by_reason"], "retry": metadata["retrying"]}
+    assert sorted(server.recipients()) == [
+        "ann@example.com",
+        "bob@example.com",
+        "drop-after-data-eve@example.com",
+        "jo@example.com",
+    ]
+    # The marts rebuilt in the same run count the same messages.
+    with database.analytics.connect() as conn:
+        mart = conn.execute(_MART).one()
+    assert tuple(mart) == (
+        metadata["sent"],
+        metadata["bounced"],
+        metadata["failed"],
+        metadata["unknown"],
+        metadata["retrying"],
+    )
+
+
+# -- the run queue --------------------------------------------------------------------------------
+
+
+def _queued(instance: dg.DagsterInstance, name: str, status=dg.DagsterRunStatus.QUEUED) -> str:
+    """A run of job `name` as the webserver or a sensor submits it (with its job's tags)."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteRepositoryOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def(name)
+    origin = RemoteRepositoryOrigin(
+        InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(module_name="orchestration.definitions"),
+            location_name="penguinmails",
+        ),
+        "__repository__",
+    ).get_job_origin(name)
+    config = (
+        {"ops": {"control_campaign": {"config": {"campaign": "q4", "action": "pause"}}}}
+        if name == campaign_control_job.name
+        else None
+    )
+    run = instance.create_run_for_job(
+        job_def=job, run_config=config, status=status, tags=job.tags, remote_job_origin=origin
+    )
+    return run.run_id
+
+
+def test_the_daemons_run_queue_starts_one_send_run_at_a_time(tmp_path):
+    """The limit is in the instance `penguin up` writes (dagster.yaml), where the daemon
+    reads it: the queue, not only the sensor, keeps send runs from overlapping."""
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    from engine.config import Settings
+    from engine.runtime import prepare_dagster_home
+
+    settings = Settings(home=tmp_path / "home", database_url=None)
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        config = instance.get_concurrency_config()
+        limits = config.run_queue_config.tag_concurrency_limits
+        assert {"key": "penguin/sends", "limit": 1} in limits
+        # Every job that sends carries the tag (the upload job sends too).
+        for name in ("send_due_job", "ingest_upload_job"):
+            assert _job_tags(name)["penguin/sends"] == "send", name
+
+        names = {}
+        for name in ("send_due_job", "ingest_upload_job", "send_due_job", "campaign_control_job"):
+            names[_queued(instance, name)] = name
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+        dequeued = daemon._get_runs_to_dequeue(instance, config, fixed_iteration_time=None)
+        # The first send run starts; the other two wait; campaign control is not held back.
+        assert [names[run.run_id] for run in dequeued] == ["send_due_job", "campaign_control_job"]
+
+    # While a send run is under way, a queued one waits and other runs start.
+    settings = Settings(home=tmp_path / "busy", database_url=None)
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        config = instance.get_concurrency_config()
+        _queued(instance, "send_due_job", status=dg.DagsterRunStatus.STARTED)
+        names = {_queued(instance, name): name for name in ("send_due_job", "campaign_control_job")}
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+        dequeued = daemon._get_runs_to_dequeue(instance, config, fixed_iteration_time=None)
+        assert [names[run.run_id] for run in dequeued] == ["campaign_control_job"]
+
+
+def _job_tags(name: str) -> dict[str, str]:
+    from orchestration.definitions import defs
+
+    return dict(defs.resolve_job_def(name).tags)
