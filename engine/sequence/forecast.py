@@ -34,6 +34,7 @@ what the forecast says; these are the assumptions both sides share:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import uuid
 from collections import Counter, defaultdict
@@ -510,25 +511,66 @@ class _Simulation:
     # -- email steps
 
     def _send(self, t: datetime, buckets: list[_Bucket]) -> None:
-        """The email stage of a pass: decide every due email in (due, contact) order."""
+        """The email stage of a pass: decide every due email in (due, contact) order.
+
+        The engine claims `batch_size` due emails at a time in that order, whatever then
+        happens to each, and an email step reached by a send is claimed by a later batch. So
+        the emails moved in bulk here (a closed window, the campaign's limit) fill batches too:
+        they count where they stand in the order, and held emails join when a batch is full
+        or the due ones run out, as in the engine.
+        """
         if not buckets:
             return
         day = rules.local_day(t, self.schedule.tz)
         live: list[_Bucket] = []
+        settled: list[tuple[datetime, list[tuple[Any, int]], int]] = []
         for bucket in buckets:
+            start = bucket.pos
             if not self._settle_in_bulk(bucket, t, only_final=True):
                 live.append(bucket)
+            elif start < len(bucket.items):
+                settled.append((bucket.due, bucket.items, start))
         heap = [(b.due, b.items[b.pos][0], i) for i, b in enumerate(live)]
         heapq.heapify(heap)
         held: list[int] = []
-        consumed = 0
         if self._all_blocked(live, held, t):
             return
-        while heap:
+
+        def join_held() -> None:
+            # The next claim of this pass sees the email steps reached by its sends.
+            by_class: dict[int, list[tuple[Any, int]]] = defaultdict(list)
+            for index in held:
+                by_class[self._class_of(index, self.people[index].step or "")].append(
+                    (self.orders[index], index)
+                )
+            held.clear()
+            for cls, items in by_class.items():
+                items.sort()
+                live.append(_Bucket(t, cls, items))
+                heapq.heappush(heap, (t, items[0][0], len(live) - 1))
+
+        in_batch = counted = 0
+        while True:
+            while heap and live[heap[0][2]].done:
+                heapq.heappop(heap)
+            # Emails moved in bulk that the engine claims before the next one decided here.
+            ahead = _count_before(settled, heap[0][:2] if heap else None) - counted
+            if ahead:
+                take = min(ahead, self.batch_size - in_batch)
+                counted += take
+                in_batch += take
+                if in_batch == self.batch_size:
+                    in_batch = 0
+                    join_held()
+                    continue
+            if not heap:
+                if not held:
+                    return
+                in_batch = 0  # the claim found fewer due emails than a batch
+                join_held()
+                continue
             _, _, i = heapq.heappop(heap)
             bucket = live[i]
-            if bucket.done:
-                continue
             _, index = bucket.items[bucket.pos]
             bucket.pos += 1
             if bucket.pos < len(bucket.items):
@@ -536,21 +578,12 @@ class _Simulation:
             else:
                 bucket.done = True
             sent = self._one(index, bucket.cls, t, day, held)
-            consumed += 1
             if sent and self._all_blocked(live, held, t):
                 return
-            if held and (consumed % self.batch_size == 0 or not heap):
-                # The next claim of this pass sees the email steps reached by its sends.
-                by_class: dict[int, list[tuple[Any, int]]] = defaultdict(list)
-                for index in held:
-                    by_class[self._class_of(index, self.people[index].step or "")].append(
-                        (self.orders[index], index)
-                    )
-                held = []
-                for cls, items in by_class.items():
-                    items.sort()
-                    live.append(_Bucket(t, cls, items))
-                    heapq.heappush(heap, (t, items[0][0], len(live) - 1))
+            in_batch += 1
+            if in_batch == self.batch_size:
+                in_batch = 0
+                join_held()
 
     def _blocked(self, cls_id: int, t: datetime) -> Defer | Exit | None:
         """The decision shared by every email of this class at `t`, if it cannot be sent.
@@ -678,6 +711,20 @@ class _Simulation:
 
 
 _SENDER_REASONS = frozenset({rules.SENDER_GAP, rules.SENDER_LIMIT, rules.SENDER_PAUSED})
+
+
+def _count_before(
+    runs: Sequence[tuple[datetime, list[tuple[Any, int]], int]], key: tuple[datetime, Any] | None
+) -> int:
+    """How many items of the sorted runs (due, items, start) come before `key` = (due, order)
+    in the claim's order (all of them when `key` is None)."""
+    total = 0
+    for due, items, start in runs:
+        if key is None or due < key[0]:
+            total += len(items) - start
+        elif due == key[0]:
+            total += bisect.bisect_left(items, (key[1],), lo=start) - start
+    return total
 
 
 def _order(contact_id: Hashable) -> Any:

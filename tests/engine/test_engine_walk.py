@@ -25,6 +25,7 @@ from engine.senders import SmtpServer, create_sender
 from engine.sending import store
 from engine.sending.scheduler import Config, SendReport, send_due
 from engine.sequence import rules, steps
+from engine.sequence.forecast import SimCampaign, SimEnrollment, SimStep, forecast, load, simulate
 from engine.tenants import create_tenant
 from tests.engine.campaign_rows import add_contact
 
@@ -282,3 +283,162 @@ def test_a_branching_sequence_walks_every_contact_down_its_own_path_over_weeks(
     # Messages went out before, between and after both changes of the clocks.
     sent_days = {m.queued_at.date() for m in messages}
     assert min(sent_days) < date(2026, 10, 25) and max(sent_days) > date(2026, 11, 1)
+
+
+FORECAST = """
+name: forecast-me
+list: forecast
+senders: [alice@acme.example, bob@acme.example]
+timezone: Europe/Berlin
+schedule:
+  strategy: immediate
+  window: "09:00-17:00"
+  days: [mon, tue, wed, thu, fri]
+limits:
+  daily: 20
+steps:
+  - id: intro
+    email: {subject: "Hello {{ first_name | default('there') }}", text: "Hi"}
+  - id: ps
+    email: {subject: "P.S.", text: "One more thing"}
+  - id: pause
+    wait: 1d
+  - id: warm?
+    condition:
+      any:
+        - {opened: intro}
+        - {lead_score: {gte: 50}}
+    then: warm-followup
+    else: tag-cold
+  - id: warm-followup
+    email: {subject: "Warm", text: "A call?", sender: alice@acme.example}
+    next: end
+  - id: tag-cold
+    action: {tag: cold}
+  - id: still-cold?
+    condition: {field: tags, contains: cold}
+    then: later
+    else: end
+  - id: later
+    wait: 3d
+  - id: breakup
+    email: {subject: "Closing the loop", text: "Bye"}
+"""
+FORECAST_ZONES = (None, "America/New_York", "Asia/Tokyo")
+
+
+def test_the_forecast_is_what_a_simulated_run_sends(database, smtp_server):
+    # Wednesday 18 November 2026, 07:00 in Berlin; a pass every hour from then on.
+    now = datetime(2026, 11, 18, 6, 0, tzinfo=UTC)
+    every = timedelta(hours=1)
+    days = 14
+    batch_size = 7
+    # alice: 8 a UTC day, and she alone sends the warm follow-up; bob: 50 minutes and a jitter
+    # of up to a quarter of that between two messages, so he sends one a pass and now and then
+    # skips one; the campaign: 20 a Berlin day. A small claim batch makes the p.s. (reached by
+    # sending the intro) wait for a later batch of the same pass.
+    limits = {"alice@acme.example": (8, 0), "bob@acme.example": (1000, 50 * 60)}
+    # 21 contacts in the seven zones of the walk, enrolled at launch; 24 more join the list
+    # afterwards, for the first pass to enrol.
+    tenant_id, campaign_id, _, _ = _setup(database, FORECAST, 21, now, limits)
+    with tenant_transaction(database.app, tenant_id) as conn:
+        list_id = conn.execute(
+            sa.text("select list_id from app.campaigns where id = :id"), {"id": campaign_id}
+        ).scalar_one()
+        for i in range(24):
+            add_contact(
+                conn,
+                f"lead{i:02d}@example.com",
+                list_id=list_id,
+                first_name=f"Lead{i}",
+                timezone=FORECAST_ZONES[i % len(FORECAST_ZONES)],
+                lead_score=(i * 37) % 100,
+            )
+        predicted = forecast(conn, campaign_id, now, days, pass_every=every, batch_size=batch_size)
+        # The same simulation, message by message, to say where a difference begins.
+        simulated: list[tuple[datetime, uuid.UUID, str, uuid.UUID | None]] = []
+        simulate(
+            *load(conn, campaign_id, now),
+            now,
+            days=days,
+            pass_every=every,
+            batch_size=batch_size,
+            on_send=lambda *message: simulated.append(message),
+        )
+    assert predicted.last_day is not None and (predicted.later, predicted.unfinished) == (0, 0)
+
+    passes = _walk(
+        database,
+        tenant_id,
+        smtp_server.server(),
+        now,
+        now + timedelta(days=days),
+        every,
+        Config(batch_size=batch_size),
+    )
+
+    with tenant_transaction(database.app, tenant_id) as conn:
+        messages = conn.execute(_MESSAGES, {"campaign_id": campaign_id}).all()
+        status = conn.execute(_CAMPAIGN_STATUS, {"id": campaign_id}).scalar_one()
+    sent = sorted((m.queued_at, m.contact_id.int, m.step, m.sender_account_id) for m in messages)
+    expected = sorted((t, contact.int, step, sender) for t, contact, step, sender in simulated)
+    first_difference = next(
+        (i for i, (a, b) in enumerate(zip(sent, expected, strict=False)) if a != b),
+        min(len(sent), len(expected)),
+    )
+    assert sent[first_difference:][:5] == expected[first_difference:][:5]
+    assert len(sent) == len(expected)
+
+    berlin = ZoneInfo("Europe/Berlin")
+    per_day = Counter((m.queued_at.astimezone(berlin).date(), m.step) for m in messages)
+    assert dict(per_day) == dict(predicted.counts)
+    assert max(d for d, _ in per_day) == predicted.last_day
+    assert {step for _, step in per_day} == {"intro", "ps", "warm-followup", "breakup"}
+    assert status == "completed" and {m.status for m in messages} == {"sent"}
+    assert len(smtp_server.messages) == len(messages) == predicted.total
+    # The run met what the scenario means it to: windows, limits and gaps held messages back.
+    deferred: Counter[str] = Counter()
+    for _, report in passes:
+        deferred.update(report.deferred)
+    assert {"window", "campaign limit", "sender limit", "sender gap"} <= set(deferred), deferred
+
+
+def test_emails_deferred_in_bulk_still_fill_the_claim_batches_of_the_forecast():
+    """The engine claims two due emails at a time: contact 1 (Tokyo, its window closed) and
+    contact 2. Contact 2's intro goes and reaches the p.s., which the next claim takes before
+    contact 3's intro; alice's limit of two then holds contact 3 until the next day. The
+    forecast, which moves closed-window emails in bulk, must count them in their batch too."""
+    t = datetime(2026, 11, 16, 10, 0, tzinfo=UTC)  # a Monday: 19:00 in Tokyo
+    campaign = SimCampaign(
+        id="c",
+        name="c",
+        status="active",
+        schedule=rules.Schedule(tz=ZoneInfo("UTC"), window=rules.Window(time(9), time(17))),
+        steps={"intro": SimStep("intro", "email", next="ps"), "ps": SimStep("ps", "email")},
+        senders=("alice",),
+    )
+    people = [
+        SimEnrollment(1, {"timezone": "Asia/Tokyo"}, "intro", t),
+        SimEnrollment(2, {}, "intro", t),
+        SimEnrollment(3, {}, "intro", t),
+    ]
+    sends: list[tuple[datetime, int, str]] = []
+    simulate(
+        campaign,
+        people,
+        {"alice": rules.SenderState("alice", daily_limit=2)},
+        t,
+        days=3,
+        batch_size=2,
+        on_send=lambda at, contact, step, _: sends.append((at, contact, step)),
+    )
+    midnight = datetime(2026, 11, 17, tzinfo=UTC)  # 09:00 in Tokyo, alice's new UTC day
+    wednesday = midnight + timedelta(days=1, hours=9)  # alice's limit held contact 3 till then
+    assert sends == [
+        (t, 2, "intro"),
+        (t, 2, "ps"),
+        (midnight, 1, "intro"),
+        (midnight, 1, "ps"),
+        (wednesday, 3, "intro"),
+        (wednesday, 3, "ps"),
+    ]
