@@ -76,6 +76,7 @@ _OPENS_OF_THE_PASS = sa.text(
       and m.contact_id = any(:openers)
     """
 )
+_LIST_OF = sa.text("select list_id from app.campaigns where id = :id")
 _CAMPAIGN_STATUS = sa.text("select status from app.campaigns where id = :id")
 
 BRANCHING = """
@@ -131,10 +132,7 @@ def _setup(
             for email, (limit, gap) in senders.items()
         }
         applied = cf.apply(conn, cf.loads(text, "walk.yaml"), now)
-        list_id = conn.execute(
-            sa.text("select list_id from app.campaigns where id = :id"),
-            {"id": applied.campaign_id},
-        ).scalar_one()
+        list_id = conn.execute(_LIST_OF, {"id": applied.campaign_id}).scalar_one()
         numbers = {
             add_contact(
                 conn,
@@ -342,9 +340,7 @@ def test_the_forecast_is_what_a_simulated_run_sends(database, smtp_server):
     # afterwards, for the first pass to enrol.
     tenant_id, campaign_id, _, _ = _setup(database, FORECAST, 21, now, limits)
     with tenant_transaction(database.app, tenant_id) as conn:
-        list_id = conn.execute(
-            sa.text("select list_id from app.campaigns where id = :id"), {"id": campaign_id}
-        ).scalar_one()
+        list_id = conn.execute(_LIST_OF, {"id": campaign_id}).scalar_one()
         for i in range(24):
             add_contact(
                 conn,
