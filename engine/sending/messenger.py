@@ -10,8 +10,9 @@ A `Courier` lives as long as one engine pass and keeps, per SMTP server, a pool 
 - A message's conversation starts only once a connection is ready, and the job's `before`
   callback runs (in a worker thread) right before it: the engine marks the row `sending` there,
   so a crash leaves in doubt only conversations that were under way. `after` runs in a thread
-  right after the conversation and records the outcome; database round trips of one slot overlap
-  with the SMTP traffic of the others.
+  right after the conversation and records the outcome before the slot goes to another job (at
+  most `concurrency` messages are ever marked and not yet recorded); database round trips of one
+  slot overlap with the SMTP traffic of the others.
 - A server that timed out, refused the connection or said it is unavailable (421 at the
   greeting) is down for the rest of the courier's life: its other jobs get
   `Outcome.SERVER_DOWN` at once, without another connection attempt, so a tarpit costs one
@@ -459,9 +460,12 @@ class Courier:
                 delivery = pool.unusable
             else:
                 delivery = await self._in_slot(pool, job, errors)
-        if delivery is None:
-            return None
-        return await self._after(job, delivery, errors)
+            if delivery is None:
+                return None
+            # The slot is given up only once the outcome is recorded: else the next job would
+            # be marked `sending` meanwhile, and a crash then could leave more messages in
+            # doubt than `concurrency` (the conversations under way).
+            return await self._after(job, delivery, errors)
 
     def _refuse_cleartext_login(self, pool: _Pool) -> None:
         """Defence in depth: senders.smtp_server_for refuses these already."""
