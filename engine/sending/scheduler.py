@@ -209,6 +209,7 @@ def _run_steps(conn: Connection, report: SendReport, now: datetime) -> None:
     and action steps."""
     report.campaigns_activated += _count(steps.activate_scheduled(conn, now))
     report.enrolled += _count(steps.enroll(conn, now))
+    report.unknown += store.mark_abandoned_in_doubt(conn, now)
     report.exited.update(steps.exit_stopped(conn, now))
     moved = steps.advance(conn, now)
     report.advanced += moved.advanced

@@ -312,6 +312,24 @@ MARK_CONTACT = sa.text(
     "update app.contacts set status = :status, updated_at = :now where id = :contact_id"
 )
 
+#: Messages a stopped worker left `sending` (its lease ran out mid-conversation): in doubt,
+#: never resent. Marked before anything else moves their enrollments, so one that exits
+#: (the contact unsubscribed or replied, the campaign ended) does not keep its message
+#: `sending` for ever. Driven like CLAIM, from due enrollments of email steps.
+MARK_ABANDONED_IN_DOUBT = sa.text(
+    """
+    update app.sent_emails m
+    set status = 'unknown', updated_at = :now,
+        last_error = 'worker stopped during the SMTP conversation; not resent'
+    from app.campaign_contacts cc
+    join app.campaign_steps s on s.id = cc.current_step_id
+    where cc.status in ('enrolled', 'active') and s.step_type = 'email'
+      and cc.next_run_at <= :now and cc.lease_expires_at < :now
+      and m.tenant_id = cc.tenant_id and m.campaign_contact_id = cc.id and m.step_id = s.id
+      and m.status = 'sending'
+    """
+)
+
 DUE_SUMMARY = sa.text(
     """
     select count(*) as due, min(cc.next_run_at) as oldest
@@ -429,6 +447,11 @@ def record(
         "refund": int(refund),
     }
     return conn.execute(RECORD, params).rowcount == 1
+
+
+def mark_abandoned_in_doubt(conn: Connection, now: datetime) -> int:
+    """Mark `unknown` the messages stopped workers left `sending`; how many."""
+    return conn.execute(MARK_ABANDONED_IN_DOUBT, {"now": now}).rowcount
 
 
 def due_summary(conn: Connection, now: datetime) -> tuple[int, datetime | None]:
