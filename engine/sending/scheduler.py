@@ -19,6 +19,7 @@ conversations under way in doubt (`unknown`, never resent).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import socket
@@ -26,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -37,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from engine.db import tenant_transaction
 from engine.senders import SenderConfigError, SmtpServer, smtp_server_for
 from engine.sending import store
+from engine.sending.group import Group
 from engine.sending.messenger import (
     CallbackError,
     Courier,
@@ -97,6 +99,15 @@ class SendReport:
     campaigns_activated: int = 0
     campaigns_completed: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def add(self, other: SendReport) -> None:
+        """Count `other` in too (a tally of work committed elsewhere)."""
+        for name, value in other.__dict__.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, getattr(self, name) + value)
+        self.deferred.update(other.deferred)
+        self.exited.update(other.exited)
+        self.errors.extend(other.errors)
 
     def as_dict(self) -> dict[str, object]:
         """Counts for printing and run metadata: totals, and per-reason breakdowns."""
@@ -482,6 +493,7 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
 
     jobs: list[SendJob] = []
     skipped: list[_Work] = []
+    callbacks = _callbacks(run, tenant_id, now)
     for item in ready:
         if item.error is not None:
             continue
@@ -496,7 +508,7 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
         if server is None:
             _settle_unsent(run, tenant_id, item, now, reason)
             continue
-        jobs.append(_job(run, tenant_id, item, server, now, skipped))
+        jobs.append(_job(run, callbacks, item, server, now, skipped))
     if jobs:
         try:
             run.courier.send(jobs)
@@ -560,9 +572,92 @@ def _email(item: _Work, now: datetime) -> OutgoingEmail:
     )
 
 
+class _Marked(enum.Enum):
+    """What marking a message `sending` found."""
+
+    GO = "go"  # marked: its conversation starts now
+    SKIP = "skip"  # paused, suppressed or taken over meanwhile: released, nothing sent
+    FAILED = "failed"  # its own data was refused: it ended alone, nothing sent
+
+
+@dataclass(frozen=True)
+class _Callbacks:
+    """The courier's callbacks of one tenant's batch, each done in group transactions
+    (`engine.sending.group`): many threads, one commit per group instead of per message."""
+
+    marks: Group[_Work, _Marked]
+    settles: Group[tuple[_Work, Delivery, bool], None]
+
+
+def _callbacks(run: _Run, tenant_id: uuid.UUID, now: datetime) -> _Callbacks:
+    def mark(items: Sequence[_Work]) -> list[_Marked]:
+        with tenant_transaction(run.app, tenant_id) as conn:
+            marked = set(
+                conn.execute(
+                    store.MARK_SENDING,
+                    {
+                        "ids": [i.message_row_id for i in items],
+                        "subjects": [i.subject for i in items],
+                        "worker": run.worker,
+                        "now": now,
+                    },
+                ).scalars()
+            )
+        return [_Marked.GO if i.message_row_id in marked else _Marked.SKIP for i in items]
+
+    def mark_alone(item: _Work) -> _Marked:
+        try:
+            return mark([item])[0]
+        except Exception as exc:
+            if not _item_failure(exc):
+                raise
+            # This message's own data (a NUL in its subject): it ends alone, nothing is sent.
+            reason = f"could not prepare the message: {_describe(exc)}"
+        with tenant_transaction(run.app, tenant_id) as conn:
+            conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
+            failed = {"id": item.message_row_id, "error": reason, "now": now}
+            conn.execute(store.FAIL_UNSENT, failed)
+            store.exit_enrollment(conn, item.row.enrollment_id, reason, now, run.worker)
+        with run.lock:
+            run.report.failed += 1
+            run.report.exited["could not prepare the message"] += 1
+            run.report.errors.append(f"{item.row.email}: {reason}")
+        return _Marked.FAILED
+
+    def settle(settlements: Sequence[tuple[_Work, Delivery, bool]]) -> list[None]:
+        tally = SendReport()
+        with tenant_transaction(run.app, tenant_id) as conn:
+            conn.execute(
+                store.LOCK_ENROLLMENTS, {"ids": [s[0].row.enrollment_id for s in settlements]}
+            )
+            sent = [(i, d) for i, d, marked in settlements if marked and d.outcome is Outcome.SENT]
+            if sent:
+                recorded = conn.execute(
+                    store.RECORD_SENT,
+                    {
+                        "ids": [i.message_row_id for i, _ in sent],
+                        "responses": [d.response for _, d in sent],
+                        "worker": run.worker,
+                        "now": now,
+                    },
+                ).scalars()
+                tally.sent += len(list(recorded))
+            for item, delivery, marked in settlements:
+                if not (marked and delivery.outcome is Outcome.SENT):
+                    _record(conn, run, tally, item, delivery, now, marked=marked)
+        with run.lock:  # counted once committed: a group done again alone is not counted twice
+            run.report.add(tally)
+        return [None] * len(settlements)
+
+    return _Callbacks(
+        marks=Group(mark, mark_alone, _item_failure),
+        settles=Group(settle, lambda s: settle([s])[0], _item_failure),
+    )
+
+
 def _job(
     run: _Run,
-    tenant_id: uuid.UUID,
+    callbacks: _Callbacks,
     item: _Work,
     server: SmtpServer,
     now: datetime,
@@ -572,45 +667,15 @@ def _job(
 
     def before() -> bool:
         nonlocal marked
-        try:
-            with tenant_transaction(run.app, tenant_id) as conn:
-                marked = (
-                    conn.execute(
-                        store.MARK_SENDING,
-                        {
-                            "id": item.message_row_id,
-                            "subject": item.subject,
-                            "worker": run.worker,
-                            "now": now,
-                        },
-                    ).first()
-                    is not None
-                )
-        except Exception as exc:
-            if not _item_failure(exc):
-                raise
-            # This message's own data (a NUL in its subject): it ends alone, nothing is sent.
-            reason = f"could not prepare the message: {_describe(exc)}"
-            with tenant_transaction(run.app, tenant_id) as conn:
-                conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
-                conn.execute(
-                    store.FAIL_UNSENT, {"id": item.message_row_id, "error": reason, "now": now}
-                )
-                store.exit_enrollment(conn, item.row.enrollment_id, reason, now, run.worker)
-            with run.lock:
-                run.report.failed += 1
-                run.report.exited["could not prepare the message"] += 1
-                run.report.errors.append(f"{item.row.email}: {reason}")
-            return False
-        if not marked:
+        outcome = callbacks.marks.submit(item)
+        marked = outcome is _Marked.GO
+        if outcome is _Marked.SKIP:
             with run.lock:
                 skipped.append(item)
         return marked
 
     def after(delivery: Delivery) -> None:
-        with tenant_transaction(run.app, tenant_id) as conn:
-            conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
-            _record(conn, run, item, delivery, now, marked=marked)
+        callbacks.settles.submit((item, delivery, marked))
 
     return SendJob(server, _email(item, now), before, after)
 
@@ -620,9 +685,12 @@ def _settle_unsent(
 ) -> None:
     """A sender that cannot be used (its configuration): retried with the reason, nothing sent,
     no login attempted."""
+    tally = SendReport()
     with tenant_transaction(run.app, tenant_id) as conn:
         conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
-        _record(conn, run, item, Delivery(Outcome.RETRY, reason), now, marked=False)
+        _record(conn, run, tally, item, Delivery(Outcome.RETRY, reason), now, marked=False)
+    with run.lock:
+        run.report.add(tally)
 
 
 @dataclass(frozen=True)
@@ -652,14 +720,16 @@ _GIVE_UP = _Settlement("failed", "exit", "failed", "send failed", True)
 def _record(
     conn: Connection,
     run: _Run,
+    report: SendReport,
     item: _Work,
     delivery: Delivery,
     now: datetime,
     *,
     marked: bool,
 ) -> None:
-    """Settle one message and move its enrollment; the enrollment row is locked already."""
-    row, worker, report = item.row, run.worker, run.report
+    """Settle one message and move its enrollment; the enrollment row is locked already.
+    Counts go to `report`, a tally the caller adds to the run's once committed."""
+    row, worker = item.row, run.worker
     error = f"{delivery.code or ''} {delivery.response}".strip()
     settlement = _SETTLEMENTS[delivery.outcome]
     down = delivery.outcome is Outcome.SERVER_DOWN
@@ -706,8 +776,7 @@ def _record(
         reason = rules.SERVER_DOWN if down else rules.RETRY
         store.reschedule(conn, row.enrollment_id, values["next_attempt_at"], now, worker, reason)
         if down:
-            with run.lock:
-                report.deferred[rules.SERVER_DOWN] += 1
+            report.deferred[rules.SERVER_DOWN] += 1
     else:
         if settlement.enrollment == "bounce":
             conn.execute(
@@ -718,13 +787,11 @@ def _record(
                 store.MARK_CONTACT, {"status": "bounced", "contact_id": row.contact_id, "now": now}
             )
         store.exit_enrollment(conn, row.enrollment_id, settlement.exit_reason, now, worker)
-        with run.lock:
-            report.exited[settlement.exit_reason] += 1
-    with run.lock:
-        if not down:
-            setattr(report, settlement.counter, getattr(report, settlement.counter) + 1)
-        if settlement.reported:
-            report.errors.append(f"{row.email}: {error}")
+        report.exited[settlement.exit_reason] += 1
+    if not down:
+        setattr(report, settlement.counter, getattr(report, settlement.counter) + 1)
+    if settlement.reported:
+        report.errors.append(f"{row.email}: {error}")
 
 
 def _item_failure(exc: Exception) -> bool:

@@ -196,14 +196,16 @@ MARK_IN_DOUBT = sa.text(
     """
 )
 
-#: Just before one message's SMTP conversation: only a message still queued, of an enrollment
-#: this worker holds, of a campaign still active, to an address not suppressed meanwhile. A
-#: campaign paused during a run stops before its next message.
+#: Just before their SMTP conversations (a group of at most the courier's concurrency): only
+#: messages still queued, of enrollments this worker holds, of campaigns still active, to
+#: addresses not suppressed meanwhile. A campaign paused during a run stops before its next
+#: message. Returns the ids marked.
 MARK_SENDING = sa.text(
     """
     update app.sent_emails m
-    set status = 'sending', subject = :subject, attempts = m.attempts + 1, updated_at = :now
-    where m.id = :id and m.status = 'queued'
+    set status = 'sending', subject = a.subject, attempts = m.attempts + 1, updated_at = :now
+    from unnest(cast(:ids as uuid[]), cast(:subjects as text[])) as a(id, subject)
+    where m.id = a.id and m.status = 'queued'
       and exists (
           select from app.campaign_contacts cc join app.campaigns c on c.id = cc.campaign_id
           where cc.id = m.campaign_contact_id and cc.lease_owner = :worker
@@ -219,6 +221,10 @@ MARK_SENDING = sa.text(
 
 #: Taken first by every transaction that settles a message, as the claim does.
 LOCK_ENROLLMENT = sa.text("select id from app.campaign_contacts where id = :id for update")
+#: The same for a group of settlements, in id order (two groups never wait for each other).
+LOCK_ENROLLMENTS = sa.text(
+    "select id from app.campaign_contacts where id = any(:ids) order by id for update"
+)
 
 # Only a message still `sending` is settled: if our lease ran out and another worker marked
 # it `unknown` meanwhile, that verdict stands.
@@ -248,27 +254,57 @@ NOTE_UNSENT = sa.text(
     """
 )
 
+# Moving past a step, entering the next (a wait's time counts from now) or completing: `n` is
+# the next step (null: none), `cc` the enrollment.
+_ADVANCE_SET = """
+    current_step_id = coalesce(n.id, cc.current_step_id),
+    status = case when n.id is null then 'completed' else 'active' end,
+    next_run_at = case
+        when n.id is null then null
+        -- Exact elapsed time, as engine.sequence.steps and rules.wait_resume count it.
+        when n.step_type = 'wait' then coalesce(
+            :now + extract(epoch from n.wait_duration) * interval '1 second',
+            greatest(:now, n.wait_until))
+        else :now end,
+    completed_at = case when n.id is null then :now else cc.completed_at end,
+    steps_completed = cc.steps_completed + 1,
+    wait_reason = null, lease_owner = null, lease_expires_at = null, updated_at = :now"""
+
 #: Move past `step_id`, entering the next step (a wait's time counts from now) or completing.
 ADVANCE = sa.text(
-    """
+    f"""
     update app.campaign_contacts cc
-    set current_step_id = coalesce(n.id, cc.current_step_id),
-        status = case when n.id is null then 'completed' else 'active' end,
-        next_run_at = case
-            when n.id is null then null
-            -- Exact elapsed time, as engine.sequence.steps and rules.wait_resume count it.
-            when n.step_type = 'wait' then coalesce(
-                :now + extract(epoch from n.wait_duration) * interval '1 second',
-                greatest(:now, n.wait_until))
-            else :now end,
-        completed_at = case when n.id is null then :now else cc.completed_at end,
-        steps_completed = cc.steps_completed + 1,
-        last_email_sent_at = coalesce(:sent_at, cc.last_email_sent_at),
-        wait_reason = null, lease_owner = null, lease_expires_at = null, updated_at = :now
+    set {_ADVANCE_SET}, last_email_sent_at = coalesce(:sent_at, cc.last_email_sent_at)
     from app.campaign_steps s
     left join app.campaign_steps n on n.id = s.next_step_id
     where s.id = :step_id
       and cc.id = :enrollment_id and cc.lease_owner = :worker and cc.current_step_id = :step_id
+    """
+)
+
+#: A group of messages delivered: each `sending` one becomes `sent` at :now and its enrollment
+#: moves on, as RECORD then ADVANCE do one by one. A message another worker settled meanwhile
+#: (our lease ran out) keeps that verdict and its enrollment is not moved. Returns the ids
+#: recorded.
+RECORD_SENT = sa.text(
+    f"""
+    with sent as (
+        update app.sent_emails m
+        set status = 'sent', smtp_response = a.response, last_error = null, sent_at = :now,
+            next_attempt_at = null, updated_at = :now
+        from unnest(cast(:ids as uuid[]), cast(:responses as text[])) as a(id, response)
+        where m.id = a.id and m.status = 'sending'
+        returning m.id, m.campaign_contact_id, m.step_id
+    ), moved as (
+        update app.campaign_contacts cc
+        set {_ADVANCE_SET}, last_email_sent_at = :now
+        from sent
+        join app.campaign_steps s on s.id = sent.step_id
+        left join app.campaign_steps n on n.id = s.next_step_id
+        where cc.id = sent.campaign_contact_id and cc.lease_owner = :worker
+          and cc.current_step_id = sent.step_id
+    )
+    select id from sent
     """
 )
 
