@@ -9,6 +9,11 @@ for a timer: an idle engine commits at once, a busy one in groups as large as it
 
 A group that fails as a whole (one item's data refused by the database) is done again one item
 at a time, so one bad item ends alone; any other error is every item's error.
+
+`post(item)` leaves an item for the next group without waiting for it: the courier settles a
+message that way, so the settlement rides in the transaction that marks the next message
+(`flush()` runs what is left at the end). Nobody waits for a posted item, so its failure is
+kept in `failures` for the caller to report.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ Result = TypeVar("Result")
 @dataclass
 class _Entry(Generic[Item, Result]):
     item: Item
+    posted: bool = False  # nobody waits for it: a failure goes to Group.failures
     done: bool = False
     result: Result | None = None
     error: BaseException | None = None
@@ -44,6 +50,7 @@ class Group(Generic[Item, Result]):
     alone: Callable[[BaseException], bool] = lambda exc: False
     largest: int = 0  # the largest group so far, for the curious (and the tests)
     groups: int = 0
+    failures: list[tuple[Item, BaseException]] = field(default_factory=list)
     _pending: list[_Entry[Item, Result]] = field(default_factory=list)
     _busy: bool = False
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -68,7 +75,34 @@ class Group(Generic[Item, Result]):
             raise entry.error
         return entry.result  # type: ignore[return-value]
 
+    def post(self, item: Item) -> None:
+        """Leave `item` for the next group (another thread's `submit`, or `flush`)."""
+        with self._cond:
+            self._pending.append(_Entry(item, posted=True))
+
+    def flush(self) -> None:
+        """Run whatever is pending, after the group under way; returns when it is done."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            if not self._pending:
+                return
+            self._busy = True
+            batch, self._pending = self._pending, []
+        try:
+            self._run(batch)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
     def _run(self, batch: list[_Entry[Item, Result]]) -> None:
+        try:
+            self._run_group(batch)
+        finally:
+            self.failures.extend((e.item, e.error) for e in batch if e.posted and e.error)
+
+    def _run_group(self, batch: list[_Entry[Item, Result]]) -> None:
         self.groups += 1
         self.largest = max(self.largest, len(batch))
         try:

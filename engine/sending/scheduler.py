@@ -493,7 +493,7 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
 
     jobs: list[SendJob] = []
     skipped: list[_Work] = []
-    callbacks = _callbacks(run, tenant_id, now)
+    ledger = _ledger(run, tenant_id, now)
     for item in ready:
         if item.error is not None:
             continue
@@ -508,15 +508,20 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
         if server is None:
             _settle_unsent(run, tenant_id, item, now, reason)
             continue
-        jobs.append(_job(run, callbacks, item, server, now, skipped))
+        jobs.append(_job(run, ledger, item, server, now, skipped))
     if jobs:
+        errors: list[BaseException] = []
         try:
             run.courier.send(jobs)
         except CallbackError as exc:
-            # Database trouble while recording: those enrollments keep their lease and fall
-            # due again when it runs out; their messages stay `sending` and become `unknown`.
-            for error in exc.exceptions:
-                run.report.errors.append(f"could not record a message: {_describe(error)}")
+            errors.extend(exc.exceptions)
+        finally:
+            ledger.flush()  # the outcomes still posted; their failures are kept, not raised
+        # Database trouble while recording: those enrollments keep their lease and fall due
+        # again when it runs out; their messages stay `sending` and become `unknown`.
+        errors.extend(error for _, error in ledger.failures)
+        for error in errors:
+            run.report.errors.append(f"could not record a message: {_describe(error)}")
     if skipped:
         with tenant_transaction(run.app, tenant_id) as conn:
             conn.execute(
@@ -581,38 +586,72 @@ class _Marked(enum.Enum):
 
 
 @dataclass(frozen=True)
-class _Callbacks:
-    """The courier's callbacks of one tenant's batch, each done in group transactions
-    (`engine.sending.group`): many threads, one commit per group instead of per message."""
+class _Settle:
+    """A conversation's outcome, to record: `marked` is whether its message was `sending`."""
 
-    marks: Group[_Work, _Marked]
-    settles: Group[tuple[_Work, Delivery, bool], None]
+    item: _Work
+    delivery: Delivery
+    marked: bool
 
 
-def _callbacks(run: _Run, tenant_id: uuid.UUID, now: datetime) -> _Callbacks:
-    def mark(items: Sequence[_Work]) -> list[_Marked]:
+#: What the ledger of a batch records: a message to mark `sending`, or an outcome.
+_Entry = _Work | _Settle
+
+
+def _ledger(run: _Run, tenant_id: uuid.UUID, now: datetime) -> Group[_Entry, _Marked | None]:
+    """The courier's callbacks of one tenant's batch, in group transactions
+    (`engine.sending.group`): many threads, one commit per group, not two per message.
+
+    An outcome is posted, not waited for: it is recorded in the transaction that marks the
+    next message, settlements first. So each message costs one share of a transaction, and a
+    crash still leaves at most the courier's concurrency in doubt: a message is marked only
+    once every outcome posted before it is committed with it, so each slot holds at most one
+    message `sending` (in conversation, or its outcome posted and not yet committed). What is
+    still posted when the batch ends is recorded by `Group.flush`.
+    """
+
+    def many(entries: Sequence[_Entry]) -> list[_Marked | None]:
+        settles = [e for e in entries if isinstance(e, _Settle)]
+        marks = [e for e in entries if isinstance(e, _Work)]
+        tally = SendReport()
         with tenant_transaction(run.app, tenant_id) as conn:
-            marked = set(
-                conn.execute(
-                    store.MARK_SENDING,
-                    {
-                        "ids": [i.message_row_id for i in items],
-                        "subjects": [i.subject for i in items],
-                        "worker": run.worker,
-                        "now": now,
-                    },
-                ).scalars()
-            )
-        return [_Marked.GO if i.message_row_id in marked else _Marked.SKIP for i in items]
+            if settles:
+                _settle(conn, run, tally, settles, now)
+            marked: set[uuid.UUID] = set()
+            if marks:  # last: the transaction waits for no lock once it holds these rows
+                marked = set(
+                    conn.execute(
+                        store.MARK_SENDING,
+                        {
+                            "ids": [i.message_row_id for i in marks],
+                            "subjects": [i.subject for i in marks],
+                            "worker": run.worker,
+                            "now": now,
+                        },
+                    ).scalars()
+                )
+        with run.lock:  # counted once committed: a group done again alone is not counted twice
+            run.report.add(tally)
+        return [
+            None
+            if isinstance(e, _Settle)
+            else _Marked.GO
+            if e.message_row_id in marked
+            else _Marked.SKIP
+            for e in entries
+        ]
 
-    def mark_alone(item: _Work) -> _Marked:
+    def one(entry: _Entry) -> _Marked | None:
+        if isinstance(entry, _Settle):
+            return many([entry])[0]
         try:
-            return mark([item])[0]
+            return many([entry])[0]
         except Exception as exc:
             if not _item_failure(exc):
                 raise
             # This message's own data (a NUL in its subject): it ends alone, nothing is sent.
             reason = f"could not prepare the message: {_describe(exc)}"
+        item = entry
         with tenant_transaction(run.app, tenant_id) as conn:
             conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
             failed = {"id": item.message_row_id, "error": reason, "now": now}
@@ -624,40 +663,35 @@ def _callbacks(run: _Run, tenant_id: uuid.UUID, now: datetime) -> _Callbacks:
             run.report.errors.append(f"{item.row.email}: {reason}")
         return _Marked.FAILED
 
-    def settle(settlements: Sequence[tuple[_Work, Delivery, bool]]) -> list[None]:
-        tally = SendReport()
-        with tenant_transaction(run.app, tenant_id) as conn:
-            conn.execute(
-                store.LOCK_ENROLLMENTS, {"ids": [s[0].row.enrollment_id for s in settlements]}
-            )
-            sent = [(i, d) for i, d, marked in settlements if marked and d.outcome is Outcome.SENT]
-            if sent:
-                recorded = conn.execute(
-                    store.RECORD_SENT,
-                    {
-                        "ids": [i.message_row_id for i, _ in sent],
-                        "responses": [d.response for _, d in sent],
-                        "worker": run.worker,
-                        "now": now,
-                    },
-                ).scalars()
-                tally.sent += len(list(recorded))
-            for item, delivery, marked in settlements:
-                if not (marked and delivery.outcome is Outcome.SENT):
-                    _record(conn, run, tally, item, delivery, now, marked=marked)
-        with run.lock:  # counted once committed: a group done again alone is not counted twice
-            run.report.add(tally)
-        return [None] * len(settlements)
+    return Group(many, one, _item_failure)
 
-    return _Callbacks(
-        marks=Group(mark, mark_alone, _item_failure),
-        settles=Group(settle, lambda s: settle([s])[0], _item_failure),
-    )
+
+def _settle(
+    conn: Connection, run: _Run, tally: SendReport, settles: Sequence[_Settle], now: datetime
+) -> None:
+    """Record a group's outcomes: enrollments locked in id order, the delivered ones in one
+    statement, the others one by one."""
+    conn.execute(store.LOCK_ENROLLMENTS, {"ids": [s.item.row.enrollment_id for s in settles]})
+    sent = [s for s in settles if s.marked and s.delivery.outcome is Outcome.SENT]
+    if sent:
+        recorded = conn.execute(
+            store.RECORD_SENT,
+            {
+                "ids": [s.item.message_row_id for s in sent],
+                "responses": [s.delivery.response for s in sent],
+                "worker": run.worker,
+                "now": now,
+            },
+        ).scalars()
+        tally.sent += len(list(recorded))
+    for s in settles:
+        if not (s.marked and s.delivery.outcome is Outcome.SENT):
+            _record(conn, run, tally, s.item, s.delivery, now, marked=s.marked)
 
 
 def _job(
     run: _Run,
-    callbacks: _Callbacks,
+    ledger: Group[_Entry, _Marked | None],
     item: _Work,
     server: SmtpServer,
     now: datetime,
@@ -667,7 +701,7 @@ def _job(
 
     def before() -> bool:
         nonlocal marked
-        outcome = callbacks.marks.submit(item)
+        outcome = ledger.submit(item)
         marked = outcome is _Marked.GO
         if outcome is _Marked.SKIP:
             with run.lock:
@@ -675,7 +709,7 @@ def _job(
         return marked
 
     def after(delivery: Delivery) -> None:
-        callbacks.settles.submit((item, delivery, marked))
+        ledger.post(_Settle(item, delivery, marked))
 
     return SendJob(server, _email(item, now), before, after)
 

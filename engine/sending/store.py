@@ -206,11 +206,14 @@ MARK_SENDING = sa.text(
     set status = 'sending', subject = a.subject, attempts = m.attempts + 1, updated_at = :now
     from unnest(cast(:ids as uuid[]), cast(:subjects as text[])) as a(id, subject)
     where m.id = a.id and m.status = 'queued'
-      and exists (
-          select from app.campaign_contacts cc join app.campaigns c on c.id = cc.campaign_id
-          where cc.id = m.campaign_contact_id and cc.lease_owner = :worker
-            and c.status = 'active'
-      )
+      -- A scalar subquery, run for each of the group's messages only: as an EXISTS the planner
+      -- may turn it into a join from every enrollment the worker holds (the whole claim) when
+      -- the statistics predate the claim, and each mark then costs the batch.
+      and coalesce((
+          select cc.lease_owner = :worker and c.status = 'active'
+          from app.campaign_contacts cc join app.campaigns c on c.id = cc.campaign_id
+          where cc.id = m.campaign_contact_id
+      ), false)
       and not exists (
           select from app.suppressions sup
           where sup.tenant_id = m.tenant_id and lower(sup.email) = lower(m.recipient_email)

@@ -90,3 +90,47 @@ def test_after_a_failed_group_the_next_group_runs():
     with pytest.raises(ConnectionError):
         group.submit("a")
     assert group.submit("b") == "b"
+
+
+def test_a_posted_item_rides_in_the_next_group_and_nobody_waits_for_it():
+    done: list[list[str]] = []
+
+    def many(items):
+        done.append(list(items))
+        return [f"ok {i}" for i in items]
+
+    group = Group(many)
+    group.post("outcome 1")
+    group.post("outcome 2")
+    assert done == []  # posting runs nothing
+    assert group.submit("mark 3") == "ok mark 3"
+    assert done == [["outcome 1", "outcome 2", "mark 3"]]  # in the order they came
+    group.flush()  # nothing left: no empty transaction
+    assert group.groups == 1
+
+
+def test_flush_runs_what_is_still_posted_and_keeps_its_failures():
+    def many(items):
+        if "bad" in items:
+            raise Refused("bad has a NUL")
+        return [None for _ in items]
+
+    def one(item):
+        return many([item])[0]
+
+    group = Group(many, one, alone=lambda exc: isinstance(exc, Refused))
+    for item in ("good 1", "bad", "good 2"):
+        group.post(item)
+    group.flush()  # never raises for a posted item: nobody is waiting to hear it
+    assert [(item, str(exc)) for item, exc in group.failures] == [("bad", "bad has a NUL")]
+
+
+def test_a_posted_item_of_a_group_that_fails_as_a_whole_is_kept_as_a_failure():
+    def many(items):
+        raise ConnectionError("the database went away")
+
+    group = Group(many)
+    group.post("outcome")
+    with pytest.raises(ConnectionError):
+        group.submit("mark")
+    assert [item for item, _ in group.failures] == ["outcome"]
