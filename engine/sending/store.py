@@ -43,7 +43,7 @@ CLAIM = sa.text(
         join app.campaign_steps s on s.id = cc.current_step_id
         where cc.status in ('enrolled', 'active')
           and cc.next_run_at <= :now
-          and (cc.lease_expires_at is null or cc.lease_expires_at < :now)
+          and (cc.lease_expires_at is null or cc.lease_expires_at <= :now)
           and c.status = 'active'
           and s.step_type = 'email'
         order by cc.next_run_at, cc.contact_id
@@ -363,7 +363,7 @@ MARK_ABANDONED_IN_DOUBT = sa.text(
     from app.campaign_contacts cc
     join app.campaign_steps s on s.id = cc.current_step_id
     where cc.status in ('enrolled', 'active') and s.step_type = 'email'
-      and cc.next_run_at <= :now and cc.lease_expires_at < :now
+      and cc.next_run_at <= :now and cc.lease_expires_at <= :now
       and m.tenant_id = cc.tenant_id and m.campaign_contact_id = cc.id and m.step_id = s.id
       and m.status = 'sending'
     """
@@ -375,7 +375,7 @@ DUE_SUMMARY = sa.text(
     from app.campaign_contacts cc
     join app.campaigns c on c.id = cc.campaign_id
     where cc.status in ('enrolled', 'active') and cc.next_run_at <= :now
-      and (cc.lease_expires_at is null or cc.lease_expires_at < :now)
+      and (cc.lease_expires_at is null or cc.lease_expires_at <= :now)
       and c.status = 'active'
     """
 )

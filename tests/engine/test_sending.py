@@ -319,6 +319,21 @@ def test_a_worker_whose_lease_was_taken_over_changes_nothing(database, smtp_serv
     }
 
 
+def test_a_lease_runs_out_at_its_expiry_time_for_the_sender_as_for_the_step_pass(
+    database, smtp_server, now, tmp_path
+):
+    """One rule for every statement: a lease holds until `lease_expires_at`, not at it. A
+    second earlier nobody may take the enrollments; at the very moment, the next pass sends."""
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    _lease_all(database, tenant, "stopped-worker", now)
+    expiry = now + timedelta(minutes=5)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        assert store.due_summary(conn, expiry - timedelta(seconds=1))[0] == 0
+        assert store.due_summary(conn, expiry)[0] == 3
+    assert send_due(database.app, smtp_server.server(), expiry - timedelta(seconds=1)).claimed == 0
+    assert send_due(database.app, smtp_server.server(), expiry).sent == 3
+
+
 def test_a_sender_a_campaign_rotates_over_cannot_be_deleted(database, now, tmp_path):
     tenant = seed_tenant(database, "acme", now, tmp_path)
     with pytest.raises(sa.exc.IntegrityError, match="campaign_senders"):
