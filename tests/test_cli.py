@@ -244,6 +244,37 @@ def test_env_keeps_the_embedded_server_up_across_other_commands_until_db_stop(tm
     assert "is not running" in run(["db", "stop"], env).stdout
 
 
+def _settings_of(home: Path) -> dict[str, str]:
+    import sqlalchemy as sa
+
+    from engine.db import sqlalchemy_url
+    from engine.embedded import SERVER_SETTINGS
+
+    lines = (home / "pgdata" / "postmaster.pid").read_text().splitlines()
+    url = sqlalchemy_url(f"postgresql://postgres@/postgres?host={lines[4]}&port={lines[3]}")
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                name: conn.execute(sa.text(f"show {name}")).scalar() for name in SERVER_SETTINGS
+            }
+    finally:
+        engine.dispose()
+
+
+def test_the_embedded_server_runs_with_the_projects_settings_from_its_first_start(tmp_path):
+    from engine.embedded import SERVER_SETTINGS
+
+    home = tmp_path / "home"
+    env = _embedded_env(home)
+    assert run(["env"], env).returncode == 0
+    assert _settings_of(home) == SERVER_SETTINGS  # shared_buffers too: restarted once
+    assert run(["db", "stop"], env).returncode == 0
+    assert run(["env"], env).returncode == 0  # started again: stored, nothing to redo
+    assert _settings_of(home) == SERVER_SETTINGS
+    assert run(["db", "stop"], env).returncode == 0
+
+
 def test_a_killed_holder_does_not_keep_the_embedded_server_in_use(tmp_path):
     home = tmp_path / "home"
     env = _embedded_env(home)

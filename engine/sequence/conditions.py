@@ -380,6 +380,19 @@ def to_sql(
     return sql.node(node), sql.params
 
 
+def reads_contact(cond: object) -> bool:
+    """Whether `to_sql`'s expression for `cond` reads ``ct`` (contact fields, attributes, tags),
+    not only engagement: a statement need not join the contacts otherwise. Raises
+    `ConditionError` as `to_sql` does."""
+
+    def reads(node: _Node) -> bool:
+        if isinstance(node, _Group):
+            return any(reads(item) for item in node.items)
+        return isinstance(node, _Compare)
+
+    return reads(_parsed(cond, None))
+
+
 # -- Python -------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,12 @@ from engine.sequence.conditions import ConditionError
 
 log = logging.getLogger(__name__)
 
+#: Memory for each hash or sort of the step statements (PostgreSQL's `work_mem`, set for the
+#: pass's transaction only): a condition over a quarter of a million enrollments hashes them,
+#: and the server's default of 4 MB spills that to disk in eight batches.
+WORK_MEM = "64MB"
+_WORK_MEM = sa.text("select set_config('work_mem', :work_mem, true)")
+
 #: Rounds of `advance` in one pass. A campaign file cannot loop without waiting, so real
 #: sequences stop long before; the bound only keeps a zero-length wait loop from spinning.
 MAX_ROUNDS = 100
@@ -349,7 +355,7 @@ def exit_stopped(conn: Connection, now: datetime) -> dict[str, int]:
 # -- advancing -----------------------------------------------------------------------------------
 
 # The wait, condition and action steps of active campaigns that have due, unleased enrollments
-# (an index probe per step: campaign_contacts_step_due_idx).
+# (a scan of the due range per step, reading index entries only: campaign_contacts_due_idx).
 _DUE_STEPS = sa.text(
     f"""
     select s.id, s.campaign_id, s.key, s.step_type, s.next_step_id, s.true_next_step_id,
@@ -411,9 +417,8 @@ _ADVANCE_CONDITION = f"""
             steps_completed = cc.steps_completed + 1,
             wait_reason = null, lease_owner = null, lease_expires_at = null,
             updated_at = cast(:now as timestamptz)
-        from app.contacts ct, {_target("true_next")} t, {_target("false_next")} f
-        where ct.tenant_id = cc.tenant_id and ct.id = cc.contact_id
-          and cc.current_step_id = cast(:step_id as uuid) and {_DUE}
+        from {{contacts}} {_target("true_next")} t, {_target("false_next")} f
+        where {{contact_of_cc}} cc.current_step_id = cast(:step_id as uuid) and {_DUE}
         returning cc.status
     )
     {_COUNT_MOVED}
@@ -555,6 +560,7 @@ def advance(conn: Connection, now: datetime) -> StepCounts:
     why in the log, rather than holding them or failing the pass.
     """
     counts = StepCounts()
+    conn.execute(_WORK_MEM, {"work_mem": WORK_MEM})
     for _ in range(MAX_ROUNDS):
         steps = conn.execute(_DUE_STEPS, {"now": now}).all()
         if not steps:
@@ -602,7 +608,17 @@ def _advance_condition(
         condition, params = conditions.to_sql(step.condition_rules, keys, prefix="c_")
     except ConditionError as exc:
         return _invalid_step(conn, step, exc, now, counts)
-    statement = sa.text(_ADVANCE_CONDITION.replace("{condition}", condition))
+    # Contacts are joined only for a condition on their fields (an engagement test reads
+    # email_events alone): a join over every contact costs more than the test.
+    joined = conditions.reads_contact(step.condition_rules)
+    statement = sa.text(
+        _ADVANCE_CONDITION.replace("{condition}", condition)
+        .replace("{contacts}", "app.contacts ct," if joined else "")
+        .replace(
+            "{contact_of_cc}",
+            "ct.tenant_id = cc.tenant_id and ct.id = cc.contact_id and" if joined else "",
+        )
+    )
     params |= {
         "now": now,
         "step_id": step.id,
