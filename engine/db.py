@@ -202,6 +202,14 @@ def tenant_transaction(engine: Engine, tenant_id: uuid.UUID) -> Iterator[Connect
     it can act for another tenant. The binding ends with the transaction, so a pooled
     connection never carries a tenant into its next use.
     """
-    with engine.begin() as conn:
+    with engine.connect() as conn, bound_transaction(conn, tenant_id):
+        yield conn
+
+
+@contextmanager
+def bound_transaction(conn: Connection, tenant_id: uuid.UUID) -> Iterator[Connection]:
+    """`tenant_transaction` on a connection the caller holds for several transactions, one
+    after the other (it must not be in one already)."""
+    with conn.begin():
         conn.execute(_BIND_TENANT, {"tenant_id": tenant_id})
         yield conn

@@ -1,25 +1,30 @@
-"""Group commit for the courier's callbacks: many threads, one transaction at a time.
+"""Group commit for the courier's conversations: many coroutines, one transaction at a time.
 
-Each message is marked `sending` just before its conversation and settled right after it, from
-the courier's callback threads. One transaction per message costs a round trip per statement
-and a commit each: at ten conversations at once that is most of a pass's time. A `Group` lets
-the thread that finds no transaction running take every request waiting at that moment and
-do them in one transaction; requests that arrive meanwhile wait for the next one. Nobody waits
-for a timer: an idle engine commits at once, a busy one in groups as large as its concurrency.
+Each message is marked `sending` just before its conversation and settled right after it. One
+transaction per message costs a round trip per statement and a commit each: at ten
+conversations at once that is most of a pass's time. A `Group` lives on the courier's event
+loop: a conversation that submits an item while no transaction runs starts one with every item
+waiting at that moment; items that arrive meanwhile wait for the next one. Nobody waits for a
+timer: an idle engine commits at once, a busy one in groups as large as its concurrency.
+
+The transactions run on one thread of the group's own, so the loop goes on with the other
+conversations while one waits for the database, and a group costs one hand-over between
+threads, not one per message.
 
 A group that fails as a whole (one item's data refused by the database) is done again one item
 at a time, so one bad item ends alone; any other error is every item's error.
 
 `post(item)` leaves an item for the next group without waiting for it: the courier settles a
 message that way, so the settlement rides in the transaction that marks the next message
-(`flush()` runs what is left at the end). Nobody waits for a posted item, so its failure is
-kept in `failures` for the caller to report.
+(`flush()` runs what is left at the end, once the loop has stopped). Nobody waits for a posted
+item, so its failure is kept in `failures` for the caller to report.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -30,19 +35,19 @@ Result = TypeVar("Result")
 @dataclass
 class _Entry(Generic[Item, Result]):
     item: Item
-    posted: bool = False  # nobody waits for it: a failure goes to Group.failures
-    done: bool = False
+    future: asyncio.Future[Result] | None = None  # None: posted, nobody waits for it
     result: Result | None = None
     error: BaseException | None = None
 
 
 @dataclass
 class Group(Generic[Item, Result]):
-    """`submit(item)` blocks until the transaction holding `item` has run; returns its result.
+    """`await submit(item)` returns once the transaction holding `item` has run, with its result.
 
     `many(items)` does a group in one transaction and returns one result per item, in order.
     `one(item)`, when given, does a single item alone; it is used, item by item, when `many`
-    raised an exception for which `alone(exc)` is true.
+    raised an exception for which `alone(exc)` is true. Both run on the group's thread, one
+    call at a time, so they may share a database connection. `close()` ends the thread.
     """
 
     many: Callable[[Sequence[Item]], Sequence[Result]]
@@ -52,55 +57,63 @@ class Group(Generic[Item, Result]):
     groups: int = 0
     failures: list[tuple[Item, BaseException]] = field(default_factory=list)
     _pending: list[_Entry[Item, Result]] = field(default_factory=list)
-    _busy: bool = False
-    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _running: asyncio.Task[None] | None = None
+    _thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="ledger")
+    )
 
-    def submit(self, item: Item) -> Result:
-        entry: _Entry[Item, Result] = _Entry(item)
-        with self._cond:
-            self._pending.append(entry)
-            while self._busy and not entry.done:
-                self._cond.wait()
-            if not entry.done:
-                self._busy = True
-                batch, self._pending = self._pending, []
-        if not entry.done:
-            try:
-                self._run(batch)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-        if entry.error is not None:
-            raise entry.error
-        return entry.result  # type: ignore[return-value]
+    async def submit(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        entry: _Entry[Item, Result] = _Entry(item, loop.create_future())
+        self._pending.append(entry)
+        if self._running is None:
+            self._running = loop.create_task(self._drain())
+        assert entry.future is not None
+        return await entry.future
 
     def post(self, item: Item) -> None:
-        """Leave `item` for the next group (another thread's `submit`, or `flush`)."""
-        with self._cond:
-            self._pending.append(_Entry(item, posted=True))
+        """Leave `item` for the next group (another conversation's `submit`, or `flush`)."""
+        self._pending.append(_Entry(item))
 
     def flush(self) -> None:
-        """Run whatever is pending, after the group under way; returns when it is done."""
-        with self._cond:
-            while self._busy:
-                self._cond.wait()
-            if not self._pending:
-                return
-            self._busy = True
+        """Run whatever is pending, in the calling thread; for when the loop has stopped."""
+        if self._running is not None:
+            raise RuntimeError("Group.flush while a group is under way on the loop")
+        if self._pending:
             batch, self._pending = self._pending, []
+            self._thread.submit(self._run, batch).result()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+    async def _drain(self) -> None:
+        """Groups back to back while anyone waits; posted items ride along."""
+        loop = asyncio.get_running_loop()
+        batch: list[_Entry[Item, Result]] = []
         try:
-            self._run(batch)
+            while any(e.future is not None for e in self._pending):
+                batch, self._pending = self._pending, []
+                await loop.run_in_executor(self._thread, self._run, batch)
+                for e in batch:
+                    if e.future is None or e.future.done():  # posted, or its waiter gave up
+                        continue
+                    if e.error is not None:
+                        e.future.set_exception(e.error)
+                    else:
+                        e.future.set_result(e.result)  # type: ignore[arg-type]
+        except BaseException as exc:  # cancelled, or the thread could not run the group
+            for e in [*batch, *self._pending]:
+                if e.future is not None and not e.future.done():
+                    e.future.set_exception(exc)
+            raise
         finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            self._running = None
 
     def _run(self, batch: list[_Entry[Item, Result]]) -> None:
         try:
             self._run_group(batch)
         finally:
-            self.failures.extend((e.item, e.error) for e in batch if e.posted and e.error)
+            self.failures.extend((e.item, e.error) for e in batch if e.future is None and e.error)
 
     def _run_group(self, batch: list[_Entry[Item, Result]]) -> None:
         self.groups += 1
@@ -110,14 +123,13 @@ class Group(Generic[Item, Result]):
         except Exception as exc:
             if self.one is None or not self.alone(exc):
                 for e in batch:
-                    e.error, e.done = exc, True
+                    e.error = exc
                 return
             for e in batch:
                 try:
                     e.result = self.one(e.item)
                 except Exception as alone_exc:
                     e.error = alone_exc
-                e.done = True
             return
         for e, result in zip(batch, results, strict=True):
-            e.result, e.done = result, True
+            e.result = result

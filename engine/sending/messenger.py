@@ -8,11 +8,12 @@ A `Courier` lives as long as one engine pass and keeps, per SMTP server, a pool 
   closed, never reused. A healthy one is reset (RSET) only if a transaction may be open on it,
   and replaced after `messages_per_connection` messages, since servers limit that.
 - A message's conversation starts only once a connection is ready, and the job's `before`
-  callback runs (in a worker thread) right before it: the engine marks the row `sending` there,
-  so a crash leaves in doubt only conversations that were under way. `after` runs in a thread
-  right after the conversation and records the outcome before the slot goes to another job (at
-  most `concurrency` messages are ever marked and not yet recorded); database round trips of one
-  slot overlap with the SMTP traffic of the others.
+  callback runs right before it: the engine marks the row `sending` there, so a crash leaves in
+  doubt only conversations that were under way. `after` runs right after the conversation and
+  records the outcome before the slot goes to another job (at most `concurrency` messages are
+  ever marked and not yet recorded). Callbacks that are coroutine functions run on the loop;
+  others in threads; either way the database round trips of one slot overlap with the SMTP
+  traffic of the others.
 - A server that timed out, refused the connection or said it is unavailable (421 at the
   greeting) is down for the rest of the courier's life: its other jobs get
   `Outcome.SERVER_DOWN` at once, without another connection attempt, so a tarpit costs one
@@ -31,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import re
 import socket
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,7 +74,7 @@ class OutgoingEmail:
         msg["From"] = formataddr((self.sender_name or "", sender or self.sender_email))
         msg["To"] = recipient or self.recipient
         msg["Subject"] = self.subject
-        msg["Date"] = format_datetime(self.date)
+        msg["Date"] = _date_header(self.date)
         msg["Message-ID"] = f"<{self.message_id}>"
         for name, value in self.headers.items():
             msg[name] = value
@@ -121,8 +124,9 @@ class CourierConfig:
     timeout: float = TIMEOUT_SECONDS
     #: A connection is replaced after this many messages (servers limit messages per session).
     messages_per_connection: int = 100
-    #: Threads running the jobs' `before`/`after` callbacks; default `concurrency`. Each one
-    #: may hold a database connection, so the caller's pool must allow this many.
+    #: Threads running the jobs' `before`/`after` callbacks that are not coroutine functions;
+    #: default `concurrency`. Each one may hold a database connection, so the caller's pool
+    #: must allow this many.
     callback_threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -141,17 +145,18 @@ class CourierConfig:
 class SendJob:
     """One message for one server, with the caller's bookkeeping around its conversation.
 
-    `before()` runs in a worker thread once a connection is ready, right before the
-    conversation; returning `False` means "do not send" (paused, settled meanwhile): the
-    message is left alone and `after` is not called. `after(delivery)` runs in a worker thread
-    right after the conversation, or at once when the job was not tried (`SERVER_DOWN`, a server
-    that cannot be used): then `before` was not called.
+    `before()` runs once a connection is ready, right before the conversation; returning
+    `False` means "do not send" (paused, settled meanwhile): the message is left alone and
+    `after` is not called. `after(delivery)` runs right after the conversation, or at once when
+    the job was not tried (`SERVER_DOWN`, a server that cannot be used): then `before` was not
+    called. A coroutine function is awaited on the courier's loop (it must not block); any
+    other callable runs in a worker thread.
     """
 
     server: SmtpServer
     email: OutgoingEmail
-    before: Callable[[], bool | None] | None = None
-    after: Callable[[Delivery], None] | None = None
+    before: Callable[[], bool | None] | Callable[[], Awaitable[bool | None]] | None = None
+    after: Callable[[Delivery], None] | Callable[[Delivery], Awaitable[None]] | None = None
 
 
 class CallbackError(ExceptionGroup):
@@ -260,6 +265,12 @@ _TEXT_PART = (
 )
 
 
+@functools.lru_cache(maxsize=16)
+def _date_header(date: datetime) -> str:
+    """RFC 5322's Date of `date`; the messages of a batch share one (its `now`)."""
+    return format_datetime(date)
+
+
 def plain_bytes(email: OutgoingEmail, sender: str, recipient: str) -> bytes | None:
     """`email` serialized as `email.to_message(sender, recipient).as_bytes()` would, when it
     is a plain message (ASCII, no quoting, folding or encoding needed, text only); else None.
@@ -280,7 +291,7 @@ def plain_bytes(email: OutgoingEmail, sender: str, recipient: str) -> bytes | No
         ("From", f"{email.sender_name} <{sender}>" if email.sender_name else sender),
         ("To", recipient),
         ("Subject", email.subject),
-        ("Date", format_datetime(email.date)),
+        ("Date", _date_header(email.date)),
         ("Message-ID", f"<{email.message_id}>"),
     ]
     for name, value in email.headers.items():
@@ -392,10 +403,6 @@ class Courier:
 
     def __enter__(self) -> Courier:
         self._runner = asyncio.Runner()
-        self._executor = ThreadPoolExecutor(
-            self.config.callback_threads or self.config.concurrency,
-            thread_name_prefix="courier",
-        )
         return self
 
     def __exit__(
@@ -486,7 +493,7 @@ class Courier:
         try:
             if job.before is not None:
                 try:
-                    go = await self._in_thread(job.before)
+                    go = await self._call(job.before)
                 except Exception as exc:
                     errors.append(_noted(exc, "before", job))
                     healthy = True
@@ -502,12 +509,20 @@ class Courier:
     async def _after(self, job: SendJob, delivery: Delivery, errors: list[Exception]) -> Delivery:
         if job.after is not None:
             try:
-                await self._in_thread(job.after, delivery)
+                await self._call(job.after, delivery)
             except Exception as exc:
                 errors.append(_noted(exc, "after", job))
         return delivery
 
-    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A callback: a coroutine function runs on the loop, any other function in a thread."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        if self._executor is None:  # the first callback that needs a thread
+            self._executor = ThreadPoolExecutor(
+                self.config.callback_threads or self.config.concurrency,
+                thread_name_prefix="courier",
+            )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 

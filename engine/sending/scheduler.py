@@ -19,6 +19,7 @@ conversations under way in doubt (`unknown`, never resent).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import os
@@ -35,7 +36,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from engine.db import tenant_transaction
+from engine.db import bound_transaction, tenant_transaction
 from engine.senders import SenderConfigError, SmtpServer, smtp_server_for
 from engine.sending import store
 from engine.sending.group import Group
@@ -133,7 +134,7 @@ class _Run:
     worker: str
     renderer: Renderer | None
     courier: Courier | None
-    #: The courier records outcomes from several threads at once.
+    #: Outcomes are counted on the ledger's thread while the pass's thread may count others.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -191,11 +192,13 @@ def send_due(
         run = _Run(app, sink, config, env, report, worker, renderer, courier)
         first = True
         for tenant_id in ids:
+            _refresh_statistics(app)
             with tenant_transaction(app, tenant_id) as conn:
                 _run_steps(conn, report, now)
             for _ in range(config.max_batches_per_tenant):
                 batch_now = now if first or clock is None else clock()
                 first = False
+                _refresh_statistics(app)
                 with tenant_transaction(app, tenant_id) as conn:
                     claimed, work = _claim(conn, run, batch_now)
                 if not claimed:
@@ -207,6 +210,13 @@ def send_due(
             with tenant_transaction(app, tenant_id) as conn:
                 report.campaigns_completed += _count(steps.complete_campaigns(conn, now))
     return report
+
+
+def _refresh_statistics(app: Engine) -> None:
+    """Fresh statistics for what the next statements plan on (`store.REFRESH_STATISTICS`): an
+    upload, an enrollment or the batches before may have grown a table many times over."""
+    with app.begin() as conn:
+        conn.execute(store.REFRESH_STATISTICS)
 
 
 def _count(result: object) -> int:
@@ -449,7 +459,9 @@ def _finish_left_behind(conn: Connection, run: _Run, row: sa.Row, now: datetime)
             run.report.unknown += 1
         store.advance(conn, row.enrollment_id, row.step_id, now, run.worker)
     elif row.message_status in ("sent", "unknown"):
-        store.advance(conn, row.enrollment_id, row.step_id, now, run.worker)
+        # Delivered, or in doubt: its worker stopped before moving the enrollment on.
+        sent_at = row.message_sent_at if row.message_status == "sent" else None
+        store.advance(conn, row.enrollment_id, row.step_id, now, run.worker, sent_at=sent_at)
     else:
         reason = "bounced" if row.message_status == "bounced" else "send failed"
         store.exit_enrollment(conn, row.enrollment_id, reason, now, run.worker)
@@ -493,7 +505,37 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
 
     jobs: list[SendJob] = []
     skipped: list[_Work] = []
-    ledger = _ledger(run, tenant_id, now)
+    with _Ledger(run, tenant_id, now) as ledger:
+        _deliver(run, ledger, tenant, ready, jobs, skipped, now)
+    # The enrollments whose message went move on, in one statement; those claimed but not
+    # sent (paused, suppressed meanwhile) are released for the next pass to decide.
+    with tenant_transaction(run.app, tenant_id) as conn:
+        conn.execute(
+            store.ADVANCE_SENT,
+            {
+                "enrollment_ids": [w.row.enrollment_id for w in ready],
+                "worker": run.worker,
+                "now": now,
+            },
+        )
+        if skipped:
+            conn.execute(
+                store.RELEASE,
+                {"ids": [w.row.enrollment_id for w in skipped], "worker": run.worker, "now": now},
+            )
+
+
+def _deliver(
+    run: _Run,
+    ledger: _Ledger,
+    tenant: str,
+    ready: list[_Work],
+    jobs: list[SendJob],
+    skipped: list[_Work],
+    now: datetime,
+) -> None:
+    """Hand the rendered messages to the courier, each marked and settled through `ledger`."""
+    assert run.courier is not None
     for item in ready:
         if item.error is not None:
             continue
@@ -506,9 +548,9 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
             server = None
             reason = f"sender {item.sender.email}: {_describe(exc)}"
         if server is None:
-            _settle_unsent(run, tenant_id, item, now, reason)
+            _settle_unsent(run, ledger.tenant_id, item, now, reason)
             continue
-        jobs.append(_job(run, ledger, item, server, now, skipped))
+        jobs.append(_job(run, ledger.group, item, server, now, skipped))
     if jobs:
         errors: list[BaseException] = []
         try:
@@ -516,18 +558,12 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
         except CallbackError as exc:
             errors.extend(exc.exceptions)
         finally:
-            ledger.flush()  # the outcomes still posted; their failures are kept, not raised
+            ledger.group.flush()  # the outcomes still posted; their failures are kept
         # Database trouble while recording: those enrollments keep their lease and fall due
         # again when it runs out; their messages stay `sending` and become `unknown`.
-        errors.extend(error for _, error in ledger.failures)
+        errors.extend(error for _, error in ledger.group.failures)
         for error in errors:
             run.report.errors.append(f"could not record a message: {_describe(error)}")
-    if skipped:
-        with tenant_transaction(run.app, tenant_id) as conn:
-            conn.execute(
-                store.RELEASE,
-                {"ids": [w.row.enrollment_id for w in skipped], "worker": run.worker, "now": now},
-            )
 
 
 def _render(run: _Run, item: _Work) -> None:
@@ -598,38 +634,83 @@ class _Settle:
 _Entry = _Work | _Settle
 
 
-def _ledger(run: _Run, tenant_id: uuid.UUID, now: datetime) -> Group[_Entry, _Marked | None]:
+class _Ledger:
     """The courier's callbacks of one tenant's batch, in group transactions
-    (`engine.sending.group`): many threads, one commit per group, not two per message.
+    (`engine.sending.group`): many conversations, one commit per group, not two per message.
 
     An outcome is posted, not waited for: it is recorded in the transaction that marks the
     next message, settlements first. So each message costs one share of a transaction, and a
     crash still leaves at most the courier's concurrency in doubt: a message is marked only
     once every outcome posted before it is committed with it, so each slot holds at most one
     message `sending` (in conversation, or its outcome posted and not yet committed). What is
-    still posted when the batch ends is recorded by `Group.flush`.
+    still posted when the batch ends is recorded by `flush`.
+
+    The groups run one after the other on a connection the ledger holds for the batch: no pool
+    checkout, liveness ping and reset per group. Its statements, the same few again and again,
+    keep one generic plan each: planning a mark took longer than running it.
     """
 
-    def many(entries: Sequence[_Entry]) -> list[_Marked | None]:
+    def __init__(self, run: _Run, tenant_id: uuid.UUID, now: datetime) -> None:
+        self.run, self.tenant_id, self.now = run, tenant_id, now
+        self.group: Group[_Entry, _Marked | None] = Group(self._many, self._one, _item_failure)
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> _Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    conn.exec_driver_sql("reset plan_cache_mode")  # it goes back to the pool
+                    conn.commit()
+                conn.close()
+        finally:
+            self.group.close()
+
+    def _transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        conn = self._conn
+        if conn is None or conn.invalidated:  # a lost connection is replaced
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self.run.app.connect()
+            conn.exec_driver_sql("set plan_cache_mode = force_generic_plan")
+            conn.commit()
+        return bound_transaction(conn, self.tenant_id)
+
+    def _many(self, entries: Sequence[_Entry]) -> list[_Marked | None]:
+        run, now = self.run, self.now
         settles = [e for e in entries if isinstance(e, _Settle)]
         marks = [e for e in entries if isinstance(e, _Work)]
+        sent = [s for s in settles if s.marked and s.delivery.outcome is Outcome.SENT]
+        others = [s for s in settles if not (s.marked and s.delivery.outcome is Outcome.SENT)]
         tally = SendReport()
-        with tenant_transaction(run.app, tenant_id) as conn:
-            if settles:
-                _settle(conn, run, tally, settles, now)
-            marked: set[uuid.UUID] = set()
-            if marks:  # last: the transaction waits for no lock once it holds these rows
-                marked = set(
-                    conn.execute(
-                        store.MARK_SENDING,
-                        {
-                            "ids": [i.message_row_id for i in marks],
-                            "subjects": [i.subject for i in marks],
-                            "worker": run.worker,
-                            "now": now,
-                        },
-                    ).scalars()
-                )
+        marked: set[uuid.UUID] = set()
+        with self._transaction() as conn:
+            if others:  # rare: outcomes that move their enrollments, locked first in id order
+                ids = [s.item.row.enrollment_id for s in others]
+                conn.execute(store.LOCK_ENROLLMENTS, {"ids": ids})
+                for s in others:
+                    _record(conn, run, tally, s.item, s.delivery, now, marked=s.marked)
+            # Then the message rows alone: the delivered ones recorded and the next ones marked
+            # in one statement (marks last: the transaction waits for no lock once it holds them).
+            params = {
+                "sent_ids": [s.item.message_row_id for s in sent],
+                "responses": [s.delivery.response for s in sent],
+                "ids": [i.message_row_id for i in marks],
+                "subjects": [i.subject for i in marks],
+                "worker": run.worker,
+                "now": now,
+            }
+            if sent and marks:
+                rows = conn.execute(store.RECORD_SENT_AND_MARK, params).all()
+                tally.sent += sum(r.what == "sent" for r in rows)
+                marked = {r.id for r in rows if r.what == "marked"}
+            elif sent:
+                tally.sent += len(conn.execute(store.RECORD_SENT, params).all())
+            elif marks:
+                marked = set(conn.execute(store.MARK_SENDING, params).scalars())
         with run.lock:  # counted once committed: a group done again alone is not counted twice
             run.report.add(tally)
         return [
@@ -641,18 +722,19 @@ def _ledger(run: _Run, tenant_id: uuid.UUID, now: datetime) -> Group[_Entry, _Ma
             for e in entries
         ]
 
-    def one(entry: _Entry) -> _Marked | None:
+    def _one(self, entry: _Entry) -> _Marked | None:
+        run, now = self.run, self.now
         if isinstance(entry, _Settle):
-            return many([entry])[0]
+            return self._many([entry])[0]
         try:
-            return many([entry])[0]
+            return self._many([entry])[0]
         except Exception as exc:
             if not _item_failure(exc):
                 raise
             # This message's own data (a NUL in its subject): it ends alone, nothing is sent.
             reason = f"could not prepare the message: {_describe(exc)}"
         item = entry
-        with tenant_transaction(run.app, tenant_id) as conn:
+        with self._transaction() as conn:
             conn.execute(store.LOCK_ENROLLMENT, {"id": item.row.enrollment_id})
             failed = {"id": item.message_row_id, "error": reason, "now": now}
             conn.execute(store.FAIL_UNSENT, failed)
@@ -662,31 +744,6 @@ def _ledger(run: _Run, tenant_id: uuid.UUID, now: datetime) -> Group[_Entry, _Ma
             run.report.exited["could not prepare the message"] += 1
             run.report.errors.append(f"{item.row.email}: {reason}")
         return _Marked.FAILED
-
-    return Group(many, one, _item_failure)
-
-
-def _settle(
-    conn: Connection, run: _Run, tally: SendReport, settles: Sequence[_Settle], now: datetime
-) -> None:
-    """Record a group's outcomes: enrollments locked in id order, the delivered ones in one
-    statement, the others one by one."""
-    conn.execute(store.LOCK_ENROLLMENTS, {"ids": [s.item.row.enrollment_id for s in settles]})
-    sent = [s for s in settles if s.marked and s.delivery.outcome is Outcome.SENT]
-    if sent:
-        recorded = conn.execute(
-            store.RECORD_SENT,
-            {
-                "ids": [s.item.message_row_id for s in sent],
-                "responses": [s.delivery.response for s in sent],
-                "worker": run.worker,
-                "now": now,
-            },
-        ).scalars()
-        tally.sent += len(list(recorded))
-    for s in settles:
-        if not (s.marked and s.delivery.outcome is Outcome.SENT):
-            _record(conn, run, tally, s.item, s.delivery, now, marked=s.marked)
 
 
 def _job(
@@ -699,16 +756,15 @@ def _job(
 ) -> SendJob:
     marked = False
 
-    def before() -> bool:
+    async def before() -> bool:
         nonlocal marked
-        outcome = ledger.submit(item)
+        outcome = await ledger.submit(item)
         marked = outcome is _Marked.GO
         if outcome is _Marked.SKIP:
-            with run.lock:
-                skipped.append(item)
+            skipped.append(item)
         return marked
 
-    def after(delivery: Delivery) -> None:
+    async def after(delivery: Delivery) -> None:
         ledger.post(_Settle(item, delivery, marked))
 
     return SendJob(server, _email(item, now), before, after)

@@ -65,7 +65,7 @@ CLAIM = sa.text(
            ) as suppressed,
            m.id as message_row_id, m.status as message_status, m.message_id,
            m.sender_account_id as message_sender_id, m.variant as message_variant,
-           coalesce(m.attempts, 0) as attempts
+           m.sent_at as message_sent_at, coalesce(m.attempts, 0) as attempts
     from due
     join app.campaign_contacts cc on cc.id = due.id
     join app.campaign_steps s on s.id = cc.current_step_id
@@ -135,8 +135,18 @@ OPENS = sa.text(
     """
 )
 
+#: Analyze the engine's tables that changed much since their last analysis (owner's rights;
+#: a no-op otherwise): plans of a campaign's first pass on a new server, made on statistics of
+#: empty tables, read every message of the tenant at each mark.
+REFRESH_STATISTICS = sa.text("select app.refresh_statistics()")
+
 TENANT_NAME = sa.text("select name from app.tenants where id = app.current_tenant_id()")
 
+# Statements over a list of ids name their rows by `id = any(:ids)` as well as joining the list
+# (for the values that go with each id): the planner then reaches them through the key,
+# whatever the statistics say. Joined to the list alone, a table whose statistics still said
+# "a few rows" (a campaign's first pass, a new tenant) was scanned for all of the tenant's rows
+# at every mark and settlement, so each message cost as much as the pass so far.
 DEFER = sa.text(
     """
     update app.campaign_contacts cc
@@ -145,7 +155,7 @@ DEFER = sa.text(
         updated_at = :now
     from unnest(cast(:ids as uuid[]), cast(:untils as timestamptz[]), cast(:reasons as text[]))
         as d (id, until, reason)
-    where cc.id = d.id
+    where cc.id = any(cast(:ids as uuid[])) and cc.id = d.id
     """
 )
 
@@ -155,7 +165,7 @@ EXIT_MANY = sa.text(
     set status = 'exited', exit_reason = d.reason, exited_at = :now, next_run_at = null,
         wait_reason = null, lease_owner = null, lease_expires_at = null, updated_at = :now
     from unnest(cast(:ids as uuid[]), cast(:reasons as text[])) as d (id, reason)
-    where cc.id = d.id
+    where cc.id = any(cast(:ids as uuid[])) and cc.id = d.id
     """
 )
 
@@ -199,13 +209,12 @@ MARK_IN_DOUBT = sa.text(
 #: Just before their SMTP conversations (a group of at most the courier's concurrency): only
 #: messages still queued, of enrollments this worker holds, of campaigns still active, to
 #: addresses not suppressed meanwhile. A campaign paused during a run stops before its next
-#: message. Returns the ids marked.
-MARK_SENDING = sa.text(
-    """
+#: message. `marked` holds the ids marked.
+_MARK_SENDING = """marked as (
     update app.sent_emails m
     set status = 'sending', subject = a.subject, attempts = m.attempts + 1, updated_at = :now
     from unnest(cast(:ids as uuid[]), cast(:subjects as text[])) as a(id, subject)
-    where m.id = a.id and m.status = 'queued'
+    where m.id = any(cast(:ids as uuid[])) and m.id = a.id and m.status = 'queued'
       -- A scalar subquery, run for each of the group's messages only: as an EXISTS the planner
       -- may turn it into a join from every enrollment the worker holds (the whole claim) when
       -- the statistics predate the claim, and each mark then costs the batch.
@@ -219,8 +228,8 @@ MARK_SENDING = sa.text(
           where sup.tenant_id = m.tenant_id and lower(sup.email) = lower(m.recipient_email)
       )
     returning m.id
-    """
-)
+)"""
+MARK_SENDING = sa.text(f"with {_MARK_SENDING} select id from marked")
 
 #: Taken first by every transaction that settles a message, as the claim does.
 LOCK_ENROLLMENT = sa.text("select id from app.campaign_contacts where id = :id for update")
@@ -285,29 +294,42 @@ ADVANCE = sa.text(
     """
 )
 
-#: A group of messages delivered: each `sending` one becomes `sent` at :now and its enrollment
-#: moves on, as RECORD then ADVANCE do one by one. A message another worker settled meanwhile
-#: (our lease ran out) keeps that verdict and its enrollment is not moved. Returns the ids
-#: recorded.
-RECORD_SENT = sa.text(
+#: A group of messages delivered (`:sent_ids`, `:responses`): each one still `sending` becomes
+#: `sent` at :now. Only the message rows: their enrollments move on at the end of the batch
+#: (ADVANCE_SENT), so a settlement takes no enrollment lock and waits for none. A message
+#: another worker settled meanwhile (our lease ran out) keeps that verdict. `sent` holds the
+#: ids recorded.
+_RECORD_SENT = """sent as (
+    update app.sent_emails m
+    set status = 'sent', smtp_response = a.response, last_error = null, sent_at = :now,
+        next_attempt_at = null, updated_at = :now
+    from unnest(cast(:sent_ids as uuid[]), cast(:responses as text[])) as a(id, response)
+    where m.id = any(cast(:sent_ids as uuid[])) and m.id = a.id and m.status = 'sending'
+    returning m.id
+)"""
+RECORD_SENT = sa.text(f"with {_RECORD_SENT} select id from sent")
+#: A group's delivered messages recorded and its next messages marked, in one statement: both
+#: touch message rows only (distinct ones), so the order between them does not matter.
+RECORD_SENT_AND_MARK = sa.text(
     f"""
-    with sent as (
-        update app.sent_emails m
-        set status = 'sent', smtp_response = a.response, last_error = null, sent_at = :now,
-            next_attempt_at = null, updated_at = :now
-        from unnest(cast(:ids as uuid[]), cast(:responses as text[])) as a(id, response)
-        where m.id = a.id and m.status = 'sending'
-        returning m.id, m.campaign_contact_id, m.step_id
-    ), moved as (
-        update app.campaign_contacts cc
-        set {_ADVANCE_SET}, last_email_sent_at = :now
-        from sent
-        join app.campaign_steps s on s.id = sent.step_id
-        left join app.campaign_steps n on n.id = s.next_step_id
-        where cc.id = sent.campaign_contact_id and cc.lease_owner = :worker
-          and cc.current_step_id = sent.step_id
-    )
-    select id from sent
+    with {_RECORD_SENT}, {_MARK_SENDING}
+    select 'sent' as what, id from sent union all select 'marked', id from marked
+    """
+)
+
+#: The end of a batch: of `:enrollment_ids`, those this worker still holds whose message of
+#: their current step was delivered move on (a wait's time counts from now). One left behind
+#: (the worker died first) moves on when the next pass claims it and finds its message sent.
+ADVANCE_SENT = sa.text(
+    f"""
+    update app.campaign_contacts cc
+    set {_ADVANCE_SET}, last_email_sent_at = m.sent_at
+    from app.sent_emails m
+    join app.campaign_steps s on s.id = m.step_id
+    left join app.campaign_steps n on n.id = s.next_step_id
+    where cc.id = any(cast(:enrollment_ids as uuid[])) and cc.lease_owner = :worker
+      and m.tenant_id = cc.tenant_id and m.campaign_contact_id = cc.id
+      and m.step_id = cc.current_step_id and m.status = 'sent'
     """
 )
 

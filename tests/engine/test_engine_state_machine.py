@@ -671,10 +671,17 @@ def test_the_engine_keeps_its_promises_through_passes_crashes_pauses_and_clock_j
     assert SEEN["crash: died"] and SEEN["delivered"], SEEN
 
 
+#: How the statements that record an outcome begin: a delivered message's (store.RECORD_SENT),
+#: and the enrollment locks every other outcome takes first (LOCK_ENROLLMENT(S)).
+_SETTLING = (
+    " ".join(str(store.RECORD_SENT).split()[:7]),
+    "select id from app.campaign_contacts where id",
+)
+
+
 def _is_settling(statement: str) -> bool:
-    """The first statement of every transaction that records an outcome: it locks the
-    enrollment row(s) (store.LOCK_ENROLLMENT / LOCK_ENROLLMENTS)."""
-    return statement.lstrip().startswith("select id from app.campaign_contacts where id")
+    """Whether `statement` is the first of a transaction's settlements."""
+    return " ".join(statement.split()).startswith(_SETTLING)
 
 
 _FIRST_IN_LINE = sa.text(
