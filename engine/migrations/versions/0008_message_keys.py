@@ -90,7 +90,8 @@ begin
 end
 $$;
 """
-_CLEANUP = """    -- Bindings of finished transactions (below the oldest running one) go; rows another
+_CLEANUP = """\
+    -- Bindings of finished transactions (below the oldest running one) go; rows another
     -- transaction is deleting are skipped rather than waited for.
     delete from app.tenant_bindings b using (
         select s.xid from app.tenant_bindings s
@@ -100,14 +101,16 @@ _CLEANUP = """    -- Bindings of finished transactions (below the oldest running
     where b.xid = stale.xid;"""
 BIND_TENANT_0004 = _BIND_TENANT.format(
     search_path=SEARCH_PATH,
-    body="""    insert into app.tenant_bindings (xid, tenant_id) values (pg_current_xact_id(), tenant)
+    body="""\
+    insert into app.tenant_bindings (xid, tenant_id) values (pg_current_xact_id(), tenant)
     on conflict (xid) do nothing;
     select b.tenant_id into bound from app.tenant_bindings b where b.xid = pg_current_xact_id();""",
     cleanup=_CLEANUP,
 )
 BIND_TENANT = _BIND_TENANT.format(
     search_path=SEARCH_PATH,
-    body="""    insert into app.tenant_bindings (xid, tenant_id) values (pg_current_xact_id(), tenant)
+    body="""\
+    insert into app.tenant_bindings (xid, tenant_id) values (pg_current_xact_id(), tenant)
     on conflict (xid) do nothing
     returning tenant_id into bound;
     if bound is null then  -- bound before in this transaction: to which tenant?
@@ -115,7 +118,9 @@ BIND_TENANT = _BIND_TENANT.format(
         where b.xid = pg_current_xact_id();
     end if;""",
     cleanup="""    if (pg_current_xact_id()::text::bigint) % 16 = 0 then
-""" + "\n".join("    " + line for line in _CLEANUP.splitlines()) + """
+"""
+    + "\n".join("    " + line for line in _CLEANUP.splitlines())
+    + """
     end if;""",
 )
 
