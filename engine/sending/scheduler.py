@@ -9,7 +9,8 @@ One pass (`send_due`), per tenant, all at the pass's `now`:
    of `engine.sequence.rules` — window, start and end, campaign and sender limits, gaps, sender
    rotation — defer what cannot go now to the time it can, queue a message row for what can),
    **render** (no transaction open), then per message through the `Courier`: `sending` just
-   before its own SMTP conversation, settled right after it;
+   before its own SMTP conversation, settled right after it (`_Ledger`: group transactions);
+   the enrollments whose message went move on at the end of the batch;
 3. campaigns with nothing left to do complete.
 
 Progress lives in the database, never only in memory: each stage commits before the next, so
@@ -28,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -195,16 +196,15 @@ def send_due(
             _refresh_statistics(app)
             with tenant_transaction(app, tenant_id) as conn:
                 _run_steps(conn, report, now)
+            # One batch after the other: an email step that a send made due (a p.s.) joins the
+            # next batch of the same pass, as the forecast counts it.
             for _ in range(config.max_batches_per_tenant):
-                batch_now = now if first or clock is None else clock()
+                batch = _prepare(run, tenant_id, now if first or clock is None else clock())
                 first = False
-                _refresh_statistics(app)
-                with tenant_transaction(app, tenant_id) as conn:
-                    claimed, work = _claim(conn, run, batch_now)
-                if not claimed:
+                if not batch.claimed:
                     break
-                if work:
-                    _send_batch(run, tenant_id, work, batch_now)
+                if batch.ready:
+                    _send_batch(run, tenant_id, batch)
                 if on_batch:
                     on_batch(report)
             with tenant_transaction(app, tenant_id) as conn:
@@ -244,7 +244,7 @@ def _dry_run(run: _Run, tenant_id: uuid.UUID, now: datetime) -> None:
         try:
             _run_steps(conn, run.report, now)
             for _ in range(run.config.max_batches_per_tenant):
-                claimed, work = _claim(conn, run, now)
+                claimed, work = _claim(conn, run, now, run.report)
                 if not claimed:
                     break
                 run.report.would_send += len(work)
@@ -256,16 +256,18 @@ def _dry_run(run: _Run, tenant_id: uuid.UUID, now: datetime) -> None:
 # --------------------------------------------------------------------------- claim
 
 
-def _claim(conn: Connection, run: _Run, now: datetime) -> tuple[int, list[_Work]]:
+def _claim(
+    conn: Connection, run: _Run, now: datetime, report: SendReport
+) -> tuple[int, list[_Work]]:
     """Claim one batch of due emails; return how many were claimed and those that go now.
 
     Everything claimed is settled here: sent now (leased, message row queued), deferred to when
     it can go (`wait_reason`), exited, or, for messages a crashed worker left behind, finished.
+    What it did is counted in `report`.
     """
     rows = conn.execute(store.CLAIM, {"now": now, "limit": run.config.batch_size}).all()
     if not rows:
         return 0, []
-    report = run.report
     report.claimed += len(rows)
     campaigns = {
         c.id: c
@@ -297,7 +299,7 @@ def _claim(conn: Connection, run: _Run, now: datetime) -> tuple[int, list[_Work]
         campaign = campaigns[row.campaign_id]
         state = campaign_states[row.campaign_id]
         if row.message_row_id is not None and row.message_status != "queued":
-            _finish_left_behind(conn, run, row, now)
+            _finish_left_behind(conn, run, row, now, report)
             continue
         if row.suppressed or row.contact_status != "active":
             exits.append(
@@ -449,14 +451,16 @@ def _variant(row: sa.Row) -> int | None:
     return len(weights)
 
 
-def _finish_left_behind(conn: Connection, run: _Run, row: sa.Row, now: datetime) -> None:
+def _finish_left_behind(
+    conn: Connection, run: _Run, row: sa.Row, now: datetime, report: SendReport
+) -> None:
     """A message a stopped worker left: `sent` moves on, `sending` is in doubt (never resent),
     a settled failure ends the enrollment. The lease has run out, so it is ours to move."""
     run_lease = [row.enrollment_id]
     store.lease(conn, run_lease, run.worker, now, run.config.lease)
     if row.message_status == "sending":
         if conn.execute(store.MARK_IN_DOUBT, {"id": row.message_row_id, "now": now}).rowcount:
-            run.report.unknown += 1
+            report.unknown += 1
         store.advance(conn, row.enrollment_id, row.step_id, now, run.worker)
     elif row.message_status in ("sent", "unknown"):
         # Delivered, or in doubt: its worker stopped before moving the enrollment on.
@@ -465,16 +469,31 @@ def _finish_left_behind(conn: Connection, run: _Run, row: sa.Row, now: datetime)
     else:
         reason = "bounced" if row.message_status == "bounced" else "send failed"
         store.exit_enrollment(conn, row.enrollment_id, reason, now, run.worker)
-        run.report.exited[reason] += 1
+        report.exited[reason] += 1
 
 
 # --------------------------------------------------------------------------- render and send
 
 
-def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetime) -> None:
-    """Render (no transaction open), then hand the messages to the courier; each one is marked
-    `sending` just before its conversation and settled right after it."""
-    assert run.renderer is not None and run.courier is not None
+@dataclass(frozen=True)
+class _Batch:
+    """A claimed batch, rendered: what goes (`ready`), at the time it was claimed."""
+
+    now: datetime
+    claimed: int
+    ready: list[_Work]
+    tenant: str
+
+
+def _prepare(run: _Run, tenant_id: uuid.UUID, now: datetime) -> _Batch:
+    """Claim one batch and render it (no transaction open while rendering). A message whose
+    template fails ends alone; what rendering could not reach within a third of the lease goes
+    back, due now, for a later batch with a fresh lease."""
+    assert run.renderer is not None
+    tally = SendReport()
+    _refresh_statistics(run.app)
+    with tenant_transaction(run.app, tenant_id) as conn:
+        claimed, work = _claim(conn, run, now, tally)
     budget = run.config.lease.total_seconds() / 3
     started = time.monotonic()
     ready: list[_Work] = []
@@ -493,8 +512,8 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
                 store.FAIL_UNSENT, {"id": item.message_row_id, "error": item.error, "now": now}
             )
             store.exit_enrollment(conn, item.row.enrollment_id, item.error, now, run.worker)
-            run.report.exited["template error"] += 1
-            run.report.errors.append(f"{item.row.email}: {item.error}")
+            tally.exited["template error"] += 1
+            tally.errors.append(f"{item.row.email}: {item.error}")
         store.defer(
             conn,
             [w.row.enrollment_id for w in late],
@@ -502,18 +521,26 @@ def _send_batch(run: _Run, tenant_id: uuid.UUID, work: list[_Work], now: datetim
             ["retry" for _ in late],
             now,
         )
+    with run.lock:
+        run.report.add(tally)
+    return _Batch(now, claimed, [w for w in ready if w.error is None], tenant)
 
+
+def _send_batch(run: _Run, tenant_id: uuid.UUID, batch: _Batch) -> None:
+    """Hand the batch's messages to the courier, each marked `sending` just before its
+    conversation and settled right after it; then move on the enrollments whose message went."""
+    now = batch.now
     jobs: list[SendJob] = []
     skipped: list[_Work] = []
     with _Ledger(run, tenant_id, now) as ledger:
-        _deliver(run, ledger, tenant, ready, jobs, skipped, now)
+        _deliver(run, ledger, batch.tenant, batch.ready, jobs, skipped, now)
     # The enrollments whose message went move on, in one statement; those claimed but not
     # sent (paused, suppressed meanwhile) are released for the next pass to decide.
     with tenant_transaction(run.app, tenant_id) as conn:
         conn.execute(
             store.ADVANCE_SENT,
             {
-                "enrollment_ids": [w.row.enrollment_id for w in ready],
+                "enrollment_ids": [w.row.enrollment_id for w in batch.ready],
                 "worker": run.worker,
                 "now": now,
             },
@@ -537,8 +564,6 @@ def _deliver(
     """Hand the rendered messages to the courier, each marked and settled through `ledger`."""
     assert run.courier is not None
     for item in ready:
-        if item.error is not None:
-            continue
         try:
             server = smtp_server_for(item.sender, run.sink, tenant=tenant, env=run.env)
         except SenderConfigError as exc:
@@ -562,8 +587,9 @@ def _deliver(
         # Database trouble while recording: those enrollments keep their lease and fall due
         # again when it runs out; their messages stay `sending` and become `unknown`.
         errors.extend(error for _, error in ledger.group.failures)
-        for error in errors:
-            run.report.errors.append(f"could not record a message: {_describe(error)}")
+        with run.lock:
+            for error in errors:
+                run.report.errors.append(f"could not record a message: {_describe(error)}")
 
 
 def _render(run: _Run, item: _Work) -> None:
@@ -659,17 +685,21 @@ class _Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        conn, self._conn = self._conn, None
         try:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(sa.exc.DBAPIError):
+            if conn is not None and not conn.invalidated:
+                try:
                     conn.exec_driver_sql("reset plan_cache_mode")  # it goes back to the pool
                     conn.commit()
-                conn.close()
+                except Exception:
+                    conn.invalidate()
         finally:
+            if conn is not None:
+                conn.close()
             self.group.close()
 
-    def _transaction(self) -> contextlib.AbstractContextManager[Connection]:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
         conn = self._conn
         if conn is None or conn.invalidated:  # a lost connection is replaced
             if conn is not None:
@@ -677,7 +707,14 @@ class _Ledger:
             conn = self._conn = self.run.app.connect()
             conn.exec_driver_sql("set plan_cache_mode = force_generic_plan")
             conn.commit()
-        return bound_transaction(conn, self.tenant_id)
+        try:
+            with bound_transaction(conn, self.tenant_id):
+                yield conn
+        except BaseException:
+            # A commit that failed leaves the server's transaction open, with its locks: the
+            # connection is given up (the server rolls it back) and the next group gets another.
+            conn.invalidate()
+            raise
 
     def _many(self, entries: Sequence[_Entry]) -> list[_Marked | None]:
         run, now = self.run, self.now

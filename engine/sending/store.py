@@ -7,8 +7,10 @@ What must hold:
   the email is claimed (it reserves the sender's and the campaign's counts), goes to `sending`
   just before its own SMTP conversation, and is settled right after it: after a crash only the
   conversations under way are left `sending`, and those are marked `unknown`, never resent;
-* locks are taken in one order, enrollment row before message row, by every statement that
-  takes both, so two workers meeting after a lease ran out wait for each other, never deadlock.
+* locks are taken in one order, enrollment row before message row, by every transaction that
+  takes both, so two workers meeting after a lease ran out wait for each other, never deadlock
+  (recording a delivered message takes its row alone; its enrollment moves on afterwards, in a
+  transaction of its own).
 """
 
 from __future__ import annotations

@@ -84,6 +84,10 @@ def _report(process) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+#: Enrollments a worker holds at `at`.
+_HELD = sa.text("select count(*) from app.campaign_contacts where lease_expires_at > :at")
+
+
 def _messages(database, tenant) -> list[sa.Row]:
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
         return conn.execute(
@@ -132,9 +136,12 @@ def test_a_pass_killed_mid_conversation_leaves_at_most_its_concurrency_in_doubt(
     # Before the dead worker's lease runs out, a pass sends only what it had not claimed (its
     # first batch of 20 was under way); after it, the conversations it left become `unknown`,
     # never sent again, and the rest of its claim goes.
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        held = conn.execute(_HELD, {"at": now + timedelta(minutes=1)}).scalar_one()
+    assert held == 20
     config = Config(courier=CourierConfig(concurrency=3, per_server=3))
     early = send_due(database.app, server.smtp, now + timedelta(minutes=1), config=config)
-    assert (early.sent, early.unknown) == (40, 0)
+    assert (early.sent, early.unknown) == (60 - held, 0)
     later = send_due(database.app, server.smtp, now + timedelta(minutes=6), config=config)
     assert later.unknown == len(in_doubt)
 

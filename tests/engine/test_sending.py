@@ -493,3 +493,44 @@ def test_settings_the_scheduling_rules_cannot_use_are_refused_by_the_database(
     with pytest.raises(sa.exc.IntegrityError, match="check"):
         with tenant_transaction(database.app, tenant.tenant_id) as conn:
             conn.execute(sa.text(f"update app.{table} set {change}"))
+
+
+def test_a_commit_that_fails_while_marking_leaves_no_transaction_holding_the_rows(
+    database, smtp_server, now, tmp_path
+):
+    """The ledger keeps one connection for a batch. A commit that fails (the server's answer
+    lost) leaves the server's transaction open with the rows it marked: the connection must be
+    given up, not kept for the next group, or every later pass waits on those rows for ever."""
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    marking = []
+
+    def note_marks(conn, cursor, statement, *args) -> None:
+        if " ".join(statement.split()).startswith("with marked as"):
+            marking.append(True)
+
+    def fail_once_after_a_mark(*args) -> None:
+        if marking and len(marking) < 2:
+            marking.append(True)
+            raise ConnectionError("the commit's answer was lost")
+
+    sa.event.listen(database.app, "before_cursor_execute", note_marks)
+    sa.event.listen(database.app, "commit", fail_once_after_a_mark)
+    try:
+        report = send_due(database.app, smtp_server.server(), now)
+    finally:
+        sa.event.remove(database.app, "before_cursor_execute", note_marks)
+        sa.event.remove(database.app, "commit", fail_once_after_a_mark)
+    assert any("could not record a message" in e for e in report.errors), report.errors
+    with database.owner.connect() as conn:
+        open_transactions = conn.execute(
+            sa.text(
+                "select count(*) from pg_stat_activity where datname = current_database() "
+                "and usename = 'penguin_app' and state like 'idle in transaction%'"
+            )
+        ).scalar()
+    assert open_transactions == 0
+    # The message whose mark was lost was never sent; once its lease runs out it goes.
+    later = send_due(database.app, smtp_server.server(), now + timedelta(minutes=6))
+    assert report.sent + later.sent == 3
+    assert len(smtp_server.messages) == 3
+    assert {m.status for m in _messages(database, tenant)} == {"sent"}
