@@ -38,11 +38,9 @@ KEEP_MARK = ".penguin-keep-running"
 
 #: The embedded server's settings where PostgreSQL's defaults are too small for this workload
 #: (an engine pass rewrites every due enrollment; an upload merges a million contacts), in
-#: `SHOW`'s spelling. Stored with ALTER SYSTEM; `shared_buffers` takes effect when the server
-#: starts, so a server this process started with other values is restarted once, at once.
+#: `SHOW`'s spelling. Both take effect on a reload. Each is stored with ALTER SYSTEM unless
+#: ALTER SYSTEM holds a value for it already (ours, or one the user chose, which is kept).
 SERVER_SETTINGS = {
-    # Default 128MB: a million enrollments and their indexes (~300MB) did not fit.
-    "shared_buffers": "512MB",
     # Defaults 1GB and 5min: a pass over a million enrollments writes ~1GB of WAL, which
     # forced a checkpoint in its middle and a full page image of every page touched again.
     "max_wal_size": "4GB",
@@ -88,19 +86,17 @@ def start_embedded_postgres(settings: Settings, *, keep_running: bool = False) -
         with pgserver.postgres_server.PostgresServer._lock:
             if (pgdata / ".handle_pids.json").exists():
                 _live_holders(pgdata)
-            starting = not (pgdata / "postmaster.pid").exists()
         _embedded[pgdata] = server = pgserver.get_server(pgdata, cleanup_mode=None)
         # Registered after pgserver's own exit hook, so it runs first (atexit is LIFO).
         atexit.register(_release, pgdata)
-        _apply_settings(pgdata, server.get_uri(), restart=starting)
+        _apply_settings(server.get_uri())
     if keep_running:
         (pgdata / KEEP_MARK).touch()
     return _embedded[pgdata].get_uri()  # type: ignore[attr-defined]
 
 
-def _apply_settings(pgdata: Path, url: str, *, restart: bool) -> None:
-    """Give the server `SERVER_SETTINGS`: stored, reloaded, and, when one needs a new start
-    and this process started the server (nobody else uses it yet), restarted to take it."""
+def _apply_settings(url: str) -> None:
+    """Store and load `SERVER_SETTINGS` where the server still has PostgreSQL's defaults."""
     import sqlalchemy as sa
 
     from engine.db import sqlalchemy_url
@@ -108,36 +104,23 @@ def _apply_settings(pgdata: Path, url: str, *, restart: bool) -> None:
     owner = sa.create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
     try:
         with owner.connect() as conn:
-            changed = False
-            for name, value in SERVER_SETTINGS.items():
-                stored = conn.execute(
+            stored = set(
+                conn.execute(
                     sa.text(
-                        "select setting from pg_catalog.pg_file_settings "
-                        "where name = :name and sourcefile like '%postgresql.auto.conf' "
-                        "order by seqno desc limit 1"
+                        "select name from pg_catalog.pg_file_settings "
+                        "where name = any(:names) and sourcefile like '%/postgresql.auto.conf'"
                     ),
-                    {"name": name},
-                ).scalar()
-                if stored != value:
-                    # ALTER SYSTEM takes no parameters; names and values are the constants above.
-                    conn.execute(sa.text(f"alter system set {name} = '{value}'"))
-                    changed = True
-            if changed:
+                    {"names": list(SERVER_SETTINGS)},
+                ).scalars()
+            )
+            missing = sorted(set(SERVER_SETTINGS) - stored)
+            for name in missing:
+                # ALTER SYSTEM takes no parameters; names and values are the constants above.
+                conn.execute(sa.text(f"alter system set {name} = '{SERVER_SETTINGS[name]}'"))
+            if missing:
                 conn.execute(sa.text("select pg_catalog.pg_reload_conf()"))
-            pending = conn.execute(
-                sa.text(
-                    "select count(*) from pg_catalog.pg_settings "
-                    "where name = any(:names) and pending_restart"
-                ),
-                {"names": list(SERVER_SETTINGS)},
-            ).scalar()
     finally:
         owner.dispose()
-    if pending and restart:
-        with _pgserver().postgres_server.PostgresServer._lock:
-            # Started again with the options of its last start (postmaster.opts), logging
-            # where pgserver's start logs.
-            _pg_ctl(pgdata, ["-l", str(pgdata / "log"), "restart"])
 
 
 def _pg_ctl(pgdata: Path, args: list[str]) -> None:

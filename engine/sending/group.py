@@ -76,11 +76,13 @@ class Group(Generic[Item, Result]):
         self._pending.append(_Entry(item))
 
     def flush(self) -> None:
-        """Run whatever is pending, in the calling thread; for when the loop has stopped."""
-        if self._running is not None:
-            raise RuntimeError("Group.flush while a group is under way on the loop")
-        if self._pending:
-            batch, self._pending = self._pending, []
+        """Run the posted items still pending, on the group's thread after any group under way;
+        for when the loop has stopped. An item someone waited for whose group never ran (the
+        loop was stopped before) is dropped: nobody will act on its result."""
+        self._running = None  # a loop stopped midway leaves its drain behind, never to resume
+        batch = [e for e in self._pending if e.future is None]
+        self._pending = []
+        if batch:
             self._thread.submit(self._run, batch).result()
 
     def close(self) -> None:
@@ -102,7 +104,11 @@ class Group(Generic[Item, Result]):
                     else:
                         e.future.set_result(e.result)  # type: ignore[arg-type]
         except BaseException as exc:  # cancelled, or the thread could not run the group
-            for e in [*batch, *self._pending]:
+            # The group in flight is the thread's now (it runs to its end); those waiting for a
+            # later one fail with this and are dropped. Posted items stay for `flush`.
+            waiting = [e for e in self._pending if e.future is not None]
+            self._pending = [e for e in self._pending if e.future is None]
+            for e in [*batch, *waiting]:
                 if e.future is not None and not e.future.done():
                     e.future.set_exception(exc)
             raise

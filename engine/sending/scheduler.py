@@ -660,6 +660,16 @@ class _Settle:
 _Entry = _Work | _Settle
 
 
+#: The ledger's connection: its statements, the same few again and again, keep one generic plan
+#: each (planning a mark took longer than running it), and a group that waits for a lock or
+#: the server longer than any mark should fails instead of holding every conversation up.
+_LEDGER_SETTINGS = (
+    "set plan_cache_mode = force_generic_plan",
+    "set lock_timeout = '30s'",
+    "set statement_timeout = '60s'",
+)
+
+
 class _Ledger:
     """The courier's callbacks of one tenant's batch, in group transactions
     (`engine.sending.group`): many conversations, one commit per group, not two per message.
@@ -671,9 +681,8 @@ class _Ledger:
     message `sending` (in conversation, or its outcome posted and not yet committed). What is
     still posted when the batch ends is recorded by `flush`.
 
-    The groups run one after the other on a connection the ledger holds for the batch: no pool
-    checkout, liveness ping and reset per group. Its statements, the same few again and again,
-    keep one generic plan each: planning a mark took longer than running it.
+    The groups run one after the other on a connection the ledger holds for the batch
+    (`_LEDGER_SETTINGS`): no pool checkout, liveness ping and reset per group.
     """
 
     def __init__(self, run: _Run, tenant_id: uuid.UUID, now: datetime) -> None:
@@ -685,18 +694,18 @@ class _Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.group.close()  # first: no group may still be using the connection
         conn, self._conn = self._conn, None
+        if conn is None:
+            return
         try:
-            if conn is not None and not conn.invalidated:
-                try:
-                    conn.exec_driver_sql("reset plan_cache_mode")  # it goes back to the pool
-                    conn.commit()
-                except Exception:
-                    conn.invalidate()
+            if not conn.invalidated:
+                conn.exec_driver_sql("reset all")  # it goes back to the pool as it came
+                conn.commit()
+        except Exception:
+            conn.invalidate()
         finally:
-            if conn is not None:
-                conn.close()
-            self.group.close()
+            conn.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -705,7 +714,8 @@ class _Ledger:
             if conn is not None:
                 conn.close()
             conn = self._conn = self.run.app.connect()
-            conn.exec_driver_sql("set plan_cache_mode = force_generic_plan")
+            for setting in _LEDGER_SETTINGS:
+                conn.exec_driver_sql(setting)
             conn.commit()
         try:
             with bound_transaction(conn, self.tenant_id):

@@ -85,10 +85,26 @@ def test_moving_onto_a_step_of_the_own_campaign_and_off_every_step_are_allowed(d
         assert conn.execute(_MOVE_ALL, {"step": None}).rowcount == 3
 
 
-def test_deleting_a_step_leaves_the_enrollments_on_it_on_no_step(database, acme):
-    with tenant_transaction(database.app, acme.tenant_id) as conn:
+def test_the_engines_role_cannot_delete_a_step(database, acme):
+    # Steps leave a campaign by being marked removed; nothing the engine runs deletes one, so
+    # no step can disappear from under an enrollment that a statement is moving onto it.
+    with (
+        pytest.raises(sa.exc.ProgrammingError, match="permission denied for table campaign_steps"),
+        tenant_transaction(database.app, acme.tenant_id) as conn,
+    ):
         conn.execute(sa.text("delete from app.campaign_steps"))
-        assert list(conn.execute(_STEPS_OF_ENROLLMENTS).scalars()) == [None] * 3
+
+
+def test_a_step_the_owner_deletes_leaves_the_enrollments_on_it_on_no_step(database, acme):
+    with database.owner.begin() as conn:
+        conn.execute(
+            sa.text("delete from app.campaign_steps where tenant_id = :t"), {"t": acme.tenant_id}
+        )
+        steps = conn.execute(
+            sa.text("select current_step_id from app.campaign_contacts where tenant_id = :t"),
+            {"t": acme.tenant_id},
+        )
+        assert list(steps.scalars()) == [None] * 3
 
 
 def test_a_steps_keys_never_change(database, acme, now):

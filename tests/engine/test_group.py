@@ -177,3 +177,31 @@ def test_a_group_whose_thread_is_gone_fails_its_waiters_instead_of_leaving_them_
     group.close()  # the thread is shut down: the group cannot run
     [failed] = _gather(group, ["mark"])
     assert isinstance(failed, RuntimeError)
+
+
+def test_a_loop_stopped_midway_drops_the_waiting_marks_and_flush_still_records_the_posted():
+    """Ctrl-C in the middle of a batch: the group under way finishes on its thread, marks that
+    were waiting for the next group never run (their conversations never start), and `flush`
+    records the outcomes already posted, after the group under way, without raising."""
+    done: list[list[str]] = []
+
+    def many(items):
+        time.sleep(0.2)
+        done.append(list(items))
+        return [None for _ in items]
+
+    group = Group(many)
+
+    async def interrupted():
+        waiters = [asyncio.ensure_future(group.submit("mark A"))]
+        await asyncio.sleep(0.05)  # A's group is under way
+        waiters.append(asyncio.ensure_future(group.submit("mark B")))
+        group.post("outcome P")
+        await asyncio.sleep(0.01)
+        raise KeyboardInterrupt(waiters)  # the loop stops; the waiters are gone with it
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(interrupted())
+    group.flush()
+    group.close()
+    assert done == [["mark A"], ["outcome P"]]

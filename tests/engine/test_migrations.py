@@ -59,3 +59,29 @@ def test_role_passwords_come_from_the_settings(database):
             conn.execute(sa.text("alter role penguin_app password null"))
     assert stored is not None and stored.startswith("SCRAM-SHA-256$")
     assert "s3cret-app" not in stored
+
+
+def test_upgrading_past_0007_refuses_enrollments_on_another_campaigns_step(database, now, tmp_path):
+    """0007 checks an enrollment's step as a statement trigger, and more strictly than the key it
+    replaces (the step must be of the enrollment's own campaign): rows written before are
+    checked once, by the upgrade, which names what is wrong."""
+    import pytest
+
+    from engine.db import tenant_transaction
+    from tests.engine.campaign_rows import add_campaign
+    from tests.factories import seed_tenant
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        other = add_campaign(conn, "other", now, [{"id": "hello", "email": "Hi"}])
+    config = migrate.alembic_config()
+    with database.owner.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0006")
+        # The key of 0006 checks the tenant only: a step of the tenant's other campaign passes.
+        conn.execute(
+            sa.text("update app.campaign_contacts set current_step_id = :step"),
+            {"step": other.steps["hello"]},
+        )
+    with pytest.raises(sa.exc.ProgrammingError, match="3 enrollment.s. stand on a step of another"):
+        migrate.upgrade(database)

@@ -281,3 +281,41 @@ def test_a_role_that_changes_its_own_defaults_does_not_change_the_engines_connec
             conn.execute(
                 sa.text("alter role penguin_dashboards set default_transaction_read_only = on")
             )
+
+
+def _last_analyzed(database, table: str):
+    with database.owner.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "select greatest(last_analyze, last_autoanalyze) from pg_stat_user_tables "
+                "where schemaname = 'app' and relname = :table"
+            ),
+            {"table": table},
+        ).scalar()
+
+
+def test_the_engine_refreshes_the_statistics_of_a_table_that_grew_and_only_then(
+    database, tmp_path, now
+):
+    """app.refresh_statistics() runs ANALYZE with the owner's rights, for the engine's role:
+    on a table that changed by a quarter and a thousand rows, at most once in ten seconds;
+    on nothing else. No other role may call it."""
+    import time
+
+    tenant_id, _ = create_tenant(database.owner, "acme")
+    path = write_csv(tmp_path / "leads.csv", people("lead", 1500))
+    ingest_file(database.app, tenant_id, path, "leads", now)
+    before = _last_analyzed(database, "contacts")
+    deadline = time.monotonic() + 10
+    analyzed = 0
+    while not analyzed and time.monotonic() < deadline:  # counters reach the server in ~1 s
+        with database.app.begin() as conn:
+            analyzed = conn.execute(sa.text("select app.refresh_statistics()")).scalar()
+        time.sleep(0.2)
+    assert analyzed >= 1 and _last_analyzed(database, "contacts") != before
+    with database.app.begin() as conn:  # nothing changed since: nothing to do
+        assert conn.execute(sa.text("select app.refresh_statistics()")).scalar() == 0
+    for role in (ANALYTICS_ROLE, DASHBOARDS_ROLE):
+        with psycopg.connect(_libpq(database, role), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select app.refresh_statistics()")

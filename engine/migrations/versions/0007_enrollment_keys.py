@@ -18,10 +18,13 @@ entries and the per-row key check were most:
   due range, not heap visits. It replaces `(next_run_at)` and `(current_step_id, next_run_at)`.
 * **The step check is set-based.** The foreign key `(tenant_id, current_step_id)` ran a query
   per row whose step changed: a million for a million moves (9 s here). A statement-level
-  trigger checks the statement's rows at once -- the distinct (campaign, step) pairs, locked
-  `FOR KEY SHARE` as a foreign key does -- and checks more: the step must belong to the
-  enrollment's own campaign. Deleting a step sets the enrollments on it to no step, as the
-  key's `on delete set null` did; a step's keys never change.
+  trigger checks the statement's rows at once -- their distinct (campaign, step) pairs -- and
+  checks more: the step must belong to the enrollment's own campaign. A key's check also
+  locked the step against deletion; here nothing has to, because the engine's role cannot
+  delete steps at all (a step taken out of a campaign file is soft-deleted, `removed_at`;
+  a campaign's deletion takes its enrollments with it) and a step's keys never change. When
+  the owner deletes a step, the enrollments on it are set to no step, as the key's
+  `on delete set null` did. Rows written before this revision are checked once, here.
 * **Room for new versions.** Every step an enrollment takes writes a new version of its row.
   Pages are filled to half, so the next version fits on the row's own page (one page written,
   not two; and a write that changes no indexed column, such as a lease, skips the indexes),
@@ -70,8 +73,27 @@ alter table app.campaign_contacts set (fillfactor = 50);
 
 alter table app.campaign_contacts drop constraint campaign_contacts_tenant_id_current_step_id_fkey;
 
--- The rows a statement wrote stand on steps of their own campaigns; those steps are locked
--- against deletion until the transaction ends, as a foreign key's check locks them.
+-- The engine's role takes steps out of campaigns by marking them removed, never by deleting.
+revoke delete on app.campaign_steps from penguin_app;
+
+do $$
+declare
+    stray bigint;
+begin
+    select count(*) into stray from app.campaign_contacts cc
+    where cc.current_step_id is not null and not exists (
+        select from app.campaign_steps s
+        where s.tenant_id = cc.tenant_id and s.campaign_id = cc.campaign_id
+          and s.id = cc.current_step_id
+    );
+    if stray > 0 then
+        raise exception '% enrollment(s) stand on a step of another campaign', stray
+            using hint = 'set their current_step_id to a step of their own campaign, or null';
+    end if;
+end
+$$;
+
+-- The rows a statement wrote stand on steps of their own campaigns.
 create function app.check_enrollment_steps() returns trigger
 language plpgsql
 set search_path = pg_catalog, app
@@ -79,17 +101,16 @@ as $$
 declare
     missing bigint;
 begin
-    with wanted as (
+    select count(*) into missing
+    from (
         select distinct n.tenant_id, n.campaign_id, n.current_step_id
         from new_enrollments n where n.current_step_id is not null
-    ), found as (
-        select s.id from app.campaign_steps s
-        join wanted w
-            on w.tenant_id = s.tenant_id and w.campaign_id = s.campaign_id
-           and w.current_step_id = s.id
-        for key share of s
-    )
-    select (select count(*) from wanted) - (select count(*) from found) into missing;
+    ) w
+    where not exists (
+        select from app.campaign_steps s
+        where s.tenant_id = w.tenant_id and s.campaign_id = w.campaign_id
+          and s.id = w.current_step_id
+    );
     if missing > 0 then
         raise foreign_key_violation using
             message = 'campaign_contacts: current_step_id is not a step of the '
@@ -148,6 +169,7 @@ drop function app.release_deleted_steps();
 drop trigger campaign_contacts_current_step_on_update on app.campaign_contacts;
 drop trigger campaign_contacts_current_step_on_insert on app.campaign_contacts;
 drop function app.check_enrollment_steps();
+grant delete on app.campaign_steps to penguin_app;
 alter table app.campaign_contacts add constraint campaign_contacts_tenant_id_current_step_id_fkey
     foreign key (tenant_id, current_step_id)
     references app.campaign_steps (tenant_id, id) on delete set null (current_step_id);

@@ -24,7 +24,8 @@ eight indexes of `sent_emails`, because two of them held `sent_at`, which the se
   planned on those statistics, each mark and settlement read every message of the tenant (one
   looked like a handful), so the pass slowed with every message. `app.refresh_statistics()`
   (owner's rights, for `penguin_app`) analyzes the engine's tables that changed by more than a
-  quarter (and a thousand rows) since their last analysis; otherwise it does nothing, so
+  quarter (and a thousand rows) since their last analysis, at most once in ten seconds each,
+  and none that another session is analyzing or vacuuming; otherwise it does nothing, so
   calling it before every batch costs a look at the counters.
 
 Revision ID: 0008
@@ -140,9 +141,13 @@ begin
           and s.relname in ('campaign_contacts', 'sent_emails', 'contacts',
                             'contact_list_members', 'email_events')
           and s.n_mod_since_analyze > 1000 + 0.25 * greatest(c.reltuples, 0)
+          -- at most once in ten seconds a table, whoever calls
+          and coalesce(greatest(s.last_analyze, s.last_autoanalyze), '-infinity')
+              < pg_catalog.now() - interval '10 seconds'
         order by s.relname
     loop
-        execute pg_catalog.format('analyze app.%I', stale.relname);
+        -- skip_locked: a table that autovacuum or another engine is working on is left alone
+        execute pg_catalog.format('analyze (skip_locked) app.%I', stale.relname);
         analyzed := analyzed + 1;
     end loop;
     return analyzed;
