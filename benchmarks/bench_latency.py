@@ -111,6 +111,7 @@ def start_penguin_up(home: Path) -> tuple[subprocess.Popen, list[str]]:
         PENGUIN_DASHBOARD_PORT=str(free_port()),
         PENGUIN_SMTP_SINK_PORT=str(free_port()),
         PENGUIN_DAGSTER_CODE_PORT=str(free_port()),
+        PENGUIN_TRACKING_PORT=str(free_port()),
         PYTHONPATH=str(ROOT),
         DO_NOT_TRACK="1",
         COLUMNS="200",

@@ -80,6 +80,7 @@ def time_penguin_up(home: Path) -> float:
         PENGUIN_DASHBOARD_PORT=str(dashboard_port),
         PENGUIN_SMTP_SINK_PORT=str(free_port()),
         PENGUIN_DAGSTER_CODE_PORT=str(free_port()),
+        PENGUIN_TRACKING_PORT=str(free_port()),
         DO_NOT_TRACK="1",
     )
     start = time.perf_counter()

@@ -112,10 +112,32 @@ def up(
         bool, typer.Option(help="Load a demo tenant, sender, CSV and campaign.")
     ] = False,
 ) -> None:
-    """Start PostgreSQL, the SMTP sink, the Dagster UI and the dashboards; Ctrl-C stops all."""
+    """Start PostgreSQL, the SMTP sink, the tracking server, the Dagster UI and the
+    dashboards; Ctrl-C stops all."""
     from engine.runtime import Stack
 
     raise typer.Exit(Stack(_settings(), console, demo=demo).run())
+
+
+@app.command()
+def track(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(help="Port (default PENGUIN_TRACKING_PORT, 8090).")
+    ] = None,
+) -> None:
+    """Run the tracking server alone (opens, clicks, one-click unsubscribes), as `penguin up`
+    runs it; links in messages point at PENGUIN_PUBLIC_URL. Ctrl-C stops it after writing the
+    events it holds."""
+    from engine.tracking.server import serve
+    from engine.tracking.tokens import SecretKeyError
+
+    settings = _settings()
+    try:
+        serve(settings, host=host, port=port)
+    except SecretKeyError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -233,14 +255,16 @@ def send(
     """Run one engine pass, as send_due_job does: enroll new list members, move wait,
     condition and action steps on, and send the due emails under their throttles."""
     from engine.senders import SmtpServer
-    from engine.sending.scheduler import send_due
+    from engine.sending.scheduler import Config, send_due
+    from engine.tracking.links import tracking_for
 
     at = _parse_now(now)
     db = _database()
     settings = db.settings
     only = None if all_tenants_ else [_tenant(db, tenant)]
     sink = SmtpServer(settings.smtp_sink_host, settings.smtp_sink_port)
-    report = send_due(db.app, sink, at, tenants=only, dry_run=dry_run)
+    config = Config(tracking=tracking_for(settings))
+    report = send_due(db.app, sink, at, config=config, tenants=only, dry_run=dry_run)
     _print_pass(report, at, dry_run)
     for line in report.errors:
         err.print(f"[yellow]{line}[/]")

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -28,6 +29,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if not 0 < value < 65536:
         raise ConfigError(f"{name}={value} is not a TCP port (1-65535)")
     return value
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{name}={raw!r} is not a base URL like https://track.example.com (http or https, "
+            "a host, no query)"
+        )
+    return raw.rstrip("/")
 
 
 #: A project-local state folder: used instead of the per-user one when the current directory has
@@ -70,6 +84,13 @@ class Settings:
     dashboard_port: int = 8501
 
     dagster_code_port: int = 4266
+    #: The tracking server's port, and the address its links use in messages (the port on
+    #: 127.0.0.1 unless PENGUIN_PUBLIC_URL says where the world reaches it).
+    tracking_port: int = 8090
+    public_url: str | None = None
+    #: The key tracking links are signed with; None: the one stored under `home`
+    #: (`engine.tracking.tokens.secret_key`).
+    secret_key: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -89,7 +110,15 @@ class Settings:
             dagster_port=_int(env, "PENGUIN_DAGSTER_PORT", cls.dagster_port),
             dashboard_port=_int(env, "PENGUIN_DASHBOARD_PORT", cls.dashboard_port),
             dagster_code_port=_int(env, "PENGUIN_DAGSTER_CODE_PORT", cls.dagster_code_port),
+            tracking_port=_int(env, "PENGUIN_TRACKING_PORT", cls.tracking_port),
+            public_url=_url(env, "PENGUIN_PUBLIC_URL"),
+            secret_key=env.get("PENGUIN_SECRET_KEY") or None,
         )
+
+    @property
+    def tracking_url(self) -> str:
+        """Where recipients reach the tracking server: what its links in messages start with."""
+        return self.public_url or f"http://127.0.0.1:{self.tracking_port}"
 
     @property
     def pgdata(self) -> Path:

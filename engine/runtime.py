@@ -39,6 +39,7 @@ from engine.config import PROJECT_ROOT, Settings
 from engine.db import Database
 from engine.embedded import release_embedded_postgres
 from engine.smtp_sink import SmtpSink
+from engine.tracking.tokens import secret_key
 
 #: The Dagster instance `penguin up` (and `penguin env`) configure. Rewritten on every start,
 #: so an upgrade of penguin brings its settings along.
@@ -129,7 +130,8 @@ def exported_environment(db: Database) -> dict[str, str]:
 def child_environment(
     kind: str, db: Database, parent: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of a child of `penguin up`: `kind` is "dagster" or "dashboards".
+    """The environment of a child of `penguin up`: `kind` is "dagster", "dashboards" or
+    "tracking".
 
     Starts from `parent` (default os.environ) minus every `PENGUIN_*`, `DATABASE_URL` and
     libpq `PG*` variable, then adds what that child needs and nothing else:
@@ -139,7 +141,12 @@ def child_environment(
       SMTP passwords (the sending engine reads them), `DAGSTER_HOME`;
     * the dashboards: the server's coordinates and the dashboards role's password, and
       `PENGUIN_HOME` (the upload page drops files into the inbox). No SMTP password, no
-      password of a role that can write.
+      password of a role that can write;
+    * the tracking server: the server's coordinates, the application role's password, the
+      secret key its links are signed with and its port. No SMTP password, no other role's.
+
+    Dagster and the tracking server get the secret key (`PENGUIN_SECRET_KEY`, read or made
+    here, once) and the links' address: send runs sign the links the server verifies.
 
     Neither ever gets the owner's `DATABASE_URL`: migrations and tenant creation run here.
     """
@@ -153,7 +160,16 @@ def child_environment(
     env.update(_TELEMETRY_OFF)
     env["PENGUIN_HOME"] = str(settings.home)
     env.update(server.environment())
-    if kind == "dagster":
+    if kind in ("dagster", "tracking"):
+        env.update(
+            PENGUIN_SECRET_KEY=secret_key(settings.home, settings.secret_key),
+            PENGUIN_TRACKING_PORT=str(settings.tracking_port),
+            PENGUIN_PUBLIC_URL=settings.tracking_url,
+        )
+    if kind == "tracking":
+        if settings.app_password:
+            env["PENGUIN_APP_PASSWORD"] = settings.app_password
+    elif kind == "dagster":
         env.update(
             DAGSTER_HOME=str(settings.dagster_home),
             PENGUIN_SMTP_SINK_PORT=str(settings.smtp_sink_port),
@@ -374,6 +390,7 @@ class Stack:
             ("PENGUIN_DASHBOARD_PORT", settings.dashboard_port),
             ("PENGUIN_SMTP_SINK_PORT", settings.smtp_sink_port),
             ("PENGUIN_DAGSTER_CODE_PORT", settings.dagster_code_port),
+            ("PENGUIN_TRACKING_PORT", settings.tracking_port),
         ):
             if not port_is_free(port):
                 raise StartupError(f"port {port} is in use; set {name} to a free port")
@@ -395,6 +412,7 @@ class Stack:
             console.print(f"[yellow]![/] {escape(warning)}")
         dagster_env = child_environment("dagster", db)
         dashboards_env = child_environment("dashboards", db)
+        tracking_env = child_environment("tracking", db)
         if dbt_manifest.is_stale():
             log = settings.logs / "dbt-parse.log"
             with console.status("Parsing the dbt project…"):
@@ -446,6 +464,13 @@ class Stack:
             lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),
             env=dashboards_env,
         )
+        tracking = Child(
+            "Tracking server",
+            [sys.executable, "-m", "engine.tracking.server"],
+            logs / "tracking.log",
+            lambda: http_ok(f"http://127.0.0.1:{settings.tracking_port}/health"),
+            env=tracking_env,
+        )
         webserver = Child(
             "Dagster UI",
             [
@@ -470,18 +495,21 @@ class Stack:
             lambda: daemon_ready(dagster_url),
             env=dagster_env,
         )
-        self.children = [code_server, dashboards, webserver, daemon]
+        self.children = [code_server, dashboards, tracking, webserver, daemon]
         if self._stop.is_set():
             return
         # The code server first: webserver and daemon load the code location from it.
         code_server.start(PROJECT_ROOT)
         dashboards.start(PROJECT_ROOT)
+        tracking.start(PROJECT_ROOT)
         with console.status("Waiting for the Dagster code server…"):
             self._wait_healthy([code_server], timeout=180)
         for child in (webserver, daemon):
             if not self._stop.is_set():
                 child.start(PROJECT_ROOT)
-        with console.status("Waiting for the Dagster UI, its daemon and the dashboards…"):
+        with console.status(
+            "Waiting for the Dagster UI, its daemon, the dashboards and the tracking server…"
+        ):
             self._wait_healthy(self.children, timeout=180)
         if self.demo and not self._stop.is_set():
             self._load_demo(db)
@@ -529,6 +557,10 @@ class Stack:
         self.console.print()
         self.console.print(f"  Dagster UI   [bold cyan]http://127.0.0.1:{s.dagster_port}[/]")
         self.console.print(f"  Dashboards   [bold cyan]http://127.0.0.1:{s.dashboard_port}[/]")
+        self.console.print(
+            f"  Tracking     [bold cyan]http://127.0.0.1:{s.tracking_port}[/]"
+            f"  (links in messages: {s.tracking_url})"
+        )
         self.console.print(f"  Sent mail    {s.maildir}/new/  (one file per message)")
         self.console.print(f"  Logs         {s.logs}/")
         self.console.print("\n  Press Ctrl-C to stop everything.\n")

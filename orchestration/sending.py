@@ -12,9 +12,10 @@ import dagster as dg
 from engine.db import tenant_transaction
 from engine.enrollment import enroll_active_campaigns
 from engine.sending import store
-from engine.sending.scheduler import SendReport, send_due
+from engine.sending.scheduler import Config, SendReport, send_due
 from engine.sequence import steps
 from engine.tenants import all_tenants
+from engine.tracking.links import tracking_for
 from orchestration.analytics import DBT_TAGS, MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource, SmtpResource
@@ -70,6 +71,7 @@ def sent_emails(
         postgres.db.app,
         smtp.sink(),
         utcnow(),
+        config=Config(tracking=tracking_for(postgres.settings())),
         clock=utcnow,
         on_batch=lambda r: context.log.info(f"progress: {r.as_dict()}"),
     )

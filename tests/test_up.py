@@ -57,7 +57,8 @@ SECRETS = {
 def _start_up(
     home: Path, *args: str, extra: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, int, int]:
-    """`penguin up` on free ports with its own PENGUIN_HOME and embedded PostgreSQL."""
+    """`penguin up` on free ports with its own PENGUIN_HOME and embedded PostgreSQL (the
+    tracking server's port: `extra`'s PENGUIN_TRACKING_PORT, else a free one)."""
     dagster_port, dashboard_port = free_port(), free_port()
     env = {
         k: v
@@ -71,8 +72,8 @@ def _start_up(
         PENGUIN_SMTP_SINK_PORT=str(free_port()),
         PENGUIN_DAGSTER_CODE_PORT=str(free_port()),
         COLUMNS="200",
-        **(extra or {}),
     )
+    env.update({"PENGUIN_TRACKING_PORT": str(free_port()), **(extra or {})})
     home.mkdir(parents=True)
     proc = subprocess.Popen(
         [PENGUIN, "up", *args],
@@ -117,7 +118,7 @@ def _wait_for(condition, timeout: float, what: str):
 
 def _environments(home: Path) -> dict[str, list[dict[str, str]]]:
     """The environments of this PENGUIN_HOME's child processes, by kind."""
-    found: dict[str, list[dict[str, str]]] = {"dagster": [], "dashboards": []}
+    found: dict[str, list[dict[str, str]]] = {"dagster": [], "dashboards": [], "tracking": []}
     for proc in psutil.process_iter(["cmdline"]):
         try:
             environ = proc.environ()
@@ -128,14 +129,30 @@ def _environments(home: Path) -> dict[str, list[dict[str, str]]]:
             continue
         if "streamlit" in command:
             found["dashboards"].append(environ)
+        elif "engine.tracking.server" in command:
+            found["tracking"].append(environ)
         elif "dagster" in command:
             found["dagster"].append(environ)
     return found
 
 
+def _one_click_unsubscribe(message_file: Path) -> int:
+    """RFC 8058's POST to the message's List-Unsubscribe link; the answer's status."""
+    from email import message_from_bytes, policy
+
+    message = message_from_bytes(message_file.read_bytes(), policy=policy.default)
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = message["List-Unsubscribe"].split(",")[0].strip().strip("<>")
+    request = urllib.request.Request(link, data=b"List-Unsubscribe=One-Click", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
+
+
 def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
     home = tmp_path / "home"
-    proc, dagster_port, dashboard_port = _start_up(home, "--demo", extra=SECRETS)
+    tracking_port = free_port()
+    extra = {**SECRETS, "PENGUIN_TRACKING_PORT": str(tracking_port)}
+    proc, dagster_port, dashboard_port = _start_up(home, "--demo", extra=extra)
     output: list[str] = []
     try:
         text = _read_until_ready(proc, output)
@@ -147,6 +164,9 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
         health = f"http://127.0.0.1:{dashboard_port}/_stcore/health"
         with urllib.request.urlopen(health, timeout=10) as response:
             assert response.status == 200
+        assert f"http://127.0.0.1:{tracking_port}" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{tracking_port}/health") as response:
+            assert json.load(response)["status"] == "ok"
 
         # The upload sensor starts the demo run; its messages land in the sink's Maildir.
         maildir = home / "maildir" / "new"
@@ -179,10 +199,15 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
         assert {"contacts", "enrollments", "sent_emails", "analytics/campaign_daily"} <= (
             materialized
         )
+        # A demo message's one-click unsubscribe link reaches the tracking server, signed by
+        # the send run with the key the server verifies.
+        assert _one_click_unsubscribe(next(maildir.iterdir())) == 200
 
         # Each child holds only what it needs.
         environments = _environments(home)
-        assert environments["dagster"] and environments["dashboards"], environments.keys()
+        assert all(environments.values()), {k: len(v) for k, v in environments.items()}
+        key = environments["tracking"][0]["PENGUIN_SECRET_KEY"]
+        assert len(key) >= 32
         for env in environments["dagster"]:
             assert env["PENGUIN_SMTP_DEMO__X"] == SECRETS["PENGUIN_SMTP_DEMO__X"]
             assert env["PENGUIN_APP_PASSWORD"] == SECRETS["PENGUIN_APP_PASSWORD"]
@@ -191,6 +216,18 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
             assert env["DAGSTER_DISABLE_TELEMETRY"] == "1"
             for name in ("DATABASE_URL", "PENGUIN_DASHBOARDS_PASSWORD", "PGPASSWORD"):
                 assert name not in env
+            assert env["PENGUIN_SECRET_KEY"] == key
+        for env in environments["tracking"]:
+            assert env["PENGUIN_APP_PASSWORD"] == SECRETS["PENGUIN_APP_PASSWORD"]
+            assert env["PENGUIN_PUBLIC_URL"] == f"http://127.0.0.1:{tracking_port}"
+            leaked = {
+                "DATABASE_URL",
+                "PENGUIN_SMTP_DEMO__X",
+                "PENGUIN_ANALYTICS_PASSWORD",
+                "PENGUIN_DASHBOARDS_PASSWORD",
+                "PGPASSWORD",
+            } & set(env)
+            assert not leaked
         for env in environments["dashboards"]:
             assert env["PENGUIN_DASHBOARDS_PASSWORD"] == SECRETS["PENGUIN_DASHBOARDS_PASSWORD"]
             assert {"PENGUIN_PG_HOST", "PENGUIN_PG_PORT", "PENGUIN_PG_DATABASE"} <= set(env)
@@ -199,6 +236,7 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
                 "PENGUIN_SMTP_DEMO__X",
                 "PENGUIN_APP_PASSWORD",
                 "PENGUIN_ANALYTICS_PASSWORD",
+                "PENGUIN_SECRET_KEY",
                 "PGPASSWORD",
             } & set(env)
             assert not leaked
@@ -219,7 +257,7 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
     printed = "".join(output) + rest
     logs = {path: path.read_text(errors="replace") for path in (home / "logs").rglob("*.log")}
     assert logs
-    for secret in SECRETS.values():
+    for secret in [*SECRETS.values(), key]:  # the signing key too
         assert secret not in printed
         assert not [path for path, text in logs.items() if secret in text]
 

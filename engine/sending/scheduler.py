@@ -59,6 +59,7 @@ from engine.templates import (
     contact_context,
 )
 from engine.tenants import all_tenants
+from engine.tracking.links import Tracking, decorate
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class Config:
     render: RenderLimits = field(default_factory=RenderLimits)
     #: Concurrency of the SMTP conversations (see `CourierConfig`).
     courier: CourierConfig = field(default_factory=CourierConfig)
+    #: Links of the tracking server (`engine.tracking.links`): the open pixel and click links
+    #: where the campaign tracks them, and the one-click unsubscribe link in every message.
+    #: None: messages carry the mailto unsubscribe alone.
+    tracking: Tracking | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_attempts < 1 or self.max_batches_per_tenant < 1:
@@ -153,6 +158,7 @@ class _Work:
     subject: str = ""
     body_text: str = ""
     body_html: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -503,6 +509,7 @@ def _prepare(run: _Run, tenant_id: uuid.UUID, now: datetime) -> _Batch:
             late.append(item)  # rendering is slow: the rest goes with a fresh lease
             continue
         _render(run, item)
+        _track(run, tenant_id, item)
         ready.append(item)
     broken = [w for w in ready if w.error is not None]
     with tenant_transaction(run.app, tenant_id) as conn:
@@ -620,10 +627,33 @@ def _render(run: _Run, item: _Work) -> None:
     item.body_html = texts["body_html"] or None
 
 
+def _mailto(item: _Work) -> str:
+    return f"mailto:{item.sender.email}?subject=unsubscribe"
+
+
+def _track(run: _Run, tenant_id: uuid.UUID, item: _Work) -> None:
+    """The tracking server's links in a rendered message (`engine.tracking.links`)."""
+    tracking = run.config.tracking
+    if tracking is None or item.error is not None:
+        return
+    tracked = decorate(
+        tracking,
+        tenant_id,
+        item.message_row_id,
+        body_text=item.body_text,
+        body_html=item.body_html,
+        mailto=_mailto(item),
+        opens=item.campaign.track_opens,
+        clicks=item.campaign.track_clicks,
+    )
+    item.body_text, item.body_html = tracked.body_text, tracked.body_html
+    item.headers = tracked.headers
+
+
 def _email(item: _Work, now: datetime) -> OutgoingEmail:
     sender, campaign = item.sender, item.campaign
     name = campaign.from_name or sender.display_name
-    headers = {"List-Unsubscribe": f"<mailto:{sender.email}?subject=unsubscribe>"}
+    headers = dict(item.headers) or {"List-Unsubscribe": f"<{_mailto(item)}>"}
     if campaign.reply_to:
         headers["Reply-To"] = _one_line(campaign.reply_to)
     return OutgoingEmail(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from engine.config import Settings
+from engine.config import ConfigError, Settings
 from engine.db import Database, OwnerUnavailableError
 
 
@@ -82,3 +82,41 @@ def test_smtp_passwords_of_tenants_named_like_the_sink_reach_dagster_and_only_da
     assert dagster["PENGUIN_SMTP_SINK_PORT"] == str(db.settings.smtp_sink_port)
     dashboards = child_environment("dashboards", db, parent=parent)
     assert [name for name in dashboards if name.startswith("PENGUIN_SMTP_")] == []
+
+
+def test_the_tracking_server_gets_the_signing_key_and_the_app_role_and_nothing_else(tmp_path):
+    from engine.runtime import child_environment
+
+    settings = Settings(
+        home=tmp_path,
+        database_url="postgresql://o:pw@db.example:5432/pm",
+        app_password="app-pw",
+        analytics_password="analytics-pw",
+        dashboards_password="dashboards-pw",
+        public_url="https://t.example.com",
+    )
+    db = Database(settings)
+    parent = {"PENGUIN_SMTP_ACME__MAIN": "smtp-pw", "PGPASSWORD": "libpq-pw", "PATH": "/bin"}
+    tracking = child_environment("tracking", db, parent=parent)
+    dagster = child_environment("dagster", db, parent=parent)
+    dashboards = child_environment("dashboards", db, parent=parent)
+    key = (tmp_path / "secret_key").read_text().strip()  # made once, for both
+    assert tracking["PENGUIN_SECRET_KEY"] == dagster["PENGUIN_SECRET_KEY"] == key
+    assert (
+        tracking["PENGUIN_PUBLIC_URL"] == dagster["PENGUIN_PUBLIC_URL"] == "https://t.example.com"
+    )
+    assert tracking["PENGUIN_APP_PASSWORD"] == "app-pw"
+    assert not {"smtp-pw", "libpq-pw", "analytics-pw", "dashboards-pw", "pw"} & set(
+        tracking.values()
+    ) - {"app-pw"}
+    assert "PENGUIN_SECRET_KEY" not in dashboards
+    child = Settings.from_env(tracking)
+    assert (child.tracking_url, child.secret_key) == ("https://t.example.com", key)
+
+
+@pytest.mark.parametrize(
+    "value", ["ftp://t.example.com", "t.example.com", "https://t.example.com/?x=1", "https://"]
+)
+def test_a_public_url_that_links_cannot_start_with_is_refused_by_name(value):
+    with pytest.raises(ConfigError, match="PENGUIN_PUBLIC_URL="):
+        Settings.from_env({"PENGUIN_PUBLIC_URL": value})

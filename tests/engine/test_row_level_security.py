@@ -142,12 +142,42 @@ def test_tenant_cannot_update_another_tenants_rows(database, two_tenants):
     assert hijacked == 0
 
 
-def test_email_events_are_append_only_for_the_application(database, two_tenants):
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "delete from app.email_events",
+        "update app.email_events set event_type = 'click'",
+        "update app.email_events set occurred_at = now()",
+        "update app.email_events set payload = '{}', machine_reason = 'x'",
+    ],
+)
+def test_email_events_are_append_only_for_the_application(database, two_tenants, statement):
     with (
         pytest.raises(sa.exc.ProgrammingError, match="permission denied"),
         tenant_transaction(database.app, two_tenants[0].tenant_id) as conn,
     ):
-        conn.execute(sa.text("delete from app.email_events"))
+        conn.execute(sa.text(statement))
+
+
+def test_the_application_flags_machine_events_of_its_own_tenant_only(database, two_tenants):
+    """The one column it may change (the tracking server's "every link at once" rule)."""
+    first, second = two_tenants
+    with tenant_transaction(database.app, first.tenant_id) as conn:
+        flagged = (
+            conn.execute(
+                sa.text(
+                    "update app.email_events set machine_reason = 'scanner' returning tenant_id"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert flagged and set(flagged) == {first.tenant_id}
+    with tenant_transaction(database.app, second.tenant_id) as conn:
+        assert (
+            conn.execute(sa.text("select count(*) from app.email_events where is_machine")).scalar()
+            == 0
+        )
 
 
 def test_analytics_role_reads_every_tenant_but_cannot_write(database, two_tenants):

@@ -1,0 +1,210 @@
+"""The tracking server: opens, clicks, unsubscribes (Starlette, served by uvicorn).
+
+| request | answer | records |
+|---|---|---|
+| `GET /o/TOKEN` | a 1x1 transparent GIF, never cached | an `open` |
+| `GET /c/TOKEN` | 302 to the link's original URL (from the token) | a `click` |
+| `GET /u/TOKEN` | a page whose button confirms (a POST) | nothing: mail scanners follow links |
+| `POST /u/TOKEN` | the confirmation page (RFC 8058 one-click, or the button) | an `unsubscribe` |
+| `GET /health` | `{"status": "ok", ...}` and the writer's counts | |
+
+HEAD is answered like GET, and an open or click made by HEAD is flagged `machine`
+(`engine.tracking.machine`). A token this server's key did not sign (forged, altered, cut, of
+another kind) gets 404 and records nothing. Replaying any request is harmless: the same
+request within a second has the same dedup key, and an unsubscribe is one per message.
+
+Events go through `engine.tracking.events.EventWriter` (batched, drained on shutdown); an
+unsubscribe answers only once committed. The server connects as `penguin_app` and acts, per
+event, for the tenant its signed token names.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import html
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from starlette.responses import Response as StarletteResponse
+from starlette.routing import Route
+
+from engine.tracking.events import Config, Event, EventWriter
+from engine.tracking.machine import machine_reason
+from engine.tracking.tokens import Kind, Token, Tokens
+
+if TYPE_CHECKING:
+    from engine.config import Settings
+
+log = logging.getLogger(__name__)
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+_NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
+#: Answers to what carries no valid token; the same for every kind of mistake.
+_NOT_FOUND = PlainTextResponse("not found\n", status_code=404)
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<meta name="robots" content="noindex"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}}
+button{{font-size:1rem;padding:.6rem 1.2rem}}</style></head>
+<body><h1>{title}</h1>{body}</body></html>
+"""
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        _PAGE.format(title=html.escape(title), body=body), status_code=status, headers=_NO_STORE
+    )
+
+
+def create_app(
+    app_engine: Engine,
+    tokens: Tokens,
+    *,
+    config: Config | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Starlette:
+    """The server's application; `clock` (default: the wall clock) times the events."""
+    writer = EventWriter(app_engine, config)
+    now = clock or (lambda: datetime.now(UTC))
+
+    def verified(request: Request, kind: Kind) -> Token | None:
+        return tokens.read(kind, request.path_params["token"])
+
+    def event(request: Request, token: Token, at: datetime) -> Event:
+        agent = request.headers.get("user-agent", "")
+        ip = request.client.host if request.client else ""
+        payload: dict[str, object] = {"user_agent": agent[:512], "ip": ip}
+        if request.method != "GET":
+            payload["method"] = request.method
+        if token.kind is Kind.CLICK:
+            payload |= {"url": token.url, "link": token.link, "links": token.links}
+        if token.kind is Kind.UNSUBSCRIBE:
+            dedup = f"unsubscribe:{token.message_id}"
+            reason = None
+        else:
+            who = hashlib.sha256(f"{request.method}|{agent}|{ip}".encode()).hexdigest()[:16]
+            link = "" if token.link is None else token.link
+            dedup = f"{token.kind}:{token.message_id}:{link}:{int(at.timestamp())}:{who}"
+            reason = machine_reason(request.method, agent)
+        return Event(
+            event_type=str(token.kind),
+            tenant_id=token.tenant_id,
+            message_id=token.message_id,
+            occurred_at=at,
+            dedup_key=dedup,
+            payload=payload,
+            machine_reason=reason,
+        )
+
+    async def record(request: Request, token: Token, *, wait: bool = False) -> None:
+        await writer.add(event(request, token, now()), wait=wait)
+
+    async def open_pixel(request: Request) -> StarletteResponse:
+        token = verified(request, Kind.OPEN)
+        if token is None:
+            return _NOT_FOUND
+        await record(request, token)
+        return StarletteResponse(PIXEL, media_type="image/gif", headers=_NO_STORE)
+
+    async def click(request: Request) -> StarletteResponse:
+        token = verified(request, Kind.CLICK)
+        if token is None or not token.url:
+            return _NOT_FOUND
+        await record(request, token)
+        return RedirectResponse(token.url, status_code=302, headers=_NO_STORE)
+
+    async def unsubscribe_page(request: Request) -> StarletteResponse:
+        if verified(request, Kind.UNSUBSCRIBE) is None:
+            return _NOT_FOUND
+        form = (
+            '<p>Stop receiving these emails?</p><form method="post">'
+            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form>'
+        )
+        return _page("Unsubscribe", form)
+
+    async def unsubscribe(request: Request) -> StarletteResponse:
+        token = verified(request, Kind.UNSUBSCRIBE)
+        if token is None:
+            return _NOT_FOUND
+        try:
+            await record(request, token, wait=True)
+        except Exception:
+            log.exception("unsubscribe of message %s not recorded", token.message_id)
+            return _page(
+                "Something went wrong",
+                "<p>Your request could not be recorded. Please try again later.</p>",
+                status=503,
+            )
+        return _page("You are unsubscribed", "<p>You will not receive these emails again.</p>")
+
+    async def health(request: Request) -> StarletteResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "pending": writer.pending,
+                "written": writer.written,
+                "dropped": writer.dropped,
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await writer.start()
+        try:
+            yield
+        finally:
+            await writer.close()
+
+    app = Starlette(
+        routes=[
+            Route("/o/{token}", open_pixel, methods=["GET", "HEAD"]),
+            Route("/c/{token}", click, methods=["GET", "HEAD"]),
+            Route("/u/{token}", unsubscribe_page, methods=["GET", "HEAD"]),
+            Route("/u/{token}", unsubscribe, methods=["POST"]),
+            Route("/health", health, methods=["GET", "HEAD"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.writer = writer
+    return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Run the server until SIGINT or SIGTERM; the events still queued are written before it
+    exits. Behind a reverse proxy on the same host, the client address comes from its
+    X-Forwarded-For."""
+    import uvicorn
+
+    from engine.db import Database
+    from engine.tracking.tokens import secret_key
+
+    tokens = Tokens(secret_key(settings.home, settings.secret_key))
+    db = Database(settings)
+    try:
+        uvicorn.run(
+            create_app(db.app, tokens),
+            host=host,
+            port=port or settings.tracking_port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=True,
+            server_header=False,
+        )
+    finally:
+        db.dispose()
+
+
+if __name__ == "__main__":  # `penguin up`'s child: everything from its environment
+    from engine.config import Settings
+
+    serve(Settings.from_env())
