@@ -26,9 +26,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database: migrations and the embedded server.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 uploads_app = typer.Typer(help="Upload batches and their rejects.", no_args_is_help=True)
+mail_app = typer.Typer(help="Inbound mail: replies, bounces, complaints.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(uploads_app, name="uploads")
+app.add_typer(mail_app, name="mail")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(sender_app, name="sender")
 
@@ -138,6 +140,27 @@ def track(
     except SecretKeyError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
+
+
+@mail_app.command("poll")
+def mail_poll() -> None:
+    """Read the sender accounts' mail once (the local sink's Maildir) and apply what arrived:
+    replies, auto-replies, bounces, complaints, unsubscribe requests. Each message is applied
+    once, however often this runs."""
+    from engine.mailboxes.maildir import poll_maildir
+
+    db = _database()
+    report = poll_maildir(db.app, db.settings.maildir)
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(report.applied.items())) or "nothing new"
+    console.print(
+        f"read {report.read} messages, {report.inbound} to sender accounts: {counts}; "
+        f"{report.already} applied before, {report.unmatched} matched no message, "
+        f"{report.suppressed} addresses suppressed"
+    )
+    for line in report.errors:
+        err.print(f"[yellow]{line}[/]")
+    if report.errors:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -31,6 +31,9 @@ EXTRA_ROWS = [
                                      step_id, occurred_at, dedup_key)
        select tenant_id, 'open', id, contact_id, campaign_id, step_id, now(), 'open:' || id
        from app.sent_emails""",
+    """insert into app.inbound_messages (tenant_id, mailbox, source_key, kind, sent_email_id,
+                                         received_at)
+       select tenant_id, 'maildir:test', id::text, 'reply', id, now() from app.sent_emails""",
     """insert into app.campaign_approvals (tenant_id, campaign_id, approver, status)
        select tenant_id, id, 'compliance@example.com', 'pending' from app.campaigns""",
 ]

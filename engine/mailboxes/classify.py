@@ -1,0 +1,220 @@
+"""What an inbound message is, from the message alone.
+
+In this order, the first that fits:
+
+* **complaint**: an ARF feedback report (RFC 5965: `multipart/report;
+  report-type=feedback-report`); the original recipient and Message-ID come from its report
+  and its attached original.
+* **bounce**: a delivery status notification (RFC 3464) or one of the non-standard formats of
+  common MTAs (Postfix, Exim, qmail, Exchange, Yahoo, AOL, ...), as flufl.bounce detects them;
+  *hard* when it names a permanent failure (5.x.x), else *soft*. The original Message-ID comes
+  from the attached original message or headers, where there is one.
+* **auto_reply**: `Auto-Submitted` other than `no` (RFC 3834), `X-Autoreply`, `X-Autorespond`,
+  `Precedence: auto_reply|bulk|junk`, `X-Auto-Response-Suppress`, or a subject that says "out of
+  office" in one of `AUTO_REPLY_SUBJECTS`' languages.
+* **unsubscribe**: a message whose subject (or, with an empty subject, the first line of its
+  text) is "unsubscribe" or a translation of it, as the mailto link of List-Unsubscribe sends.
+* **reply**: anything else a person wrote.
+
+The message a reply answers is named by `In-Reply-To` and `References` (newest first).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+from email.utils import getaddresses, parseaddr
+from enum import StrEnum
+
+from flufl.bounce import all_failures
+
+
+class Kind(StrEnum):
+    REPLY = "reply"
+    AUTO_REPLY = "auto_reply"
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+#: Subjects of automatic answers, in common languages (matched anywhere, ignoring case).
+AUTO_REPLY_SUBJECTS = (
+    r"out of (the )?office",
+    r"auto(matic)?[- ]?(reply|response|antwort|risposta|respuesta|réponse)",
+    r"automatische antwort",
+    r"abwesenheit",
+    r"(absence|absent) du bureau",
+    r"réponse automatique",
+    r"fuera de la oficina",
+    r"respuesta automática",
+    r"fuori ufficio",
+    r"risposta automatica",
+    r"afwezig",
+    r"automatisch antwoord",
+    r"ausente",
+    r"resposta automática",
+    r"frånvaro",
+    r"poza biurem",
+    r"vacation",
+    r"on leave",
+)
+_AUTO_SUBJECT = re.compile("|".join(AUTO_REPLY_SUBJECTS), re.IGNORECASE)
+_UNSUBSCRIBE = re.compile(
+    r"^\s*(unsubscribe|abmelden|désabonner|desinscribir|darse de baja|cancella iscrizione|"
+    r"uitschrijven|remove me|stop)\s*[.!]?\s*$",
+    re.IGNORECASE,
+)
+_MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+_AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: Kind
+    #: Message-IDs (no angle brackets) of the messages it answers or reports, best first.
+    refers_to: tuple[str, ...] = ()
+    #: The address it comes from (a reply's author); for a bounce or complaint, the addresses
+    #: that failed or complained (the original recipients).
+    sender: str = ""
+    addresses: tuple[str, ...] = ()
+    hard: bool = False  # a bounce: permanent
+    detail: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _ids(value: str | None) -> list[str]:
+    return _MESSAGE_ID.findall(value or "")
+
+
+def _referenced(msg: Message) -> list[str]:
+    """In-Reply-To, then References from the newest."""
+    ids = _ids(msg.get("In-Reply-To"))
+    ids += [i for i in reversed(_ids(msg.get("References"))) if i not in ids]
+    return ids
+
+
+def _original_ids(msg: Message) -> list[str]:
+    """Message-IDs of the original a report or bounce carries (message/rfc822 or
+    text/rfc822-headers part), else those its own headers reference."""
+    found: list[str] = []
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype in ("message/rfc822", "message/global"):
+            payload = part.get_payload()
+            inner = payload[0] if isinstance(payload, list) and payload else None
+            if isinstance(inner, Message):
+                found += _ids(inner.get("Message-ID"))
+        elif ctype in ("text/rfc822-headers", "text/global-headers"):
+            text = part.get_payload(decode=True) or b""
+            m = re.search(rb"^Message-ID:\s*(<[^>\r\n]+>)", text, re.IGNORECASE | re.MULTILINE)
+            if m:
+                found += _ids(m.group(1).decode("utf-8", "replace"))
+    if not found and msg.get_content_type() == "text/plain":
+        # Non-standard bounces quote the original inline.
+        body = _text(msg)
+        m = re.search(r"^Message-ID:\s*(<[^>\s]+>)", body, re.IGNORECASE | re.MULTILINE)
+        if m:
+            found += _ids(m.group(1))
+    return [*found, *(i for i in _referenced(msg) if i not in found)]
+
+
+def _text(msg: Message) -> str:
+    if isinstance(msg, EmailMessage):
+        body = msg.get_body(("plain",))
+        if body is not None:
+            try:
+                return body.get_content()
+            except (LookupError, ValueError):
+                pass
+    payload = msg.get_payload(decode=True)
+    return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+
+
+def _feedback_report(msg: Message) -> Message | None:
+    if msg.get_content_type() != "multipart/report":
+        return None
+    if (msg.get_param("report-type") or "").lower() != "feedback-report":
+        return None
+    for part in msg.walk():
+        if part.get_content_type() == "message/feedback-report":
+            return part
+    return None
+
+
+def _report_fields(part: Message) -> dict[str, str]:
+    payload = part.get_payload()
+    if isinstance(payload, list):  # the email package parses it as a list of header blocks
+        fields: dict[str, str] = {}
+        for block in payload:
+            if isinstance(block, Message):
+                fields.update({k.lower(): str(v) for k, v in block.items()})
+        return fields
+    text = part.get_payload(decode=True) or b""
+    fields = {}
+    for line in text.decode("utf-8", "replace").splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(name.strip().lower(), value.strip())
+    return fields
+
+
+def _is_auto_reply(msg: Message) -> str | None:
+    auto = (msg.get("Auto-Submitted") or "").strip().lower()
+    if auto and auto != "no":
+        return f"Auto-Submitted: {auto}"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
+        if msg.get(name) is not None:
+            return name
+    precedence = (msg.get("Precedence") or "").strip().lower()
+    if precedence in _AUTO_PRECEDENCE:
+        return f"Precedence: {precedence}"
+    subject = str(msg.get("Subject") or "")
+    if _AUTO_SUBJECT.search(subject):
+        return f"subject {subject[:80]!r}"
+    return None
+
+
+def _decode(addresses: frozenset[bytes]) -> tuple[str, ...]:
+    return tuple(sorted(a.decode("utf-8", "replace").lower() for a in addresses))
+
+
+def classify(msg: Message) -> Classified:
+    """What `msg` is (module docstring)."""
+    sender = parseaddr(str(msg.get("From") or ""))[1].lower()
+    report = _feedback_report(msg)
+    if report is not None:
+        fields = _report_fields(report)
+        recipients = [a.lower() for _, a in getaddresses([fields.get("original-rcpt-to", "")]) if a]
+        refers = _original_ids(msg)
+        return Classified(
+            Kind.COMPLAINT,
+            tuple(refers),
+            sender,
+            tuple(recipients),
+            detail=f"feedback type {fields.get('feedback-type', 'unknown')}",
+        )
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # a detector tripping over a malformed message: not a bounce it knows
+        temporary, permanent = frozenset(), frozenset()
+    if temporary or permanent:
+        hard = bool(permanent)
+        return Classified(
+            Kind.BOUNCE,
+            tuple(_original_ids(msg)),
+            sender,
+            _decode(permanent if hard else temporary),
+            hard=hard,
+            detail=("permanent" if hard else "temporary") + " failure",
+        )
+    auto = _is_auto_reply(msg)
+    refers = tuple(_referenced(msg))
+    if auto:
+        return Classified(Kind.AUTO_REPLY, refers, sender, detail=auto)
+    subject = str(msg.get("Subject") or "").strip()
+    subject = re.sub(r"^((re|aw|sv|fw|fwd|wg)\s*:\s*)+", "", subject, flags=re.IGNORECASE)
+    first_line = next((line for line in _text(msg).splitlines() if line.strip()), "")
+    if _UNSUBSCRIBE.match(subject) or (not subject and _UNSUBSCRIBE.match(first_line)):
+        return Classified(Kind.UNSUBSCRIBE, refers, sender, detail="unsubscribe by email")
+    return Classified(Kind.REPLY, refers, sender)

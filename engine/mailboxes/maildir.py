@@ -1,0 +1,137 @@
+"""The local sink's Maildir as the sender accounts' mailbox (the embedded default).
+
+The sink keeps everything it receives in one Maildir: the engine's own messages to contacts,
+and whatever is addressed to a sender account (replies, bounces, complaints, as the demo
+audience or a test sends them). A message is inbound when one of its envelope recipients (the
+sink's `X-RcptTo`) is a sender account's address; it belongs to that account's tenant (every
+tenant that has the address, if several do). The engine's own copies are skipped: their
+recipients are contacts.
+
+Reading is incremental. The cursor is the arrival second of the newest file read (Maildir
+file names start with it); a poll reads the files of that second again and everything newer,
+and a message already applied is skipped by its `inbound_messages` row, so a poll that crashed
+midway, or a file that arrived within the cursor's second, is never lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.utils import getaddresses
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from engine.db import tenant_transaction
+from engine.mailboxes import inbound
+from engine.mailboxes.classify import classify
+from engine.tenants import all_tenants
+
+log = logging.getLogger(__name__)
+
+_SECONDS = re.compile(r"^(\d+)\.")
+_SENDERS = sa.text("select id, lower(email) as email from app.sender_accounts")
+
+
+@dataclass
+class PollReport:
+    """What one poll did; `cursor` is where the next one starts."""
+
+    read: int = 0
+    inbound: int = 0
+    applied: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    already: int = 0
+    unmatched: int = 0
+    suppressed: int = 0
+    errors: list[str] = field(default_factory=list)
+    cursor: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "read": self.read,
+            "inbound": self.inbound,
+            "applied": dict(self.applied),
+            "already_applied": self.already,
+            "unmatched": self.unmatched,
+            "suppressed": self.suppressed,
+            "errors": len(self.errors),
+            "cursor": self.cursor,
+        }
+
+
+def _arrival(name: str) -> int:
+    m = _SECONDS.match(name)
+    return int(m.group(1)) if m else 0
+
+
+def _files(maildir: Path, cursor: int) -> list[Path]:
+    found = []
+    for sub in ("new", "cur"):
+        folder = maildir / sub
+        if folder.is_dir():
+            found += [p for p in folder.iterdir() if p.is_file() and _arrival(p.name) >= cursor]
+    return sorted(found, key=lambda p: (_arrival(p.name), p.name))
+
+
+def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
+    """Sender account addresses: each to its (tenant, account) pairs."""
+    accounts: dict[str, list[tuple[uuid.UUID, uuid.UUID]]] = defaultdict(list)
+    for tenant_id, _ in all_tenants(app):
+        with tenant_transaction(app, tenant_id) as conn:
+            for row in conn.execute(_SENDERS):
+                accounts[row.email].append((tenant_id, row.id))
+    return accounts
+
+
+def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
+    """Apply every inbound message of `maildir` that arrived in or after second `cursor`."""
+    report = PollReport(cursor=cursor)
+    accounts = _accounts(app)
+    for path in _files(maildir, cursor):
+        report.read += 1
+        report.cursor = max(report.cursor, _arrival(path.name))
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:  # moved from new/ to cur/ meanwhile: read there next time
+            continue
+        message = message_from_bytes(raw, policy=policy.default)
+        recipients = [a.lower() for _, a in getaddresses(message.get_all("X-RcptTo") or [])]
+        owners = [owner for r in recipients for owner in accounts.get(r, [])]
+        if not owners:
+            continue  # the engine's own outgoing copy, or mail for nobody we know
+        report.inbound += 1
+        try:
+            classified = classify(message)
+        except Exception as exc:  # a message no rule can read: said, and the rest goes on
+            report.errors.append(f"{path.name}: cannot classify: {exc}")
+            continue
+        received = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        for tenant_id, sender_id in owners:
+            try:
+                with tenant_transaction(app, tenant_id) as conn:
+                    done = inbound.apply(
+                        conn,
+                        mailbox=f"maildir:{sender_id}",
+                        source_key=path.name.split(":", 1)[0],
+                        message=message,
+                        classified=classified,
+                        sender_id=sender_id,
+                        received_at=received,
+                    )
+            except Exception as exc:
+                report.errors.append(f"{path.name}: {str(exc).splitlines()[0]}")
+                log.exception("inbound message %s not applied", path.name)
+                continue
+            if done is None:
+                report.already += 1
+                continue
+            report.applied[str(done.kind)] += 1
+            report.unmatched += not done.matched
+            report.suppressed += done.suppressed is not None
+    return report

@@ -1,0 +1,242 @@
+"""Inbound mail through the real path: the engine sends into the project's SMTP sink, replies,
+bounces and complaints arrive there over SMTP, a poll of its Maildir applies them."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from engine.campaigns import Step
+from engine.db import tenant_transaction
+from engine.mailboxes import inbound
+from engine.mailboxes.maildir import poll_maildir
+from engine.senders import SmtpServer
+from engine.sending.scheduler import send_due
+from engine.smtp_sink import SmtpSink
+from tests.conftest import free_port
+from tests.engine import mail_samples as samples
+from tests.factories import seed_tenant
+
+SENDER = "sales@acme.example"
+STEPS = [
+    Step("email", subject="One", body_text="first"),
+    Step("wait", wait=timedelta(days=1)),
+    Step("email", subject="Two", body_text="second"),
+]
+
+
+@pytest.fixture
+def sink(tmp_path) -> Iterator[SmtpSink]:
+    with SmtpSink(tmp_path / "maildir", port=free_port()) as running:
+        yield running
+
+
+def _deliver(sink: SmtpSink, text: str, to: str = SENDER, mail_from: str = "") -> None:
+    with smtplib.SMTP(sink.host, sink.port) as smtp:
+        smtp.sendmail(mail_from, [to], text)
+
+
+def _sent(database, sink, now, tmp_path, steps=STEPS):
+    tenant = seed_tenant(database, "acme", now, tmp_path, steps=steps)
+    report = send_due(database.app, SmtpServer(sink.host, sink.port), now)
+    assert report.sent == 3
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        ids = dict(
+            conn.execute(sa.text("select recipient_email, message_id from app.sent_emails"))
+            .tuples()
+            .all()
+        )
+    return tenant, ids
+
+
+def _query(database, tenant, sql):
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        return conn.execute(sa.text(sql)).all()
+
+
+def _events(database, tenant):
+    return _query(
+        database,
+        tenant,
+        "select e.event_type, m.recipient_email, e.payload ->> 'hard' as hard "
+        "from app.email_events e left join app.sent_emails m on m.id = e.sent_email_id "
+        "order by e.occurred_at, e.id",
+    )
+
+
+def test_replies_bounces_and_complaints_are_applied_to_the_messages_they_answer(
+    database, sink, now, tmp_path
+):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    a, b, c = "acme0@example.com", "acme1@example.com", "acme2@example.com"
+    _deliver(sink, samples.reply(SENDER, a, ids[a]))
+    _deliver(sink, samples.auto_reply(SENDER, b, ids[b]))
+    _deliver(sink, samples.postfix_dsn(SENDER, c, ids[c], hard=True))
+    _deliver(sink, samples.arf_complaint(SENDER, b, ids[b]))
+    report = poll_maildir(database.app, sink.maildir)
+    # The engine's three outgoing copies were read and skipped.
+    assert (report.read, report.inbound, report.unmatched, report.errors) == (7, 4, 0, [])
+    assert dict(report.applied) == {"reply": 1, "auto_reply": 1, "bounce": 1, "complaint": 1}
+    events = sorted((e.event_type, e.recipient_email) for e in _events(database, tenant))
+    assert events == [
+        ("auto_reply", b),
+        ("bounce", c),
+        ("complaint", b),
+        ("reply", a),
+    ]
+    assert sorted(_query(database, tenant, "select email, reason from app.suppressions")) == [
+        (b, "complaint"),
+        (c, "bounce"),
+    ]
+    statuses = dict(_query(database, tenant, "select email, status from app.contacts"))
+    assert statuses == {a: "active", b: "complained", c: "bounced"}
+    bounced = _query(
+        database, tenant, "select recipient_email from app.sent_emails where status = 'bounced'"
+    )
+    assert [r.recipient_email for r in bounced] == [c]
+
+    # The next pass: the replier's sequence ends (stop_on_reply: contact), the suppressed ones'
+    # too; the auto-reply stopped nothing, but b complained, so nobody gets the second email.
+    later = now + timedelta(days=2)
+    send_due(database.app, SmtpServer(sink.host, sink.port), later)
+    send_due(database.app, SmtpServer(sink.host, sink.port), later)
+    reasons = dict(
+        _query(
+            database,
+            tenant,
+            "select c.email, cc.exit_reason from app.campaign_contacts cc "
+            "join app.contacts c on c.id = cc.contact_id",
+        )
+    )
+    assert reasons == {a: "replied", b: "contact complained", c: "contact bounced"}
+    assert [m["Subject"] for m in sink.messages() if m["Subject"] == "Two"] == []
+
+
+def test_an_auto_reply_does_not_stop_the_sequence(database, sink, now, tmp_path):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    a = "acme0@example.com"
+    _deliver(sink, samples.auto_reply(SENDER, a, ids[a], german=True))
+    assert dict(poll_maildir(database.app, sink.maildir).applied) == {"auto_reply": 1}
+    later = now + timedelta(days=2)
+    send_due(database.app, SmtpServer(sink.host, sink.port), later)
+    send_due(database.app, SmtpServer(sink.host, sink.port), later)
+    seconds = sorted(m["To"] for m in sink.messages() if m["Subject"] == "Two")
+    assert seconds == ["acme0@example.com", "acme1@example.com", "acme2@example.com"]
+
+
+def test_a_reply_under_stop_on_reply_company_stops_everyone_at_the_domain(
+    database, sink, now, tmp_path
+):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(sa.text("update app.campaign_settings set stop_on_reply = 'company'"))
+    a = "acme0@example.com"  # everyone of the list is at example.com
+    _deliver(sink, samples.reply(SENDER, a, ids[a]))
+    poll_maildir(database.app, sink.maildir)
+    later = now + timedelta(days=2)
+    send_due(database.app, SmtpServer(sink.host, sink.port), later)
+    reasons = sorted(
+        r.exit_reason
+        for r in _query(database, tenant, "select exit_reason from app.campaign_contacts")
+    )
+    assert reasons == ["company replied", "company replied", "replied"]
+
+
+def test_three_soft_bounces_within_a_week_count_as_hard(database, sink, now, tmp_path):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    a = "acme0@example.com"
+    for _ in range(2):
+        _deliver(
+            sink,
+            samples.postfix_dsn(SENDER, a, ids[a], hard=False).replace(
+                "Message-ID: <dsn-", f"Message-ID: <dsn-{_}-"
+            ),
+        )
+    poll_maildir(database.app, sink.maildir)
+    assert _query(database, tenant, "select email from app.suppressions") == []
+    _deliver(sink, samples.postfix_dsn(SENDER, a, ids[a], hard=False))
+    poll_maildir(database.app, sink.maildir)
+    assert [e.hard for e in _events(database, tenant)] == ["false", "false", "true"]
+    assert _query(database, tenant, "select email, reason from app.suppressions") == [(a, "bounce")]
+
+
+def test_bounces_of_other_mtas_and_an_unsubscribe_email_match_by_reference_or_address(
+    database, sink, now, tmp_path
+):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    a, b, c = "acme0@example.com", "acme1@example.com", "acme2@example.com"
+    _deliver(sink, samples.exim_bounce(SENDER, a, ids[a]))
+    _deliver(sink, samples.qmail_bounce(SENDER, b, "not-one-of-ours@elsewhere.example"))
+    _deliver(sink, samples.unsubscribe(SENDER, c))  # the mailto link: no reference at all
+    report = poll_maildir(database.app, sink.maildir)
+    assert (dict(report.applied), report.unmatched) == ({"bounce": 2, "unsubscribe": 1}, 0)
+    assert sorted(_query(database, tenant, "select email, reason from app.suppressions")) == [
+        (a, "bounce"),
+        (b, "bounce"),
+        (c, "unsubscribe"),
+    ]
+
+
+def test_each_message_is_applied_once_even_after_a_poll_that_died_midway(
+    database, sink, now, tmp_path, monkeypatch
+):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    for address, original in ids.items():
+        _deliver(sink, samples.reply(SENDER, address, original))
+    real, calls = inbound.apply, []
+
+    def dying(conn, **kwargs):
+        calls.append(kwargs["source_key"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies in its second message's transaction
+        return real(conn, **kwargs)
+
+    monkeypatch.setattr(inbound, "apply", dying)
+    with pytest.raises(KeyboardInterrupt):
+        poll_maildir(database.app, sink.maildir)
+    monkeypatch.setattr(inbound, "apply", real)
+    assert len(_events(database, tenant)) == 1
+    first = poll_maildir(database.app, sink.maildir)
+    again = poll_maildir(database.app, sink.maildir, cursor=first.cursor)
+    assert (dict(first.applied), first.already) == ({"reply": 2}, 1)
+    assert (dict(again.applied), again.already) == ({}, 3)
+    assert sorted(e.recipient_email for e in _events(database, tenant)) == sorted(ids)
+
+
+def test_mail_for_another_tenants_sender_is_applied_in_that_tenant_only(
+    database, sink, now, tmp_path
+):
+    acme, ids = _sent(database, sink, now, tmp_path)
+    other = seed_tenant(database, "other", now, tmp_path, enroll=False)
+    a = "acme0@example.com"
+    # A reply naming acme's message, sent to other's sender: other cannot see acme's message.
+    _deliver(sink, samples.reply("sales@other.example", a, ids[a]), to="sales@other.example")
+    report = poll_maildir(database.app, sink.maildir)
+    assert report.unmatched == 1
+    assert _events(database, acme) == []
+    assert _query(database, other, "select kind, sent_email_id from app.inbound_messages") == [
+        ("reply", None)
+    ]
+
+
+def test_penguin_mail_poll_applies_the_sinks_mail_once_and_says_what_it_did(
+    database, now, tmp_path, env
+):
+    from tests.factories import run_penguin
+
+    with SmtpSink(database.settings.maildir, port=free_port()) as home_sink:
+        tenant, ids = _sent(database, home_sink, now, tmp_path)
+        a = "acme0@example.com"
+        _deliver(home_sink, samples.reply(SENDER, a, ids[a]))
+        _deliver(home_sink, samples.postfix_dsn(SENDER, a, ids[a]))
+    first = run_penguin(["mail", "poll"], env)
+    assert first.returncode == 0, first.stderr
+    assert "5 to sender accounts" not in first.stdout
+    assert "2 to sender accounts: 1 bounce, 1 reply" in first.stdout
+    again = run_penguin(["mail", "poll"], env)
+    assert "nothing new; 2 applied before" in again.stdout
+    assert sorted(e.event_type for e in _events(database, tenant)) == ["bounce", "reply"]
