@@ -164,8 +164,9 @@ def child_environment(
         env.update(
             PENGUIN_SECRET_KEY=secret_key(settings.home, settings.secret_key),
             PENGUIN_TRACKING_PORT=str(settings.tracking_port),
-            PENGUIN_PUBLIC_URL=settings.tracking_url,
         )
+        if settings.public_url:
+            env["PENGUIN_PUBLIC_URL"] = settings.public_url
     if kind == "tracking":
         if settings.app_password:
             env["PENGUIN_APP_PASSWORD"] = settings.app_password

@@ -219,7 +219,7 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
             assert env["PENGUIN_SECRET_KEY"] == key
         for env in environments["tracking"]:
             assert env["PENGUIN_APP_PASSWORD"] == SECRETS["PENGUIN_APP_PASSWORD"]
-            assert env["PENGUIN_PUBLIC_URL"] == f"http://127.0.0.1:{tracking_port}"
+            assert env["PENGUIN_TRACKING_PORT"] == str(tracking_port)
             leaked = {
                 "DATABASE_URL",
                 "PENGUIN_SMTP_DEMO__X",

@@ -39,7 +39,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email import policy
 from email.message import EmailMessage
@@ -231,8 +231,23 @@ def _envelope(email: OutgoingEmail, server_smtputf8: bool) -> _Envelope:
     payload = None if utf8 else plain_bytes(email, sender, recipient)
     if payload is None:
         try:
+            # Long plain headers (List-Unsubscribe with its signed link) written as they are:
+            # the email package would fold them into RFC 2047 encoded words, which no mailbox
+            # provider reads as a List-Unsubscribe (and one-click would never work).
+            raw = {
+                name: value
+                for name, value in email.headers.items()
+                if name in _PLAIN_UNSTRUCTURED
+                and _PLAIN_TEXT.fullmatch(value)
+                and len(name) + 2 + len(value) <= _MAX_HEADER_LINE
+            }
+            if raw:
+                rest = {n: v for n, v in email.headers.items() if n not in raw}
+                email = replace(email, headers=rest)
             msg = email.to_message(sender, recipient)
-            payload = msg.as_bytes(policy=policy.SMTPUTF8 if utf8 else msg.policy)
+            chosen = policy.SMTPUTF8 if utf8 else msg.policy
+            head = "".join(f"{name}: {value}{chosen.linesep}" for name, value in raw.items())
+            payload = head.encode("ascii") + msg.as_bytes(policy=chosen)
         except Exception as exc:  # e.g. a header that cannot be encoded; one message only
             raise Unsendable(
                 f"message could not be built: {exc.__class__.__name__}: {exc}"
@@ -258,6 +273,7 @@ _PLAIN_TEXT = re.compile(r"(?!.*=\?)[!-~]+(?: [!-~]+)*")
 #: Extra headers written directly: unstructured ones, and Reply-To holding one plain address.
 _PLAIN_UNSTRUCTURED = frozenset({"List-Unsubscribe", "List-Unsubscribe-Post", "List-Id"})
 _MAX_LINE = 78  # the email package folds longer header lines and encodes longer body lines
+_MAX_HEADER_LINE = 998  # RFC 5322's limit of a line
 _TEXT_PART = (
     'Content-Type: text/plain; charset="utf-8"\n'
     "Content-Transfer-Encoding: 7bit\n"

@@ -59,7 +59,7 @@ from engine.templates import (
     contact_context,
 )
 from engine.tenants import all_tenants
-from engine.tracking.links import Tracking, decorate
+from engine.tracking.links import Tracking, decorate, template_links
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,8 @@ class _Work:
     body_text: str = ""
     body_html: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: The templates the parts were rendered from: the links they hold are the campaign's.
+    sources: dict[str, str | None] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -611,6 +613,7 @@ def _render(run: _Run, item: _Work) -> None:
     else:
         parts = {"subject": row.subject, "body_text": row.body_text, "body_html": row.body_html}
     where = f"step {row.step_key}"
+    item.sources = parts
     try:
         assert run.renderer is not None
         texts = run.renderer.render(parts, contact_context(row._mapping), where=where)
@@ -636,6 +639,9 @@ def _track(run: _Run, tenant_id: uuid.UUID, item: _Work) -> None:
     tracking = run.config.tracking
     if tracking is None or item.error is not None:
         return
+    if not tracking.public and item.sender.smtp_host:
+        # PENGUIN_PUBLIC_URL unset: links to this machine would reach nobody outside it.
+        return
     tracked = decorate(
         tracking,
         tenant_id,
@@ -645,6 +651,7 @@ def _track(run: _Run, tenant_id: uuid.UUID, item: _Work) -> None:
         mailto=_mailto(item),
         opens=item.campaign.track_opens,
         clicks=item.campaign.track_clicks,
+        links_allowed=template_links(item.sources.get("body_text"), item.sources.get("body_html")),
     )
     item.body_text, item.body_html = tracked.body_text, tracked.body_html
     item.headers = tracked.headers

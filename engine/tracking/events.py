@@ -116,24 +116,37 @@ def _as_json(events: list[Event]) -> str:
     )
 
 
-# Clicks on every link of a message (two or more), all within the window: a scanner's. Each
-# click carries its link's number and the message's number of links.
+# Clicks on every link of a message's part (two or more links), all within the window that ends
+# at its latest click: a scanner's. Each click carries its part, its link's number and the
+# part's number of links; a person's earlier click does not hide a scanner's later burst.
 _FLAG_ALL_LINKS = sa.text(
     """
-    update app.email_events e
-    set machine_reason = 'clicks on every link within seconds'
-    from (
-        select c.sent_email_id
+    with latest as (
+        select c.sent_email_id, c.payload ->> 'part' as part, max(c.occurred_at) as last_at,
+               max((c.payload ->> 'links')::int) as links
         from app.email_events c
         where c.tenant_id = app.current_tenant_id() and c.sent_email_id = any(:message_ids)
           and c.event_type = 'click' and c.machine_reason is null
-        group by c.sent_email_id
-        having max((c.payload ->> 'links')::int) >= 2
-           and count(distinct c.payload ->> 'link') >= max((c.payload ->> 'links')::int)
-           and max(c.occurred_at) - min(c.occurred_at) <= cast(:window as interval)
-    ) scanned
-    where e.tenant_id = app.current_tenant_id() and e.sent_email_id = scanned.sent_email_id
+        group by 1, 2
+    ), scanned as (
+        select l.sent_email_id, l.part, l.last_at
+        from latest l
+        join app.email_events c
+          on c.tenant_id = app.current_tenant_id() and c.sent_email_id = l.sent_email_id
+         and c.event_type = 'click' and c.machine_reason is null
+         and (c.payload ->> 'part') is not distinct from l.part
+         and c.occurred_at >= l.last_at - cast(:window as interval)
+        where l.links >= 2
+        group by l.sent_email_id, l.part, l.last_at, l.links
+        having count(distinct c.payload ->> 'link') >= l.links
+    )
+    update app.email_events e
+    set machine_reason = 'clicks on every link within seconds'
+    from scanned s
+    where e.tenant_id = app.current_tenant_id() and e.sent_email_id = s.sent_email_id
       and e.event_type = 'click' and e.machine_reason is null
+      and (e.payload ->> 'part') is not distinct from s.part
+      and e.occurred_at >= s.last_at - cast(:window as interval)
     """
 )
 

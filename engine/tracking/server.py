@@ -86,13 +86,18 @@ def create_app(
         if request.method != "GET":
             payload["method"] = request.method
         if token.kind is Kind.CLICK:
-            payload |= {"url": token.url, "link": token.link, "links": token.links}
+            payload |= {
+                "url": token.url,
+                "part": None if token.part is None else int(token.part),
+                "link": token.link,
+                "links": token.links,
+            }
         if token.kind is Kind.UNSUBSCRIBE:
             dedup = f"unsubscribe:{token.message_id}"
             reason = None
         else:
             who = hashlib.sha256(f"{request.method}|{agent}|{ip}".encode()).hexdigest()[:16]
-            link = "" if token.link is None else token.link
+            link = "" if token.link is None else f"{token.part}.{token.link}"
             dedup = f"{token.kind}:{token.message_id}:{link}:{int(at.timestamp())}:{who}"
             reason = machine_reason(request.method, agent)
         return Event(

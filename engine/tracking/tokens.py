@@ -20,7 +20,7 @@ import secrets
 import struct
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
 from itsdangerous import BadSignature, Signer, want_bytes
@@ -72,6 +72,13 @@ def secret_key(home: Path, configured: str | None) -> str:
     return key
 
 
+class Part(IntEnum):
+    """Which alternative of a message a click link is in: a reader sees one of them."""
+
+    HTML = 0
+    TEXT = 1
+
+
 class Kind(StrEnum):
     OPEN = "open"
     CLICK = "click"
@@ -85,14 +92,15 @@ class Token:
     kind: Kind
     tenant_id: uuid.UUID
     message_id: uuid.UUID
-    #: A click: the link's number in its message (from 0), how many links the message has, and
-    #: where the link goes.
+    #: A click: the part its link is in, the link's number in that part (from 0), how many
+    #: links the part has, and where the link goes.
     link: int | None = None
     links: int | None = None
     url: str | None = None
+    part: Part | None = None
 
 
-_LINK = struct.Struct(">HH")
+_LINK = struct.Struct(">HHB")
 
 
 def _b64(data: bytes) -> bytes:
@@ -137,10 +145,11 @@ class Tokens:
         link: int = 0,
         links: int = 0,
         url: str = "",
+        part: Part = Part.HTML,
     ) -> str:
         payload = tenant_id.bytes + message_id.bytes
         if kind is Kind.CLICK:
-            payload += _LINK.pack(link, links) + url.encode()
+            payload += _LINK.pack(min(link, 65535), min(links, 65535), part) + url.encode()
         return self._signers[kind].sign(_b64(payload)).decode()
 
     def read(self, kind: Kind, token: str) -> Token | None:
@@ -156,9 +165,10 @@ class Tokens:
             return Token(kind, tenant_id, message_id)
         if len(payload) < 32 + _LINK.size:
             return None
-        link, links = _LINK.unpack_from(payload, 32)
+        link, links, part = _LINK.unpack_from(payload, 32)
         try:
             url = payload[32 + _LINK.size :].decode()
-        except UnicodeDecodeError:
+            chosen = Part(part)
+        except (UnicodeDecodeError, ValueError):
             return None
-        return Token(kind, tenant_id, message_id, link=link, links=links, url=url)
+        return Token(kind, tenant_id, message_id, link=link, links=links, url=url, part=chosen)

@@ -103,11 +103,11 @@ def test_a_tracked_message_gets_a_pixel_its_web_links_rewritten_and_one_click_he
     ]
     assert hrefs[2:] == ["mailto:me@x.example", "#top"]
     text_urls = re.findall(r"https://t\.example\.com/c/[\w-]+\.[\w-]+", out.body_text)
-    assert _click_targets(tracking, hrefs[:2] + text_urls) == [
-        (0, 4, "https://a.example/x?p=1&q=2"),
-        (1, 4, "http://b.example"),
-        (2, 4, "https://c.example/page"),
-        (3, 4, "https://d.example/q?x=1"),
+    assert _click_targets(tracking, hrefs[:2] + text_urls) == [  # numbered within their part
+        (0, 2, "https://a.example/x?p=1&q=2"),
+        (1, 2, "http://b.example"),
+        (0, 2, "https://c.example/page"),
+        (1, 2, "https://d.example/q?x=1"),
     ]
     assert out.body_text.endswith("), mailto:me@x.example")  # prose punctuation kept outside
     pixel = re.search(r'<img src="https://t\.example\.com/o/([^"]+)"[^>]*></body>', out.body_html)
@@ -154,3 +154,70 @@ def test_machine_requests_are_told_from_a_persons(method, agent, reason):
     assert (found is None) == (reason is None)
     if reason:
         assert found.startswith(reason)
+
+
+def _clicks(body_text="", body_html=None, allowed=None):
+    return decorate(
+        _tracking(),
+        TENANT,
+        MESSAGE,
+        body_text=body_text,
+        body_html=body_html,
+        mailto="mailto:s@x.example",
+        opens=False,
+        clicks=True,
+        links_allowed=allowed,
+    )
+
+
+def test_only_links_the_template_wrote_are_rewritten_never_a_url_from_contact_data():
+    from engine.tracking.links import template_links
+
+    template = (
+        '<a href="https://acme.example/offer/{{ slug }}">offer</a> '
+        '<a href="https://acme.example/pricing">pricing</a> '
+        '<a href="https://{{ company_site }}">site</a> Hi {{ first_name }}'
+    )
+    allowed = template_links("See https://acme.example/docs", template)
+    rendered = (
+        '<a href="https://acme.example/offer/ann">offer</a> '
+        '<a href="https://acme.example/pricing">pricing</a> '
+        '<a href="https://evil.example/login">site</a> Hi https://evil.example/x'
+    )
+    out = _clicks("See https://acme.example/docs, https://evil.example/y", rendered, allowed)
+    assert "evil.example/login" in out.body_html and "https://evil.example/x" in out.body_html
+    assert "https://evil.example/y" in out.body_text
+    assert out.body_html.count("/c/") == 2 and out.body_text.count("/c/") == 1
+    assert not allowed("https://acme.example.evil.example/")  # no host from the contact
+    assert not allowed("https://acme.example/pricingx") or allowed("https://acme.example/pricing")
+
+
+def test_the_html_parser_finds_the_real_hrefs_only():
+    body_html = (
+        '<!-- <a href="https://commented.example">x</a> -->'
+        '<a data-href="https://data.example" href="https://real.example">r</a>'
+        "<a href=https://unquoted.example/p>u</a>"
+        '<a title="href=https://title.example" href="https://second.example">t</a>'
+    )
+    out = _clicks(body_html=body_html)
+    assert 'data-href="https://data.example"' in out.body_html
+    assert "https://commented.example" in out.body_html
+    assert "https://title.example" in out.body_html
+    assert out.body_html.count("/c/") == 3  # real, unquoted, second
+
+
+def test_a_url_in_parentheses_keeps_its_own_parentheses_and_apostrophes():
+    text = "Read (https://en.wikipedia.org/wiki/Penguin_(bird)) or https://x.example/it's."
+    out = _clicks(text)
+    tokens = re.findall(r"/c/([\w-]+\.[\w-]+)", out.body_text)
+    urls = [_tracking().tokens.read(Kind.CLICK, t).url for t in tokens]
+    assert urls == ["https://en.wikipedia.org/wiki/Penguin_(bird)", "https://x.example/it's"]
+    assert out.body_text.startswith("Read (https://t.example.com/c/")
+    assert ") or https://t.example.com/c/" in out.body_text and out.body_text.endswith(".")
+
+
+@pytest.mark.timeout(60)  # a hang guard: this input took minutes with a backtracking pattern
+def test_a_huge_unclosed_tag_soup_is_read_in_one_pass():
+    soup = "<a " * 60_000 + '<a href="https://acme.example/">x</a>'
+    out = _clicks(body_html=soup)
+    assert out.body_html.count("/c/") <= 1

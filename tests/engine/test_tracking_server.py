@@ -177,6 +177,20 @@ def test_an_open_and_a_click_are_recorded_on_their_message_and_the_click_goes_wh
     assert events[1].payload["user_agent"] == PERSON
 
 
+def test_the_unsubscribe_headers_go_out_on_plain_lines_a_mailbox_provider_reads(
+    database, smtp_server, now, tmp_path, tracking_server
+):
+    _sent(database, smtp_server, now, tmp_path, tracking_server.tracking)
+    raw = dict(_message_to(smtp_server, "acme0@example.com").raw_items())
+    link = raw["List-Unsubscribe"]
+    assert "=?" not in link and "\n" not in link  # no RFC 2047 encoded words, no folding
+    assert re.fullmatch(
+        r"<http://127\.0\.0\.1:\d+/u/[\w.-]+>, <mailto:sales@acme\.example\?subject=unsubscribe>",
+        link,
+    )
+    assert raw["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
 def test_a_forged_or_altered_token_gets_404_and_records_nothing(
     database, smtp_server, now, tmp_path, tracking_server
 ):
@@ -352,10 +366,12 @@ def test_machine_opens_and_clicks_are_kept_and_flagged(
     tracking_server.clock.at = now + timedelta(seconds=2)  # two seconds after the send
     request("GET", second["open"][0])
     tracking_server.clock.at = now + timedelta(hours=2)
-    for url in third["click"]:  # a scanner: every link of the message, at once
+    request("GET", second["click"][0])  # a person: one link, then a scanner much later
+    tracking_server.clock.at = now + timedelta(hours=3)
+    for url in third["click"][:2] + second["click"][:2]:  # every link of the HTML parts, at once
         request("GET", url)
         tracking_server.clock.at += timedelta(seconds=1)
-    request("GET", second["click"][0])  # a person: one link
+    request("GET", third["click"][2])  # the text part's only link: a person's, whatever else
     tracking_server.flushed()
     events = _events(database, tenant, "open", "click")
     flagged = [(e.event_type, e.recipient_email, e.machine_reason) for e in events]
@@ -364,12 +380,14 @@ def test_machine_opens_and_clicks_are_kept_and_flagged(
         ("open", "acme0@example.com", "HEAD request"),
         ("open", "acme0@example.com", "Apple Mail Privacy Protection"),
         ("open", "acme0@example.com", "user agent GoogleImageProxy"),
-        ("click", "acme2@example.com", "clicks on every link within seconds"),
-        ("click", "acme2@example.com", "clicks on every link within seconds"),
-        ("click", "acme2@example.com", "clicks on every link within seconds"),
         ("click", "acme1@example.com", None),
+        ("click", "acme2@example.com", "clicks on every link within seconds"),
+        ("click", "acme2@example.com", "clicks on every link within seconds"),
+        ("click", "acme1@example.com", "clicks on every link within seconds"),
+        ("click", "acme1@example.com", "clicks on every link within seconds"),
+        ("click", "acme2@example.com", None),
     ]
-    assert [e.is_machine for e in events] == [True] * 7 + [False]
+    assert [e.is_machine for e in events] == [True] * 4 + [False] + [True] * 4 + [False]
 
 
 def test_a_replayed_open_records_once(database, smtp_server, now, tmp_path, tracking_server):
@@ -425,3 +443,28 @@ def test_an_event_the_database_refuses_is_dropped_alone(database, smtp_server, n
     assert (writer.written, writer.dropped) == (2, 1)
     got = sorted(e.recipient_email for e in _events(database, tenant, "open"))
     assert got == ["acme0@example.com", "acme2@example.com"]
+
+
+def test_without_a_public_url_mail_through_a_real_server_carries_no_link_to_this_machine(
+    database, smtp_server, now, tmp_path, tracking_server
+):
+    tenant = seed_tenant(
+        database,
+        "acme",
+        now,
+        tmp_path,
+        steps=[Step("email", subject="Hi", body_text=TEXT, body_html=HTML)],
+    )
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:  # a real server's sender
+        conn.execute(
+            sa.text(
+                "update app.sender_accounts set smtp_host = '127.0.0.1', smtp_port = :port, "
+                "smtp_security = 'none'"
+            ),
+            {"port": smtp_server.port},
+        )
+    local = Tracking(tracking_server.tracking.tokens, "http://127.0.0.1:8090", public=False)
+    assert send_due(database.app, smtp_server.server(), now, config=Config(tracking=local)).sent
+    message = _message_to(smtp_server, "acme0@example.com")
+    assert "127.0.0.1:8090" not in message.as_string()
+    assert message["List-Unsubscribe"] == "<mailto:sales@acme.example?subject=unsubscribe>"
