@@ -8,10 +8,10 @@ to share one PostgreSQL server, one SMTP sink and one `PENGUIN_HOME`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -31,15 +31,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+#: What a base URL may hold: it goes into every message's headers and links as it is.
+_BASE_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~/%-]*)?")
+
+
 def _url(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+    if not _BASE_URL.fullmatch(raw):
         raise ConfigError(
             f"{name}={raw!r} is not a base URL like https://track.example.com (http or https, "
-            "a host, no query)"
+            "a host name and port, optionally a path; no user, query, spaces or quotes)"
         )
     return raw.rstrip("/")
 

@@ -14,7 +14,7 @@ per tenant, on a thread of its own. What must hold:
   A batch refused for its data is written again one event at a time, so one bad event is
   dropped (and logged) alone.
 * **An unsubscribe is done when its request answers**: the request waits for its batch's
-  commit (`add(..., wait=True)`), which also suppresses the address in the tenant and marks
+  commit (`add(..., wait=seconds)`), which also suppresses the address in the tenant and marks
   the contact unsubscribed. The engine sends nothing to a suppressed address (the mark before
   each conversation checks) and its next pass ends the contact's enrollments.
 * Machine events are flagged by `engine.tracking.machine`'s rules: the request's own (HEAD,
@@ -24,6 +24,7 @@ per tenant, on a thread of its own. What must hold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -50,6 +51,10 @@ class Config:
     #: Backoff between attempts at a batch the database refused for a passing reason.
     retry_initial: float = 0.5
     retry_max: float = 30.0
+    #: Longest a request waits for room in a full queue (then its event is dropped, counted),
+    #: and the longest `close` writes what is left (penguin up's children get 20 s).
+    put_timeout: float = 5.0
+    close_timeout: float = 15.0
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queued < self.max_batch:
@@ -209,58 +214,124 @@ def write(app: Engine, events: list[Event]) -> int:
     return written
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [repr(exc)])[0]
+
+
+class WriterUnavailable(RuntimeError):
+    """The writer cannot take the event: it is closed or it stopped on an unexpected error."""
+
+
 class EventWriter:
     """Collects events on the server's event loop and writes them in batches (module docstring).
-    `start` on the loop before the first `add`; `close` when the server stops."""
+    `start` on the loop before the first `add`; `close` when the server stops.
+
+    Nothing waits for ever: a request gives up on room in the queue after `Config.put_timeout`
+    (its event is dropped, and counted), an unsubscribe on its commit after `wait` seconds (its
+    event stays queued), and `close` on the last batches after `Config.close_timeout` (what is
+    left is counted as dropped, and said). `failing` says since when the database has refused
+    batches for a passing reason, or that the writer stopped; /health reports it."""
 
     def __init__(self, app: Engine, config: Config | None = None) -> None:
         self.app = app
         self.config = config or Config()
         self.written = 0
         self.dropped = 0
+        #: Since when (event loop time) batches have been retried, None while they go through.
+        self.failing_since: float | None = None
+        #: Why the writer stopped, if an unexpected error stopped it.
+        self.stopped: BaseException | None = None
         self._queue: asyncio.Queue[tuple[Event, asyncio.Future[None] | None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._stop_queued = False
         #: The batch being collected or written.
         self._batch: list[tuple[Event, asyncio.Future[None] | None]] = []
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(self.config.max_queued)
-        self._task = asyncio.create_task(self._run(), name="penguin-event-writer")
+        self._task = asyncio.create_task(self._supervised(), name="penguin-event-writer")
 
     @property
     def queued(self) -> int:
         """Events waiting for a batch."""
-        return 0 if self._queue is None else self._queue.qsize()
+        return 0 if self._queue is None else self._queue.qsize() - self._stop_queued
 
     @property
     def pending(self) -> int:
         """Events not written yet: queued, or in the batch being written."""
         return self.queued + len(self._batch)
 
-    async def add(self, event: Event, *, wait: bool = False) -> None:
-        """Queue `event`; with `wait`, return once it is committed (raising if it could not be)."""
-        if self._queue is None or self._closing:
-            raise RuntimeError("the event writer is not running")
-        future = asyncio.get_running_loop().create_future() if wait else None
-        await self._queue.put((event, future))
+    @property
+    def healthy(self) -> bool:
+        return self.stopped is None and self.failing_since is None
+
+    async def add(self, event: Event, *, wait: float | None = None) -> None:
+        """Queue `event`; with `wait`, return once it is committed, raising TimeoutError after
+        `wait` seconds (the event stays queued) or the database's error if it refused it."""
+        if self._queue is None or self._closing or self.stopped is not None:
+            raise WriterUnavailable("the event writer is not running")
+        future = asyncio.get_running_loop().create_future() if wait is not None else None
+        try:
+            await asyncio.wait_for(self._queue.put((event, future)), self.config.put_timeout)
+        except TimeoutError:
+            self.dropped += 1
+            log.error("event dropped: the queue stayed full for %.0f s", self.config.put_timeout)
+            raise
         if future is not None:
-            await future
+            await asyncio.wait_for(asyncio.shield(future), wait)
 
     async def close(self) -> None:
-        """Take no more events, write every queued one, stop."""
+        """Take no more events, write the queued ones (for at most `Config.close_timeout`), stop."""
         self._closing = True
-        if self._queue is not None and self._task is not None:
-            await self._queue.put(_STOP)  # type: ignore[arg-type]
-            await self._task
+        if self._queue is None or self._task is None or self._task.done():
+            return
+        # A full queue takes no stop mark: the writer stops when it has drained it.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_STOP)  # type: ignore[arg-type]
+            self._stop_queued = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.config.close_timeout)
+        except TimeoutError:
+            lost = self.pending
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self.dropped += lost
+            log.error(
+                "the event writer stopped with %d events not written: the database did not "
+                "take them within %.0f s",
+                lost,
+                self.config.close_timeout,
+            )
+
+    async def _supervised(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: say so, and fail whoever waits
+            self.stopped = exc
+            log.exception("the event writer stopped")
+            waiting = [f for _, f in self._batch if f is not None]
+            while self._queue is not None and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not _STOP and item[1] is not None:
+                    waiting.append(item[1])
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(WriterUnavailable("the event writer stopped"))
 
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
+            if self._closing and self._queue.empty():
+                break
             first = await self._queue.get()
             if first is _STOP:
+                self._stop_queued = False
                 break
             batch = self._batch = [first]
             deadline = loop.time() + self.config.max_delay
@@ -269,22 +340,22 @@ class EventWriter:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     timeout = deadline - loop.time()
-                    if timeout <= 0:
+                    if timeout <= 0 or self._closing:
                         break
                     try:
                         item = await asyncio.wait_for(self._queue.get(), timeout)
                     except TimeoutError:
                         break
                 if item is _STOP:
+                    self._stop_queued = False
                     stopping = True
                     break
                 batch.append(item)
-            try:
-                await self._write(batch)
-            finally:
-                self._batch = []
+            await self._write(batch)
+            self._batch = []  # (kept on an error: `_supervised` fails whoever waits on it)
 
     async def _write(self, batch: list[tuple[Event, asyncio.Future[None] | None]]) -> None:
+        loop = asyncio.get_running_loop()
         events = [event for event, _ in batch]
         delay = self.config.retry_initial
         while True:
@@ -294,12 +365,17 @@ class EventWriter:
                 break
             except Exception as exc:
                 if _passing(exc):
-                    log.warning("events not written yet (retrying in %.1f s): %s", delay, exc)
+                    if self.failing_since is None:
+                        self.failing_since = loop.time()
+                    log.warning(
+                        "events not written yet (retrying in %.1f s): %s", delay, _first_line(exc)
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.config.retry_max)
                     continue
                 failed = await self._one_by_one(events)
                 break
+        self.failing_since = None
         for i, (_, future) in enumerate(batch):
             if future is not None and not future.done():
                 if i in failed:
@@ -328,7 +404,7 @@ class EventWriter:
                         event.event_type,
                         event.message_id,
                         event.tenant_id,
-                        str(exc).splitlines()[0],
+                        _first_line(exc),
                     )
                     break
         return failed
@@ -336,4 +412,4 @@ class EventWriter:
 
 _STOP = object()
 
-__all__ = ["Config", "Event", "EventWriter", "write"]
+__all__ = ["Config", "Event", "EventWriter", "WriterUnavailable", "write"]

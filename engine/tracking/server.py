@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 
-from engine.tracking.events import Config, Event, EventWriter
+from engine.tracking.events import Config, Event, EventWriter, WriterUnavailable
 from engine.tracking.machine import machine_reason
 from engine.tracking.tokens import Kind, Token, Tokens
 
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from engine.config import Settings
 
 log = logging.getLogger(__name__)
+
+#: Longest an unsubscribe request waits for its commit before it answers "try again".
+UNSUBSCRIBE_WAIT = 10.0
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 _NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
@@ -110,21 +113,26 @@ def create_app(
             machine_reason=reason,
         )
 
-    async def record(request: Request, token: Token, *, wait: bool = False) -> None:
+    async def record(request: Request, token: Token, *, wait: float | None = None) -> None:
         await writer.add(event(request, token, now()), wait=wait)
+
+    async def record_quietly(request: Request, token: Token) -> None:
+        """An open's or click's event: its answer goes out whatever became of it."""
+        with contextlib.suppress(TimeoutError, WriterUnavailable):  # counted and logged there
+            await record(request, token)
 
     async def open_pixel(request: Request) -> StarletteResponse:
         token = verified(request, Kind.OPEN)
         if token is None:
             return _NOT_FOUND
-        await record(request, token)
+        await record_quietly(request, token)
         return StarletteResponse(PIXEL, media_type="image/gif", headers=_NO_STORE)
 
     async def click(request: Request) -> StarletteResponse:
         token = verified(request, Kind.CLICK)
         if token is None or not token.url:
             return _NOT_FOUND
-        await record(request, token)
+        await record_quietly(request, token)
         return RedirectResponse(token.url, status_code=302, headers=_NO_STORE)
 
     async def unsubscribe_page(request: Request) -> StarletteResponse:
@@ -142,7 +150,14 @@ def create_app(
         if token is None:
             return _NOT_FOUND
         try:
-            await record(request, token, wait=True)
+            await record(request, token, wait=UNSUBSCRIBE_WAIT)
+        except TimeoutError:
+            return _page(
+                "Please try again in a minute",
+                "<p>Your request is taking longer than it should. It will most likely be "
+                "recorded; if it is not, press the button again in a minute.</p>",
+                status=503,
+            )
         except Exception:
             log.exception("unsubscribe of message %s not recorded", token.message_id)
             return _page(
@@ -153,13 +168,20 @@ def create_app(
         return _page("You are unsubscribed", "<p>You will not receive these emails again.</p>")
 
     async def health(request: Request) -> StarletteResponse:
+        if writer.stopped is not None:
+            status = "event writer stopped"
+        elif writer.failing_since is not None:
+            status = "database unavailable: events waiting"
+        else:
+            status = "ok"
         return JSONResponse(
             {
-                "status": "ok",
+                "status": status,
                 "pending": writer.pending,
                 "written": writer.written,
                 "dropped": writer.dropped,
-            }
+            },
+            status_code=200 if writer.healthy else 503,
         )
 
     @contextlib.asynccontextmanager

@@ -57,12 +57,17 @@ def secret_key(home: Path, configured: str | None) -> str:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # never an empty key file after a crash
         try:
             os.link(tmp, path)  # fails if another process stored its key first: theirs wins
         except FileExistsError:
             pass
+        except OSError:  # a file system without hard links: the first to rename wins
+            if not path.exists():
+                os.replace(tmp, path)
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         key = path.read_text().strip()
     if len(key) < MIN_SECRET_LENGTH:
         raise SecretKeyError(

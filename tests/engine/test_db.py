@@ -115,7 +115,17 @@ def test_the_tracking_server_gets_the_signing_key_and_the_app_role_and_nothing_e
 
 
 @pytest.mark.parametrize(
-    "value", ["ftp://t.example.com", "t.example.com", "https://t.example.com/?x=1", "https://"]
+    "value",
+    [
+        "ftp://t.example.com",
+        "t.example.com",
+        "https://t.example.com/?x=1",
+        "https://",
+        "https://t.example/x\r\nBcc: a@b.example",
+        "https://t.example/a>b, <https://evil.example",
+        "https://user:pw@t.example",
+        "https://t.example/a b",
+    ],
 )
 def test_a_public_url_that_links_cannot_start_with_is_refused_by_name(value):
     with pytest.raises(ConfigError, match="PENGUIN_PUBLIC_URL="):

@@ -81,11 +81,11 @@ class TrackingServer:
         self.thread.join(30)
 
 
-def _start(database, now, config: WriterConfig | None = None) -> TrackingServer:
+def _start(database, now, config: WriterConfig | None = None, app_engine=None) -> TrackingServer:
     tokens = Tokens(KEY)
     port = free_port()
     clock = Clock(now + timedelta(hours=1))
-    app = create_app(database.app, tokens, config=config, clock=clock)
+    app = create_app(app_engine or database.app, tokens, config=config, clock=clock)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -468,3 +468,55 @@ def test_without_a_public_url_mail_through_a_real_server_carries_no_link_to_this
     message = _message_to(smtp_server, "acme0@example.com")
     assert "127.0.0.1:8090" not in message.as_string()
     assert message["List-Unsubscribe"] == "<mailto:sales@acme.example?subject=unsubscribe>"
+
+
+def _unreachable(tmp_path):
+    """An engine for a server that is not there: every connection is refused."""
+    return sa.create_engine(f"postgresql+psycopg://penguin_app@/x?host={tmp_path}/nowhere")
+
+
+def test_with_the_database_away_requests_answer_and_shutdown_ends_in_bounded_time(
+    database, now, tmp_path, monkeypatch
+):
+    from engine.tracking import server as server_module
+
+    monkeypatch.setattr(server_module, "UNSUBSCRIBE_WAIT", 0.5)
+    config = WriterConfig(retry_initial=0.1, retry_max=0.2, close_timeout=1.0)
+    server = _start(database, now, config, app_engine=_unreachable(tmp_path))
+    try:
+        tracking = server.tracking
+        tenant, message = uuid.uuid4(), uuid.uuid4()
+        assert server.request("GET", tracking.url(Kind.OPEN, tenant, message))[0] == 200
+        gone = tracking.url(Kind.UNSUBSCRIBE, tenant, message)
+        status, _, page = server.request("POST", gone, body=b"List-Unsubscribe=One-Click")
+        assert status == 503 and b"try again in a minute" in page.lower()
+        status, _, body = server.request("GET", "/health")
+        assert status == 503
+        assert json.loads(body)["status"] == "database unavailable: events waiting"
+    finally:
+        started = time.monotonic()
+        server.stop()
+        stopped_in = time.monotonic() - started
+    assert not server.thread.is_alive() and stopped_in < 20
+    assert server.app.state.writer.dropped == 2  # the open and the unsubscribe, said in the log
+
+
+def test_a_writer_stopped_by_a_bug_fails_its_waiters_and_says_so(
+    database, smtp_server, now, tmp_path, monkeypatch
+):
+    async def broken(self, batch):
+        raise RuntimeError()  # an error with no message, as a bug may raise
+
+    monkeypatch.setattr(EventWriter, "_write", broken)
+    server = _start(database, now)
+    try:
+        tenant = _sent(database, smtp_server, now, tmp_path, server.tracking)
+        links = _links(_message_to(smtp_server, "acme0@example.com"))
+        status, _, page = server.request("POST", links["unsubscribe"][0], body=b"")
+        assert status == 503 and b"Something went wrong" in page
+        assert server.request("GET", links["open"][0])[0] == 200  # the pixel still answers
+        status, _, body = server.request("GET", "/health")
+        assert (status, json.loads(body)["status"]) == (503, "event writer stopped")
+    finally:
+        server.stop()
+    assert _events(database, tenant, "open", "unsubscribe") == []
