@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration import analytics, campaigns, ingestion, sending
+from orchestration import analytics, campaigns, engagement, ingestion, sending
 from orchestration.resources import PostgresResource, SmtpResource
 
 defs = dg.Definitions.merge(
     ingestion.defs,
     sending.defs,
     campaigns.defs,
+    engagement.defs,
     analytics.defs,
     dg.Definitions(
         resources={"postgres": PostgresResource(), "smtp": SmtpResource()},

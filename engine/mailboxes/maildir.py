@@ -79,6 +79,13 @@ def _files(maildir: Path, cursor: int) -> list[Path]:
     return sorted(found, key=lambda p: (_arrival(p.name), p.name))
 
 
+def newest_file(maildir: Path, since: int = 0) -> tuple[int, str] | None:
+    """The newest file's (arrival second, name) among those that arrived in or after `since`;
+    names only, nothing read."""
+    files = _files(maildir, since)
+    return (_arrival(files[-1].name), files[-1].name) if files else None
+
+
 def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
     """Sender account addresses: each to its (tenant, account) pairs."""
     accounts: dict[str, list[tuple[uuid.UUID, uuid.UUID]]] = defaultdict(list)

@@ -273,13 +273,20 @@ class EventWriter:
             raise WriterUnavailable("the event writer is not running")
         future = asyncio.get_running_loop().create_future() if wait is not None else None
         try:
-            await asyncio.wait_for(self._queue.put((event, future)), self.config.put_timeout)
+            self._queue.put_nowait((event, future))  # the common case: no task, no timer
+        except asyncio.QueueFull:
+            await self._put_waiting((event, future))
+        if future is not None:
+            await asyncio.wait_for(asyncio.shield(future), wait)
+
+    async def _put_waiting(self, item: tuple[Event, asyncio.Future[None] | None]) -> None:
+        assert self._queue is not None
+        try:
+            await asyncio.wait_for(self._queue.put(item), self.config.put_timeout)
         except TimeoutError:
             self.dropped += 1
             log.error("event dropped: the queue stayed full for %.0f s", self.config.put_timeout)
             raise
-        if future is not None:
-            await asyncio.wait_for(asyncio.shield(future), wait)
 
     async def close(self) -> None:
         """Take no more events, write the queued ones (for at most `Config.close_timeout`), stop."""
