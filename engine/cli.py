@@ -144,13 +144,16 @@ def track(
 
 @mail_app.command("poll")
 def mail_poll() -> None:
-    """Read the sender accounts' mail once (the local sink's Maildir) and apply what arrived:
+    """Read the sender accounts' mail once (their IMAP mailboxes, and the local sink's Maildir
+    for the others) and apply what arrived:
     replies, auto-replies, bounces, complaints, unsubscribe requests. Each message is applied
     once, however often this runs."""
+    from engine.mailboxes.imap import poll_imap
     from engine.mailboxes.maildir import poll_maildir
 
     db = _database()
     report = poll_maildir(db.app, db.settings.maildir)
+    poll_imap(db.app, report=report)
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(report.applied.items())) or "nothing new"
     console.print(
         f"read {report.read} messages, {report.inbound} to sender accounts: {counts}; "

@@ -382,13 +382,41 @@ def sender_add(
         int | None,
         typer.Option("--min-gap", min=0, help="Seconds between two of its messages (60)."),
     ] = None,
+    imap_host: Annotated[
+        str | None,
+        typer.Option(
+            "--imap-host",
+            help="IMAP server of its mailbox (replies, bounces). Without one, its mail is read "
+            "from the local sink; '' goes back to it.",
+        ),
+    ] = None,
+    imap_port: Annotated[
+        int | None,
+        typer.Option("--imap-port", min=1, max=65535, help="Default: 993 (tls) or 143."),
+    ] = None,
+    imap_security: Annotated[
+        Security | None, typer.Option("--imap-security", help="Default: tls.")
+    ] = None,
+    imap_username: Annotated[
+        str | None, typer.Option("--imap-username", help="IMAP login (default: the address).")
+    ] = None,
+    imap_password_env: Annotated[
+        str | None,
+        typer.Option(
+            "--imap-password-env",
+            help="Environment variable holding the IMAP password: PENGUIN_SMTP_<TENANT>__<NAME>.",
+        ),
+    ] = None,
+    imap_folder: Annotated[
+        str | None, typer.Option("--imap-folder", help="Folder to read (INBOX).")
+    ] = None,
     tenant: TenantOption = DEFAULT_TENANT,
 ) -> None:
     """Add a sender account, or change the settings given of an existing one (the others
     stay as they are)."""
     from engine.cli import _database, _tenant, console
     from engine.db import tenant_transaction
-    from engine.senders import SenderConfigError, create_sender, find_sender
+    from engine.senders import SenderConfigError, create_sender, find_sender, set_mailbox
 
     db = _database()
     try:
@@ -426,6 +454,28 @@ def sender_add(
                 "min_gap_seconds": keep(min_gap, "min_gap_seconds", 60),
             }
             create_sender(conn, email, **settings)
+            imap_given = (
+                imap_host,
+                imap_port,
+                imap_security,
+                imap_username,
+                imap_password_env,
+                imap_folder,
+            )
+            if any(v is not None for v in imap_given):
+                imap = keep(imap_host, "imap_host", None) or None
+                set_mailbox(
+                    conn,
+                    email,
+                    host=imap,
+                    port=keep(imap_port, "imap_port", None),
+                    security=imap_security.value
+                    if imap_security
+                    else keep(None, "imap_security", "tls"),
+                    username=keep(imap_username, "imap_username", None) or email,
+                    password_env=keep(imap_password_env, "imap_password_env", None),
+                    folder=keep(imap_folder, "imap_folder", "INBOX"),
+                )
             saved = find_sender(conn, email)
     except SenderConfigError as exc:
         raise _fail(str(exc)) from None
@@ -434,11 +484,20 @@ def sender_add(
         if saved.smtp_host is None
         else f"{saved.smtp_host}:{saved.smtp_port or 'default port'} ({saved.smtp_security})"
     )
+    mailbox = (
+        "the local sink"
+        if saved.imap_host is None
+        else f"imaps://{saved.imap_host}:{saved.imap_port or 993}/{saved.imap_folder}"
+        if saved.imap_security == "tls"
+        else f"imap://{saved.imap_host}:{saved.imap_port or 143}/{saved.imap_folder} "
+        f"({saved.imap_security})"
+    )
     console.print(
         Text(
             f"{'updated' if old is not None else 'added'} sender {saved.email} via {where}, "
             f"{saved.daily_limit:,} a day, {saved.min_gap_seconds} s apart"
             + ("" if saved.is_active else " (paused)")
+            + f"; mail read from {mailbox}"
         )
     )
 

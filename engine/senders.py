@@ -291,7 +291,8 @@ def set_sender_active(
 _FIND = sa.text(
     """
     select id, email, display_name, smtp_host, smtp_port, smtp_security, smtp_username,
-           smtp_password_env, daily_limit, min_gap_seconds, is_active
+           smtp_password_env, daily_limit, min_gap_seconds, is_active, imap_host, imap_port,
+           imap_security, imap_username, imap_password_env, imap_folder
     from app.sender_accounts where lower(email) = lower(:email)
     """
 )
@@ -300,3 +301,107 @@ _FIND = sa.text(
 def find_sender(conn: Connection, email: str) -> sa.Row | None:
     """The tenant's sender account `email` (case-insensitive), or None."""
     return conn.execute(_FIND, {"email": email.strip()}).one_or_none()
+
+
+# -- the account's mailbox (IMAP) -----------------------------------------------------------------
+
+_SET_MAILBOX = sa.text(
+    """
+    update app.sender_accounts
+    set imap_host = :host, imap_port = :port, imap_security = :security,
+        imap_username = :username, imap_password_env = :password_env, imap_folder = :folder,
+        updated_at = now()
+    where lower(email) = lower(:email)
+    returning id
+    """
+)
+
+
+@dataclass(frozen=True)
+class ImapMailbox:
+    """Where a sender account's replies and bounces arrive; `password` read from the account's
+    variable at poll time, never stored."""
+
+    host: str
+    port: int
+    security: str
+    username: str
+    password: str | None
+    folder: str
+
+
+def set_mailbox(
+    conn: Connection,
+    email: str,
+    *,
+    host: str | None,
+    port: int | None = None,
+    security: str = "tls",
+    username: str | None = None,
+    password_env: str | None = None,
+    folder: str = "INBOX",
+) -> uuid.UUID:
+    """Give the sender `email` an IMAP mailbox (`host` None: none, its mail is read from the
+    local sink). The password variable must be the tenant's own, as for SMTP, and a login never
+    goes in clear text to another machine."""
+    if security not in ("none", "starttls", "tls"):
+        raise SenderConfigError(f"IMAP security {security!r} is not one of none, starttls, tls")
+    if host:
+        if not username:
+            raise SenderConfigError(f"sender {email}: an IMAP mailbox needs a username")
+        tenant = conn.execute(_TENANT_NAME).scalar()
+        if password_env is not None:
+            try:
+                check_password_env(password_env, tenant)
+            except SenderConfigError as exc:
+                raise SenderConfigError(f"sender {email}: {exc}") from None
+        if security == "none" and not is_loopback_host(host):
+            raise SenderConfigError(
+                f"sender {email}: IMAP host {host!r} has security 'none', so the login would "
+                "send the password in clear text; use 'starttls' or 'tls'"
+            )
+    found = conn.execute(
+        _SET_MAILBOX,
+        {
+            "email": email.strip(),
+            "host": host or None,
+            "port": port if host else None,
+            "security": security,
+            "username": username if host else None,
+            "password_env": password_env if host else None,
+            "folder": folder or "INBOX",
+        },
+    ).scalar()
+    if found is None:
+        raise SenderConfigError(f"no sender account {email!r} in this tenant")
+    return found
+
+
+def imap_mailbox_for(row: sa.Row, *, tenant: str, env: Mapping[str, str]) -> ImapMailbox:
+    """The IMAP mailbox of a sender account row (`imap_host` set), its password from the
+    environment; `SenderConfigError` for another tenant's variable, an unset one, or a login
+    that would go in clear text to another machine."""
+    sender = row.email
+    if row.imap_security == "none" and not is_loopback_host(row.imap_host):
+        raise SenderConfigError(f"sender {sender}: IMAP login would go in clear text")
+    password = None
+    if row.imap_password_env:
+        try:
+            check_password_env(row.imap_password_env, tenant)
+        except SenderConfigError as exc:
+            raise SenderConfigError(f"sender {sender}: {exc}") from None
+        password = env.get(row.imap_password_env)
+        if password is None:
+            raise SenderConfigError(
+                f"sender {sender}: environment variable {row.imap_password_env} "
+                "(its IMAP password) is not set"
+            )
+    default_port = {"none": 143, "starttls": 143, "tls": 993}[row.imap_security]
+    return ImapMailbox(
+        host=row.imap_host,
+        port=row.imap_port or default_port,
+        security=row.imap_security,
+        username=row.imap_username,
+        password=password,
+        folder=row.imap_folder or "INBOX",
+    )

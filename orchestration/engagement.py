@@ -1,19 +1,27 @@
 """Engagement: the sender accounts' inbound mail, read when it arrives.
 
 The `mailbox_sensor` lists the local sink's Maildir (names only: it reads no message) and asks
-for a `poll_mail_job` run when a file newer than its cursor has arrived; the run applies every
-inbound message from the cursor's second on (`engine.mailboxes.maildir`), each once, whatever
-ran before. The cursor is the newest file seen: a tick that sees nothing new asks for nothing,
-and a repeated tick asks for the same run key.
+for a `poll_mail_job` run when a file newer than its cursor has arrived, and at most once a
+minute when sender accounts have IMAP mailboxes; the run applies every inbound message from the
+cursor's second on (`engine.mailboxes.maildir`) and whatever the IMAP mailboxes received since
+their own cursors (`engine.mailboxes.imap`, UIDVALIDITY and last UID in the database), each
+once, whatever ran before. A tick that sees nothing new asks for nothing, and a repeated tick
+asks for the same run key.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
 import json
+import time
 
 import dagster as dg
 
+from engine.mailboxes.imap import has_imap_mailboxes, poll_imap
 from engine.mailboxes.maildir import newest_file, poll_maildir
 from orchestration.resources import PostgresResource
+
+#: How often the sensor has the IMAP mailboxes read (it cannot see new mail there without
+#: logging in; the run does, and each account resumes at its cursor).
+IMAP_INTERVAL_SECONDS = 60
 
 
 class MailPollConfig(dg.Config):
@@ -35,6 +43,7 @@ def inbound_mail(
 ) -> dg.MaterializeResult:
     db = postgres.db
     report = poll_maildir(db.app, db.settings.maildir, cursor=config.since)
+    poll_imap(db.app, report=report)  # each account resumes at its own cursor (the database)
     for error in report.errors[:20]:
         context.log.warning(error)
     return dg.MaterializeResult(
@@ -64,14 +73,23 @@ poll_mail_job = dg.define_asset_job(
     description="Starts poll_mail_job when new mail has arrived in the sink's Maildir.",
 )
 def mailbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
-    seen = json.loads(context.cursor) if context.cursor else {"since": 0, "newest": ""}
+    seen = {"since": 0, "newest": "", "imap_at": 0.0}
+    seen |= json.loads(context.cursor) if context.cursor else {}
     newest = newest_file(postgres.db.settings.maildir, seen["since"])
-    if newest is None or newest[1] == seen["newest"]:
-        return dg.SkipReason("no new mail")
-    second, name = newest
-    context.update_cursor(json.dumps({"since": second, "newest": name}))
+    now = time.time()
+    imap_due = now - seen["imap_at"] >= IMAP_INTERVAL_SECONDS and has_imap_mailboxes(
+        postgres.db.app
+    )
+    maildir_new = newest is not None and newest[1] != seen["newest"]
+    if not maildir_new and not imap_due:
+        return dg.SkipReason("no new mail in the sink's Maildir; IMAP mailboxes read lately")
+    second, name = newest if maildir_new else (seen["since"], seen["newest"])
+    if imap_due:
+        seen["imap_at"] = now
+    context.update_cursor(json.dumps({"since": second, "newest": name, "imap_at": seen["imap_at"]}))
+    key = f"mail:{name}" if maildir_new else f"mail:imap:{int(now)}"
     return dg.RunRequest(
-        run_key=f"mail:{name}",
+        run_key=key,
         run_config=dg.RunConfig(ops={"inbound_mail": MailPollConfig(since=seen["since"])}),
     )
 

@@ -20,6 +20,7 @@ from aiosmtpd.controller import Controller
 from engine import migrate
 from engine.config import Settings
 from engine.db import Database, sqlalchemy_url
+from tests.imap_server import imap_server  # noqa: F401 (a fixture for every test)
 from tests.smtp_faults import smtp_faults  # noqa: F401 (a fixture for every test)
 
 # Telemetry off for everything the tests start, before anything imports dagster or dbt.

@@ -45,7 +45,8 @@ def rows_of(table: str) -> dict[str, list[str]]:
 def test_sender_add_list_pause_and_resume(env):
     out = ok(["sender", "add", "alice@acme.example", "--name", "Alice"], env)
     assert out.strip() == (
-        "added sender alice@acme.example via the local sink, 200 a day, 60 s apart"
+        "added sender alice@acme.example via the local sink, 200 a day, 60 s apart; "
+        "mail read from the local sink"
     )
     out = ok(
         [
@@ -70,7 +71,8 @@ def test_sender_add_list_pause_and_resume(env):
         env,
     )
     assert out.strip() == (
-        "added sender bob@acme.example via smtp.acme.example:465 (tls), 50 a day, 120 s apart"
+        "added sender bob@acme.example via smtp.acme.example:465 (tls), 50 a day, 120 s apart; "
+        "mail read from the local sink"
     )
     assert "paused sender bob@acme.example: nothing goes out from it until " in ok(
         ["sender", "pause", "BOB@acme.example"], env
@@ -98,11 +100,45 @@ def test_sender_add_list_pause_and_resume(env):
     assert rows_of(ok(["sender", "list"], env))["bob@acme.example"][-1] == "active"
 
 
+def test_a_sender_names_its_imap_mailbox_and_only_its_own_tenants_password(env):
+    out = ok(
+        [
+            "sender",
+            "add",
+            "carol@acme.example",
+            "--imap-host",
+            "imap.acme.example",
+            "--imap-password-env",
+            "PENGUIN_SMTP_DEFAULT__CAROL_IMAP",
+        ],
+        env,
+    )
+    assert out.strip().endswith("mail read from imaps://imap.acme.example:993/INBOX")
+    out = ok(["sender", "add", "carol@acme.example", "--imap-folder", "Replies"], env)
+    assert out.strip().endswith("mail read from imaps://imap.acme.example:993/Replies")
+    refused = run(
+        [
+            "sender",
+            "add",
+            "carol@acme.example",
+            "--imap-password-env",
+            "PENGUIN_SMTP_OTHER__X",
+        ],
+        env,
+    )
+    assert refused.returncode == 2 and "PENGUIN_SMTP_DEFAULT__" in refused.stderr
+    clear = run(["sender", "add", "carol@acme.example", "--imap-security", "none"], env)
+    assert clear.returncode == 2 and "clear text" in clear.stderr
+    out = ok(["sender", "add", "carol@acme.example", "--imap-host", ""], env)
+    assert out.strip().endswith("mail read from the local sink")
+
+
 def test_sender_add_again_changes_only_the_settings_given(env):
     ok(["sender", "add", "alice@acme.example", "--name", "Alice", "--daily-limit", "50"], env)
     out = ok(["sender", "add", "alice@acme.example", "--min-gap", "5"], env)
     assert (
-        out.strip() == "updated sender alice@acme.example via the local sink, 50 a day, 5 s apart"
+        out.strip() == "updated sender alice@acme.example via the local sink, 50 a day, "
+        "5 s apart; mail read from the local sink"
     )
     ok(["sender", "add", "alice@acme.example", "--smtp-host", "localhost", "--username", "a"], env)
     out = ok(["sender", "add", "alice@acme.example", "--smtp-host", ""], env)

@@ -1,8 +1,8 @@
 """An inbound message applied: recorded once, matched to the message it answers, its event
 written and its effects made, in the caller's tenant transaction.
 
-* **Once.** The message's row in `inbound_messages` (mailbox + place in it) is inserted first;
-  if it is there already, nothing else happens.
+* **Once.** The message's row in `inbound_messages` is inserted before its effects; if the
+  mailbox has it already (the same place in it, or the same Message-ID), nothing else happens.
 * **Matched** by the Message-IDs it refers to (In-Reply-To, References, a bounce's or report's
   original), else by address: the latest message of the receiving sender account to the
   reply's author (a bounce's or complaint's failed recipient).
@@ -37,7 +37,7 @@ _RECORD = sa.text(
          from_address, detail, received_at)
     values (app.current_tenant_id(), :mailbox, :source_key, :message_id, :kind, :sender_id,
             :sent, :from_address, :detail, :received_at)
-    on conflict (tenant_id, mailbox, source_key) do nothing
+    on conflict do nothing
     returning id
     """
 )

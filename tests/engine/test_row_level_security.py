@@ -34,6 +34,9 @@ EXTRA_ROWS = [
     """insert into app.inbound_messages (tenant_id, mailbox, source_key, kind, sent_email_id,
                                          received_at)
        select tenant_id, 'maildir:test', id::text, 'reply', id, now() from app.sent_emails""",
+    """insert into app.mailbox_cursors (tenant_id, sender_account_id, uidvalidity, last_uid,
+                                        updated_at)
+       select tenant_id, id, 1, 1, now() from app.sender_accounts""",
     """insert into app.campaign_approvals (tenant_id, campaign_id, approver, status)
        select tenant_id, id, 'compliance@example.com', 'pending' from app.campaigns""",
 ]
