@@ -131,7 +131,7 @@ OPENS = sa.text(
     """
     select contact_id, array_agg(occurred_at order by occurred_at) as opens
     from app.email_events
-    where tenant_id = app.current_tenant_id() and event_type = 'open'
+    where tenant_id = app.current_tenant_id() and event_type = 'open' and not is_machine
       and contact_id = any(:contact_ids)
     group by contact_id
     """

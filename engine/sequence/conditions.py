@@ -287,7 +287,9 @@ class _Sql:
         found = (
             "exists (select from app.email_events e where e.tenant_id = cc.tenant_id"
             " and e.campaign_id = cc.campaign_id and e.contact_id = cc.contact_id"
-            f" and e.event_type = cast({self.bind(node.event_type)} as text){step})"
+            f" and e.event_type = cast({self.bind(node.event_type)} as text){step}"
+            # a proxy's prefetch or a scanner's click is nobody's engagement
+            " and not e.is_machine)"
         )
         return f"(not {found})" if node.negated else found
 

@@ -868,7 +868,7 @@ _EVENTS = sa.text(
     select e.contact_id, e.event_type, e.step_id
     from app.email_events e
     where e.campaign_id = :id and e.event_type in ('open', 'click', 'reply')
-      and e.contact_id is not null
+      and e.contact_id is not null and not e.is_machine
     """
 )
 # An optimized campaign's usual open hours read every open of the contact (any campaign).
@@ -876,7 +876,7 @@ _OPENS = sa.text(
     """
     select e.contact_id, array_agg(e.occurred_at order by e.occurred_at) as opens
     from app.email_events e
-    where e.event_type = 'open'
+    where e.event_type = 'open' and not e.is_machine
       and e.contact_id in (
           select cc.contact_id from app.campaign_contacts cc where cc.campaign_id = :id
           union

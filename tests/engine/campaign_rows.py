@@ -71,9 +71,10 @@ _MEMBER = sa.text(
 _EVENT = sa.text(
     """
     insert into app.email_events
-        (tenant_id, event_type, contact_id, campaign_id, step_id, occurred_at, dedup_key)
+        (tenant_id, event_type, contact_id, campaign_id, step_id, occurred_at, dedup_key,
+         machine_reason)
     values (app.current_tenant_id(), :event_type, :contact_id, :campaign_id, :step_id, :at,
-            :dedup_key)
+            :dedup_key, :machine_reason)
     """
 )
 
@@ -199,10 +200,12 @@ def add_event(
     campaign_id: uuid.UUID,
     step_id: uuid.UUID | None,
     at: datetime,
+    machine_reason: str | None = None,
 ) -> None:
     conn.execute(
         _EVENT,
         {
+            "machine_reason": machine_reason,
             "event_type": event_type,
             "contact_id": contact_id,
             "campaign_id": campaign_id,

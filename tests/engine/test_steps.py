@@ -304,6 +304,9 @@ def test_a_condition_sends_each_enrollment_down_its_branch(tx, now):
         )
         add_event(conn, "open", people["ann"], c.id, c.steps["intro"], now)
         add_event(conn, "click", people["bob"], c.id, c.steps["intro"], now)
+        # A privacy proxy's prefetch is nobody's open.
+        proxy = "Apple Mail Privacy Protection"
+        add_event(conn, "open", people["cid"], c.id, c.steps["intro"], now, machine_reason=proxy)
         return c
 
     campaign = tx(setup)
