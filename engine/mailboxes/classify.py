@@ -6,7 +6,9 @@ In this order, the first that fits:
   report-type=feedback-report`); the original recipient and Message-ID come from its report
   and its attached original.
 * **bounce**: a delivery status notification (RFC 3464) or one of the non-standard formats of
-  common MTAs (Postfix, Exim, qmail, Exchange, Yahoo, AOL, ...), as flufl.bounce detects them;
+  common MTAs (Postfix, Exim, qmail, Exchange, Yahoo, AOL, ...), as flufl.bounce detects them
+  in a message that looks like one (a null envelope sender, a mailer daemon or postmaster, a
+  report, X-Failed-Recipients, or a bounce's subject in one of several languages);
   *hard* when it names a permanent failure (5.x.x), else *soft*. The original Message-ID comes
   from the attached original message or headers, where there is one.
 * **auto_reply**: `Auto-Submitted` other than `no` (RFC 3834), `X-Autoreply`, `X-Autorespond`,
@@ -21,8 +23,10 @@ The message a reply answers is named by `In-Reply-To` and `References` (newest f
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
 from enum import StrEnum
@@ -66,6 +70,16 @@ _UNSUBSCRIBE = re.compile(
     re.IGNORECASE,
 )
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+#: Who sends bounces, and what they call them: a message showing none of these (nor a null
+#: envelope sender, a report, X-Failed-Recipients) is not handed to the bounce detectors, which
+#: cost ten times the parse of a message.
+_DAEMON = re.compile(r"^(mailer-?daemon|mail-?daemon|postmaster|mail\.delivery|bounces?)\b", re.I)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (status|failure|notification|has failed)|failure notice|"
+    r"returned mail|mail delivery failed|non[- ]?deliver|not delivered|could not be delivered|"
+    r"unzustellbar|nicht zustellbar|non remis|no entregado|non recapitato|onbestelbaar",
+    re.IGNORECASE,
+)
 _AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
 
 
@@ -87,14 +101,35 @@ def _ids(value: str | None) -> list[str]:
     return _MESSAGE_ID.findall(value or "")
 
 
-def _referenced(msg: Message) -> list[str]:
+class _Headers:
+    """The message's headers as written (the first of each name), read without the email
+    package parsing each one into an object, which cost more than the rest of classifying."""
+
+    def __init__(self, msg: Message) -> None:
+        self._raw: dict[str, str] = {}
+        for name, value in msg.raw_items():
+            self._raw.setdefault(name.lower(), str(value))
+
+    def get(self, name: str) -> str | None:
+        return self._raw.get(name.lower())
+
+    def text(self, name: str) -> str:
+        """A header's text, RFC 2047 encoded words decoded."""
+        value = self._raw.get(name.lower()) or ""
+        if "=?" in value:
+            with contextlib.suppress(Exception):  # malformed encoded words: read as written
+                value = str(make_header(decode_header(value)))
+        return " ".join(value.split())
+
+
+def _referenced(headers: _Headers) -> list[str]:
     """In-Reply-To, then References from the newest."""
-    ids = _ids(msg.get("In-Reply-To"))
-    ids += [i for i in reversed(_ids(msg.get("References"))) if i not in ids]
+    ids = _ids(headers.get("In-Reply-To"))
+    ids += [i for i in reversed(_ids(headers.get("References"))) if i not in ids]
     return ids
 
 
-def _original_ids(msg: Message) -> list[str]:
+def _original_ids(msg: Message, headers: _Headers) -> list[str]:
     """Message-IDs of the original a report or bounce carries (message/rfc822 or
     text/rfc822-headers part), else those its own headers reference."""
     found: list[str] = []
@@ -116,7 +151,7 @@ def _original_ids(msg: Message) -> list[str]:
         m = re.search(r"^Message-ID:\s*(<[^>\s]+>)", body, re.IGNORECASE | re.MULTILINE)
         if m:
             found += _ids(m.group(1))
-    return [*found, *(i for i in _referenced(msg) if i not in found)]
+    return [*found, *(i for i in _referenced(headers) if i not in found)]
 
 
 def _text(msg: Message) -> str:
@@ -131,8 +166,12 @@ def _text(msg: Message) -> str:
     return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
 
 
-def _feedback_report(msg: Message) -> Message | None:
-    if msg.get_content_type() != "multipart/report":
+def _is_report(headers: _Headers) -> bool:
+    return (headers.get("Content-Type") or "").strip().lower().startswith("multipart/report")
+
+
+def _feedback_report(msg: Message, headers: _Headers) -> Message | None:
+    if not _is_report(headers):
         return None
     if (msg.get_param("report-type") or "").lower() != "feedback-report":
         return None
@@ -159,20 +198,32 @@ def _report_fields(part: Message) -> dict[str, str]:
     return fields
 
 
-def _is_auto_reply(msg: Message) -> str | None:
-    auto = (msg.get("Auto-Submitted") or "").strip().lower()
+def _is_auto_reply(headers: _Headers) -> str | None:
+    auto = (headers.get("Auto-Submitted") or "").strip().lower()
     if auto and auto != "no":
         return f"Auto-Submitted: {auto}"
     for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
-        if msg.get(name) is not None:
+        if headers.get(name) is not None:
             return name
-    precedence = (msg.get("Precedence") or "").strip().lower()
+    precedence = (headers.get("Precedence") or "").strip().lower()
     if precedence in _AUTO_PRECEDENCE:
         return f"Precedence: {precedence}"
-    subject = str(msg.get("Subject") or "")
+    subject = headers.text("Subject")
     if _AUTO_SUBJECT.search(subject):
         return f"subject {subject[:80]!r}"
     return None
+
+
+def _may_be_bounce(headers: _Headers, sender: str) -> bool:
+    envelope = headers.get("X-MailFrom")  # the sink's record of the envelope sender
+    return (
+        (headers.get("Return-Path") or "").strip() == "<>"
+        or (envelope is not None and not envelope.strip())
+        or bool(_DAEMON.match(sender))
+        or _is_report(headers)
+        or headers.get("X-Failed-Recipients") is not None
+        or bool(_BOUNCE_SUBJECT.search(headers.text("Subject")))
+    )
 
 
 def _decode(addresses: frozenset[bytes]) -> tuple[str, ...]:
@@ -181,12 +232,13 @@ def _decode(addresses: frozenset[bytes]) -> tuple[str, ...]:
 
 def classify(msg: Message) -> Classified:
     """What `msg` is (module docstring)."""
-    sender = parseaddr(str(msg.get("From") or ""))[1].lower()
-    report = _feedback_report(msg)
+    headers = _Headers(msg)
+    sender = parseaddr(headers.text("From"))[1].lower()
+    report = _feedback_report(msg, headers)
     if report is not None:
         fields = _report_fields(report)
         recipients = [a.lower() for _, a in getaddresses([fields.get("original-rcpt-to", "")]) if a]
-        refers = _original_ids(msg)
+        refers = _original_ids(msg, headers)
         return Classified(
             Kind.COMPLAINT,
             tuple(refers),
@@ -194,27 +246,31 @@ def classify(msg: Message) -> Classified:
             tuple(recipients),
             detail=f"feedback type {fields.get('feedback-type', 'unknown')}",
         )
-    try:
-        temporary, permanent = all_failures(msg)
-    except Exception:  # a detector tripping over a malformed message: not a bounce it knows
-        temporary, permanent = frozenset(), frozenset()
+    temporary, permanent = frozenset(), frozenset()
+    if _may_be_bounce(headers, sender):
+        # A detector tripping over a malformed message: not a bounce it knows.
+        with contextlib.suppress(Exception):
+            temporary, permanent = all_failures(msg)
     if temporary or permanent:
         hard = bool(permanent)
         return Classified(
             Kind.BOUNCE,
-            tuple(_original_ids(msg)),
+            tuple(_original_ids(msg, headers)),
             sender,
             _decode(permanent if hard else temporary),
             hard=hard,
             detail=("permanent" if hard else "temporary") + " failure",
         )
-    auto = _is_auto_reply(msg)
-    refers = tuple(_referenced(msg))
+    auto = _is_auto_reply(headers)
+    refers = tuple(_referenced(headers))
     if auto:
         return Classified(Kind.AUTO_REPLY, refers, sender, detail=auto)
-    subject = str(msg.get("Subject") or "").strip()
+    subject = headers.text("Subject")
     subject = re.sub(r"^((re|aw|sv|fw|fwd|wg)\s*:\s*)+", "", subject, flags=re.IGNORECASE)
-    first_line = next((line for line in _text(msg).splitlines() if line.strip()), "")
-    if _UNSUBSCRIBE.match(subject) or (not subject and _UNSUBSCRIBE.match(first_line)):
+
+    def first_line() -> str:
+        return next((line for line in _text(msg).splitlines() if line.strip()), "")
+
+    if _UNSUBSCRIBE.match(subject) or (not subject and _UNSUBSCRIBE.match(first_line())):
         return Classified(Kind.UNSUBSCRIBE, refers, sender, detail="unsubscribe by email")
     return Classified(Kind.REPLY, refers, sender)

@@ -107,6 +107,18 @@ _SUPPRESSING = {
 }
 
 
+def _raw(message: Message, name: str) -> str:
+    """A header as written (the email package would parse it into an object first)."""
+    for key, value in message.raw_items():
+        if key.lower() == name.lower():
+            return " ".join(str(value).split())
+    return ""
+
+
+def _message_id(message: Message) -> str | None:
+    return _raw(message, "Message-ID").strip("<> ") or None
+
+
 @dataclass(frozen=True)
 class Applied:
     kind: Kind
@@ -138,7 +150,7 @@ def apply(
         {
             "mailbox": mailbox,
             "source_key": source_key,
-            "message_id": (str(message.get("Message-ID") or "").strip("<> ") or None),
+            "message_id": _message_id(message),
             "kind": str(c.kind),
             "sender_id": sender_id,
             "sent": None if sent is None else sent.id,
@@ -157,7 +169,7 @@ def apply(
         earlier = conn.execute(_SOFT_BOUNCES, {"address": address, "since": since}).scalar()
         hard = earlier + 1 >= SOFT_BOUNCES_AS_HARD
     payload = {
-        "subject": str(message.get("Subject") or "")[:300],
+        "subject": _raw(message, "Subject")[:300],
         "from": c.sender,
         "detail": c.detail,
         "mailbox": mailbox,

@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
+from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from pathlib import Path
 
@@ -96,10 +97,28 @@ def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
     return accounts
 
 
+#: Inbound messages applied per transaction (each in a savepoint of its own, so one that fails
+#: is rolled back alone); a poll that stops loses at most this many messages' work, which the
+#: next poll applies.
+CHUNK = 200
+
+
+@dataclass
+class _Inbound:
+    name: str
+    message: object
+    classified: object
+    received: datetime
+    tenant_id: uuid.UUID
+    sender_id: uuid.UUID
+
+
 def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
     """Apply every inbound message of `maildir` that arrived in or after second `cursor`."""
     report = PollReport(cursor=cursor)
     accounts = _accounts(app)
+    headers = BytesHeaderParser(policy=policy.default)
+    waiting: list[_Inbound] = []
     for path in _files(maildir, cursor):
         report.read += 1
         report.cursor = max(report.cursor, _arrival(path.name))
@@ -107,38 +126,71 @@ def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
             raw = path.read_bytes()
         except FileNotFoundError:  # moved from new/ to cur/ meanwhile: read there next time
             continue
-        message = message_from_bytes(raw, policy=policy.default)
-        recipients = [a.lower() for _, a in getaddresses(message.get_all("X-RcptTo") or [])]
+        # The envelope first (the sink's X-RcptTo), from the headers alone: the engine's own
+        # outgoing copies, most of the Maildir, are never parsed further.
+        envelope = headers.parsebytes(raw)
+        recipients = [a.lower() for _, a in getaddresses(envelope.get_all("X-RcptTo") or [])]
         owners = [owner for r in recipients for owner in accounts.get(r, [])]
         if not owners:
             continue  # the engine's own outgoing copy, or mail for nobody we know
         report.inbound += 1
+        message = message_from_bytes(raw, policy=policy.default)
         try:
             classified = classify(message)
         except Exception as exc:  # a message no rule can read: said, and the rest goes on
             report.errors.append(f"{path.name}: cannot classify: {exc}")
             continue
         received = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-        for tenant_id, sender_id in owners:
-            try:
-                with tenant_transaction(app, tenant_id) as conn:
-                    done = inbound.apply(
-                        conn,
-                        mailbox=f"maildir:{sender_id}",
-                        source_key=path.name.split(":", 1)[0],
-                        message=message,
-                        classified=classified,
-                        sender_id=sender_id,
-                        received_at=received,
-                    )
-            except Exception as exc:
-                report.errors.append(f"{path.name}: {str(exc).splitlines()[0]}")
-                log.exception("inbound message %s not applied", path.name)
-                continue
+        name = path.name.split(":", 1)[0]
+        waiting += [_Inbound(name, message, classified, received, t, s) for t, s in owners]
+        if len(waiting) >= CHUNK:
+            _apply_all(app, waiting, report)
+            waiting = []
+    _apply_all(app, waiting, report)
+    return report
+
+
+def _apply_all(app: Engine, items: list[_Inbound], report: PollReport) -> None:
+    """`items` applied, one transaction per tenant, one savepoint per message."""
+    by_tenant: dict[uuid.UUID, list[_Inbound]] = defaultdict(list)
+    for item in items:
+        by_tenant[item.tenant_id].append(item)
+    for tenant_id, mine in by_tenant.items():
+        results: list[tuple[_Inbound, inbound.Applied | None]] = []
+        try:
+            with tenant_transaction(app, tenant_id) as conn:
+                for item in mine:
+                    savepoint = conn.begin_nested()
+                    try:
+                        done = inbound.apply(
+                            conn,
+                            mailbox=f"maildir:{item.sender_id}",
+                            source_key=item.name,
+                            message=item.message,
+                            classified=item.classified,
+                            sender_id=item.sender_id,
+                            received_at=item.received,
+                        )
+                        savepoint.commit()
+                    except Exception as exc:  # this message's own trouble: it alone
+                        savepoint.rollback()
+                        report.errors.append(f"{item.name}: {_first_line(exc)}")
+                        log.exception("inbound message %s not applied", item.name)
+                        continue
+                    results.append((item, done))
+        except Exception as exc:  # the transaction itself: none of them applied, next poll
+            report.errors.append(
+                f"{len(mine)} messages not applied (the next poll applies them): {_first_line(exc)}"
+            )
+            continue
+        for _, done in results:
             if done is None:
                 report.already += 1
                 continue
             report.applied[str(done.kind)] += 1
             report.unmatched += not done.matched
             report.suppressed += done.suppressed is not None
-    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [repr(exc)])[0]

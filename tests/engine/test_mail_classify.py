@@ -79,3 +79,11 @@ def test_a_reply_that_mentions_unsubscribing_is_still_a_reply():
 )
 def test_malformed_messages_are_classified_without_raising(text):
     assert _classify(text).kind in set(Kind)
+
+
+def test_an_encoded_out_of_office_subject_is_read_decoded():
+    text = samples.reply(SENDER, CONTACT, ORIGINAL).replace(
+        "Subject: Re: Quick question",
+        "Subject: =?utf-8?q?Abwesenheitsnotiz=3A_Urlaub?=",
+    )
+    assert _classify(text).kind is Kind.AUTO_REPLY

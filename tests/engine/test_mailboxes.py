@@ -181,6 +181,29 @@ def test_bounces_of_other_mtas_and_an_unsubscribe_email_match_by_reference_or_ad
     ]
 
 
+def test_one_message_that_fails_is_rolled_back_alone(database, sink, now, tmp_path, monkeypatch):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    for address, original in ids.items():
+        _deliver(sink, samples.reply(SENDER, address, original))
+    real, calls = inbound.apply, []
+
+    def second_fails(conn, **kwargs):
+        calls.append(kwargs["source_key"])
+        result = real(conn, **kwargs)  # its rows are written, then it fails: rolled back
+        if len(calls) == 2:
+            raise ValueError("this message's own trouble")
+        return result
+
+    monkeypatch.setattr(inbound, "apply", second_fails)
+    report = poll_maildir(database.app, sink.maildir)
+    assert (dict(report.applied), len(report.errors)) == ({"reply": 2}, 1)
+    assert "this message's own trouble" in report.errors[0]
+    monkeypatch.setattr(inbound, "apply", real)
+    retried = poll_maildir(database.app, sink.maildir)
+    assert (dict(retried.applied), retried.already) == ({"reply": 1}, 2)
+    assert sorted(e.recipient_email for e in _events(database, tenant)) == sorted(ids)
+
+
 def test_each_message_is_applied_once_even_after_a_poll_that_died_midway(
     database, sink, now, tmp_path, monkeypatch
 ):
@@ -199,10 +222,10 @@ def test_each_message_is_applied_once_even_after_a_poll_that_died_midway(
     with pytest.raises(KeyboardInterrupt):
         poll_maildir(database.app, sink.maildir)
     monkeypatch.setattr(inbound, "apply", real)
-    assert len(_events(database, tenant)) == 1
+    assert _events(database, tenant) == []  # its transaction died with it: nothing half-done
     first = poll_maildir(database.app, sink.maildir)
     again = poll_maildir(database.app, sink.maildir, cursor=first.cursor)
-    assert (dict(first.applied), first.already) == ({"reply": 2}, 1)
+    assert (dict(first.applied), first.already) == ({"reply": 3}, 0)
     assert (dict(again.applied), again.already) == ({}, 3)
     assert sorted(e.recipient_email for e in _events(database, tenant)) == sorted(ids)
 
