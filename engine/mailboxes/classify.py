@@ -27,7 +27,7 @@ import contextlib
 import re
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
-from email.message import EmailMessage, Message
+from email.message import Message
 from email.utils import getaddresses, parseaddr
 from enum import StrEnum
 
@@ -155,15 +155,17 @@ def _original_ids(msg: Message, headers: _Headers) -> list[str]:
 
 
 def _text(msg: Message) -> str:
-    if isinstance(msg, EmailMessage):
-        body = msg.get_body(("plain",))
-        if body is not None:
-            try:
-                return body.get_content()
-            except (LookupError, ValueError):
-                pass
-    payload = msg.get_payload(decode=True)
-    return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    """The first text/plain part, decoded (whatever the policy the message was parsed with)."""
+    for part in msg.walk():
+        if part.get_content_type() == "text/plain" and not part.is_multipart():
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                charset = part.get_content_charset() or "utf-8"
+                try:
+                    return payload.decode(charset, "replace")
+                except LookupError:  # an unknown charset
+                    return payload.decode("utf-8", "replace")
+    return ""
 
 
 def _is_report(headers: _Headers) -> bool:

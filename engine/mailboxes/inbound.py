@@ -30,74 +30,84 @@ from engine.mailboxes.classify import Classified, Kind
 SOFT_BOUNCES_AS_HARD = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
 
+# The message it answers: by reference (best first), else the receiving account's latest
+# message to the address; and, for a bounce, that address's soft bounces within the window.
+_MATCH = sa.text(
+    """
+    with by_id as (
+        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email, 0 as rank,
+               array_position(cast(:ids as text[]), m.message_id) as position
+        from app.sent_emails m
+        where m.message_id = any(cast(:ids as text[]))
+        order by position
+        limit 1
+    ), by_address as (
+        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email, 1 as rank,
+               0 as position
+        from app.sent_emails m
+        where not exists (select from by_id)  -- only for what no reference found
+          and m.tenant_id = app.current_tenant_id() and lower(m.recipient_email) = lower(:address)
+          and m.sender_account_id = cast(:sender_id as uuid)
+        order by m.queued_at desc
+        limit 1
+    ), found as (
+        select * from (select * from by_id union all select * from by_address) both_
+        order by rank limit 1
+    )
+    select f.id, f.contact_id, f.campaign_id, f.step_id, f.recipient_email,
+           case when cast(:soft as boolean) then (
+               select count(*) from app.email_events e
+               join app.sent_emails m on m.tenant_id = e.tenant_id and m.id = e.sent_email_id
+               where m.tenant_id = app.current_tenant_id()
+                 and lower(m.recipient_email) = lower(coalesce(f.recipient_email, :address))
+                 and e.event_type = 'bounce' and (e.payload ->> 'hard') = 'false'
+                 and e.occurred_at > cast(:since as timestamptz)
+           ) end as soft_bounces
+    from (select) one left join found f on true
+    """
+)
+# The message's row (once: the conflict on its place or Message-ID), then its event.
 _RECORD = sa.text(
     """
-    insert into app.inbound_messages
-        (tenant_id, mailbox, source_key, message_id, kind, sender_account_id, sent_email_id,
-         from_address, detail, received_at)
-    values (app.current_tenant_id(), :mailbox, :source_key, :message_id, :kind, :sender_id,
-            :sent, :from_address, :detail, :received_at)
-    on conflict do nothing
-    returning id
+    with recorded as (
+        insert into app.inbound_messages
+            (tenant_id, mailbox, source_key, message_id, kind, sender_account_id, sent_email_id,
+             from_address, detail, received_at)
+        values (app.current_tenant_id(), :mailbox, :source_key, :message_id, :kind, :sender_id,
+                :sent, :from_address, :detail, :at)
+        on conflict do nothing
+        returning id
+    ), event as (
+        insert into app.email_events
+            (tenant_id, event_type, sent_email_id, contact_id, campaign_id, step_id,
+             occurred_at, payload, dedup_key)
+        select app.current_tenant_id(), :kind, :sent, :contact, :campaign, :step, :at,
+               cast(:payload as jsonb), :dedup
+        from recorded where cast(:with_event as boolean)
+        on conflict (tenant_id, dedup_key) do nothing
+    )
+    select id from recorded
     """
 )
-_BY_ID = sa.text(
-    """
-    select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email
-    from app.sent_emails m
-    where m.message_id = any(:ids)
-    order by array_position(cast(:ids as text[]), m.message_id)
-    limit 1
-    """
-)
-_BY_ADDRESS = sa.text(
-    """
-    select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email
-    from app.sent_emails m
-    where m.tenant_id = app.current_tenant_id() and m.sender_account_id = :sender_id
-      and lower(m.recipient_email) = lower(:address)
-    order by m.queued_at desc
-    limit 1
-    """
-)
-_EVENT = sa.text(
-    """
-    insert into app.email_events
-        (tenant_id, event_type, sent_email_id, contact_id, campaign_id, step_id, occurred_at,
-         payload, dedup_key)
-    values (app.current_tenant_id(), :kind, :sent, :contact, :campaign, :step, :at,
-            cast(:payload as jsonb), :dedup)
-    on conflict (tenant_id, dedup_key) do nothing
-    """
-)
-_SOFT_BOUNCES = sa.text(
-    """
-    select count(*) from app.email_events e
-    join app.sent_emails m on m.tenant_id = e.tenant_id and m.id = e.sent_email_id
-    where e.event_type = 'bounce' and (e.payload ->> 'hard') = 'false'
-      and lower(m.recipient_email) = lower(:address)
-      and e.occurred_at > cast(:since as timestamptz)
-    """
-)
-_SUPPRESS = sa.text(
-    """
-    insert into app.suppressions (tenant_id, email, reason, detail, created_at)
-    values (app.current_tenant_id(), :email, :reason, :detail, :at)
-    on conflict (tenant_id, lower(email)) do nothing
-    """
-)
-_MARK_CONTACT = sa.text(
-    """
-    update app.contacts set status = :status, updated_at = :at
-    where lower(email) = lower(:email) and status = 'active'
-    """
-)
-_MARK_BOUNCED = sa.text(
-    """
+# A suppressing message's effects: the address suppressed, its contact marked, a bounce's
+# message marked.
+_EFFECTS = """
+    with suppressed as (
+        insert into app.suppressions (tenant_id, email, reason, detail, created_at)
+        values (app.current_tenant_id(), :email, :reason, :detail, :at)
+        on conflict (tenant_id, lower(email)) do nothing
+    ), marked as (
+        update app.contacts set status = :status, updated_at = :at
+        where tenant_id = app.current_tenant_id() and status = 'active' and {contact}
+    )
     update app.sent_emails set status = 'bounced', last_error = :detail, updated_at = :at
-    where id = :sent and status = 'sent'
+    where tenant_id = app.current_tenant_id() and id = cast(:bounced as uuid)
+      and status = 'sent'
     """
-)
+# The contact by its key when the message named it; else by its address (lower() is never an
+# index condition under row-level security: it is not leakproof).
+_EFFECTS_BY_CONTACT = sa.text(_EFFECTS.format(contact="id = cast(:contact as uuid)"))
+_EFFECTS_BY_ADDRESS = sa.text(_EFFECTS.format(contact="lower(email) = lower(:email)"))
 
 #: What each suppressing kind makes of the address and its contact.
 _SUPPRESSING = {
@@ -140,34 +150,21 @@ def apply(
     """Apply one inbound message (module docstring); None when it was applied before."""
     c = classified
     address = c.addresses[0] if c.addresses else c.sender
-    sent = None
-    if c.refers_to:
-        sent = conn.execute(_BY_ID, {"ids": list(c.refers_to)}).first()
-    if sent is None and sender_id is not None and address:
-        sent = conn.execute(_BY_ADDRESS, {"sender_id": sender_id, "address": address}).first()
-    row_id = conn.execute(
-        _RECORD,
+    soft = c.kind is Kind.BOUNCE and not c.hard
+    sent = conn.execute(
+        _MATCH,
         {
-            "mailbox": mailbox,
-            "source_key": source_key,
-            "message_id": _message_id(message),
-            "kind": str(c.kind),
+            "ids": list(c.refers_to),
+            "address": address or "",
             "sender_id": sender_id,
-            "sent": None if sent is None else sent.id,
-            "from_address": c.sender or None,
-            "detail": c.detail or None,
-            "received_at": received_at,
+            "soft": soft,
+            "since": received_at - SOFT_BOUNCE_WINDOW,
         },
-    ).scalar()
-    if row_id is None:
-        return None  # applied before (the row's unique key): nothing else happens
-    if sent is not None and c.kind is not Kind.REPLY:
+    ).one()
+    matched = sent.id is not None
+    if matched and c.kind is not Kind.REPLY:
         address = sent.recipient_email
-    hard = c.hard
-    if c.kind is Kind.BOUNCE and not hard and address:
-        since = received_at - SOFT_BOUNCE_WINDOW
-        earlier = conn.execute(_SOFT_BOUNCES, {"address": address, "since": since}).scalar()
-        hard = earlier + 1 >= SOFT_BOUNCES_AS_HARD
+    hard = c.hard or (soft and (sent.soft_bounces or 0) + 1 >= SOFT_BOUNCES_AS_HARD)
     payload = {
         "subject": _raw(message, "Subject")[:300],
         "from": c.sender,
@@ -176,29 +173,43 @@ def apply(
     }
     if c.kind is Kind.BOUNCE:
         payload |= {"hard": hard, "addresses": list(c.addresses)}
-    if sent is not None or c.kind is not Kind.REPLY:
-        conn.execute(
-            _EVENT,
-            {
-                "kind": str(c.kind),
-                "sent": None if sent is None else sent.id,
-                "contact": None if sent is None else sent.contact_id,
-                "campaign": None if sent is None else sent.campaign_id,
-                "step": None if sent is None else sent.step_id,
-                "at": received_at,
-                "payload": json.dumps(payload),
-                "dedup": f"inbound:{mailbox}:{source_key}",
-            },
-        )
+    row_id = conn.execute(
+        _RECORD,
+        {
+            "mailbox": mailbox,
+            "source_key": source_key,
+            "message_id": _message_id(message),
+            "kind": str(c.kind),
+            "sender_id": sender_id,
+            "sent": sent.id,
+            "from_address": c.sender or None,
+            "detail": c.detail or None,
+            "at": received_at,
+            # An unmatched reply says nothing about any message or contact: no event.
+            "with_event": matched or c.kind is not Kind.REPLY,
+            "contact": sent.contact_id,
+            "campaign": sent.campaign_id,
+            "step": sent.step_id,
+            "payload": json.dumps(payload),
+            "dedup": f"inbound:{mailbox}:{source_key}",
+        },
+    ).scalar()
+    if row_id is None:
+        return None  # applied before (its place or its Message-ID): nothing else happens
     suppressed = None
     if c.kind in _SUPPRESSING and address and (c.kind is not Kind.BOUNCE or hard):
         reason, status = _SUPPRESSING[c.kind]
-        detail = f"{c.kind}: {c.detail}" if c.detail else str(c.kind)
         conn.execute(
-            _SUPPRESS, {"email": address, "reason": reason, "detail": detail, "at": received_at}
+            _EFFECTS_BY_CONTACT if sent.contact_id is not None else _EFFECTS_BY_ADDRESS,
+            {
+                "email": address,
+                "reason": reason,
+                "status": status,
+                "detail": f"{c.kind}: {c.detail}" if c.detail else str(c.kind),
+                "at": received_at,
+                "contact": sent.contact_id,
+                "bounced": sent.id if c.kind is Kind.BOUNCE else None,
+            },
         )
-        conn.execute(_MARK_CONTACT, {"email": address, "status": status, "at": received_at})
         suppressed = address.lower()
-    if c.kind is Kind.BOUNCE and sent is not None and hard:
-        conn.execute(_MARK_BOUNCED, {"sent": sent.id, "detail": c.detail, "at": received_at})
-    return Applied(c.kind, sent is not None, suppressed, hard)
+    return Applied(c.kind, matched, suppressed, hard)

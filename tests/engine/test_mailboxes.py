@@ -188,15 +188,16 @@ def test_one_message_that_fails_is_rolled_back_alone(database, sink, now, tmp_pa
     real, calls = inbound.apply, []
 
     def second_fails(conn, **kwargs):
-        calls.append(kwargs["source_key"])
+        if kwargs["source_key"] not in calls:
+            calls.append(kwargs["source_key"])
         result = real(conn, **kwargs)  # its rows are written, then it fails: rolled back
-        if len(calls) == 2:
+        if len(calls) > 1 and kwargs["source_key"] == calls[1]:
             raise ValueError("this message's own trouble")
         return result
 
     monkeypatch.setattr(inbound, "apply", second_fails)
     report = poll_maildir(database.app, sink.maildir)
-    assert (dict(report.applied), len(report.errors)) == ({"reply": 2}, 1)
+    assert (dict(report.applied), len(report.errors)) == ({"reply": 2}, 1), report.errors
     assert "this message's own trouble" in report.errors[0]
     monkeypatch.setattr(inbound, "apply", real)
     retried = poll_maildir(database.app, sink.maildir)

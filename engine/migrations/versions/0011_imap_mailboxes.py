@@ -57,9 +57,19 @@ grant select on app.mailbox_cursors to penguin_analytics;
 -- copied between folders) is the same message: applied once.
 create unique index inbound_messages_message_id_key
     on app.inbound_messages (tenant_id, mailbox, message_id) where message_id is not null;
+
+-- Messages to an address, whichever sender sent them: a reply or bounce without a reference is
+-- matched by it, and an address's soft bounces are counted by it (0010's index, which led with
+-- the sender, could serve only the first).
+drop index app.sent_emails_sender_recipient_idx;
+create index sent_emails_recipient_idx
+    on app.sent_emails (tenant_id, lower(recipient_email), queued_at);
 """
 
 DOWNGRADE = """
+drop index app.sent_emails_recipient_idx;
+create index sent_emails_sender_recipient_idx
+    on app.sent_emails (tenant_id, sender_account_id, lower(recipient_email), queued_at);
 drop index app.inbound_messages_message_id_key;
 drop table app.mailbox_cursors;
 alter table app.sender_accounts
