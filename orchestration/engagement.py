@@ -16,7 +16,7 @@ import time
 import dagster as dg
 
 from engine.mailboxes.imap import has_imap_mailboxes, poll_imap
-from engine.mailboxes.maildir import newest_file, poll_maildir
+from engine.mailboxes.maildir import maildir_names, poll_maildir
 from orchestration.resources import PostgresResource
 
 #: How often the sensor has the IMAP mailboxes read (it cannot see new mail there without
@@ -25,8 +25,10 @@ IMAP_INTERVAL_SECONDS = 60
 
 
 class MailPollConfig(dg.Config):
-    #: The arrival second (Unix time) the poll starts at; 0 reads the whole mailbox.
+    #: The arrival second (Unix time) the Maildir poll starts at; 0 reads the whole mailbox.
     since: int = 0
+    #: Whether to read the IMAP mailboxes too (the sensor asks at most once a minute).
+    imap: bool = True
 
 
 @dg.asset(
@@ -43,7 +45,8 @@ def inbound_mail(
 ) -> dg.MaterializeResult:
     db = postgres.db
     report = poll_maildir(db.app, db.settings.maildir, cursor=config.since)
-    poll_imap(db.app, report=report)  # each account resumes at its own cursor (the database)
+    if config.imap:
+        poll_imap(db.app, report=report)  # each account resumes at its own cursor (database)
     for error in report.errors[:20]:
         context.log.warning(error)
     return dg.MaterializeResult(
@@ -73,25 +76,28 @@ poll_mail_job = dg.define_asset_job(
     description="Starts poll_mail_job when new mail has arrived in the sink's Maildir.",
 )
 def mailbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
-    seen = {"since": 0, "newest": "", "imap_at": 0.0}
+    seen = {"since": 0, "names": [], "imap_at": 0.0}
     seen |= json.loads(context.cursor) if context.cursor else {}
-    newest = newest_file(postgres.db.settings.maildir, seen["since"])
+    files = maildir_names(postgres.db.settings.maildir, seen["since"])
+    # New: a later second, or a name of the cursor's second not seen yet (names within a
+    # second do not sort by arrival).
+    fresh = [(second, name) for second, name in files if name not in set(seen["names"])]
     now = time.time()
     imap_due = now - seen["imap_at"] >= IMAP_INTERVAL_SECONDS and has_imap_mailboxes(
         postgres.db.app
     )
-    maildir_new = newest is not None and newest[1] != seen["newest"]
-    if not maildir_new and not imap_due:
+    if not fresh and not imap_due:
         return dg.SkipReason("no new mail in the sink's Maildir; IMAP mailboxes read lately")
-    second, name = newest if maildir_new else (seen["since"], seen["newest"])
-    if imap_due:
-        seen["imap_at"] = now
-    context.update_cursor(json.dumps({"since": second, "newest": name, "imap_at": seen["imap_at"]}))
-    key = f"mail:{name}" if maildir_new else f"mail:imap:{int(now)}"
-    return dg.RunRequest(
-        run_key=key,
-        run_config=dg.RunConfig(ops={"inbound_mail": MailPollConfig(since=seen["since"])}),
+    latest = max((second for second, _ in files), default=seen["since"])
+    names = sorted(name for second, name in files if second == latest)
+    context.update_cursor(
+        json.dumps(
+            {"since": latest, "names": names, "imap_at": now if imap_due else seen["imap_at"]}
+        )
     )
+    key = f"mail:{fresh[-1][1]}" if fresh else f"mail:imap:{int(now)}"
+    config = MailPollConfig(since=seen["since"], imap=imap_due)
+    return dg.RunRequest(run_key=key, run_config=dg.RunConfig(ops={"inbound_mail": config}))
 
 
 defs = dg.Definitions(assets=[inbound_mail], jobs=[poll_mail_job], sensors=[mailbox_sensor])

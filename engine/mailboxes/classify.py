@@ -14,8 +14,9 @@ In this order, the first that fits:
 * **auto_reply**: `Auto-Submitted` other than `no` (RFC 3834), `X-Autoreply`, `X-Autorespond`,
   `Precedence: auto_reply|bulk|junk`, `X-Auto-Response-Suppress`, or a subject that says "out of
   office" in one of `AUTO_REPLY_SUBJECTS`' languages.
-* **unsubscribe**: a message whose subject (or, with an empty subject, the first line of its
-  text) is "unsubscribe" or a translation of it, as the mailto link of List-Unsubscribe sends.
+* **unsubscribe**: a new message (no "Re:", no references) whose subject (or, with an empty
+  subject, the first line of its text) is "unsubscribe" or a translation of it, as the mailto
+  link of List-Unsubscribe sends it.
 * **reply**: anything else a person wrote.
 
 The message a reply answers is named by `In-Reply-To` and `References` (newest first).
@@ -28,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.message import Message
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 from enum import StrEnum
 
 from flufl.bounce import all_failures
@@ -80,7 +81,8 @@ _BOUNCE_SUBJECT = re.compile(
     r"unzustellbar|nicht zustellbar|non remis|no entregado|non recapitato|onbestelbaar",
     re.IGNORECASE,
 )
-_AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
+_AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk"}
+_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|wg|fw|fwd|tr)\s*:", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,14 @@ class Classified:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def clean(text: str) -> str:
+    """Header text as the database can store it: undecodable bytes (8-bit headers arrive as
+    surrogates) as U+FFFD, no NUL."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+
+
 def _ids(value: str | None) -> list[str]:
-    return _MESSAGE_ID.findall(value or "")
+    return [clean(i) for i in _MESSAGE_ID.findall(value or "")]
 
 
 class _Headers:
@@ -108,10 +116,16 @@ class _Headers:
     def __init__(self, msg: Message) -> None:
         self._raw: dict[str, str] = {}
         for name, value in msg.raw_items():
-            self._raw.setdefault(name.lower(), str(value))
+            self._raw.setdefault(name.lower(), clean(str(value)))
 
     def get(self, name: str) -> str | None:
         return self._raw.get(name.lower())
+
+    def address(self, name: str) -> str:
+        """The address of a From-like header, taken from the header as written: an encoded
+        word is a display name, never an address (``=?utf-8?q?=3Cvictim@x?= <me@y>`` is me@y)."""
+        found = getaddresses([self._raw.get(name.lower()) or ""])
+        return found[0][1].lower() if found else ""
 
     def text(self, name: str) -> str:
         """A header's text, RFC 2047 encoded words decoded."""
@@ -211,7 +225,8 @@ def _is_auto_reply(headers: _Headers) -> str | None:
     if precedence in _AUTO_PRECEDENCE:
         return f"Precedence: {precedence}"
     subject = headers.text("Subject")
-    if _AUTO_SUBJECT.search(subject):
+    # "Re: Vacation rentals for your team" quotes the campaign's own subject: a person's reply.
+    if not _REPLY_PREFIX.match(subject) and _AUTO_SUBJECT.search(subject):
         return f"subject {subject[:80]!r}"
     return None
 
@@ -235,7 +250,7 @@ def _decode(addresses: frozenset[bytes]) -> tuple[str, ...]:
 def classify(msg: Message) -> Classified:
     """What `msg` is (module docstring)."""
     headers = _Headers(msg)
-    sender = parseaddr(headers.text("From"))[1].lower()
+    sender = headers.address("From")
     report = _feedback_report(msg, headers)
     if report is not None:
         fields = _report_fields(report)
@@ -268,11 +283,15 @@ def classify(msg: Message) -> Classified:
     if auto:
         return Classified(Kind.AUTO_REPLY, refers, sender, detail=auto)
     subject = headers.text("Subject")
-    subject = re.sub(r"^((re|aw|sv|fw|fwd|wg)\s*:\s*)+", "", subject, flags=re.IGNORECASE)
 
     def first_line() -> str:
         return next((line for line in _text(msg).splitlines() if line.strip()), "")
 
-    if _UNSUBSCRIBE.match(subject) or (not subject and _UNSUBSCRIBE.match(first_line())):
+    # The List-Unsubscribe mailto writes a new message: a reply ("Re: Stop", with its
+    # references) that says stop is a person's answer, read as a reply.
+    fresh = not refers and not _REPLY_PREFIX.match(subject)
+    if fresh and (
+        _UNSUBSCRIBE.match(subject) or (not subject and _UNSUBSCRIBE.match(first_line()))
+    ):
         return Classified(Kind.UNSUBSCRIBE, refers, sender, detail="unsubscribe by email")
     return Classified(Kind.REPLY, refers, sender)

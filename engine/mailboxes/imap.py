@@ -55,7 +55,11 @@ _CURSOR = sa.text(
                                      updated_at)
     values (app.current_tenant_id(), :sender_id, :uidvalidity, :uid, :now)
     on conflict (tenant_id, sender_account_id) do update
-    set uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid,
+    set uidvalidity = excluded.uidvalidity,
+        -- two polls at once never move it back
+        last_uid = case when mailbox_cursors.uidvalidity = excluded.uidvalidity
+                        then greatest(mailbox_cursors.last_uid, excluded.last_uid)
+                        else excluded.last_uid end,
         updated_at = excluded.updated_at
     """
 )
@@ -179,17 +183,25 @@ def _apply(
         with tenant_transaction(app, tenant_id) as conn:
             conn.execute(_CURSOR, cursor)
         return
-    with tenant_transaction(app, tenant_id) as conn:
-        done = inbound.apply(
-            conn,
-            mailbox=f"imap:{account.id}",
-            source_key=f"{uidvalidity}:{uid}",
-            message=message,
-            classified=classified,
-            sender_id=account.id,
-            received_at=received.astimezone(UTC),
-        )
-        conn.execute(_CURSOR, cursor)
+    try:
+        with tenant_transaction(app, tenant_id) as conn:
+            done = inbound.apply(
+                conn,
+                mailbox=f"imap:{account.id}",
+                source_key=f"{uidvalidity}:{uid}",
+                message=message,
+                classified=classified,
+                sender_id=account.id,
+                received_at=received.astimezone(UTC),
+            )
+            conn.execute(_CURSOR, cursor)
+    except Exception as exc:  # this message's own trouble: said, and the mailbox goes on
+        first = (str(exc).splitlines() or [repr(exc)])[0]
+        report.errors.append(f"{account.email} UID {uid}: not applied: {first}")
+        log.exception("IMAP message %s of %s not applied", uid, account.email)
+        with tenant_transaction(app, tenant_id) as conn:
+            conn.execute(_CURSOR, cursor)
+        return
     if done is None:
         report.already += 1
         return

@@ -25,7 +25,7 @@ from email.message import Message
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from engine.mailboxes.classify import Classified, Kind
+from engine.mailboxes.classify import Classified, Kind, clean
 
 SOFT_BOUNCES_AS_HARD = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
@@ -48,15 +48,18 @@ _MATCH = sa.text(
         where not exists (select from by_id)  -- only for what no reference found
           and m.tenant_id = app.current_tenant_id() and lower(m.recipient_email) = lower(:address)
           and m.sender_account_id = cast(:sender_id as uuid)
+          and m.queued_at <= cast(:received_at as timestamptz)  -- answers come after sends
         order by m.queued_at desc
         limit 1
     ), found as (
         select * from (select * from by_id union all select * from by_address) both_
         order by rank limit 1
     )
-    select f.id, f.contact_id, f.campaign_id, f.step_id, f.recipient_email,
+    select f.id, f.contact_id, f.campaign_id, f.step_id, f.recipient_email, f.rank,
            case when cast(:soft as boolean) then (
-               select count(*) from app.email_events e
+               -- soft bounces of different messages: one message's repeated delay warnings
+               -- are one
+               select count(distinct e.sent_email_id) from app.email_events e
                join app.sent_emails m on m.tenant_id = e.tenant_id and m.id = e.sent_email_id
                where m.tenant_id = app.current_tenant_id()
                  and lower(m.recipient_email) = lower(coalesce(f.recipient_email, :address))
@@ -118,10 +121,11 @@ _SUPPRESSING = {
 
 
 def _raw(message: Message, name: str) -> str:
-    """A header as written (the email package would parse it into an object first)."""
+    """A header as written (the email package would parse it into an object first), as the
+    database can store it."""
     for key, value in message.raw_items():
         if key.lower() == name.lower():
-            return " ".join(str(value).split())
+            return clean(" ".join(str(value).split()))
     return ""
 
 
@@ -159,12 +163,25 @@ def apply(
             "sender_id": sender_id,
             "soft": soft,
             "since": received_at - SOFT_BOUNCE_WINDOW,
+            "received_at": received_at,
         },
     ).one()
     matched = sent.id is not None
-    if matched and c.kind is not Kind.REPLY:
-        address = sent.recipient_email
     hard = c.hard or (soft and (sent.soft_bounces or 0) + 1 >= SOFT_BOUNCES_AS_HARD)
+    # Who is suppressed. A bounce or complaint is anyone's to write: it suppresses only the
+    # recipient of a message of ours it names by Message-ID, and only if it names that
+    # recipient as failed (when it names any). An unsubscribe suppresses who asked (a colleague
+    # answering a forwarded copy is not the recipient).
+    target_contact = None
+    if c.kind in (Kind.BOUNCE, Kind.COMPLAINT):
+        ours = matched and sent.rank == 0
+        named = ours and (not c.addresses or sent.recipient_email.lower() in c.addresses)
+        address = sent.recipient_email if named else None
+        target_contact = sent.contact_id if address else None
+    elif c.kind is Kind.UNSUBSCRIBE:
+        address = c.sender
+        if matched and sent.recipient_email.lower() == c.sender:
+            target_contact = sent.contact_id
     payload = {
         "subject": _raw(message, "Subject")[:300],
         "from": c.sender,
@@ -200,15 +217,15 @@ def apply(
     if c.kind in _SUPPRESSING and address and (c.kind is not Kind.BOUNCE or hard):
         reason, status = _SUPPRESSING[c.kind]
         conn.execute(
-            _EFFECTS_BY_CONTACT if sent.contact_id is not None else _EFFECTS_BY_ADDRESS,
+            _EFFECTS_BY_CONTACT if target_contact is not None else _EFFECTS_BY_ADDRESS,
             {
                 "email": address,
                 "reason": reason,
                 "status": status,
                 "detail": f"{c.kind}: {c.detail}" if c.detail else str(c.kind),
                 "at": received_at,
-                "contact": sent.contact_id,
-                "bounced": sent.id if c.kind is Kind.BOUNCE else None,
+                "contact": target_contact,
+                "bounced": sent.id if c.kind is Kind.BOUNCE and target_contact else None,
             },
         )
         suppressed = address.lower()

@@ -16,6 +16,7 @@ midway, or a file that arrived within the cursor's second, is never lost or appl
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections import defaultdict
@@ -81,11 +82,17 @@ def _files(maildir: Path, cursor: int) -> list[Path]:
     return sorted(found, key=lambda p: (_arrival(p.name), p.name))
 
 
-def newest_file(maildir: Path, since: int = 0) -> tuple[int, str] | None:
-    """The newest file's (arrival second, name) among those that arrived in or after `since`;
+def maildir_names(maildir: Path, since: int = 0) -> list[tuple[int, str]]:
+    """(arrival second, name) of the files that arrived in or after `since`, oldest first;
     names only, nothing read."""
-    files = _files(maildir, since)
-    return (_arrival(files[-1].name), files[-1].name) if files else None
+    found = []
+    for sub in ("new", "cur"):
+        try:
+            names = [e.name for e in os.scandir(maildir / sub)]
+        except FileNotFoundError:
+            continue
+        found += [(_arrival(n), n.split(":", 1)[0]) for n in names if _arrival(n) >= since]
+    return sorted(found)
 
 
 def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
@@ -132,7 +139,9 @@ def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
         # The envelope first (the sink's X-RcptTo), from the headers alone: the engine's own
         # outgoing copies, most of the Maildir, are never parsed further.
         envelope = headers.parsebytes(raw)
-        recipients = [a.lower() for _, a in getaddresses(envelope.get_all("X-RcptTo") or [])]
+        # The sink appends its X-RcptTo last; one the sender wrote into the message comes first.
+        sink_rcpt = (envelope.get_all("X-RcptTo") or [""])[-1]
+        recipients = [a.lower() for _, a in getaddresses([sink_rcpt])]
         owners = [owner for r in recipients for owner in accounts.get(r, [])]
         if not owners:
             continue  # the engine's own outgoing copy, or mail for nobody we know
@@ -143,7 +152,10 @@ def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
         except Exception as exc:  # a message no rule can read: said, and the rest goes on
             report.errors.append(f"{path.name}: cannot classify: {exc}")
             continue
-        received = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        try:
+            received = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except FileNotFoundError:  # moved to cur/ since it was read: arrived now, near enough
+            received = datetime.now(UTC)
         name = path.name.split(":", 1)[0]
         waiting += [_Inbound(name, message, classified, received, t, s) for t, s in owners]
         if len(waiting) >= CHUNK:

@@ -153,3 +153,25 @@ def test_a_mailbox_cannot_name_another_tenants_password_or_log_in_in_clear_text(
             set_mailbox(conn, SENDER, host="imap.example", username="u", security="none")
         with pytest.raises(SenderConfigError, match="no sender account"):
             set_mailbox(conn, "nobody@acme.example", host="imap.example", username="u")
+
+
+def test_a_message_that_cannot_be_applied_does_not_stop_the_mailbox(
+    database, smtp_server, now, tmp_path, imap_server, monkeypatch
+):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path, imap_server)
+    for address, original in sorted(ids.items()):
+        imap_server.deliver(SENDER, "imap-secret", samples.reply(SENDER, address, original))
+    real = inbound.apply
+
+    def first_fails(conn, **kwargs):
+        if kwargs["source_key"].endswith(":1"):
+            raise ValueError("its own trouble")
+        return real(conn, **kwargs)
+
+    monkeypatch.setattr(inbound, "apply", first_fails)
+    report = poll_imap(database.app, env=ENV)
+    assert dict(report.applied) == {"reply": 2}
+    assert len(report.errors) == 1 and "UID 1: not applied: its own trouble" in report.errors[0]
+    again = poll_imap(database.app, env=ENV)
+    assert again.read == 0  # moved past it, said once
+    assert len(_events(database, tenant)) == 2

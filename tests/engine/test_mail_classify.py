@@ -54,7 +54,7 @@ def test_an_arf_report_is_a_complaint_about_the_original_recipient():
     assert got.detail == "feedback type abuse"
 
 
-@pytest.mark.parametrize("subject", ["unsubscribe", "Re: Unsubscribe", "UNSUBSCRIBE!", "stop"])
+@pytest.mark.parametrize("subject", ["unsubscribe", "Unsubscribe", "UNSUBSCRIBE!", "stop"])
 def test_an_unsubscribe_email_is_an_unsubscribe(subject):
     text = samples.unsubscribe(SENDER, CONTACT).replace(
         "Subject: unsubscribe", f"Subject: {subject}"
@@ -87,3 +87,33 @@ def test_an_encoded_out_of_office_subject_is_read_decoded():
         "Subject: =?utf-8?q?Abwesenheitsnotiz=3A_Urlaub?=",
     )
     assert _classify(text).kind is Kind.AUTO_REPLY
+
+
+@pytest.mark.parametrize(
+    "subject", ["Re: Stop", "Re: Vacation rentals for your team", "Re: Out of office supplies"]
+)
+def test_a_reply_quoting_a_subject_that_looks_like_a_rule_is_a_reply(subject):
+    text = samples.reply(SENDER, CONTACT, ORIGINAL, subject=subject)
+    assert _classify(text).kind is Kind.REPLY
+
+
+def test_an_address_hidden_in_an_encoded_display_name_is_not_the_sender():
+    text = samples.unsubscribe(SENDER, CONTACT).replace(
+        f"From: {CONTACT}", "From: =?utf-8?q?=3Cvictim=40prospect.example=3E?= <me@evil.example>"
+    )
+    assert _classify(text).sender == "me@evil.example"
+
+
+def test_undecodable_header_bytes_are_kept_as_replacement_characters():
+    from email import message_from_bytes
+
+    raw = (
+        samples.reply(SENDER, CONTACT, ORIGINAL)
+        .encode()
+        .replace(b"Subject: Re: Quick question", "Subject: Re: café\x00".encode("latin-1"))
+    )
+    got = classify(message_from_bytes(raw, policy=policy.compat32))
+    assert got.kind is Kind.REPLY
+    from engine.mailboxes.classify import clean
+
+    assert clean("caf\udce9\x00") == "caf\ufffd"

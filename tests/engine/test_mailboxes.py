@@ -146,21 +146,41 @@ def test_a_reply_under_stop_on_reply_company_stops_everyone_at_the_domain(
     assert reasons == ["company replied", "company replied", "replied"]
 
 
-def test_three_soft_bounces_within_a_week_count_as_hard(database, sink, now, tmp_path):
-    tenant, ids = _sent(database, sink, now, tmp_path)
+def test_three_soft_bounces_of_different_messages_within_a_week_count_as_hard(
+    database, sink, now, tmp_path
+):
+    three = [
+        Step("email", subject="One", body_text="first"),
+        Step("wait", wait=timedelta(days=1)),
+        Step("email", subject="Two", body_text="second"),
+        Step("wait", wait=timedelta(days=1)),
+        Step("email", subject="Three", body_text="third"),
+    ]
+    tenant, _ = _sent(database, sink, now, tmp_path, steps=three)
+    for day in (1, 2):
+        later = now + timedelta(days=day, minutes=1)
+        send_due(database.app, SmtpServer(sink.host, sink.port), later)
     a = "acme0@example.com"
-    for _ in range(2):
-        _deliver(
-            sink,
-            samples.postfix_dsn(SENDER, a, ids[a], hard=False).replace(
-                "Message-ID: <dsn-", f"Message-ID: <dsn-{_}-"
-            ),
+    ids = [
+        r.message_id
+        for r in _query(
+            database,
+            tenant,
+            f"select message_id from app.sent_emails where recipient_email = '{a}' "
+            "order by queued_at",
         )
+    ]
+    assert len(ids) == 3
+    # One message's repeated delay warnings are one soft bounce.
+    for n in range(3):
+        dsn = samples.postfix_dsn(SENDER, a, ids[0], hard=False)
+        _deliver(sink, dsn.replace("Message-ID: <dsn-", f"Message-ID: <dsn-{n}-"))
     poll_maildir(database.app, sink.maildir)
     assert _query(database, tenant, "select email from app.suppressions") == []
-    _deliver(sink, samples.postfix_dsn(SENDER, a, ids[a], hard=False))
+    for original in ids[1:]:  # the second and third message soft-bounce too: hard
+        _deliver(sink, samples.postfix_dsn(SENDER, a, original, hard=False))
     poll_maildir(database.app, sink.maildir)
-    assert [e.hard for e in _events(database, tenant)] == ["false", "false", "true"]
+    assert [e.hard for e in _events(database, tenant)] == ["false"] * 4 + ["true"]
     assert _query(database, tenant, "select email, reason from app.suppressions") == [(a, "bounce")]
 
 
@@ -174,9 +194,10 @@ def test_bounces_of_other_mtas_and_an_unsubscribe_email_match_by_reference_or_ad
     _deliver(sink, samples.unsubscribe(SENDER, c))  # the mailto link: no reference at all
     report = poll_maildir(database.app, sink.maildir)
     assert (dict(report.applied), report.unmatched) == ({"bounce": 2, "unsubscribe": 1}, 0)
+    # The qmail bounce names a message that is not ours: recorded, but it suppresses nobody
+    # (a bounce is anyone's to write).
     assert sorted(_query(database, tenant, "select email, reason from app.suppressions")) == [
         (a, "bounce"),
-        (b, "bounce"),
         (c, "unsubscribe"),
     ]
 
@@ -264,3 +285,33 @@ def test_penguin_mail_poll_applies_the_sinks_mail_once_and_says_what_it_did(
     again = run_penguin(["mail", "poll"], env)
     assert "nothing new; 2 applied before" in again.stdout
     assert sorted(e.event_type for e in _events(database, tenant)) == ["bounce", "reply"]
+
+
+def test_forged_bounces_and_complaints_suppress_nobody(database, sink, now, tmp_path):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    a, b = "acme0@example.com", "acme1@example.com"
+    # From anyone, naming b as failed but no message of ours; and a report about a's message
+    # that names b as the complainer.
+    _deliver(sink, samples.postfix_dsn(SENDER, b, "forged@evil.example"))
+    _deliver(sink, samples.arf_complaint(SENDER, b, ids[a]))
+    report = poll_maildir(database.app, sink.maildir)
+    assert (dict(report.applied), report.suppressed) == ({"bounce": 1, "complaint": 1}, 0)
+    assert _query(database, tenant, "select email from app.suppressions") == []
+    statuses = {r.status for r in _query(database, tenant, "select status from app.contacts")}
+    assert statuses == {"active"}
+
+
+def test_an_unsubscribe_answering_a_forwarded_copy_suppresses_who_asked(
+    database, sink, now, tmp_path
+):
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    a = "acme0@example.com"
+    colleague = samples.reply(SENDER, "colleague@example.com", ids[a], subject="unsubscribe")
+    colleague = colleague.replace("In-Reply-To", "X-Was-In-Reply-To").replace("References", "X-R")
+    _deliver(sink, colleague)
+    poll_maildir(database.app, sink.maildir)
+    assert _query(database, tenant, "select email, reason from app.suppressions") == [
+        ("colleague@example.com", "unsubscribe")
+    ]
+    statuses = dict(_query(database, tenant, "select email, status from app.contacts"))
+    assert statuses[a] == "active"

@@ -58,3 +58,18 @@ def test_new_mail_is_requested_once_and_its_run_applies_it(database, now, tmp_pa
         assert metadata["applied"].value == {"reply": 1}
         assert metadata["read"].value == 4  # three outgoing copies and the reply
     assert [e.event_type for e in _events(database, tenant)] == ["reply"]
+
+
+def test_a_file_arriving_within_the_cursors_second_is_still_requested(database, tmp_path):
+    new = database.settings.maildir / "new"
+    new.mkdir(parents=True)
+    (new / "1796000000.M99999P1Q1.host").write_text("x")
+    with dg.instance_for_test() as instance:
+        first, cursor = _tick(database, instance)
+        assert isinstance(first, dg.RunRequest)
+        # Same second, a name that sorts before the first (microseconds are not zero-padded).
+        (new / "1796000000.M100000P1Q2.host").write_text("y")
+        second, cursor = _tick(database, instance, cursor)
+        assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key
+        third, _ = _tick(database, instance, cursor)
+        assert isinstance(third, dg.SkipReason)
