@@ -39,6 +39,7 @@ from engine.tenants import all_tenants
 log = logging.getLogger(__name__)
 
 _SECONDS = re.compile(r"^(\d+)\.")
+_MICROS = re.compile(r"^\d+\.M(\d+)")
 _SENDERS = sa.text("select id, lower(email) as email from app.sender_accounts")
 
 
@@ -73,13 +74,20 @@ def _arrival(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _order(name: str) -> tuple[int, int, str]:
+    """Arrival order: the second, then the microseconds (`1796000000.M5P...` before
+    `1796000000.M40P...`: Python's Maildir does not pad them), then the name."""
+    m = _MICROS.match(name)
+    return (_arrival(name), int(m.group(1)) if m else 0, name)
+
+
 def _files(maildir: Path, cursor: int) -> list[Path]:
     found = []
     for sub in ("new", "cur"):
         folder = maildir / sub
         if folder.is_dir():
             found += [p for p in folder.iterdir() if p.is_file() and _arrival(p.name) >= cursor]
-    return sorted(found, key=lambda p: (_arrival(p.name), p.name))
+    return sorted(found, key=lambda p: _order(p.name))
 
 
 def maildir_names(maildir: Path, since: int = 0) -> list[tuple[int, str]]:
