@@ -47,3 +47,8 @@ def shown_list(items: Iterable[object], limit: int = SHOWN_ITEMS) -> str:
     if len(values) > limit:
         text += f", … ({len(values) - limit:,} more)"
     return text
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line for a report or a log line (its repr when it has no message)."""
+    return (str(exc).splitlines() or [repr(exc)])[0]

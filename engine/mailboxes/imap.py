@@ -32,6 +32,7 @@ from engine.mailboxes.classify import classify
 from engine.mailboxes.maildir import PollReport
 from engine.senders import ImapMailbox, SenderConfigError, imap_mailbox_for
 from engine.tenants import all_tenants
+from engine.text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,9 @@ def poll_imap(
             except SenderConfigError as exc:
                 report.errors.append(str(exc))
             except Exception as exc:  # the server, the network, the login
-                first = (str(exc).splitlines() or [repr(exc)])[0]
                 report.errors.append(
                     f"mailbox of {account.email} ({account.imap_host}): "
-                    f"{exc.__class__.__name__}: {first}"
+                    f"{exc.__class__.__name__}: {first_line(exc)}"
                 )
     return report
 
@@ -196,15 +196,9 @@ def _apply(
             )
             conn.execute(_CURSOR, cursor)
     except Exception as exc:  # this message's own trouble: said, and the mailbox goes on
-        first = (str(exc).splitlines() or [repr(exc)])[0]
-        report.errors.append(f"{account.email} UID {uid}: not applied: {first}")
+        report.errors.append(f"{account.email} UID {uid}: not applied: {first_line(exc)}")
         log.exception("IMAP message %s of %s not applied", uid, account.email)
         with tenant_transaction(app, tenant_id) as conn:
             conn.execute(_CURSOR, cursor)
         return
-    if done is None:
-        report.already += 1
-        return
-    report.applied[str(done.kind)] += 1
-    report.unmatched += not done.matched
-    report.suppressed += done.suppressed is not None
+    report.count(done)

@@ -35,6 +35,7 @@ from engine.mailboxes import inbound
 from engine.mailboxes.classify import classify
 from engine.sending import store
 from engine.tenants import all_tenants
+from engine.text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,15 @@ class PollReport:
     suppressed: int = 0
     errors: list[str] = field(default_factory=list)
     cursor: int = 0
+
+    def count(self, done: inbound.Applied | None) -> None:
+        """One message's outcome: applied (how), or applied before (None)."""
+        if done is None:
+            self.already += 1
+            return
+        self.applied[str(done.kind)] += 1
+        self.unmatched += not done.matched
+        self.suppressed += done.suppressed is not None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -82,25 +92,22 @@ def _order(name: str) -> tuple[int, int, str]:
 
 
 def _files(maildir: Path, cursor: int) -> list[Path]:
+    """The files of new/ and cur/ that arrived in or after second `cursor`, in arrival order
+    (names and directory entries only: nothing is read or stat'ed)."""
     found = []
     for sub in ("new", "cur"):
-        folder = maildir / sub
-        if folder.is_dir():
-            found += [p for p in folder.iterdir() if p.is_file() and _arrival(p.name) >= cursor]
+        try:
+            entries = list(os.scandir(maildir / sub))
+        except FileNotFoundError:
+            continue
+        found += [Path(e.path) for e in entries if _arrival(e.name) >= cursor and e.is_file()]
     return sorted(found, key=lambda p: _order(p.name))
 
 
 def maildir_names(maildir: Path, since: int = 0) -> list[tuple[int, str]]:
-    """(arrival second, name) of the files that arrived in or after `since`, oldest first;
-    names only, nothing read."""
-    found = []
-    for sub in ("new", "cur"):
-        try:
-            names = [e.name for e in os.scandir(maildir / sub)]
-        except FileNotFoundError:
-            continue
-        found += [(_arrival(n), n.split(":", 1)[0]) for n in names if _arrival(n) >= since]
-    return sorted(found)
+    """(arrival second, name without its flags) of the files that arrived in or after
+    `since`, oldest first."""
+    return [(_arrival(p.name), p.name.split(":", 1)[0]) for p in _files(maildir, since)]
 
 
 def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
@@ -193,15 +200,10 @@ def _apply_all(app: Engine, items: list[_Inbound], report: PollReport) -> None:
                     with tenant_transaction(app, tenant_id) as conn:
                         results.append(_apply_one(conn, item))
                 except Exception as exc:  # this message's own trouble: it alone
-                    report.errors.append(f"{item.name}: {_first_line(exc)}")
+                    report.errors.append(f"{item.name}: {first_line(exc)}")
                     log.exception("inbound message %s not applied", item.name)
         for done in results:
-            if done is None:
-                report.already += 1
-                continue
-            report.applied[str(done.kind)] += 1
-            report.unmatched += not done.matched
-            report.suppressed += done.suppressed is not None
+            report.count(done)
 
 
 def _apply_one(conn: Connection, item: _Inbound) -> inbound.Applied | None:
@@ -214,7 +216,3 @@ def _apply_one(conn: Connection, item: _Inbound) -> inbound.Applied | None:
         sender_id=item.sender_id,
         received_at=item.received,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [repr(exc)])[0]

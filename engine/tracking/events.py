@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from engine.db import tenant_transaction
+from engine.text import first_line
 from engine.tracking import machine
 
 log = logging.getLogger(__name__)
@@ -214,10 +215,6 @@ def write(app: Engine, events: list[Event]) -> int:
     return written
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [repr(exc)])[0]
-
-
 class WriterUnavailable(RuntimeError):
     """The writer cannot take the event: it is closed or it stopped on an unexpected error."""
 
@@ -375,7 +372,7 @@ class EventWriter:
                     if self.failing_since is None:
                         self.failing_since = loop.time()
                     log.warning(
-                        "events not written yet (retrying in %.1f s): %s", delay, _first_line(exc)
+                        "events not written yet (retrying in %.1f s): %s", delay, first_line(exc)
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.config.retry_max)
@@ -411,7 +408,7 @@ class EventWriter:
                         event.event_type,
                         event.message_id,
                         event.tenant_id,
-                        _first_line(exc),
+                        first_line(exc),
                     )
                     break
         return failed

@@ -10,19 +10,11 @@ from engine.senders import SmtpServer
 from engine.sending.scheduler import send_due
 from engine.smtp_sink import SmtpSink
 from orchestration import engagement
-from orchestration.resources import PostgresResource
 from tests.conftest import free_port
 from tests.engine import mail_samples as samples
 from tests.engine.test_mailboxes import SENDER, _deliver, _events
 from tests.factories import seed_tenant
-
-
-def _resources(database):
-    return {
-        "postgres": PostgresResource(
-            database_url=database.settings.database_url, penguin_home=str(database.settings.home)
-        )
-    }
+from tests.orchestration.test_ingestion import _resources
 
 
 def _tick(database, instance, cursor=None):
