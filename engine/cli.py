@@ -27,10 +27,15 @@ db_app = typer.Typer(help="Database: migrations and the embedded server.", no_ar
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 uploads_app = typer.Typer(help="Upload batches and their rejects.", no_args_is_help=True)
 mail_app = typer.Typer(help="Inbound mail: replies, bounces, complaints.", no_args_is_help=True)
+events_app = typer.Typer(
+    help="Email service providers' event exports (SES, SendGrid, Mailgun, Postmark).",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(uploads_app, name="uploads")
 app.add_typer(mail_app, name="mail")
+app.add_typer(events_app, name="events")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(sender_app, name="sender")
 
@@ -481,37 +486,217 @@ def uploads_rejects(
     from engine.ingest.store import batches_by_prefix
     from engine.text import shown
 
-    given = escape(shown(batch))
     db = _database()
     with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
-        try:
-            found = batches_by_prefix(conn, batch)
-        except ValueError as exc:
-            err.print(f"[bold red]error:[/] '{given}' {exc}")
-            raise typer.Exit(2) from None
-        if not found:
-            err.print(
-                f"[bold red]error:[/] tenant {tenant} has no upload batch '{given}'; "
-                "see `penguin uploads list`"
-            )
-            raise typer.Exit(2)
-        if len(found) > 1:
-            candidates = "\n".join(
-                f"  {row.id}  {row.created_at:%Y-%m-%d %H:%M}  "
-                f"{escape(shown(row.file_name))} → {escape(shown(row.list_name or ''))}"
-                for row in found
-            )
-            err.print(
-                f"[bold red]error:[/] '{given}' is the start of more than one batch id; "
-                f"give more of it:\n{candidates}"
-            )
-            raise typer.Exit(2)
-        frame = rejects_frame(conn, found[0].id)
+        row = _one_batch(
+            lambda: batches_by_prefix(conn, batch),
+            batch,
+            f"tenant {tenant} has no upload batch",
+            "penguin uploads list",
+            lambda r: f"{escape(shown(r.file_name))} → {escape(shown(r.list_name or ''))}",
+        )
+        frame = rejects_frame(conn, row.id)
     if output is None:
         sys.stdout.write(safe_csv(frame))
     else:
         output.write_text(safe_csv(frame), encoding="utf-8")
         console.print(f"wrote {frame.height:,} rejected line(s) to {output}")
+
+
+def _one_batch(find, given: str, none_found: str, list_command: str, describe, noun="batch id"):
+    """The one batch `find()` returns for the id prefix `given`; exits 2 saying why when the
+    prefix is not one, names none, or names several."""
+    from rich.markup import escape
+
+    from engine.text import shown
+
+    shown_given = escape(shown(given))
+    try:
+        found = find()
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] '{shown_given}' {exc}")
+        raise typer.Exit(2) from None
+    if not found:
+        err.print(f"[bold red]error:[/] {none_found} '{shown_given}'; see `{list_command}`")
+        raise typer.Exit(2)
+    if len(found) > 1:
+        candidates = "\n".join(
+            f"  {row.id}  {row.created_at:%Y-%m-%d %H:%M}  {describe(row)}" for row in found
+        )
+        err.print(
+            f"[bold red]error:[/] '{shown_given}' is the start of more than one {noun}; "
+            f"give more of it:\n{candidates}"
+        )
+        raise typer.Exit(2)
+    return found[0]
+
+
+@events_app.command("import")
+def events_import(
+    file: Annotated[Path, typer.Argument(help="The export: JSON lines, a JSON array or CSV.")],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="Whose webhook events: ses, sendgrid, mailgun or postmark."
+        ),
+    ],
+    tenant: TenantOption = DEFAULT_TENANT,
+    force: Annotated[
+        bool, typer.Option(help="Import the file again even if it was imported before.")
+    ] = False,
+) -> None:
+    """Import a provider's delivered, open, click, bounce, complaint and unsubscribe events,
+    matched to sent messages by Message-ID, and report what became of every record."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine.provider_events import EventImportError, import_events
+    from engine.text import shown
+
+    db = _database()
+    tid = _tenant(db, tenant)
+    name = escape(shown(file.name))
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"reading {name}", total=None)
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage == "writing":
+                bar.update(task, description="writing events", total=None, completed=0)
+            else:
+                bar.update(task, total=total, completed=done)
+
+        try:
+            result = import_events(
+                db.app, tid, file, format_, datetime.now(UTC), force=force, progress=progress
+            )
+        except EventImportError as exc:
+            err.print(f"[bold red]error:[/] {escape(shown(exc, 2000))}")
+            raise typer.Exit(1) from None
+    if result.already_imported:
+        console.print(
+            f"{name} was already imported (import {result.import_id}); nothing changed. "
+            "Use --force to import it again."
+        )
+        return
+    _print_import(result)
+
+
+def _print_import(result) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from engine.text import shown
+
+    name = escape(shown(result.file_name))
+    console.print(f"import {result.import_id}: {name} ({result.provider})")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    labels = {
+        "total": "records",
+        "imported": "events imported",
+        "duplicates": "duplicates (imported before)",
+        "skipped": "skipped (kinds not recorded)",
+        "rejected": "rejected",
+        "unmatched": "  of them matching no message",
+        "suppressed": "addresses suppressed",
+    }
+    for key, value in result.counts().items():
+        table.add_row(labels[key], f"{value:,}")
+    for kind, count in sorted(result.event_counts.items()):
+        table.add_row(f"  {kind}", f"{count:,}")
+    console.print(table)
+    if result.rejected:
+        console.print(
+            f"see the rejects with: penguin events rejects {result.import_id} -o rejects.csv"
+        )
+
+
+@events_app.command("list")
+def events_list(
+    tenant: TenantOption = DEFAULT_TENANT,
+    limit: Annotated[int, typer.Option(help="How many of the latest imports.")] = 20,
+) -> None:
+    """The latest event imports of a tenant, with their status and counts."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from engine.db import tenant_transaction
+    from engine.provider_events.imports import recent_imports
+    from engine.text import shown
+
+    db = _database()
+    with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
+        rows = recent_imports(conn, limit)
+    table = Table(
+        "import",
+        "created",
+        "file",
+        "format",
+        "via",
+        "status",
+        "records",
+        "imported",
+        "duplicates",
+        "rejected",
+        "error",
+    )
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            f"{row.created_at:%Y-%m-%d %H:%M}",
+            Text(shown(row.file_name)),
+            row.provider,
+            row.source,
+            row.status,
+            f"{row.total_records:,}",
+            f"{row.imported_count:,}",
+            f"{row.duplicate_count:,}",
+            f"{row.rejected_count:,}",
+            Text(shown(row.error or "", 300)),
+        )
+    console.print(table)
+
+
+@events_app.command("rejects")
+def events_rejects(
+    import_id: Annotated[
+        str,
+        typer.Argument(help="Import id, or its first 4 or more hex digits (penguin events list)."),
+    ],
+    tenant: TenantOption = DEFAULT_TENANT,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """An import's rejected records as CSV (line, reason, raw record), safe for a spreadsheet."""
+    import polars as pl
+    from rich.markup import escape
+
+    from engine.db import tenant_transaction
+    from engine.ingest.rejects import safe_csv
+    from engine.provider_events.imports import imports_by_prefix, rejects
+    from engine.text import shown
+
+    db = _database()
+    with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
+        row = _one_batch(
+            lambda: imports_by_prefix(conn, import_id),
+            import_id,
+            f"tenant {tenant} has no event import",
+            "penguin events list",
+            lambda r: f"{escape(shown(r.file_name))} ({r.provider})",
+            noun="import id",
+        )
+        frame = pl.DataFrame(
+            [tuple(r) for r in rejects(conn, row.id)],
+            schema={"line_number": pl.Int64, "reason": pl.String, "raw_row": pl.String},
+            orient="row",
+        )
+    if output is None:
+        sys.stdout.write(safe_csv(frame))
+    else:
+        output.write_text(safe_csv(frame), encoding="utf-8")
+        console.print(f"wrote {frame.height:,} rejected record(s) to {output}")
 
 
 def main() -> None:

@@ -136,6 +136,11 @@ class Settings:
         return self.home / "uploads"
 
     @property
+    def event_files(self) -> Path:
+        """Where providers' event exports are dropped (`inbox/<tenant>/<provider>/<file>`)."""
+        return self.home / "events"
+
+    @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
 

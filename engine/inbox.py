@@ -174,7 +174,7 @@ def drop(
         )
     folder = inbox_path(uploads) / tenant / list_name
     folder.mkdir(parents=True, exist_ok=True)
-    target = _free_name(folder / safe_name(name or source.name))
+    target = free_name(folder / safe_name(name or source.name))
     if target.parent.resolve() != folder.resolve():  # safe_name makes this impossible
         raise AssertionError(f"{target} is not in {folder}")
     if mapping or via != "inbox":
@@ -204,7 +204,7 @@ def safe_name(name: str) -> str:
     return base or DEFAULT_NAME
 
 
-def _free_name(target: Path) -> Path:
+def free_name(target: Path) -> Path:
     """`target`, or `name-2.csv`, `name-3.csv`, ... if a file of that name is waiting."""
     n = 1
     candidate = target
@@ -219,7 +219,7 @@ def _move(uploads: Path, item: InboxFile, outcome: str, stamp: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     # A name copied in by hand may be 255 bytes or not UTF-8: the moved file's name is made
     # safe like an uploaded one's, so the stamp (and `.error.txt`) always fit.
-    target = _free_name(folder / f"{stamp}-{safe_name(readable_name(item.path.name))}")
+    target = free_name(folder / f"{stamp}-{safe_name(readable_name(item.path.name))}")
     item.path.rename(target)
     try:
         _sidecar(item.path).unlink(missing_ok=True)

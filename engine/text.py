@@ -52,3 +52,21 @@ def shown_list(items: Iterable[object], limit: int = SHOWN_ITEMS) -> str:
 def first_line(exc: BaseException) -> str:
     """An error's first line for a report or a log line (its repr when it has no message)."""
     return (str(exc).splitlines() or [repr(exc)])[0]
+
+
+#: Hex digits of an id that name it in a command (`penguin uploads rejects 0193`).
+MIN_ID_PREFIX = 4
+
+
+def id_prefix(prefix: str, noun: str = "batch id") -> str:
+    """The hex digits of an id's start as typed (hyphens ignored), lowercased. Raises
+    `ValueError` (its message follows the quoted prefix) for one that is not hex or too short."""
+    article = "an" if noun[0] in "aeiou" else "a"
+    digits = prefix.strip().replace("-", "").lower()
+    if not digits or any(c not in "0123456789abcdef" for c in digits) or len(digits) > 32:
+        raise ValueError(f"is not {article} {noun}")
+    if len(digits) < MIN_ID_PREFIX:
+        raise ValueError(
+            f"is too short: give at least {MIN_ID_PREFIX} hex digits of {article} {noun}"
+        )
+    return digits

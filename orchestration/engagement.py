@@ -7,6 +7,12 @@ cursor's second on (`engine.mailboxes.maildir`) and whatever the IMAP mailboxes 
 their own cursors (`engine.mailboxes.imap`, UIDVALIDITY and last UID in the database), each
 once, whatever ran before. A tick that sees nothing new asks for nothing, and a repeated tick
 asks for the same run key.
+
+Providers' event exports dropped in the events inbox (`PENGUIN_HOME/events/inbox/<tenant>/
+<provider>/<file>`) are imported by `import_events_job`, one run per file, which
+`event_inbox_sensor` asks for keyed by the file's place, size and mtime (a file dropped again
+gets a run of its own, which finds its content imported); the run imports it through
+`engine.provider_events` and moves it to `processed/` or `failed/`.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
@@ -14,9 +20,12 @@ import json
 import time
 
 import dagster as dg
+import pydantic
 
 from engine.mailboxes.imap import has_imap_mailboxes, poll_imap
 from engine.mailboxes.maildir import maildir_names, poll_maildir
+from engine.provider_events import inbox as event_inbox
+from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
 #: How often the sensor has the IMAP mailboxes read (it cannot see new mail there without
@@ -100,4 +109,98 @@ def mailbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResour
     return dg.RunRequest(run_key=key, run_config=dg.RunConfig(ops={"inbound_mail": config}))
 
 
-defs = dg.Definitions(assets=[inbound_mail], jobs=[poll_mail_job], sensors=[mailbox_sensor])
+class EventFileConfig(dg.Config):
+    path: str = pydantic.Field(
+        default="",
+        description="One file in the events inbox (<tenant>/<provider>/<file>); empty imports "
+        "every file waiting there.",
+    )
+
+
+@dg.asset(
+    group_name="engagement",
+    kinds={"json", "postgres"},
+    description=(
+        "Email service providers' event exports (SES, SendGrid, Mailgun, Postmark) imported: "
+        "one event_imports batch per file, its events on the messages they name, their "
+        "suppressions, and its rejected records in event_import_rejects."
+    ),
+)
+def provider_events(
+    context: dg.AssetExecutionContext, config: EventFileConfig, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    db, now = postgres.db, utcnow()
+    root = db.settings.event_files
+    if config.path:
+        files = [event_inbox.read_file(root / "inbox" / config.path)]
+        if not files[0].path.exists():  # a retried run whose first attempt moved it on
+            context.log.info(f"{config.path} is no longer in the events inbox; it was handled")
+            files = []
+    else:
+        files = list(event_inbox.pending_files(root))
+    rows, totals = [], {"records": 0, "imported": 0, "duplicates": 0, "rejected": 0}
+    for item in files:
+        outcome = event_inbox.process_file(db.app, root, item, now)
+        if outcome.error:
+            context.log.error(f"{item.where}: {outcome.error} (moved to {outcome.moved_to})")
+            rows.append(f"| {item.where} | failed | | | | {outcome.error} |")
+            continue
+        r = outcome.result
+        context.log.info(f"{item.where}: {r.counts()} {r.event_counts}")
+        status = "already imported" if r.already_imported else "completed"
+        rows.append(f"| {item.where} | {status} | {r.total} | {r.imported} | {r.rejected} | |")
+        if not r.already_imported:
+            totals["records"] += r.total
+            totals["imported"] += r.imported
+            totals["duplicates"] += r.duplicates
+            totals["rejected"] += r.rejected
+    table = "| file | status | records | imported | rejected | error |\n|---|---|---|---|---|---|"
+    return dg.MaterializeResult(
+        metadata={
+            "files": len(files),
+            "failed_files": sum(1 for row in rows if "| failed |" in row),
+            **totals,
+            "imports": dg.MetadataValue.md("\n".join([table, *rows]) if rows else "-"),
+        }
+    )
+
+
+import_events_job = dg.define_asset_job(
+    "import_events_job",
+    selection=dg.AssetSelection.assets(provider_events),
+    description="Import one provider events file from the events inbox.",
+)
+
+
+@dg.sensor(
+    job=import_events_job,
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts import_events_job for each file waiting in the events inbox.",
+)
+def event_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+    root = postgres.db.settings.event_files
+    requests = []
+    for item in event_inbox.pending_files(root, now_timestamp=time.time()):
+        try:
+            stat = item.path.stat()
+        except FileNotFoundError:  # its run moved it on since the listing
+            continue
+        relative = str(item.path.relative_to(root / "inbox"))
+        requests.append(
+            dg.RunRequest(
+                run_key=f"events:{relative}:{stat.st_size}:{stat.st_mtime_ns}",
+                run_config=dg.RunConfig(ops={"provider_events": EventFileConfig(path=relative)}),
+                tags={"penguin/tenant": item.tenant, "penguin/provider": item.provider},
+            )
+        )
+    if not requests:
+        return dg.SkipReason("no files are waiting in the events inbox")
+    return requests
+
+
+defs = dg.Definitions(
+    assets=[inbound_mail, provider_events],
+    jobs=[poll_mail_job, import_events_job],
+    sensors=[mailbox_sensor, event_inbox_sensor],
+)

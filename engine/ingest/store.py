@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from engine.ingest.clean import STAGED_COLUMNS
 from engine.ingest.columns import TEXT_FIELDS
 from engine.ingest.errors import IngestError
+from engine.text import id_prefix
 
 MAX_LIST_NAME = 200
 
@@ -116,7 +117,6 @@ _RECENT = sa.text(
     """
 )
 #: Hex digits of a batch id a user must give at least (as git asks for commit ids).
-MIN_ID_PREFIX = 4
 
 _STAGE = sa.text(
     """
@@ -343,11 +343,7 @@ def recent_batches(conn: Connection, limit: int) -> list[sa.Row]:
 def batches_by_prefix(conn: Connection, prefix: str, limit: int = 10) -> list[sa.Row]:
     """The tenant's batches whose id starts with `prefix` (hex digits, hyphens ignored),
     newest first. Raises `ValueError` for a prefix that is not hex or is too short."""
-    digits = prefix.strip().replace("-", "").lower()
-    if not digits or any(c not in "0123456789abcdef" for c in digits) or len(digits) > 32:
-        raise ValueError("is not a batch id")
-    if len(digits) < MIN_ID_PREFIX:
-        raise ValueError(f"is too short: give at least {MIN_ID_PREFIX} hex digits of a batch id")
+    digits = id_prefix(prefix, "batch id")
     return list(conn.execute(_BY_PREFIX, {"prefix": digits, "limit": limit}).all())
 
 

@@ -37,6 +37,14 @@ EXTRA_ROWS = [
     """insert into app.mailbox_cursors (tenant_id, sender_account_id, uidvalidity, last_uid,
                                         updated_at)
        select tenant_id, id, 1, 1, now() from app.sender_accounts""",
+    """insert into app.event_imports (tenant_id, provider, file_name, file_sha256, file_size,
+                                      created_at)
+       values (app.current_tenant_id(), 'ses', 'events.json', 'abc', 1, now())""",
+    """insert into app.event_import_rejects (tenant_id, import_id, record, line_number, reason,
+                                             raw_record)
+       select tenant_id, id, 1, 1, 'not JSON', '{' from app.event_imports""",
+    """insert into app.provider_messages (tenant_id, provider, provider_message_id, sent_email_id)
+       select tenant_id, 'ses', 'ses-' || id, id from app.sent_emails""",
     """insert into app.campaign_approvals (tenant_id, campaign_id, approver, status)
        select tenant_id, id, 'compliance@example.com', 'pending' from app.campaigns""",
 ]

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from datetime import timedelta
 
 import dagster as dg
 
+from engine.provider_events import inbox as event_inbox
 from engine.senders import SmtpServer
 from engine.sending.scheduler import send_due
 from engine.smtp_sink import SmtpSink
 from orchestration import engagement
 from tests.conftest import free_port
 from tests.engine import mail_samples as samples
+from tests.engine import provider_samples
 from tests.engine.test_mailboxes import SENDER, _deliver, _events
+from tests.engine.test_provider_events import _query, _sent
 from tests.factories import seed_tenant
 from tests.orchestration.test_ingestion import _resources
 
@@ -65,3 +71,55 @@ def test_a_file_arriving_within_the_cursors_second_is_still_requested(database, 
         assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key
         third, _ = _tick(database, instance, cursor)
         assert isinstance(third, dg.SkipReason)
+
+
+def _event_tick(database, instance):
+    with dg.build_sensor_context(instance=instance, resources=_resources(database)) as context:
+        return engagement.event_inbox_sensor(context)
+
+
+def _settled(path):
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    return path
+
+
+def test_an_export_dropped_in_the_events_inbox_is_imported_by_its_run_and_moved_on(
+    database, smtp_server, now, tmp_path
+):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    a = sorted(ids)[0]
+    export = tmp_path / "opens.jsonl"
+    export.write_text(
+        provider_samples.json_lines(
+            [provider_samples.sendgrid("delivered", ids[a], a, now + timedelta(minutes=1))]
+        ),
+        encoding="utf-8",
+    )
+    root = database.settings.event_files
+    _settled(event_inbox.drop(root, export, "acme", "sendgrid"))
+    wrong = event_inbox.inbox_folder(root, "acme", "sparkpost")  # no such provider
+    wrong.mkdir(parents=True)
+    (wrong / "x.json").write_text("[]")
+    _settled(wrong / "x.json")
+    with dg.instance_for_test() as instance:
+        requests = _event_tick(database, instance)
+        assert sorted(r.run_key.rsplit(":", 2)[0] for r in requests) == [
+            "events:acme/sendgrid/opens.jsonl",
+            "events:acme/sparkpost/x.json",
+        ]
+        for request in requests:
+            result = dg.materialize(
+                [engagement.provider_events],
+                resources=_resources(database),
+                instance=instance,
+                run_config=request.run_config,
+            )
+            assert result.success
+        assert isinstance(_event_tick(database, instance), dg.SkipReason)
+    assert _query(database, tenant, "select event_type from app.email_events") == [("delivered",)]
+    processed = list((root / "processed" / "acme" / "sendgrid").iterdir())
+    assert [p.name.endswith("-opens.jsonl") for p in processed] == [True]
+    failed = sorted(p.name for p in (root / "failed" / "acme" / "sparkpost").iterdir())
+    assert len(failed) == 2 and failed[1].endswith("x.json.error.txt")
+    error = (root / "failed" / "acme" / "sparkpost" / failed[1]).read_text()
+    assert "its folder 'sparkpost' names no provider" in error

@@ -1,0 +1,351 @@
+"""Provider event imports against the real database: messages the engine sent over SMTP, then
+SES, SendGrid, Mailgun and Postmark exports of their events imported as batches."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from engine.campaigns import Step
+from engine.db import tenant_transaction
+from engine.provider_events import EventImportError, import_events
+from engine.provider_events.imports import rejects
+from engine.sending.scheduler import send_due
+from tests.engine import provider_samples as samples
+from tests.factories import seed_tenant
+
+
+def _sent(database, smtp_server, now, tmp_path, name="acme", steps=None):
+    tenant = seed_tenant(database, name, now, tmp_path, steps=steps)
+    assert send_due(database.app, smtp_server.server(), now, tenants=[tenant.tenant_id]).sent == 3
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        ids = dict(
+            conn.execute(sa.text("select recipient_email, message_id from app.sent_emails"))
+            .tuples()
+            .all()
+        )
+    return tenant, ids
+
+
+def _query(database, tenant, sql, **params):
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
+def _write(path: Path, records: list[dict]) -> Path:
+    path.write_text(samples.json_lines(records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("provider", sorted(samples.SAMPLES))
+def test_each_providers_events_are_recorded_on_their_messages_with_their_effects(
+    database, smtp_server, now, tmp_path, provider
+):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    a, b, c = sorted(ids)
+    write = samples.SAMPLES[provider]
+    later = now + timedelta(minutes=30)
+    records = [
+        write("delivered", ids[a], a, now + timedelta(seconds=2)),
+        write("open", ids[a], a, later),
+        write("click", ids[a], a, later + timedelta(seconds=40)),
+        write("delivered", ids[b], b, now + timedelta(seconds=2)),
+        write("complaint", ids[b], b, later),
+        write("bounce", ids[c], c, now + timedelta(seconds=3)),
+    ]
+    result = import_events(
+        database.app, tenant.tenant_id, _write(tmp_path / "events.jsonl", records), provider, now
+    )
+    assert (result.total, result.imported, result.rejected, result.duplicates) == (6, 6, 0, 0)
+    assert result.event_counts == {
+        "bounce": 1,
+        "click": 1,
+        "complaint": 1,
+        "delivered": 2,
+        "open": 1,
+    }
+    events = _query(
+        database,
+        tenant,
+        "select e.event_type, m.recipient_email, e.is_machine, e.payload ->> 'hard' as hard "
+        "from app.email_events e join app.sent_emails m on m.id = e.sent_email_id "
+        "order by m.recipient_email, e.occurred_at, e.event_type",
+    )
+    assert [tuple(e) for e in events] == [
+        ("delivered", a, False, None),
+        ("open", a, False, None),
+        ("click", a, False, None),
+        ("delivered", b, False, None),
+        ("complaint", b, False, None),
+        ("bounce", c, False, "true"),
+    ]
+    assert sorted(_query(database, tenant, "select email, reason from app.suppressions")) == [
+        (b, "complaint"),
+        (c, "bounce"),
+    ]
+    statuses = dict(_query(database, tenant, "select email, status from app.contacts"))
+    assert statuses == {a: "active", b: "complained", c: "bounced"}
+    assert _query(
+        database, tenant, "select recipient_email from app.sent_emails where status = 'bounced'"
+    ) == [(c,)]
+    assert result.suppressed == 2
+
+    # An unsubscribe, in a second file: suppressed, and the next pass sends it nothing.
+    second = [write("unsubscribe", ids[a], a, later + timedelta(hours=1))]
+    again = import_events(
+        database.app, tenant.tenant_id, _write(tmp_path / "more.jsonl", second), provider, now
+    )
+    assert (again.imported, again.suppressed) == (1, 1)
+    assert dict(_query(database, tenant, "select email, status from app.contacts"))[a] == (
+        "unsubscribed"
+    )
+
+
+def test_csv_and_json_array_exports_and_sns_envelopes_are_read(
+    database, smtp_server, now, tmp_path
+):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    a, b, c = sorted(ids)
+    at = now + timedelta(hours=1)
+    # A JSON array of SNS notifications (SES through SNS).
+    array = tmp_path / "ses.json"
+    array.write_text(json.dumps([samples.ses("open", ids[a], a, at, sns=True)]), encoding="utf-8")
+    # CSV, nested fields as dotted columns (Mailgun's event-data flattened).
+    flat = tmp_path / "mailgun.csv"
+    with flat.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", "event", "timestamp", "recipient", "message.headers.message-id"])
+        out.writerow(["mg-1", "delivered", at.timestamp(), b, ids[b]])
+        out.writerow(["mg-2", "opened", at.timestamp() + 60, b, ids[b]])
+    # A line holding a whole webhook body (SendGrid posts arrays).
+    body = tmp_path / "sendgrid.jsonl"
+    body.write_text(
+        json.dumps([samples.sendgrid("delivered", ids[c], c, at)]) + "\n", encoding="utf-8"
+    )
+    for path, provider, imported in (
+        (array, "ses", 1),
+        (flat, "mailgun", 2),
+        (body, "sendgrid", 1),
+    ):
+        result = import_events(database.app, tenant.tenant_id, path, provider, now)
+        assert (result.imported, result.rejected) == (imported, 0), provider
+    kinds = _query(
+        database,
+        tenant,
+        "select m.recipient_email, e.event_type from app.email_events e "
+        "join app.sent_emails m on m.id = e.sent_email_id order by 1, e.occurred_at",
+    )
+    assert [tuple(k) for k in kinds] == [
+        (a, "open"),
+        (b, "delivered"),
+        (b, "open"),
+        (c, "delivered"),
+    ]
+
+
+def test_events_naming_only_the_providers_id_match_through_what_earlier_records_taught(
+    database, smtp_server, now, tmp_path
+):
+    """SendGrid's opens and clicks carry no smtp-id: their sg_message_id is matched to the
+    message its delivered event named, in the same file or in a later import."""
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    a, b, _ = sorted(ids)
+    at = now + timedelta(hours=1)
+    first = [
+        samples.sendgrid("open", ids[a], a, at + timedelta(minutes=5)),  # before its delivered
+        samples.sendgrid("delivered", ids[a], a, at),
+        samples.sendgrid("delivered", ids[b], b, at),
+    ]
+    result = import_events(
+        database.app, tenant.tenant_id, _write(tmp_path / "1.jsonl", first), "sendgrid", now
+    )
+    assert (result.imported, result.unmatched) == (3, 0)
+    later = [samples.sendgrid("click", ids[b], b, at + timedelta(hours=2))]
+    result = import_events(
+        database.app, tenant.tenant_id, _write(tmp_path / "2.jsonl", later), "sendgrid", now
+    )
+    assert (result.imported, result.unmatched) == (1, 0)
+    clicks = _query(
+        database,
+        tenant,
+        "select m.recipient_email from app.email_events e join app.sent_emails m "
+        "on m.id = e.sent_email_id where e.event_type = 'click'",
+    )
+    assert clicks == [(b,)]
+
+
+def test_duplicates_and_repeated_files_are_one_event(database, smtp_server, now, tmp_path):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    a = sorted(ids)[0]
+    at = now + timedelta(hours=1)
+    opened = samples.mailgun("open", ids[a], a, at)
+    path = _write(tmp_path / "events.jsonl", [opened, opened])  # twice in one file
+    result = import_events(database.app, tenant.tenant_id, path, "mailgun", now)
+    assert (result.imported, result.duplicates) == (1, 1)
+    again = import_events(database.app, tenant.tenant_id, path, "mailgun", now)
+    assert again.already_imported and again.import_id == result.import_id
+    # The same event in another export (with an older, out-of-order one beside it).
+    earlier = samples.mailgun("delivered", ids[a], a, now + timedelta(seconds=1))
+    other = _write(tmp_path / "other.jsonl", [opened, earlier])
+    result = import_events(database.app, tenant.tenant_id, other, "mailgun", now)
+    assert (result.imported, result.duplicates) == (1, 1)
+    forced = import_events(database.app, tenant.tenant_id, path, "mailgun", now, force=True)
+    assert (forced.already_imported, forced.imported, forced.duplicates) == (False, 0, 2)
+    kinds = _query(database, tenant, "select event_type from app.email_events order by occurred_at")
+    assert [k.event_type for k in kinds] == ["delivered", "open"]
+
+
+def test_bad_records_are_rejected_with_their_line_and_reason_and_the_rest_imported(
+    database, smtp_server, now, tmp_path
+):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    other, other_ids = _sent(database, smtp_server, now, tmp_path, name="globex")
+    a = sorted(ids)[0]
+    stranger = sorted(other_ids)[0]
+    at = now + timedelta(hours=1)
+    lines = [
+        json.dumps(samples.postmark("open", ids[a], a, at)),
+        "{not json",
+        json.dumps(samples.postmark("open", "nobody@nowhere.example", a, at)),
+        # another tenant's Message-ID: not ours to see, so no message
+        json.dumps(samples.postmark("open", other_ids[stranger], stranger, at)),
+        json.dumps({"RecordType": "Open", "ReceivedAt": at.isoformat()}),  # names no message
+        json.dumps({"RecordType": "Open", "MessageID": "x", "ReceivedAt": "yesterday"}),
+        json.dumps({"RecordType": "Inbound", "MessageID": "x"}),  # not an event we record
+        "",
+        json.dumps(["=cmd|' /C calc'!A0"]),  # a formula, in a reject's raw text
+        "x" * (2 << 20),  # a line over the record limit
+        json.dumps(samples.postmark("delivered", ids[a], a, at)),
+    ]
+    path = tmp_path / "postmark.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = import_events(database.app, tenant.tenant_id, path, "postmark", now)
+    assert (result.total, result.imported, result.skipped, result.rejected, result.unmatched) == (
+        10,
+        2,
+        1,
+        7,
+        2,
+    )
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        found = [(r.line_number, r.reason) for r in rejects(conn, result.import_id)]
+    assert found[0] == (2, "not JSON (Expecting property name enclosed in double quotes)")
+    assert found[1] == (
+        3,
+        "no message of this tenant has Message-ID <nobody@nowhere.example> "
+        "(nor is postmark message 883953f4-nobody@n known)",
+    )
+    assert found[2][0] == 4 and "no message of this tenant has Message-ID" in found[2][1]
+    assert found[3] == (5, "it names no message (no Message-ID and no provider message id)")
+    assert found[4] == (6, "ReceivedAt 'yesterday' is not a time")
+    assert found[5] == (9, "a record must be a JSON object, not str")
+    assert found[6] == (10, "the line is over 1,024 KiB: no event is that long")
+    # The other tenant's message got nothing.
+    assert _query(database, other, "select count(*) from app.email_events") == [(0,)]
+
+
+def test_a_file_that_cannot_be_read_fails_its_batch_and_writes_nothing(
+    database, smtp_server, now, tmp_path
+):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    empty = tmp_path / "empty.json"
+    empty.write_text("  \n", encoding="utf-8")
+    with pytest.raises(EventImportError, match=r"^empty.json: the file is empty$"):
+        import_events(database.app, tenant.tenant_id, empty, "ses", now)
+    broken = tmp_path / "broken.json"
+    a = sorted(ids)[0]
+    broken.write_text(json.dumps([samples.ses("open", ids[a], a, now)])[:-1], encoding="utf-8")
+    with pytest.raises(EventImportError, match="starts as a JSON array but is not valid JSON"):
+        import_events(database.app, tenant.tenant_id, broken, "ses", now)
+    with pytest.raises(EventImportError, match="unknown format 'sparkpost'; one of ses, sendgrid"):
+        import_events(database.app, tenant.tenant_id, broken, "sparkpost", now)
+    with pytest.raises(EventImportError, match="missing.json: no such file"):
+        import_events(database.app, tenant.tenant_id, tmp_path / "missing.json", "ses", now)
+    statuses = _query(
+        database, tenant, "select file_name, status, error from app.event_imports order by 1"
+    )
+    assert [(r.file_name, r.status) for r in statuses] == [
+        ("broken.json", "failed"),
+        ("empty.json", "failed"),
+    ]
+    assert _query(database, tenant, "select count(*) from app.email_events") == [(0,)]
+    # Fixed and imported again: the failed batch is resumed, not a second one.
+    broken.write_text(json.dumps([samples.ses("open", ids[a], a, now)]), encoding="utf-8")
+    result = import_events(database.app, tenant.tenant_id, broken, "ses", now)
+    assert result.imported == 1
+
+
+def test_third_soft_bounce_within_a_week_is_hard_and_machine_opens_are_flagged(
+    database, smtp_server, now, tmp_path
+):
+    three = [
+        Step("email", subject="One", body_text="first"),
+        Step("wait", wait=timedelta(days=1)),
+        Step("email", subject="Two", body_text="second"),
+        Step("wait", wait=timedelta(days=1)),
+        Step("email", subject="Three", body_text="third"),
+    ]
+    tenant, _ = _sent(database, smtp_server, now, tmp_path, steps=three)
+    for day in (1, 2):
+        send_due(database.app, smtp_server.server(), now + timedelta(days=day, minutes=1))
+    a = "acme0@example.com"
+    sent = _query(
+        database,
+        tenant,
+        "select message_id, sent_at from app.sent_emails where recipient_email = :a "
+        "order by queued_at",
+        a=a,
+    )
+    assert len(sent) == 3
+    at = now + timedelta(days=2, hours=1)
+    soft = [
+        samples.ses("bounce", m.message_id, a, at + timedelta(minutes=i), hard=False)
+        for i, m in enumerate(sent[:2])
+    ]
+    import_events(database.app, tenant.tenant_id, _write(tmp_path / "1.jsonl", soft), "ses", now)
+    assert _query(database, tenant, "select email from app.suppressions") == []
+    third = [samples.ses("bounce", sent[2].message_id, a, at + timedelta(minutes=5), hard=False)]
+    result = import_events(
+        database.app, tenant.tenant_id, _write(tmp_path / "2.jsonl", third), "ses", now
+    )
+    assert result.suppressed == 1
+    assert _query(database, tenant, "select email, reason from app.suppressions") == [(a, "bounce")]
+
+    b = "acme1@example.com"
+    first = _query(
+        database,
+        tenant,
+        "select message_id, sent_at from app.sent_emails "
+        "where recipient_email = :b order by queued_at limit 1",
+        b=b,
+    )[0]
+    opens = [
+        samples.sendgrid("open", first.message_id, b, first.sent_at + timedelta(seconds=2)),
+        samples.sendgrid("open", first.message_id, b, at, agent="Mozilla/5.0"),
+        samples.sendgrid("open", first.message_id, b, at + timedelta(hours=1))
+        | {"sg_machine_open": True, "sg_event_id": "sg-machine"},
+        samples.sendgrid("open", first.message_id, b, at + timedelta(hours=2))
+        | {"sg_event_id": "sg-human"},
+        samples.sendgrid("delivered", first.message_id, b, first.sent_at),
+    ]
+    opens[1]["sg_event_id"] = "sg-apple"
+    import_events(
+        database.app, tenant.tenant_id, _write(tmp_path / "opens.jsonl", opens), "sendgrid", now
+    )
+    reasons = _query(
+        database,
+        tenant,
+        "select machine_reason from app.email_events where event_type = 'open' "
+        "order by occurred_at",
+    )
+    assert [r.machine_reason for r in reasons] == [
+        "open within seconds of sending",
+        "Apple Mail Privacy Protection",
+        "SendGrid: machine open",
+        None,
+    ]

@@ -1,0 +1,73 @@
+"""`penguin events import`, `list` and `rejects`, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+from tests.engine import provider_samples as samples
+from tests.engine.test_provider_events import _sent
+from tests.factories import run_penguin as run
+
+
+def test_an_export_is_imported_reported_and_its_rejects_listed(
+    database, smtp_server, env, now, tmp_path
+):
+    _, ids = _sent(database, smtp_server, now, tmp_path)
+    a = sorted(ids)[0]
+    at = now + timedelta(hours=1)
+    export = tmp_path / "mailgun events.jsonl"
+    export.write_text(
+        samples.json_lines(
+            [samples.mailgun("delivered", ids[a], a, at), samples.mailgun("open", ids[a], a, at)]
+        )
+        + '{"event-data": {"event": "opened", "timestamp": 1}}\n'
+        + json.dumps(
+            {
+                "event-data": {
+                    "event": "opened",
+                    "message": {"headers": {"message-id": '=HYPERLINK("http://x")'}},
+                    "timestamp": 1,
+                }
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    args = ["events", "import", str(export), "--format", "mailgun", "--tenant", "acme"]
+    done = run(args, env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith(": mailgun events.jsonl (mailgun)")
+    assert re.search(r"^events imported +2$", done.stdout, re.M)
+    assert re.search(r"^rejected +2$", done.stdout, re.M)
+    assert re.search(r"^  delivered +1$", done.stdout, re.M)
+    import_id = lines[0].split()[1].rstrip(":")
+    assert f"penguin events rejects {import_id} -o rejects.csv" in done.stdout
+
+    again = run(args, env)
+    assert again.returncode == 0 and "was already imported" in again.stdout
+
+    listed = run(["events", "list", "--tenant", "acme"], env)
+    assert listed.returncode == 0 and import_id[:8] in listed.stdout
+
+    rejected = run(["events", "rejects", import_id[:8], "--tenant", "acme"], env)
+    assert rejected.returncode == 0, rejected.stderr
+    rows = rejected.stdout.splitlines()
+    assert rows[0] == "line_number,reason,raw_row"
+    assert rows[1].startswith("3,it names no message")
+    assert rows[2].startswith('4,"no message of this tenant has Message-ID <=HYPERLINK(')
+
+
+def test_a_file_that_cannot_be_imported_is_one_line_and_exit_1(database, env, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    failed = run(["events", "import", str(empty), "--format", "ses"], env)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.strip() == "error: empty.csv: the file is empty"
+    unknown = run(["events", "import", str(empty), "--format", "sparkpost"], env)
+    assert unknown.returncode == 1
+    assert "unknown format 'sparkpost'; one of ses, sendgrid, mailgun, postmark" in unknown.stderr
+    missing = run(["events", "rejects", "abcd"], env)
+    assert missing.returncode == 2 and "tenant default has no event import 'abcd'" in missing.stderr
