@@ -119,7 +119,16 @@ def load_demo(db: Database, now: datetime) -> DemoInfo:
                             "Hi {{ first_name }},\n\n"
                             "We noticed {{ company }} likes "
                             "{{ favourite_penguin | default('all') }} penguins. So do we.\n\n"
+                            "A two-minute tour: https://penguinmails.example/tour\n\n"
                             "— Pat\n"
+                        ),
+                        body_html=(
+                            "<p>Hi {{ first_name }},</p>"
+                            "<p>We noticed {{ company }} likes "
+                            "{{ favourite_penguin | default('all') }} penguins. So do we.</p>"
+                            '<p><a href="https://penguinmails.example/tour">Take the two-minute '
+                            'tour</a> or <a href="https://penguinmails.example/pricing">see '
+                            "pricing</a>.</p><p>— Pat</p>"
                         ),
                     )
                 ],

@@ -130,8 +130,8 @@ def exported_environment(db: Database) -> dict[str, str]:
 def child_environment(
     kind: str, db: Database, parent: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of a child of `penguin up`: `kind` is "dagster", "dashboards" or
-    "tracking".
+    """The environment of a child of `penguin up`: `kind` is "dagster", "dashboards",
+    "tracking" or "audience" (the demo's).
 
     Starts from `parent` (default os.environ) minus every `PENGUIN_*`, `DATABASE_URL` and
     libpq `PG*` variable, then adds what that child needs and nothing else:
@@ -144,6 +144,8 @@ def child_environment(
       password of a role that can write;
     * the tracking server: the server's coordinates, the application role's password, the
       secret key its links are signed with and its port. No SMTP password, no other role's.
+    * the demo audience: `PENGUIN_HOME` (the Maildir it reads, its state) and the sink's port
+      (it answers by mail); its `PENGUIN_DEMO_PACE`. Nothing of the database at all.
 
     Dagster and the tracking server get the secret key (`PENGUIN_SECRET_KEY`, read or made
     here, once) and the links' address: send runs sign the links the server verifies.
@@ -159,6 +161,11 @@ def child_environment(
     }
     env.update(_TELEMETRY_OFF)
     env["PENGUIN_HOME"] = str(settings.home)
+    if kind == "audience":
+        env["PENGUIN_SMTP_SINK_PORT"] = str(settings.smtp_sink_port)
+        if parent.get("PENGUIN_DEMO_PACE"):
+            env["PENGUIN_DEMO_PACE"] = parent["PENGUIN_DEMO_PACE"]
+        return env
     env.update(server.environment())
     if kind in ("dagster", "tracking"):
         env.update(
@@ -496,13 +503,24 @@ class Stack:
             lambda: daemon_ready(dagster_url),
             env=dagster_env,
         )
+        # The demo's simulated recipients: they serve nothing (they read the Maildir and act).
+        audience = Child(
+            "Demo audience",
+            [sys.executable, "-m", "engine.audience"],
+            logs / "demo-audience.log",
+            lambda: True,
+            env=child_environment("audience", db),
+        )
         self.children = [code_server, dashboards, tracking, webserver, daemon]
+        self.children += [audience] if self.demo else []
         if self._stop.is_set():
             return
         # The code server first: webserver and daemon load the code location from it.
         code_server.start(PROJECT_ROOT)
         dashboards.start(PROJECT_ROOT)
         tracking.start(PROJECT_ROOT)
+        if self.demo:
+            audience.start(PROJECT_ROOT)
         with console.status("Waiting for the Dagster code server…"):
             self._wait_healthy([code_server], timeout=180)
         for child in (webserver, daemon):
@@ -530,6 +548,10 @@ class Stack:
         self.console.print(
             "  Demo run     the upload sensor starts it within seconds; watch it at "
             f"[bold cyan]http://127.0.0.1:{self.settings.dagster_port}/runs[/]"
+        )
+        self.console.print(
+            "  Audience     simulated recipients open, click, reply and bounce as the mail "
+            f"arrives (log: {self.settings.logs / 'demo-audience.log'})"
         )
 
     def _wait_healthy(self, children: list[Child], timeout: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,7 +119,12 @@ def _wait_for(condition, timeout: float, what: str):
 
 def _environments(home: Path) -> dict[str, list[dict[str, str]]]:
     """The environments of this PENGUIN_HOME's child processes, by kind."""
-    found: dict[str, list[dict[str, str]]] = {"dagster": [], "dashboards": [], "tracking": []}
+    found: dict[str, list[dict[str, str]]] = {
+        "dagster": [],
+        "dashboards": [],
+        "tracking": [],
+        "audience": [],
+    }
     for proc in psutil.process_iter(["cmdline"]):
         try:
             environ = proc.environ()
@@ -131,6 +137,8 @@ def _environments(home: Path) -> dict[str, list[dict[str, str]]]:
             found["dashboards"].append(environ)
         elif "engine.tracking.server" in command:
             found["tracking"].append(environ)
+        elif "engine.audience" in command:
+            found["audience"].append(environ)
         elif "dagster" in command:
             found["dagster"].append(environ)
     return found
@@ -148,10 +156,26 @@ def _one_click_unsubscribe(message_file: Path) -> int:
         return response.status
 
 
+def _outgoing(maildir: Path) -> list[Path]:
+    """The engine's messages in the sink (not the audience's answers to them)."""
+    return [p for p in sorted(maildir.iterdir()) if b"List-Unsubscribe-Post" in p.read_bytes()]
+
+
+def _audience_did(home: Path, kinds: set[str]) -> set[str]:
+    """What the demo audience has done so far, once it has done all of `kinds`."""
+    try:
+        done = json.loads((home / "demo" / "audience.json").read_text())["done"]
+    except (OSError, ValueError):
+        return set()
+    seen = {kind for actions in done.values() for kind in actions}
+    return seen if kinds <= seen else set()
+
+
 def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
     home = tmp_path / "home"
     tracking_port = free_port()
-    extra = {**SECRETS, "PENGUIN_TRACKING_PORT": str(tracking_port)}
+    # The demo audience at 1/20 of its pace: its people open within seconds, not minutes.
+    extra = {**SECRETS, "PENGUIN_TRACKING_PORT": str(tracking_port), "PENGUIN_DEMO_PACE": "0.05"}
     proc, dagster_port, dashboard_port = _start_up(home, "--demo", extra=extra)
     output: list[str] = []
     try:
@@ -170,8 +194,8 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
 
         # The upload sensor starts the demo run; its messages land in the sink's Maildir.
         maildir = home / "maildir" / "new"
-        _wait_for(
-            lambda: maildir.exists() and len(list(maildir.iterdir())) == 40,
+        outgoing = _wait_for(
+            lambda: maildir.exists() and len(found := _outgoing(maildir)) == 40 and found,
             180,
             "40 messages in the Maildir",
         )
@@ -201,7 +225,12 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
         )
         # A demo message's one-click unsubscribe link reaches the tracking server, signed by
         # the send run with the key the server verifies.
-        assert _one_click_unsubscribe(next(maildir.iterdir())) == 200
+        assert _one_click_unsubscribe(outgoing[0]) == 200
+        # The demo audience opens through the tracking server, as people and as privacy
+        # proxies (with 40 messages, P(no such open) < 1e-4).
+        _wait_for(lambda: _audience_did(home, {"open", "machine_open"}), 120, "opens")
+        log = (home / "logs" / "demo-audience.log").read_text()
+        assert re.search(r" open \S+@customers\.example: HTTP 200", log), log
 
         # Each child holds only what it needs.
         environments = _environments(home)
@@ -228,6 +257,10 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
                 "PGPASSWORD",
             } & set(env)
             assert not leaked
+        for env in environments["audience"]:  # no database, no secret: the Maildir and SMTP
+            assert env["PENGUIN_DEMO_PACE"] == "0.05"
+            assert not {k for k in env if k.startswith(("PENGUIN_PG", "PG", "DATABASE"))}
+            assert not {k for k in env if "PASSWORD" in k or k == "PENGUIN_SECRET_KEY"}
         for env in environments["dashboards"]:
             assert env["PENGUIN_DASHBOARDS_PASSWORD"] == SECRETS["PENGUIN_DASHBOARDS_PASSWORD"]
             assert {"PENGUIN_PG_HOST", "PENGUIN_PG_PORT", "PENGUIN_PG_DATABASE"} <= set(env)
