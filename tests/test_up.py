@@ -296,8 +296,8 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
 
 
 def test_dbt_builds_submitted_at_once_run_one_at_a_time_and_all_succeed(tmp_path):
-    """Three dbt builds at once failed with "relation already exists": the `dbt` pool lets
-    the run queue start one at a time."""
+    """Builds at once failed with "relation already exists": the `dbt` pool lets the run
+    queue start one at a time (two builds show it as well as three, in less time)."""
     home = tmp_path / "home"
     proc, dagster_port, _ = _start_up(home)
     output: list[str] = []
@@ -308,22 +308,22 @@ def test_dbt_builds_submitted_at_once_run_one_at_a_time_and_all_succeed(tmp_path
     """
     try:
         assert "Press Ctrl-C" in _read_until_ready(proc, output)
-        launched = [_graphql(dagster_port, launch)["launchRun"] for _ in range(3)]
-        assert [r["__typename"] for r in launched] == ["LaunchRunSuccess"] * 3, launched
+        launched = [_graphql(dagster_port, launch)["launchRun"] for _ in range(2)]
+        assert [r["__typename"] for r in launched] == ["LaunchRunSuccess"] * 2, launched
         runs = _wait_for(
             lambda: (
                 (r := [x for x in _runs(dagster_port) if x["jobName"] == "analytics_job"])
-                and len(r) == 3
+                and len(r) == 2
                 and all(x["status"] in ("SUCCESS", "FAILURE", "CANCELED") for x in r)
                 and r
             ),
             400,
-            "three analytics runs to finish",
+            "two analytics runs to finish",
         )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
-    assert [r["status"] for r in runs] == ["SUCCESS"] * 3, runs
+    assert [r["status"] for r in runs] == ["SUCCESS"] * 2, runs
     spans = sorted((r["startTime"], r["endTime"]) for r in runs)
     for (_, ended), (started, _) in zip(spans, spans[1:], strict=False):
         assert started >= ended, spans  # the next began only after the previous ended
