@@ -138,12 +138,15 @@ def provider_events(
             files = []
     else:
         files = list(event_inbox.pending_files(root))
-    rows, totals = [], {"records": 0, "imported": 0, "duplicates": 0, "rejected": 0}
+    rows, failed = [], 0
+    totals = {"records": 0, "imported": 0, "duplicates": 0, "rejected": 0}
     for item in files:
         outcome = event_inbox.process_file(db.app, root, item, now)
         if outcome.error:
             context.log.error(f"{item.where}: {outcome.error} (moved to {outcome.moved_to})")
-            rows.append(f"| {item.where} | failed | | | | {outcome.error} |")
+            error = outcome.error.replace("|", "\\|")
+            rows.append(f"| {item.where} | failed | | | | {error} |")
+            failed += 1
             continue
         r = outcome.result
         context.log.info(f"{item.where}: {r.counts()} {r.event_counts}")
@@ -158,7 +161,7 @@ def provider_events(
     return dg.MaterializeResult(
         metadata={
             "files": len(files),
-            "failed_files": sum(1 for row in rows if "| failed |" in row),
+            "failed_files": failed,
             **totals,
             "imports": dg.MetadataValue.md("\n".join([table, *rows]) if rows else "-"),
         }

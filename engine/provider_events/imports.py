@@ -494,6 +494,7 @@ def _import(
         conn.exec_driver_sql(_STAGE_TABLES)
         total, skipped = _stage(conn, path, provider, lambda done: report("reading", done, size))
         report("writing", 0, None)
+        conn.exec_driver_sql("analyze pg_temp.staged")  # plan the joins on its real size
         for statement in _MATCH:
             conn.execute(statement, {"provider": provider})
         _harden_repeated_soft_bounces(conn)

@@ -9,6 +9,7 @@ that names no known provider, or no tenant, moves to `failed/` saying so.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,8 +85,8 @@ def drop(root: Path, source: Path, tenant: str, provider: str, *, name: str | No
     folder.mkdir(parents=True, exist_ok=True)
     target = free_name(folder / safe_name(name or source.name))
     tmp = folder / f".{target.name}.part"
-    tmp.write_bytes(source.read_bytes())
-    tmp.rename(target)
+    shutil.copyfile(source, tmp)
+    tmp.rename(target)  # atomic: the sensor never sees half a file
     return target
 
 
