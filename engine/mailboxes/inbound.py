@@ -35,18 +35,21 @@ SOFT_BOUNCE_WINDOW = timedelta(days=7)
 _MATCH = sa.text(
     """
     with by_id as (
-        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email, 0 as rank,
+        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email,
+               m.recipient_key, 0 as rank,
                array_position(cast(:ids as text[]), m.message_id) as position
         from app.sent_emails m
         where m.message_id = any(cast(:ids as text[]))
         order by position
         limit 1
     ), by_address as (
-        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email, 1 as rank,
+        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email,
+               m.recipient_key, 1 as rank,
                0 as position
         from app.sent_emails m
         where not exists (select from by_id)  -- only for what no reference found
-          and m.tenant_id = app.current_tenant_id() and lower(m.recipient_email) = lower(:address)
+          and m.tenant_id = app.current_tenant_id()
+          and m.recipient_key = lower(cast(:address as text))  -- an index condition
           and m.sender_account_id = cast(:sender_id as uuid)
           and m.queued_at <= cast(:received_at as timestamptz)  -- answers come after sends
         order by m.queued_at desc
@@ -62,7 +65,8 @@ _MATCH = sa.text(
                select count(distinct e.sent_email_id) from app.email_events e
                join app.sent_emails m on m.tenant_id = e.tenant_id and m.id = e.sent_email_id
                where m.tenant_id = app.current_tenant_id()
-                 and lower(m.recipient_email) = lower(coalesce(f.recipient_email, :address))
+                 and m.recipient_key
+                     = coalesce(f.recipient_key, lower(cast(:address as text)))
                  and e.event_type = 'bounce' and (e.payload ->> 'hard') = 'false'
                  and e.occurred_at > cast(:since as timestamptz)
            ) end as soft_bounces

@@ -255,7 +255,7 @@ _MATCH = [
 # Soft bounces to turn hard: this file's, with the addresses' earlier soft bounces.
 _SOFT_BOUNCES = sa.text(
     """
-    select s.record, s.sent_email_id, lower(m.recipient_email) as address, s.occurred_at
+    select s.record, s.sent_email_id, m.recipient_key as address, s.occurred_at
     from pg_temp.staged s
     join app.sent_emails m on m.tenant_id = app.current_tenant_id() and m.id = s.sent_email_id
     where s.first_of_key and s.kind = 'bounce' and not s.hard
@@ -263,12 +263,12 @@ _SOFT_BOUNCES = sa.text(
 )
 _EARLIER_SOFT_BOUNCES = sa.text(
     """
-    select lower(m.recipient_email) as address, e.sent_email_id, e.occurred_at
+    select m.recipient_key as address, e.sent_email_id, e.occurred_at
     from app.email_events e
     join app.sent_emails m on m.tenant_id = e.tenant_id and m.id = e.sent_email_id
     where e.tenant_id = app.current_tenant_id() and e.event_type = 'bounce'
       and (e.payload ->> 'hard') = 'false' and e.occurred_at > cast(:since as timestamptz)
-      and lower(m.recipient_email) = any(:addresses)
+      and m.recipient_key = any(:addresses)
     """
 )
 _HARDEN = sa.text("update pg_temp.staged set hard = true where record = any(:records)")
@@ -306,7 +306,7 @@ _INSERT_EVENTS = sa.text(
 _EFFECTS = sa.text(
     """
     with effects as (
-        select distinct on (lower(m.recipient_email))
+        select distinct on (m.recipient_key)
                m.recipient_email, m.contact_id, s.kind, s.occurred_at,
                case s.kind when 'bounce' then 'bounced' when 'complaint' then 'complained'
                            else 'unsubscribed' end as status,
@@ -317,8 +317,8 @@ _EFFECTS = sa.text(
         where s.imported
           and (s.kind in ('complaint', 'unsubscribe') or (s.kind = 'bounce' and s.hard))
           and (s.kind = 'unsubscribe' or cardinality(s.recipients) = 0
-               or lower(m.recipient_email) = any(s.recipients))
-        order by lower(m.recipient_email), s.occurred_at, s.record
+               or m.recipient_key = any(s.recipients))
+        order by m.recipient_key, s.occurred_at, s.record
     ), suppressed as (
         insert into app.suppressions (tenant_id, email, reason, detail, created_at)
         select app.current_tenant_id(), recipient_email, kind, detail, occurred_at from effects
@@ -339,7 +339,7 @@ _EFFECTS = sa.text(
         where s.imported and s.kind = 'bounce' and s.hard
           and m.tenant_id = app.current_tenant_id() and m.id = s.sent_email_id
           and m.status = 'sent'
-          and (cardinality(s.recipients) = 0 or lower(m.recipient_email) = any(s.recipients))
+          and (cardinality(s.recipients) = 0 or m.recipient_key = any(s.recipients))
     )
     select count(*) from suppressed
     """

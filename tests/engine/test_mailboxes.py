@@ -316,3 +316,25 @@ def test_an_unsubscribe_answering_a_forwarded_copy_suppresses_who_asked(
     ]
     statuses = dict(_query(database, tenant, "select email, status from app.contacts"))
     assert statuses[a] == "active"
+
+
+def test_an_addresss_messages_are_found_through_the_index_under_row_level_security(
+    database, sink, now, tmp_path
+):
+    """A reply without references and an address's soft bounces look messages up by address:
+    the stored key is the index's condition for the application role (lower() of the column
+    never could be, under row-level security: it is not leakproof)."""
+    tenant, _ = _sent(database, sink, now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(sa.text("set local enable_seqscan = off"))
+        plan = conn.execute(
+            sa.text(
+                "explain select id from app.sent_emails m "
+                "where m.tenant_id = app.current_tenant_id() "
+                "and m.recipient_key = lower(cast(:address as text)) "
+                "order by queued_at desc limit 1"
+            ),
+            {"address": "ACME0@example.com"},
+        ).scalars()
+        conditions = [line for line in plan if "Index Cond" in line]
+    assert any("(recipient_key = " in line for line in conditions), conditions

@@ -11,6 +11,12 @@ that carry both (a SendGrid `delivered` has the Message-ID and `sg_message_id`; 
 `open` only the latter), so an event that names only the provider's id is matched in a later
 file too.
 
+`sent_emails.recipient_key` is the recipient's address lowercased, stored, with the index that
+finds an address's messages (a bounce or reply without a reference; an address's soft bounces).
+`lower(recipient_email)` could never be that index's condition for the application role: under
+row-level security a function that is not leakproof (lower) may not run before the tenant's
+policy, so every such lookup read the tenant's whole table.
+
 Revision ID: 0012
 Revises: 0011
 Create Date: 2026-12-02
@@ -87,6 +93,14 @@ create table app.provider_messages (
 );
 """
 
+RECIPIENT_KEY = """
+alter table app.sent_emails
+    add column recipient_key text generated always as (lower(recipient_email)) stored;
+drop index app.sent_emails_recipient_idx;
+create index sent_emails_recipient_idx
+    on app.sent_emails (tenant_id, recipient_key, queued_at);
+"""
+
 SECURITY = """
 alter table app.{table} enable row level security;
 alter table app.{table} force row level security;
@@ -104,6 +118,10 @@ grant select, insert on app.provider_messages to penguin_app;
 """
 
 DOWNGRADE = """
+drop index app.sent_emails_recipient_idx;
+alter table app.sent_emails drop column recipient_key;
+create index sent_emails_recipient_idx
+    on app.sent_emails (tenant_id, lower(recipient_email), queued_at);
 drop table app.provider_messages;
 drop table app.event_import_rejects;
 drop table app.event_imports;
@@ -113,6 +131,7 @@ drop table app.event_imports;
 def upgrade() -> None:
     op.execute(f"set local search_path = {SEARCH_PATH}")
     op.execute(UPGRADE)
+    op.execute(RECIPIENT_KEY)
     for table in TABLES:
         op.execute(SECURITY.format(table=table))
     op.execute(GRANTS)
