@@ -1,5 +1,8 @@
-"""An inbound message applied: recorded once, matched to the message it answers, its event
-written and its effects made, in the caller's tenant transaction.
+"""Inbound messages applied: each recorded once, matched to the message it answers, its event
+written and its effects made, in the caller's tenant transaction. A batch (`apply_many`, a
+Maildir poll's 200 messages) takes the same few statements as one message: the matches, the
+rows with their events, the effects, each one set-based over the batch, with the outcome the
+messages would have one after the other.
 
 * **Once.** The message's row in `inbound_messages` is inserted before its effects; if the
   mailbox has it already (the same place in it, or the same Message-ID), nothing else happens.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import Message
@@ -30,91 +34,114 @@ from engine.mailboxes.classify import Classified, Kind, clean
 SOFT_BOUNCES_AS_HARD = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
 
-# The message it answers: by reference (best first), else the receiving account's latest
-# message to the address; and, for a bounce, that address's soft bounces within the window.
+# The message each one answers: by reference (best first), else the receiving account's latest
+# message to the address. (The address is lowercased in a materialized CTE: compared as a
+# column, the stored key is an index condition under row-level security; lower() of it would
+# not be, as lower() is not leakproof.)
 _MATCH = sa.text(
     """
-    with by_id as (
-        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email,
-               m.recipient_key, 0 as rank,
-               array_position(cast(:ids as text[]), m.message_id) as position
-        from app.sent_emails m
-        where m.message_id = any(cast(:ids as text[]))
-        order by position
-        limit 1
-    ), by_address as (
-        select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email,
-               m.recipient_key, 1 as rank,
-               0 as position
-        from app.sent_emails m
-        where not exists (select from by_id)  -- only for what no reference found
-          and m.tenant_id = app.current_tenant_id()
-          and m.recipient_key = lower(cast(:address as text))  -- an index condition
-          and m.sender_account_id = cast(:sender_id as uuid)
-          and m.queued_at <= cast(:received_at as timestamptz)  -- answers come after sends
-        order by m.queued_at desc
-        limit 1
-    ), found as (
-        select * from (select * from by_id union all select * from by_address) both_
-        order by rank limit 1
+    with x as materialized (
+        select x.*, lower(x.address) as address_key
+        from json_to_recordset(cast(:rows as json))
+            as x(i int, ids text[], address text, sender_id uuid, received_at timestamptz)
     )
-    select f.id, f.contact_id, f.campaign_id, f.step_id, f.recipient_email, f.rank,
-           case when cast(:soft as boolean) then (
-               -- soft bounces of different messages: one message's repeated delay warnings
-               -- are one
-               select count(distinct e.sent_email_id) from app.email_events e
-               join app.sent_emails m on m.tenant_id = e.tenant_id and m.id = e.sent_email_id
-               where m.tenant_id = app.current_tenant_id()
-                 and m.recipient_key
-                     = coalesce(f.recipient_key, lower(cast(:address as text)))
-                 and e.event_type = 'bounce' and (e.payload ->> 'hard') = 'false'
-                 and e.occurred_at > cast(:since as timestamptz)
-           ) end as soft_bounces
-    from (select) one left join found f on true
+    select x.i, f.id, f.contact_id, f.campaign_id, f.step_id, f.recipient_email,
+           f.recipient_key, f.rank
+    from x
+    left join lateral (
+        select * from (
+            (select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email,
+                    m.recipient_key, 0 as rank,
+                    array_position(x.ids, m.message_id) as position
+             from app.sent_emails m
+             where m.message_id = any(x.ids)
+             order by position
+             limit 1)
+            union all
+            (select m.id, m.contact_id, m.campaign_id, m.step_id, m.recipient_email,
+                    m.recipient_key, 1 as rank, 0 as position
+             from app.sent_emails m
+             where m.tenant_id = app.current_tenant_id() and m.recipient_key = x.address_key
+               and m.sender_account_id = x.sender_id
+               and m.queued_at <= x.received_at  -- answers come after sends
+             order by m.queued_at desc
+             limit 1)
+        ) both_
+        order by rank, position
+        limit 1
+    ) f on true
+    order by x.i
     """
 )
-# The message's row (once: the conflict on its place or Message-ID), then its event.
+# Soft bounces of these addresses since a time: (address key, message, when).
+_SOFT_BOUNCES = sa.text(
+    """
+    select m.recipient_key as address, e.sent_email_id, e.occurred_at
+    from app.sent_emails m
+    join app.email_events e on e.tenant_id = m.tenant_id and e.sent_email_id = m.id
+    where m.tenant_id = app.current_tenant_id() and m.recipient_key = any(:addresses)
+      and e.event_type = 'bounce' and (e.payload ->> 'hard') = 'false'
+      and e.occurred_at > cast(:since as timestamptz)
+    """
+)
+# The messages' rows (once each: the conflict on its place or Message-ID), then their events.
 _RECORD = sa.text(
     """
-    with recorded as (
+    with x as (
+        select * from json_to_recordset(cast(:rows as json)) as x(
+            i int, mailbox text, source_key text, message_id text, kind text, sender_id uuid,
+            sent uuid, from_address text, detail text, at timestamptz, with_event boolean,
+            contact uuid, campaign uuid, step uuid, payload jsonb, dedup text)
+    ), recorded as (
         insert into app.inbound_messages
             (tenant_id, mailbox, source_key, message_id, kind, sender_account_id, sent_email_id,
              from_address, detail, received_at)
-        values (app.current_tenant_id(), :mailbox, :source_key, :message_id, :kind, :sender_id,
-                :sent, :from_address, :detail, :at)
+        select app.current_tenant_id(), mailbox, source_key, message_id, kind, sender_id, sent,
+               from_address, detail, at
+        from x order by i
         on conflict do nothing
-        returning id
+        returning mailbox, source_key
     ), event as (
         insert into app.email_events
             (tenant_id, event_type, sent_email_id, contact_id, campaign_id, step_id,
              occurred_at, payload, dedup_key)
-        select app.current_tenant_id(), :kind, :sent, :contact, :campaign, :step, :at,
-               cast(:payload as jsonb), :dedup
-        from recorded where cast(:with_event as boolean)
+        select app.current_tenant_id(), x.kind, x.sent, x.contact, x.campaign, x.step, x.at,
+               x.payload, x.dedup
+        from x join recorded r on r.mailbox = x.mailbox and r.source_key = x.source_key
+        where x.with_event
+        order by x.i
         on conflict (tenant_id, dedup_key) do nothing
     )
-    select id from recorded
+    select mailbox, source_key from recorded
     """
 )
-# A suppressing message's effects: the address suppressed, its contact marked, a bounce's
-# message marked.
+# Suppressing messages' effects, the first per address and per contact: the address
+# suppressed, its contact marked, a bounce's message marked.
 _EFFECTS = """
-    with suppressed as (
+    with x as materialized (
+        select x.*, lower(x.email) as email_key
+        from json_to_recordset(cast(:rows as json)) as x(
+            i int, email text, reason text, status text, detail text, at timestamptz,
+            contact uuid, bounced uuid)
+    ), suppressed as (
         insert into app.suppressions (tenant_id, email, reason, detail, created_at)
-        values (app.current_tenant_id(), :email, :reason, :detail, :at)
+        select distinct on (email_key) app.current_tenant_id(), email, reason, detail, at
+        from x order by email_key, i
         on conflict (tenant_id, lower(email)) do nothing
     ), marked as (
-        update app.contacts set status = :status, updated_at = :at
-        where tenant_id = app.current_tenant_id() and status = 'active' and {contact}
+        update app.contacts c set status = f.status, updated_at = f.at
+        from (select distinct on (coalesce(cast(contact as text), email_key)) *
+              from x order by coalesce(cast(contact as text), email_key), i) f
+        where c.tenant_id = app.current_tenant_id() and c.status = 'active' and {contact}
     )
-    update app.sent_emails set status = 'bounced', last_error = :detail, updated_at = :at
-    where tenant_id = app.current_tenant_id() and id = cast(:bounced as uuid)
-      and status = 'sent'
+    update app.sent_emails m set status = 'bounced', last_error = x.detail, updated_at = x.at
+    from x
+    where m.tenant_id = app.current_tenant_id() and m.id = x.bounced and m.status = 'sent'
     """
-# The contact by its key when the message named it; else by its address (lower() is never an
-# index condition under row-level security: it is not leakproof).
-_EFFECTS_BY_CONTACT = sa.text(_EFFECTS.format(contact="id = cast(:contact as uuid)"))
-_EFFECTS_BY_ADDRESS = sa.text(_EFFECTS.format(contact="lower(email) = lower(:email)"))
+# The contact by its key when the message named it; else by its address (a set-based join:
+# once per batch, whatever its size).
+_EFFECTS_BY_CONTACT = sa.text(_EFFECTS.format(contact="c.id = f.contact"))
+_EFFECTS_BY_ADDRESS = sa.text(_EFFECTS.format(contact="lower(c.email) = f.email_key"))
 
 #: What each suppressing kind makes of the address and its contact.
 _SUPPRESSING = {
@@ -145,33 +172,130 @@ class Applied:
     hard: bool = False
 
 
-def apply(
-    conn: Connection,
-    *,
-    mailbox: str,
-    source_key: str,
-    message: Message,
-    classified: Classified,
-    sender_id: uuid.UUID | None,
-    received_at: datetime,
-) -> Applied | None:
-    """Apply one inbound message (module docstring); None when it was applied before."""
-    c = classified
-    address = c.addresses[0] if c.addresses else c.sender
-    soft = c.kind is Kind.BOUNCE and not c.hard
-    sent = conn.execute(
+@dataclass(frozen=True)
+class Incoming:
+    """One message read from a mailbox, classified, to apply."""
+
+    mailbox: str
+    #: Its place in the mailbox (a Maildir file name; UIDVALIDITY:UID).
+    source_key: str
+    message: Message
+    classified: Classified
+    sender_id: uuid.UUID | None
+    received_at: datetime
+
+
+class SoftBounces:
+    """An address's soft bounces of different messages within `SOFT_BOUNCE_WINDOW`: the third
+    counts as hard. Loaded for some addresses from the database, then told each new one in
+    the order it is applied (`is_hard`)."""
+
+    def __init__(self, conn: Connection, addresses: set[str], since: datetime):
+        self._seen: dict[str, list[tuple[datetime, uuid.UUID]]] = defaultdict(list)
+        if addresses:
+            rows = conn.execute(
+                _SOFT_BOUNCES, {"addresses": sorted(addresses), "since": since}
+            ).all()
+            for row in rows:
+                self._seen[row.address].append((row.occurred_at, row.sent_email_id))
+
+    def is_hard(self, address: str, message: uuid.UUID, at: datetime, *, upto: bool) -> bool:
+        """Record a soft bounce of `message` to `address` at `at`; whether it is the address's
+        third. `upto`: count only bounces up to `at` (an export's events come in any order),
+        else all since the window's start (a mailbox's, in arrival order)."""
+        seen = self._seen[address]
+        seen.append((at, message))
+        messages = {
+            m for when, m in seen if at - SOFT_BOUNCE_WINDOW < when and (not upto or when <= at)
+        }
+        return len(messages) >= SOFT_BOUNCES_AS_HARD
+
+
+def apply(conn: Connection, **incoming: object) -> Applied | None:
+    """Apply one inbound message (`Incoming`'s fields); None when it was applied before."""
+    return apply_many(conn, [Incoming(**incoming)])[0]  # type: ignore[arg-type]
+
+
+def apply_many(conn: Connection, messages: list[Incoming]) -> list[Applied | None]:
+    """Apply `messages` (module docstring) in a few statements whatever their number, as if
+    one after the other in this order; each one's outcome, None when it was applied before."""
+    if not messages:
+        return []
+    addresses = [(c.addresses[0] if c.addresses else c.sender) for c in _classes(messages)]
+    found = conn.execute(
         _MATCH,
         {
-            "ids": list(c.refers_to),
-            "address": address or "",
-            "sender_id": sender_id,
-            "soft": soft,
-            "since": received_at - SOFT_BOUNCE_WINDOW,
-            "received_at": received_at,
+            "rows": json.dumps(
+                [
+                    {
+                        "i": i,
+                        "ids": list(m.classified.refers_to),
+                        "address": address or "",
+                        "sender_id": str(m.sender_id) if m.sender_id else None,
+                        "received_at": m.received_at.isoformat(),
+                    }
+                    for i, (m, address) in enumerate(zip(messages, addresses, strict=True))
+                ]
+            )
         },
-    ).one()
+    ).all()
+    soft = [
+        i
+        for i, m in enumerate(messages)
+        if m.classified.kind is Kind.BOUNCE and not m.classified.hard
+    ]
+    history = SoftBounces(
+        conn,
+        {
+            found[i].recipient_key or addresses[i].lower()
+            for i in soft
+            if addresses[i] or found[i].id
+        },
+        min((messages[i].received_at for i in soft), default=messages[0].received_at)
+        - SOFT_BOUNCE_WINDOW,
+    )
+    plans = [_plan(m, found[i], addresses[i], history) for i, m in enumerate(messages)]
+    recorded = {
+        (row.mailbox, row.source_key)
+        for row in conn.execute(
+            _RECORD, {"rows": json.dumps([p.record | {"i": i} for i, p in enumerate(plans)])}
+        )
+    }
+    effects = [
+        p.effect | {"i": i}
+        for i, (m, p) in enumerate(zip(messages, plans, strict=True))
+        if p.effect is not None and (m.mailbox, m.source_key) in recorded
+    ]
+    for by_contact, statement in ((True, _EFFECTS_BY_CONTACT), (False, _EFFECTS_BY_ADDRESS)):
+        rows = [e for e in effects if (e["contact"] is not None) is by_contact]
+        if rows:
+            conn.execute(statement, {"rows": json.dumps(rows)})
+    return [
+        p.applied if (m.mailbox, m.source_key) in recorded else None
+        for m, p in zip(messages, plans, strict=True)
+    ]
+
+
+def _classes(messages: list[Incoming]) -> list[Classified]:
+    return [m.classified for m in messages]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    record: dict
+    effect: dict | None
+    applied: Applied
+
+
+def _plan(m: Incoming, sent: sa.Row, address: str, history: SoftBounces) -> _Plan:
+    """What applying `m` writes, given the message it matched (`sent`)."""
+    c = m.classified
     matched = sent.id is not None
-    hard = c.hard or (soft and (sent.soft_bounces or 0) + 1 >= SOFT_BOUNCES_AS_HARD)
+    soft = c.kind is Kind.BOUNCE and not c.hard
+    hard = c.hard
+    if soft and (matched or address):
+        key = sent.recipient_key if matched else address.lower()
+        hard = history.is_hard(key, sent.id, m.received_at, upto=False)
     # Who is suppressed. A bounce or complaint is anyone's to write: it suppresses only the
     # recipient of a message of ours it names by Message-ID, and only if it names that
     # recipient as failed (when it names any). An unsubscribe suppresses who asked (a colleague
@@ -187,50 +311,46 @@ def apply(
         if matched and sent.recipient_email.lower() == c.sender:
             target_contact = sent.contact_id
     payload = {
-        "subject": _raw(message, "Subject")[:300],
+        "subject": _raw(m.message, "Subject")[:300],
         "from": c.sender,
         "detail": c.detail,
-        "mailbox": mailbox,
+        "mailbox": m.mailbox,
     }
     if c.kind is Kind.BOUNCE:
         payload |= {"hard": hard, "addresses": list(c.addresses)}
-    row_id = conn.execute(
-        _RECORD,
-        {
-            "mailbox": mailbox,
-            "source_key": source_key,
-            "message_id": _message_id(message),
-            "kind": str(c.kind),
-            "sender_id": sender_id,
-            "sent": sent.id,
-            "from_address": c.sender or None,
-            "detail": c.detail or None,
-            "at": received_at,
-            # An unmatched reply says nothing about any message or contact: no event.
-            "with_event": matched or c.kind is not Kind.REPLY,
-            "contact": sent.contact_id,
-            "campaign": sent.campaign_id,
-            "step": sent.step_id,
-            "payload": json.dumps(payload),
-            "dedup": f"inbound:{mailbox}:{source_key}",
-        },
-    ).scalar()
-    if row_id is None:
-        return None  # applied before (its place or its Message-ID): nothing else happens
-    suppressed = None
+    record = {
+        "mailbox": m.mailbox,
+        "source_key": m.source_key,
+        "message_id": _message_id(m.message),
+        "kind": str(c.kind),
+        "sender_id": str(m.sender_id) if m.sender_id else None,
+        "sent": str(sent.id) if matched else None,
+        "from_address": c.sender or None,
+        "detail": c.detail or None,
+        "at": m.received_at.isoformat(),
+        # An unmatched reply says nothing about any message or contact: no event.
+        "with_event": matched or c.kind is not Kind.REPLY,
+        "contact": _text(sent.contact_id),
+        "campaign": _text(sent.campaign_id),
+        "step": _text(sent.step_id),
+        "payload": payload,
+        "dedup": f"inbound:{m.mailbox}:{m.source_key}",
+    }
+    effect = suppressed = None
     if c.kind in _SUPPRESSING and address and (c.kind is not Kind.BOUNCE or hard):
         reason, status = _SUPPRESSING[c.kind]
-        conn.execute(
-            _EFFECTS_BY_CONTACT if target_contact is not None else _EFFECTS_BY_ADDRESS,
-            {
-                "email": address,
-                "reason": reason,
-                "status": status,
-                "detail": f"{c.kind}: {c.detail}" if c.detail else str(c.kind),
-                "at": received_at,
-                "contact": target_contact,
-                "bounced": sent.id if c.kind is Kind.BOUNCE and target_contact else None,
-            },
-        )
+        effect = {
+            "email": address,
+            "reason": reason,
+            "status": status,
+            "detail": f"{c.kind}: {c.detail}" if c.detail else str(c.kind),
+            "at": m.received_at.isoformat(),
+            "contact": _text(target_contact),
+            "bounced": str(sent.id) if c.kind is Kind.BOUNCE and target_contact else None,
+        }
         suppressed = address.lower()
-    return Applied(c.kind, matched, suppressed, hard)
+    return _Plan(record, effect, Applied(c.kind, matched, suppressed, hard))
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

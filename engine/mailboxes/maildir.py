@@ -28,7 +28,7 @@ from email.utils import getaddresses
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from engine.db import tenant_transaction
 from engine.mailboxes import inbound
@@ -192,13 +192,13 @@ def _apply_all(app: Engine, items: list[_Inbound], report: PollReport) -> None:
     for tenant_id, mine in by_tenant.items():
         try:
             with tenant_transaction(app, tenant_id) as conn:
-                results = [_apply_one(conn, item) for item in mine]
+                results = inbound.apply_many(conn, [_incoming(item) for item in mine])
         except Exception:
             results = []
             for item in mine:
                 try:
                     with tenant_transaction(app, tenant_id) as conn:
-                        results.append(_apply_one(conn, item))
+                        results += inbound.apply_many(conn, [_incoming(item)])
                 except Exception as exc:  # this message's own trouble: it alone
                     report.errors.append(f"{item.name}: {first_line(exc)}")
                     log.exception("inbound message %s not applied", item.name)
@@ -206,9 +206,8 @@ def _apply_all(app: Engine, items: list[_Inbound], report: PollReport) -> None:
             report.count(done)
 
 
-def _apply_one(conn: Connection, item: _Inbound) -> inbound.Applied | None:
-    return inbound.apply(
-        conn,
+def _incoming(item: _Inbound) -> inbound.Incoming:
+    return inbound.Incoming(
         mailbox=f"maildir:{item.sender_id}",
         source_key=item.name,
         message=item.message,

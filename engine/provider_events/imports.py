@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from engine.db import tenant_transaction
-from engine.mailboxes.inbound import SOFT_BOUNCE_WINDOW, SOFT_BOUNCES_AS_HARD
+from engine.mailboxes.inbound import SOFT_BOUNCE_WINDOW, SoftBounces
 from engine.provider_events import formats, records
 from engine.provider_events.formats import FORMATS, RecordError
 from engine.text import first_line, id_prefix, readable_name, shown
@@ -252,23 +251,13 @@ _MATCH = [
         """
     ),
 ]
-# Soft bounces to turn hard: this file's, with the addresses' earlier soft bounces.
+# This file's soft bounces, which the addresses' earlier ones may turn hard.
 _SOFT_BOUNCES = sa.text(
     """
     select s.record, s.sent_email_id, m.recipient_key as address, s.occurred_at
     from pg_temp.staged s
     join app.sent_emails m on m.tenant_id = app.current_tenant_id() and m.id = s.sent_email_id
     where s.first_of_key and s.kind = 'bounce' and not s.hard
-    """
-)
-_EARLIER_SOFT_BOUNCES = sa.text(
-    """
-    select m.recipient_key as address, e.sent_email_id, e.occurred_at
-    from app.email_events e
-    join app.sent_emails m on m.tenant_id = e.tenant_id and m.id = e.sent_email_id
-    where e.tenant_id = app.current_tenant_id() and e.event_type = 'bounce'
-      and (e.payload ->> 'hard') = 'false' and e.occurred_at > cast(:since as timestamptz)
-      and m.recipient_key = any(:addresses)
     """
 )
 _HARDEN = sa.text("update pg_temp.staged set hard = true where record = any(:records)")
@@ -590,27 +579,21 @@ def _row(record: records.Record, event: formats.ProviderEvent) -> dict:
 
 def _harden_repeated_soft_bounces(conn: Connection) -> None:
     """An address's third soft bounce (of different messages) within `SOFT_BOUNCE_WINDOW` is
-    hard, counting its earlier ones and this file's, in time order."""
+    hard, counting its earlier ones and this file's, in time order (an export's events come in
+    any order)."""
     soft = conn.execute(_SOFT_BOUNCES).all()
     if not soft:
         return
-    earliest = min(row.occurred_at for row in soft) - SOFT_BOUNCE_WINDOW
-    seen: dict[str, list[tuple[datetime, uuid.UUID]]] = defaultdict(list)
-    for row in conn.execute(
-        _EARLIER_SOFT_BOUNCES,
-        {"since": earliest, "addresses": sorted({row.address for row in soft})},
-    ):
-        seen[row.address].append((row.occurred_at, row.sent_email_id))
-    hardened = []
-    for row in sorted(soft, key=lambda r: (r.occurred_at, r.record)):
-        seen[row.address].append((row.occurred_at, row.sent_email_id))
-        window = Counter(
-            message
-            for at, message in seen[row.address]
-            if row.occurred_at - SOFT_BOUNCE_WINDOW < at <= row.occurred_at
-        )
-        if len(window) >= SOFT_BOUNCES_AS_HARD:
-            hardened.append(row.record)
+    history = SoftBounces(
+        conn,
+        {row.address for row in soft},
+        min(row.occurred_at for row in soft) - SOFT_BOUNCE_WINDOW,
+    )
+    hardened = [
+        row.record
+        for row in sorted(soft, key=lambda r: (r.occurred_at, r.record))
+        if history.is_hard(row.address, row.sent_email_id, row.occurred_at, upto=True)
+    ]
     if hardened:
         conn.execute(_HARDEN, {"records": hardened})
 

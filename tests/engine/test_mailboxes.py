@@ -207,21 +207,21 @@ def test_one_message_that_fails_is_rolled_back_alone(database, sink, now, tmp_pa
     tenant, ids = _sent(database, sink, now, tmp_path)
     for address, original in ids.items():
         _deliver(sink, samples.reply(SENDER, address, original))
-    real, calls = inbound.apply, []
+    real = inbound.apply_many
+    replies = [p for p in (sink.maildir / "new").iterdir() if b"In-Reply-To" in p.read_bytes()]
+    doomed = replies[0].name
 
-    def second_fails(conn, **kwargs):
-        if kwargs["source_key"] not in calls:
-            calls.append(kwargs["source_key"])
-        result = real(conn, **kwargs)  # its rows are written, then it fails: rolled back
-        if len(calls) > 1 and kwargs["source_key"] == calls[1]:
+    def one_fails(conn, messages):
+        result = real(conn, messages)  # its rows are written, then it fails: rolled back
+        if any(m.source_key == doomed for m in messages):
             raise ValueError("this message's own trouble")
         return result
 
-    monkeypatch.setattr(inbound, "apply", second_fails)
+    monkeypatch.setattr(inbound, "apply_many", one_fails)
     report = poll_maildir(database.app, sink.maildir)
     assert (dict(report.applied), len(report.errors)) == ({"reply": 2}, 1), report.errors
-    assert "this message's own trouble" in report.errors[0]
-    monkeypatch.setattr(inbound, "apply", real)
+    assert "this message's own trouble" in report.errors[0] and doomed in report.errors[0]
+    monkeypatch.setattr(inbound, "apply_many", real)
     retried = poll_maildir(database.app, sink.maildir)
     assert (dict(retried.applied), retried.already) == ({"reply": 1}, 2)
     assert sorted(e.recipient_email for e in _events(database, tenant)) == sorted(ids)
@@ -233,18 +233,16 @@ def test_each_message_is_applied_once_even_after_a_poll_that_died_midway(
     tenant, ids = _sent(database, sink, now, tmp_path)
     for address, original in ids.items():
         _deliver(sink, samples.reply(SENDER, address, original))
-    real, calls = inbound.apply, []
+    real = inbound.apply_many
 
-    def dying(conn, **kwargs):
-        calls.append(kwargs["source_key"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the process dies in its second message's transaction
-        return real(conn, **kwargs)
+    def dying(conn, messages):
+        real(conn, messages)  # the batch is written, then the process dies before its commit
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(inbound, "apply", dying)
+    monkeypatch.setattr(inbound, "apply_many", dying)
     with pytest.raises(KeyboardInterrupt):
         poll_maildir(database.app, sink.maildir)
-    monkeypatch.setattr(inbound, "apply", real)
+    monkeypatch.setattr(inbound, "apply_many", real)
     assert _events(database, tenant) == []  # its transaction died with it: nothing half-done
     first = poll_maildir(database.app, sink.maildir)
     again = poll_maildir(database.app, sink.maildir, cursor=first.cursor)
