@@ -132,6 +132,11 @@ class Settings:
         return self.home / "maildir"
 
     @property
+    def maildir_cursor(self) -> Path:
+        """Where the Maildir's last complete poll got to (the poll runs keep it)."""
+        return self.home / "mailboxes" / "maildir-cursor.json"
+
+    @property
     def uploads(self) -> Path:
         return self.home / "uploads"
 

@@ -2,8 +2,10 @@
 
 The `mailbox_sensor` lists the local sink's Maildir (names only: it reads no message) and asks
 for a `poll_mail_job` run when a file newer than its cursor has arrived, and at most once a
-minute when sender accounts have IMAP mailboxes; the run applies every inbound message from the
-cursor's second on (`engine.mailboxes.maildir`) and whatever the IMAP mailboxes received since
+minute when sender accounts have IMAP mailboxes; the run applies every inbound message from where
+the last complete poll got to (an arrival second kept under PENGUIN_HOME, moved on when a poll
+completes, so a failed run loses nothing) (`engine.mailboxes.maildir`) and whatever the IMAP
+mailboxes received since
 their own cursors (`engine.mailboxes.imap`, UIDVALIDITY and last UID in the database), each
 once, whatever ran before. A tick that sees nothing new asks for nothing, and a repeated tick
 asks for the same run key.
@@ -23,7 +25,7 @@ import dagster as dg
 import pydantic
 
 from engine.mailboxes.imap import has_imap_mailboxes, poll_imap
-from engine.mailboxes.maildir import maildir_names, poll_maildir
+from engine.mailboxes.maildir import maildir_names, poll_maildir, store_cursor, stored_cursor
 from engine.provider_events import inbox as event_inbox
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
@@ -34,8 +36,10 @@ IMAP_INTERVAL_SECONDS = 60
 
 
 class MailPollConfig(dg.Config):
-    #: The arrival second (Unix time) the Maildir poll starts at; 0 reads the whole mailbox.
-    since: int = 0
+    #: The arrival second (Unix time) the Maildir poll starts at; 0 reads the whole mailbox;
+    #: -1 (the sensor's) where the last complete poll got to, kept under PENGUIN_HOME: a run
+    #: that failed or died moves it on not at all, so the next run reads what it left.
+    since: int = -1
     #: Whether to read the IMAP mailboxes too (the sensor asks at most once a minute).
     imap: bool = True
 
@@ -53,11 +57,15 @@ def inbound_mail(
     context: dg.AssetExecutionContext, config: MailPollConfig, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     db = postgres.db
-    report = poll_maildir(db.app, db.settings.maildir, cursor=config.since)
+    since = stored_cursor(db.settings.maildir_cursor) if config.since < 0 else config.since
+    report = poll_maildir(db.app, db.settings.maildir, cursor=since)
     if config.imap:
         poll_imap(db.app, report=report)  # each account resumes at its own cursor (database)
     for error in report.errors[:20]:
         context.log.warning(error)
+    # The poll completed (a message that failed for its own data is reported, and read again
+    # only by a full `penguin mail poll`); a run that raised moves the cursor on not at all.
+    store_cursor(db.settings.maildir_cursor, max(report.cursor, since))
     return dg.MaterializeResult(
         metadata={
             "read": report.read,
@@ -67,6 +75,7 @@ def inbound_mail(
             "unmatched": report.unmatched,
             "suppressed": report.suppressed,
             "errors": len(report.errors),
+            "since": since,
         }
     )
 
@@ -105,7 +114,7 @@ def mailbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResour
         )
     )
     key = f"mail:{fresh[-1][1]}" if fresh else f"mail:imap:{int(now)}"
-    config = MailPollConfig(since=seen["since"], imap=imap_due)
+    config = MailPollConfig(imap=imap_due)  # from where the last complete poll got to
     return dg.RunRequest(run_key=key, run_config=dg.RunConfig(ops={"inbound_mail": config}))
 
 

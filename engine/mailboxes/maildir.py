@@ -15,6 +15,7 @@ midway, or a file that arrived within the cursor's second, is never lost or appl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -108,6 +109,23 @@ def maildir_names(maildir: Path, since: int = 0) -> list[tuple[int, str]]:
     """(arrival second, name without its flags) of the files that arrived in or after
     `since`, oldest first."""
     return [(_arrival(p.name), p.name.split(":", 1)[0]) for p in _files(maildir, since)]
+
+
+def stored_cursor(path: Path) -> int:
+    """Where the last complete poll got to (an arrival second), or 0: read everything."""
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def store_cursor(path: Path, since: int) -> None:
+    """Record that every message that arrived before second `since` has been applied
+    (atomically: a reader sees the old cursor or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"since": since}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:

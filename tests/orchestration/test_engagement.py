@@ -43,8 +43,9 @@ def test_new_mail_is_requested_once_and_its_run_applies_it(database, now, tmp_pa
         assert isinstance(request, dg.RunRequest) and request.run_key.startswith("mail:")
         again, _ = _tick(database, instance, cursor)
         assert isinstance(again, dg.SkipReason)  # nothing newer than the cursor
-        since = request.run_config["ops"]["inbound_mail"]["config"]["since"]
-        assert since == 0 and json.loads(cursor)["since"] > 0
+        # From where the last complete poll got to (none yet: the whole Maildir).
+        assert request.run_config["ops"]["inbound_mail"]["config"] == {"since": -1, "imap": False}
+        assert json.loads(cursor)["since"] > 0
         result = dg.materialize(
             [engagement.inbound_mail],
             resources=_resources(database),
@@ -123,3 +124,39 @@ def test_an_export_dropped_in_the_events_inbox_is_imported_by_its_run_and_moved_
     assert len(failed) == 2 and failed[1].endswith("x.json.error.txt")
     error = (root / "failed" / "acme" / "sparkpost" / failed[1]).read_text()
     assert "its folder 'sparkpost' names no provider" in error
+
+
+def test_a_poll_run_that_fails_leaves_its_mail_to_the_next_run(
+    database, now, tmp_path, monkeypatch
+):
+    with SmtpSink(database.settings.maildir, port=free_port()) as sink:
+        tenant = seed_tenant(database, "acme", now, tmp_path)
+        send_due(database.app, SmtpServer(sink.host, sink.port), now)
+        message_id = next(m["Message-ID"] for m in sink.messages()).strip("<>")
+        _deliver(sink, samples.reply(SENDER, "acme0@example.com", message_id))
+
+    def run():
+        return dg.materialize(
+            [engagement.inbound_mail],
+            resources=_resources(database),
+            instance=instance,
+            run_config={"ops": {"inbound_mail": {"config": {"imap": False}}}},
+            raise_on_error=False,
+        )
+
+    def down(*args, **kwargs):
+        raise ConnectionError("the database went away")
+
+    with dg.instance_for_test() as instance:
+        with monkeypatch.context() as patched:
+            patched.setattr(engagement, "poll_maildir", down)
+            assert not run().success
+        assert not database.settings.maildir_cursor.exists()  # moved on not at all
+        result = run()
+        assert result.success
+        metadata = result.asset_materializations_for_node("inbound_mail")[0].metadata
+        assert (metadata["since"].value, metadata["applied"].value) == (0, {"reply": 1})
+        # The next run starts where this one got to (its last arrival second), not at 0.
+        later = run().asset_materializations_for_node("inbound_mail")[0].metadata
+        assert later["since"].value > 0 and later["applied"].value == {}
+    assert [e.event_type for e in _events(database, tenant)] == ["reply"]
