@@ -118,8 +118,9 @@ class Action:
     kind: str = field(compare=True)
 
 
-def read_outgoing(path: Path, domain: str = DOMAIN) -> Outgoing | None:
-    """The message at `path` if the engine sent it to `domain`, else None."""
+def read_outgoing(path: Path, domain: str = DOMAIN, tracking_url: str = "") -> Outgoing | None:
+    """The message at `path` if the engine sent it to `domain`, else None; only its links to
+    `tracking_url` (when given) are followed."""
     try:
         with path.open("rb") as handle:
             message = email.message_from_binary_file(handle)
@@ -137,11 +138,15 @@ def read_outgoing(path: Path, domain: str = DOMAIN) -> Outgoing | None:
         payload = part.get_payload(decode=True) or b""
         text = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
         for match in _TRACKED.finditer(text):
+            if not match.group(0).startswith(tracking_url):
+                continue  # a link elsewhere: the audience only talks to the tracking server
             if match.group(1) == "o":
                 pixel = pixel or match.group(0)
             elif match.group(0) not in links:
                 links.append(match.group(0))
     unsubscribe = _UNSUBSCRIBE.search(" ".join(str(message.get("List-Unsubscribe", "")).split()))
+    if unsubscribe and not unsubscribe.group(1).startswith(tracking_url):
+        unsubscribe = None
     sender = getaddresses([str(message.get("From", ""))])
     return Outgoing(
         name=path.name,
@@ -172,7 +177,7 @@ def plan(message: Outgoing, rates: Rates = RATES, pace: float = 1.0) -> list[Act
         actions.append(Action(later(5, 20), message.message_id, "auto_reply"))
     if message.pixel and rng.random() < rates.machine_open:
         actions.append(Action(at + rng.uniform(0.5, 3), message.message_id, "machine_open"))
-    if rng.random() < rates.open:
+    if message.pixel and rng.random() < rates.open:  # no pixel (tracking off): no open seen
         opened = max(later(15, 240), at + HUMAN_AFTER)
         actions.append(Action(opened, message.message_id, "open"))
         # Given an open, the conditional shares that make the overall rates.
@@ -217,8 +222,10 @@ class Audience:
         rates: Rates = RATES,
         pace: float = 1.0,
         domain: str = DOMAIN,
+        tracking_url: str = "",
         clock: Callable[[], float] = time.time,
     ):
+        self.tracking_url = tracking_url.rstrip("/") + "/" if tracking_url else ""
         self.maildir, self.smtp = maildir, (smtp_host, smtp_port)
         self.state, self.rates, self.pace, self.domain, self.clock = (
             state,
@@ -257,7 +264,7 @@ class Audience:
             if path.name in self.seen:
                 continue
             self.seen.add(path.name)
-            message = read_outgoing(path, self.domain)
+            message = read_outgoing(path, self.domain, self.tracking_url)
             if message is None or message.message_id in self.messages:
                 continue
             self.messages[message.message_id] = message
@@ -279,6 +286,8 @@ class Audience:
                 log.warning("%s of %s failed (%s); retrying", action.kind, action.message_id, exc)
                 heapq.heappush(self.due, Action(now + 5, action.message_id, action.kind))
                 break
+            except ValueError as exc:  # this message's own trouble (a link it cannot follow)
+                outcome = f"skipped: {exc}"
             self.done.setdefault(action.message_id, []).append(action.kind)
             self.counts[action.kind] += 1
             results.append((action, outcome))
@@ -392,6 +401,7 @@ def main() -> None:  # pragma: no cover - run by `penguin up --demo`
         settings.smtp_sink_port,
         settings.home / "demo" / "audience.json",
         pace=pace,
+        tracking_url=settings.tracking_url,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

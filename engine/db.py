@@ -193,6 +193,13 @@ class Database:
 _BIND_TENANT = sa.text("select app.bind_tenant(:tenant_id)")
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A failure that may pass on its own: the server or the connection, not the data."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
 @contextmanager
 def tenant_transaction(engine: Engine, tenant_id: uuid.UUID) -> Iterator[Connection]:
     """One transaction in which row-level security sees only `tenant_id`'s rows.

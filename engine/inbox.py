@@ -70,6 +70,19 @@ def inbox_path(uploads: Path) -> Path:
     return uploads / "inbox"
 
 
+def inbox_file(inbox: Path, relative: str) -> Path:
+    """The file `relative` (`<tenant>/<folder>/<file>`, as a sensor names it) inside `inbox`;
+    ValueError for anything else (an absolute path, `..`, another depth): a run's config can
+    name no file outside its inbox."""
+    parts = Path(relative).parts
+    if len(parts) != 3 or any(p in ("", ".", "..") for p in parts) or Path(relative).is_absolute():
+        raise ValueError(f"{shown(relative, 200)!r} is not <tenant>/<folder>/<file> in {inbox}")
+    path = inbox / relative
+    if path.resolve().parent.parent.parent != inbox.resolve():
+        raise ValueError(f"{shown(relative, 200)!r} leads out of {inbox}")
+    return path
+
+
 def _sidecar(path: Path) -> Path:
     return path.with_name(f".{path.name}.upload.json")
 

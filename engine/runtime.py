@@ -144,8 +144,9 @@ def child_environment(
       password of a role that can write;
     * the tracking server: the server's coordinates, the application role's password, the
       secret key its links are signed with and its port. No SMTP password, no other role's.
-    * the demo audience: `PENGUIN_HOME` (the Maildir it reads, its state) and the sink's port
-      (it answers by mail); its `PENGUIN_DEMO_PACE`. Nothing of the database at all.
+    * the demo audience: `PENGUIN_HOME` (the Maildir it reads, its state), the sink's port (it
+      answers by mail), the tracking server's address (the only links it follows) and its
+      `PENGUIN_DEMO_PACE`. Nothing of the database at all.
 
     Dagster and the tracking server get the secret key (`PENGUIN_SECRET_KEY`, read or made
     here, once) and the links' address: send runs sign the links the server verifies.
@@ -163,6 +164,9 @@ def child_environment(
     env["PENGUIN_HOME"] = str(settings.home)
     if kind == "audience":
         env["PENGUIN_SMTP_SINK_PORT"] = str(settings.smtp_sink_port)
+        env["PENGUIN_TRACKING_PORT"] = str(settings.tracking_port)  # the links it follows
+        if settings.public_url:
+            env["PENGUIN_PUBLIC_URL"] = settings.public_url
         if parent.get("PENGUIN_DEMO_PACE"):
             env["PENGUIN_DEMO_PACE"] = parent["PENGUIN_DEMO_PACE"]
         return env

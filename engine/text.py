@@ -49,6 +49,16 @@ def shown_list(items: Iterable[object], limit: int = SHOWN_ITEMS) -> str:
     return text
 
 
+def storable(text: str) -> str:
+    """`text` as PostgreSQL can store it in `text` or `json`: no NUL (U+FFFD instead), no lone
+    surrogate (an escape like `\\ud800` in JSON decodes to one; `?` instead)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def first_line(exc: BaseException) -> str:
     """An error's first line for a report or a log line (its repr when it has no message)."""
     return (str(exc).splitlines() or [repr(exc)])[0]

@@ -24,6 +24,7 @@ import time
 import dagster as dg
 import pydantic
 
+from engine.inbox import inbox_file
 from engine.mailboxes.imap import has_imap_mailboxes, poll_imap
 from engine.mailboxes.maildir import maildir_names, poll_maildir, store_cursor, stored_cursor
 from engine.provider_events import inbox as event_inbox
@@ -63,9 +64,10 @@ def inbound_mail(
         poll_imap(db.app, report=report)  # each account resumes at its own cursor (database)
     for error in report.errors[:20]:
         context.log.warning(error)
-    # The poll completed (a message that failed for its own data is reported, and read again
-    # only by a full `penguin mail poll`); a run that raised moves the cursor on not at all.
-    store_cursor(db.settings.maildir_cursor, max(report.cursor, since))
+    # The poll completed: the next starts at its cursor, or at a message that failed for a
+    # reason that may pass (one that failed for its own data is reported, and read again only
+    # by a full `penguin mail poll`); a run that raised moves the cursor on not at all.
+    store_cursor(db.settings.maildir_cursor, max(report.resume_at, since))
     return dg.MaterializeResult(
         metadata={
             "read": report.read,
@@ -141,7 +143,10 @@ def provider_events(
     db, now = postgres.db, utcnow()
     root = db.settings.event_files
     if config.path:
-        files = [event_inbox.read_file(root / "inbox" / config.path)]
+        try:
+            files = [event_inbox.read_file(inbox_file(root / "inbox", config.path))]
+        except ValueError as exc:
+            raise dg.Failure(f"config path: {exc}") from None
         if not files[0].path.exists():  # a retried run whose first attempt moved it on
             context.log.info(f"{config.path} is no longer in the events inbox; it was handled")
             files = []

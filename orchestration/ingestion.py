@@ -15,7 +15,7 @@ import dagster as dg
 import pydantic
 import sqlalchemy as sa
 
-from engine.inbox import InboxOutcome, pending_files, process_file, read_file
+from engine.inbox import InboxOutcome, inbox_file, pending_files, process_file, read_file
 from orchestration.analytics import MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
@@ -92,7 +92,10 @@ def uploads(context: dg.AssetExecutionContext, config: UploadConfig, postgres: P
     db, now = postgres.db, utcnow()
     uploads_dir = db.settings.uploads
     if config.path:
-        files = [read_file(uploads_dir / "inbox" / config.path)]
+        try:
+            files = [read_file(inbox_file(uploads_dir / "inbox", config.path))]
+        except ValueError as exc:
+            raise dg.Failure(f"config path: {exc}") from None
         if not files[0].path.exists():
             # A retried run whose first attempt moved the file on: nothing is left to do.
             context.log.info(f"{config.path} is no longer in the inbox; it was handled")

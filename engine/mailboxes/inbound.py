@@ -115,9 +115,10 @@ _RECORD = sa.text(
     select mailbox, source_key from recorded
     """
 )
-# Suppressing messages' effects, the first per address and per contact: the address
-# suppressed, its contact marked, a bounce's message marked.
-_EFFECTS = """
+# Suppressing messages' effects, the first per address and per contact (in the batch's order):
+# the address suppressed, its contact marked, a bounce's message marked.
+_EFFECTS = sa.text(
+    """
     with x as materialized (
         select x.*, lower(x.email) as email_key
         from json_to_recordset(cast(:rows as json)) as x(
@@ -130,18 +131,24 @@ _EFFECTS = """
         on conflict (tenant_id, lower(email)) do nothing
     ), marked as (
         update app.contacts c set status = f.status, updated_at = f.at
-        from (select distinct on (coalesce(cast(contact as text), email_key)) *
-              from x order by coalesce(cast(contact as text), email_key), i) f
-        where c.tenant_id = app.current_tenant_id() and c.status = 'active' and {contact}
+        from (select distinct on (contact) * from x where contact is not null
+              order by contact, i) f
+        where c.tenant_id = app.current_tenant_id() and c.id = f.contact and c.status = 'active'
     )
     update app.sent_emails m set status = 'bounced', last_error = x.detail, updated_at = x.at
     from x
     where m.tenant_id = app.current_tenant_id() and m.id = x.bounced and m.status = 'sent'
     """
-# The contact by its key when the message named it; else by its address (a set-based join:
-# once per batch, whatever its size).
-_EFFECTS_BY_CONTACT = sa.text(_EFFECTS.format(contact="c.id = f.contact"))
-_EFFECTS_BY_ADDRESS = sa.text(_EFFECTS.format(contact="lower(c.email) = f.email_key"))
+)
+# The contacts of addresses an effect names without its contact (an unsubscribe email from
+# someone who was not the recipient). lower() of the column is no index condition under
+# row-level security: a scan of the tenant's contacts, only for such batches.
+_CONTACTS_BY_ADDRESS = sa.text(
+    """
+    select lower(email) as email_key, id from app.contacts
+    where tenant_id = app.current_tenant_id() and lower(email) = any(:keys)
+    """
+)
 
 #: What each suppressing kind makes of the address and its contact.
 _SUPPRESSING = {
@@ -266,10 +273,15 @@ def apply_many(conn: Connection, messages: list[Incoming]) -> list[Applied | Non
         for i, (m, p) in enumerate(zip(messages, plans, strict=True))
         if p.effect is not None and (m.mailbox, m.source_key) in recorded
     ]
-    for by_contact, statement in ((True, _EFFECTS_BY_CONTACT), (False, _EFFECTS_BY_ADDRESS)):
-        rows = [e for e in effects if (e["contact"] is not None) is by_contact]
-        if rows:
-            conn.execute(statement, {"rows": json.dumps(rows)})
+    if unknown := {e["email"].lower() for e in effects if e["contact"] is None}:
+        contacts = dict(
+            conn.execute(_CONTACTS_BY_ADDRESS, {"keys": sorted(unknown)}).tuples().all()
+        )
+        for e in effects:
+            if e["contact"] is None and (found := contacts.get(e["email"].lower())):
+                e["contact"] = str(found)
+    if effects:
+        conn.execute(_EFFECTS, {"rows": json.dumps(effects)})
     return [
         p.applied if (m.mailbox, m.source_key) in recorded else None
         for m, p in zip(messages, plans, strict=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine.db import tenant_transaction
+from engine.db import is_transient, tenant_transaction
 from engine.mailboxes import inbound
 from engine.mailboxes.classify import classify
 from engine.sending import store
@@ -57,6 +57,14 @@ class PollReport:
     suppressed: int = 0
     errors: list[str] = field(default_factory=list)
     cursor: int = 0
+    #: The earliest arrival second of a message that failed for a reason that may pass (the
+    #: database away): where the next poll must start again. None: nothing to retry.
+    retry_from: int | None = None
+
+    @property
+    def resume_at(self) -> int:
+        """Where the next poll starts: this one's cursor, or the first message to retry."""
+        return self.cursor if self.retry_from is None else min(self.cursor, self.retry_from)
 
     def count(self, done: inbound.Applied | None) -> None:
         """One message's outcome: applied (how), or applied before (None)."""
@@ -220,6 +228,9 @@ def _apply_all(app: Engine, items: list[_Inbound], report: PollReport) -> None:
                 except Exception as exc:  # this message's own trouble: it alone
                     report.errors.append(f"{item.name}: {first_line(exc)}")
                     log.exception("inbound message %s not applied", item.name)
+                    if is_transient(exc):  # read again by the next poll
+                        arrival = _arrival(item.name)
+                        report.retry_from = min(report.retry_from or arrival, arrival)
         for done in results:
             report.count(done)
 

@@ -29,19 +29,28 @@ SendGrid's own `sg_machine_open` flags an open too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from engine.text import shown
+from engine.text import shown, storable
 from engine.tracking import machine
 
 FORMATS = ("ses", "sendgrid", "mailgun", "postmark")
 KINDS = ("delivered", "open", "click", "bounce", "complaint", "unsubscribe")
 #: Characters kept of a free-text detail (a bounce's diagnostic, a click's URL).
 DETAIL_CHARS = 500
+#: Longest Message-ID or provider message id taken (RFC 5322 lines end at 998 characters).
+MAX_ID_CHARS = 998
+#: Event ids longer than this are kept as their digest (the dedup key is indexed).
+MAX_KEY_CHARS = 200
+#: Times an event may have.
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class RecordError(ValueError):
@@ -96,16 +105,29 @@ def _message_id(value: str | None) -> str | None:
 
 
 def _when(value: object, what: str) -> datetime:
-    """A timestamp as providers write it: ISO 8601, or Unix seconds (a number or digits)."""
+    """A timestamp as providers write it: ISO 8601, or Unix seconds (a number or digits), in
+    UTC, between `EARLIEST` and `LATEST` (a time outside is no event of a message of ours, and
+    would be poison for every query that reads it)."""
     if value is None or value == "":
         raise RecordError(f"no {what}")
+    problem = f"{what} {shown(value, 40)!r} is not a time"
+    if isinstance(value, bool):
+        raise RecordError(problem)
     try:
         if isinstance(value, int | float) or str(value).replace(".", "", 1).isdigit():
-            return datetime.fromtimestamp(float(value), UTC)
-        at = datetime.fromisoformat(str(value).strip())
+            at = datetime.fromtimestamp(float(value), UTC)
+        else:
+            at = datetime.fromisoformat(str(value).strip())
+            at = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError, OSError):
-        raise RecordError(f"{what} {shown(value, 40)!r} is not a time") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+        raise RecordError(problem) from None
+    if not EARLIEST <= at <= LATEST:
+        raise RecordError(f"{problem} between {EARLIEST.year} and {LATEST.year}")
+    return at
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _addresses(values: object, key: str | None = None) -> tuple[str, ...]:
@@ -141,8 +163,8 @@ _SES_KINDS = {
 def _ses(record: Mapping) -> ProviderEvent | None:
     if record.get("Type") == "Notification" and isinstance(record.get("Message"), str):
         try:  # an SNS envelope: the event is its Message, as JSON text
-            inner = json.loads(record["Message"])
-        except json.JSONDecodeError:
+            inner = json.loads(record["Message"], parse_constant=refuse_constant)
+        except (ValueError, RecursionError):
             raise RecordError("its SNS Message is not JSON") from None
         if not isinstance(inner, dict):
             raise RecordError("its SNS Message is not a JSON object")
@@ -162,7 +184,7 @@ def _ses(record: Mapping) -> ProviderEvent | None:
     if not isinstance(mail, Mapping):
         raise RecordError("no mail object")
     ours = _text(mail, "commonHeaders.messageId")
-    for header in mail.get("headers") or []:
+    for header in _list(mail.get("headers")):
         if isinstance(header, Mapping) and str(header.get("name", "")).lower() == "message-id":
             ours = str(header.get("value") or "") or ours
     recipients: tuple[str, ...] = ()
@@ -170,12 +192,13 @@ def _ses(record: Mapping) -> ProviderEvent | None:
     if kind == "bounce":
         bounce_type = str(section.get("bounceType") or "")
         hard = bounce_type == "Permanent"
-        recipients = _addresses(section.get("bouncedRecipients"), "emailAddress")
-        failed = (section.get("bouncedRecipients") or [{}])[0]
+        failed = section.get("bouncedRecipients")
+        recipients = _addresses(failed, "emailAddress")
+        first = failed[0] if isinstance(failed, list) and failed else {}
         payload = {
             "bounce_type": bounce_type,
             "subtype": section.get("bounceSubType"),
-            "detail": _detail(failed.get("diagnosticCode") if isinstance(failed, Mapping) else ""),
+            "detail": _detail(first.get("diagnosticCode") if isinstance(first, Mapping) else ""),
         }
     elif kind == "complaint":
         recipients = _addresses(section.get("complainedRecipients"), "emailAddress")
@@ -324,7 +347,7 @@ def _postmark(record: Mapping) -> ProviderEvent | None:
     if kind == "unsubscribe" and not record.get("SuppressSending"):
         return None  # a reactivation
     ours = _text(record, "Metadata.message_id") or _text(record, "Metadata.message-id")
-    for header in record.get("Headers") or []:
+    for header in _list(record.get("Headers")):
         if isinstance(header, Mapping) and str(header.get("Name", "")).lower() == "message-id":
             ours = str(header.get("Value") or "") or ours
     agent = _text(record, "UserAgent")
@@ -356,12 +379,51 @@ PARSERS: dict[str, Callable[[Mapping], ProviderEvent | None]] = {
 }
 
 
+def refuse_constant(name: str) -> float:
+    """`json.loads`' hook for NaN and Infinity, which JSON does not have (nor PostgreSQL's)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse(fmt: str, record: object) -> ProviderEvent | None:
     """`record` of provider `fmt` as an event, or None for a kind not recorded; raises
-    `RecordError` for a record that cannot be used."""
+    `RecordError` for a record that cannot be used. Everything it returns can be stored."""
     if not isinstance(record, Mapping):
         raise RecordError(f"a record must be a JSON object, not {type(record).__name__}")
-    event = PARSERS[fmt](record)
-    if event is not None and event.message_id is None and event.provider_id is None:
+    try:
+        event = PARSERS[fmt](record)
+    except (TypeError, KeyError, AttributeError, IndexError) as exc:  # a field of another shape
+        raise RecordError(
+            f"a field has an unexpected shape ({type(exc).__name__}: {exc})"
+        ) from None
+    if event is None:
+        return None
+    if event.message_id is None and event.provider_id is None:
         raise RecordError("it names no message (no Message-ID and no provider message id)")
-    return event
+    for name, value in (("Message-ID", event.message_id), ("message id", event.provider_id)):
+        if value is not None and len(value) > MAX_ID_CHARS:
+            raise RecordError(f"its {name} is over {MAX_ID_CHARS} characters: no message's")
+    key = storable(event.event_key)
+    if len(key) > MAX_KEY_CHARS:
+        key = hashlib.sha256(key.encode()).hexdigest()
+    return dataclasses.replace(
+        event,
+        message_id=event.message_id and storable(event.message_id),
+        provider_id=event.provider_id and storable(event.provider_id),
+        event_key=key,
+        recipients=tuple(storable(r) for r in event.recipients),
+        machine_reason=event.machine_reason and storable(event.machine_reason),
+        payload=_storable(event.payload),
+    )
+
+
+def _storable(value: object) -> object:
+    """A payload with every text in it storable (`engine.text.storable`)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

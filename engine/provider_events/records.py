@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.text import shown
+from engine.text import shown, storable
 
 #: Longest record read; a longer line is a reject of its own.
 MAX_RECORD_BYTES = 1 << 20
@@ -48,15 +48,24 @@ class Record:
 
 
 def layout(path: Path) -> str:
-    """`array`, `lines` or `csv`, from the file's first non-blank character."""
+    """`array`, `lines` or `csv`, from the file's first non-blank character; a file whose
+    first line is a whole JSON array by itself is JSON lines of webhook bodies."""
     with path.open("rb") as handle:
         head = handle.read(4096)
         while head and not head.lstrip(b" \t\r\n" + codecs.BOM_UTF8):
             head = handle.read(4096)
-    start = head.lstrip(codecs.BOM_UTF8).lstrip(b" \t\r\n")[:1]
-    if not start:
-        raise FileError("the file is empty")
-    return {b"[": "array", b"{": "lines"}.get(start, "csv")
+        start = head.lstrip(codecs.BOM_UTF8).lstrip(b" \t\r\n")[:1]
+        if not start:
+            raise FileError("the file is empty")
+        if start != b"[":
+            return "lines" if start == b"{" else "csv"
+        handle.seek(0)
+        first = next((line for line in _bounded_lines(handle) if line and line.strip()), None)
+    try:
+        _json((first or b"").decode("utf-8", errors="replace").lstrip("\ufeff"))
+    except ValueError:
+        return "array"  # an array over several lines: the whole file is one
+    return "lines"
 
 
 def read(path: Path, progress=None) -> Iterator[Record]:
@@ -71,7 +80,19 @@ def read(path: Path, progress=None) -> Iterator[Record]:
 
 
 def _raw(text: str) -> str:
-    return text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + "…"
+    """A record's text as its reject keeps it: storable, and at most `MAX_RAW_CHARS`."""
+    return storable(text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + "…")
+
+
+def _json(text: str) -> object:
+    """JSON text as Python values; ValueError for what is not JSON, NaN and Infinity included,
+    or is nested too deeply or holds a number too long to read."""
+    from engine.provider_events.formats import refuse_constant
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _lines(path: Path, progress) -> Iterator[Record]:
@@ -88,10 +109,11 @@ def _lines(path: Path, progress) -> Iterator[Record]:
             if not text:
                 continue
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
+                value = _json(text)
+            except ValueError as exc:
                 number += 1
-                yield Record(number, line_number, _raw(text), problem=f"not JSON ({exc.msg})")
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                yield Record(number, line_number, _raw(text), problem=f"not JSON ({reason})")
                 continue
             for item in value if isinstance(value, list) else [value]:  # a webhook body
                 number += 1
@@ -126,12 +148,14 @@ def _array(path: Path) -> Iterator[Record]:
         )
     text = path.read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff")
     try:
-        value = json.loads(text)
+        value = json.loads(text)  # NaN and Infinity pass here, and are no value when stored
     except json.JSONDecodeError as exc:
         raise FileError(
             f"the file starts as a JSON array but is not valid JSON ({exc.msg} at line "
             f"{exc.lineno}, column {exc.colno})"
         ) from None
+    except (ValueError, RecursionError) as exc:
+        raise FileError(f"the file is a JSON array that cannot be read ({exc})") from None
     if not isinstance(value, list):
         raise FileError("the file starts as a JSON array but is not one")
     for number, item in enumerate(value, start=1):

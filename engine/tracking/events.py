@@ -35,7 +35,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine.db import tenant_transaction
+from engine.db import is_transient, tenant_transaction
 from engine.text import first_line
 from engine.tracking import machine
 
@@ -177,13 +177,6 @@ _UNSUBSCRIBE = sa.text(
     where ct.id = g.contact_id and ct.status = 'active'
     """
 )
-
-
-def _passing(exc: BaseException) -> bool:
-    """A failure that may pass on its own: the server or the connection, not the data."""
-    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or (
-        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
-    )
 
 
 def write(app: Engine, events: list[Event]) -> int:
@@ -368,7 +361,7 @@ class EventWriter:
                 failed: dict[int, BaseException] = {}
                 break
             except Exception as exc:
-                if _passing(exc):
+                if is_transient(exc):
                     if self.failing_since is None:
                         self.failing_since = loop.time()
                     log.warning(
@@ -397,7 +390,7 @@ class EventWriter:
                     self.written += await asyncio.to_thread(write, self.app, [event])
                     break
                 except Exception as exc:
-                    if _passing(exc):
+                    if is_transient(exc):
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, self.config.retry_max)
                         continue

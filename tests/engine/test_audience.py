@@ -7,7 +7,7 @@ import time
 import uuid
 from collections import Counter
 
-from engine.audience import HUMAN_AFTER, RATES, Audience, Outgoing, Rates, plan
+from engine.audience import HUMAN_AFTER, RATES, Audience, Outgoing, Rates, plan, read_outgoing
 from engine.campaigns import Step
 from engine.mailboxes.maildir import poll_maildir
 from engine.senders import SmtpServer
@@ -79,6 +79,7 @@ def test_the_audience_opens_clicks_replies_unsubscribes_and_bounces_through_the_
                 tmp_path / "engaged.json",
                 rates=everything,
                 domain="engaged.example",
+                tracking_url=server.tracking.public_url,
                 clock=later,
             )
             bouncing = Audience(
@@ -142,3 +143,22 @@ def test_the_audience_opens_clicks_replies_unsubscribes_and_bounces_through_the_
         ("bob@engaged.example", "unsubscribe"),
         ("cy@bouncing.example", "bounce"),
     ]
+
+
+def test_a_message_without_a_pixel_is_never_opened_and_foreign_links_are_not_followed(
+    tmp_path,
+):
+    text_only = _outgoing(1)
+    text_only = Outgoing(**{**text_only.__dict__, "pixel": None})
+    for n in range(2_000):
+        message = Outgoing(**{**text_only.__dict__, "message_id": f"{n}@acme.example"})
+        assert not {a.kind for a in plan(message, Rates(open=1, click=1))} & {"open", "click"}
+    mail = tmp_path / "new"
+    mail.mkdir()
+    (mail / "1.x").write_text(
+        "From: sales@acme.example\nTo: r@customers.example\nMessage-ID: <m1@acme.example>\n"
+        "X-RcptTo: r@customers.example\nContent-Type: text/html\n\n"
+        '<a href="http://evil.example/c/abc">x</a><img src="http://127.0.0.1:8090/o/tok">'
+    )
+    found = read_outgoing(mail / "1.x", tracking_url="http://127.0.0.1:8090/")
+    assert (found.pixel, found.links) == ("http://127.0.0.1:8090/o/tok", ())

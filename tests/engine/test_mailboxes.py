@@ -336,3 +336,19 @@ def test_an_addresss_messages_are_found_through_the_index_under_row_level_securi
         ).scalars()
         conditions = [line for line in plan if "Index Cond" in line]
     assert any("(recipient_key = " in line for line in conditions), conditions
+
+
+def test_a_batch_makes_the_effects_of_its_messages_in_their_order(database, sink, now, tmp_path):
+    """An unsubscribe applied by address, then a hard bounce applied by contact, in one batch:
+    the first one's effect stands, as if they were applied one after the other."""
+    tenant, ids = _sent(database, sink, now, tmp_path)
+    a = "acme0@example.com"
+    _deliver(sink, samples.unsubscribe(SENDER, a))
+    _deliver(sink, samples.postfix_dsn(SENDER, a, ids[a], hard=True))
+    report = poll_maildir(database.app, sink.maildir)
+    assert dict(report.applied) == {"unsubscribe": 1, "bounce": 1}
+    assert _query(database, tenant, "select email, reason from app.suppressions") == [
+        (a, "unsubscribe")
+    ]
+    statuses = dict(_query(database, tenant, "select email, status from app.contacts"))
+    assert statuses[a] == "unsubscribed"

@@ -349,3 +349,84 @@ def test_third_soft_bounce_within_a_week_is_hard_and_machine_opens_are_flagged(
         "SendGrid: machine open",
         None,
     ]
+
+
+def test_records_postgresql_or_python_cannot_hold_are_rejected_alone(
+    database, smtp_server, now, tmp_path
+):
+    """What an attacker or a broken exporter writes: NUL, lone surrogates, NaN, huge ids and
+    numbers, deep nesting, fields of another shape, times out of range. Each is its own reject
+    (or stored made safe); the good records around them are imported."""
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    a, b, _ = sorted(ids)
+    at = now + timedelta(hours=1)
+
+    def grid(**fields):
+        return json.dumps(samples.sendgrid("open", ids[a], a, at) | fields)
+
+    ses_bounce = samples.ses("bounce", ids[b], b, at)
+    lines = [
+        json.dumps(samples.sendgrid("delivered", ids[a], a, at)),  # good
+        grid(sg_event_id="nul\u0000key", useragent="agent\u0000x"),  # stored without the NUL
+        grid(sg_event_id="\ud800lone"),  # stored with the surrogate replaced
+        '{"event": "open", "timestamp": NaN, "sg_event_id": "nan"}',
+        grid(sg_event_id="k" * 10_000),  # kept as its digest
+        grid(sg_message_id="m" * 10_000, sg_event_id="long-id"),
+        json.dumps(ses_bounce | {"bounce": ses_bounce["bounce"] | {"bouncedRecipients": 5}}),
+        json.dumps(ses_bounce | {"mail": ses_bounce["mail"] | {"headers": 5}}),
+        "[" * 5000 + "]" * 5000,
+        '{"event": "open", "timestamp": ' + "9" * 5000 + "}",
+        grid(timestamp="2026-01-01T00:00:00+20:00", sg_event_id="offset"),
+        grid(timestamp="9999-12-31T23:00:00-05:00", sg_event_id="far"),
+        grid(timestamp="0001-01-01T00:00:00+00:00", sg_event_id="old"),
+        grid(timestamp=True, sg_event_id="bool"),
+        "x\u0000y not json",
+        json.dumps(samples.sendgrid("delivered", ids[b], b, at)),  # good
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    result = import_events(database.app, tenant.tenant_id, path, "sendgrid", now)
+    total = result.imported + result.duplicates + result.skipped + result.rejected
+    assert total == result.total
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        found = {r.line_number: r.reason for r in rejects(conn, result.import_id)}
+    # (line 11's +20:00 is a time PostgreSQL would refuse as written: it is stored in UTC)
+    assert set(found) == {4, 6, 7, 8, 9, 10, 12, 13, 14, 15}, found
+    assert found[4].startswith("not JSON (NaN is not a JSON value)")
+    assert found[6] == "its message id is over 998 characters: no message's"
+    assert found[9] == "not JSON (nested too deeply)"
+    assert found[12].endswith("is not a time") and found[13].endswith("between 1970 and 2100")
+    assert found[14] == "timestamp 'True' is not a time"
+    assert found[7] == found[8] == "no event: not a SendGrid event"  # SES's, read as SendGrid's
+    assert result.imported == 6  # lines 1, 2, 3, 5, 11 and 16
+    keys = _query(
+        database,
+        tenant,
+        "select dedup_key, payload ->> 'user_agent' as agent "
+        "from app.email_events order by occurred_at, id",
+    )
+    assert any(k.agent == "agent\\x00x" for k in keys)  # shown: control characters escaped
+    assert all(len(k.dedup_key) < 300 for k in keys)
+
+    ses = tmp_path / "ses-hostile.jsonl"
+    ses.write_text("\n".join(lines[6:8]) + "\n", encoding="utf-8")
+    shapes = import_events(database.app, tenant.tenant_id, ses, "ses", now)
+    # bouncedRecipients 5: a bounce naming no recipient; headers 5: no Message-ID there, so
+    # matched by SES's own id, which the first record taught.
+    assert (shapes.imported, shapes.rejected) == (2, 0)
+
+
+def test_json_lines_of_webhook_bodies_may_start_with_an_array(database, smtp_server, now, tmp_path):
+    tenant, ids = _sent(database, smtp_server, now, tmp_path)
+    a, b, _ = sorted(ids)
+    at = now + timedelta(hours=1)
+    path = tmp_path / "bodies.jsonl"
+    path.write_text(
+        json.dumps([samples.sendgrid("delivered", ids[a], a, at)])
+        + "\n"
+        + json.dumps([samples.sendgrid("delivered", ids[b], b, at)])
+        + "\n",
+        encoding="utf-8",
+    )
+    result = import_events(database.app, tenant.tenant_id, path, "sendgrid", now)
+    assert (result.total, result.imported) == (2, 2)

@@ -160,3 +160,67 @@ def test_a_poll_run_that_fails_leaves_its_mail_to_the_next_run(
         later = run().asset_materializations_for_node("inbound_mail")[0].metadata
         assert later["since"].value > 0 and later["applied"].value == {}
     assert [e.event_type for e in _events(database, tenant)] == ["reply"]
+
+
+def test_a_run_config_cannot_name_a_file_outside_its_inbox(database, tmp_path):
+    from orchestration import ingestion
+
+    victim = tmp_path / "victim" / "etc" / "passwd.txt"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("root:x:0:0")
+    for asset, op, path in (
+        (engagement.provider_events, "provider_events", str(victim)),
+        (engagement.provider_events, "provider_events", "../../../victim/etc/passwd.txt"),
+        (ingestion.uploads, "uploads", "../../victim/etc/passwd.txt"),
+        (ingestion.uploads, "uploads", "acme/leads"),
+    ):
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                [asset],
+                resources=_resources(database),
+                instance=instance,
+                run_config={"ops": {op: {"config": {"path": path}}}},
+                raise_on_error=False,
+            )
+        assert not result.success, path
+        failure = result.failure_data_for_node(op).error.message
+        assert (
+            "config path:" in failure
+            and "not <tenant>/<folder>/<file>" in failure
+            or ("leads out of" in failure)
+        ), failure
+    assert victim.read_text() == "root:x:0:0"  # not moved, not read
+
+
+def test_a_poll_starts_again_at_a_message_the_database_could_not_take(
+    database, now, tmp_path, monkeypatch
+):
+    import sqlalchemy as sa
+
+    from engine.mailboxes import inbound
+
+    with SmtpSink(database.settings.maildir, port=free_port()) as sink:
+        seed_tenant(database, "acme", now, tmp_path)
+        send_due(database.app, SmtpServer(sink.host, sink.port), now)
+        message_id = next(m["Message-ID"] for m in sink.messages()).strip("<>")
+        _deliver(sink, samples.reply(SENDER, "acme0@example.com", message_id))
+
+    def away(conn, messages):
+        raise sa.exc.OperationalError("insert", {}, ConnectionError("server closed"))
+
+    with dg.instance_for_test() as instance:
+        monkeypatch.setattr(inbound, "apply_many", away)
+        result = dg.materialize(
+            [engagement.inbound_mail],
+            resources=_resources(database),
+            instance=instance,
+            run_config={"ops": {"inbound_mail": {"config": {"imap": False}}}},
+        )
+    assert result.success
+    metadata = result.asset_materializations_for_node("inbound_mail")[0].metadata
+    assert metadata["errors"].value == 1
+    # The reply's second is where the next poll starts: it is read again.
+    newest = max(p.name for p in (database.settings.maildir / "new").iterdir())
+    assert json.loads(database.settings.maildir_cursor.read_text())["since"] <= int(
+        newest.split(".")[0]
+    )
