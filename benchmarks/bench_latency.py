@@ -43,7 +43,7 @@ CAMPAIGN = "Latency"
 
 _SENT = sa.text(
     """
-    select coalesce(sum(sent_count), 0) from analytics_marts.campaign_daily
+    select coalesce(sum(sent), 0) from analytics_marts.campaign_daily
     where tenant_name = :tenant and campaign_name = :campaign
     """
 )

@@ -17,13 +17,13 @@ def daily_sends(frame: pl.DataFrame, start: date, end: date) -> alt.Chart:
         .encode(
             x=alt.X(
                 "yearmonthdate(day):T",
-                title="Day (UTC)",
+                title="Send day",
                 scale=alt.Scale(domain=domain),
                 axis=alt.Axis(format="%b %d", labelAngle=0),
             ),
-            y=alt.Y("sum(sent_count):Q", title="Sent"),
+            y=alt.Y("sum(sent):Q", title="Sent"),
             color=alt.Color("campaign_name:N", title="Campaign"),
-            tooltip=["day:T", "campaign_name:N", "sent_count:Q", "bounced_count:Q"],
+            tooltip=["day:T", "campaign_name:N", "sent:Q", "delivered:Q", "unique_opens:Q"],
         )
         .properties(height=320)
     )

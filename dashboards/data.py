@@ -25,11 +25,13 @@ TENANTS = sa.text(f"select distinct tenant_name from {MARTS}.campaign_daily orde
 
 CAMPAIGN_DAILY = sa.text(
     f"""
-    select day, campaign_name, sent_count, bounced_count, failed_count, unknown_count,
-           pending_count, bounce_rate
+    select send_date as day, campaign_name, sent, delivered, bounced_hard, bounced_soft,
+           failed, unknown, pending, unique_opens, unique_clicks, replies,
+           bounce_rate::float8 as bounce_rate, open_rate::float8 as open_rate,
+           click_rate::float8 as click_rate
     from {MARTS}.campaign_daily
-    where tenant_name = :tenant and day between :start and :end
-    order by day, campaign_name
+    where tenant_name = :tenant and send_date between :start and :end
+    order by send_date, campaign_name
     """
 )
 

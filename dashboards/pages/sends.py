@@ -14,7 +14,7 @@ tenant = data.pick_tenant(
     data.tenants,
     "Nothing has been sent yet. Launch a campaign; the marts rebuild after each send run.",
 )
-today = datetime.now(UTC).date()  # the marts' days are UTC days
+today = datetime.now(UTC).date()  # the marts' days are the tenant's reporting days
 picked = st.sidebar.date_input("Days", value=(today - timedelta(days=29), today), max_value=today)
 start, end = picked if isinstance(picked, tuple) and len(picked) == 2 else (picked, picked)
 
@@ -24,13 +24,16 @@ if frame.is_empty():
     st.stop()
 
 # Headline figures
-sent = int(frame["sent_count"].sum())
-bounced = int(frame["bounced_count"].sum())
-sent_today = int(frame.filter(frame["day"] == today)["sent_count"].sum())
-left, middle, right = st.columns(3)
+sent = int(frame["sent"].sum())
+bounced = int(frame["bounced_hard"].sum() + frame["bounced_soft"].sum())
+delivered = int(frame["delivered"].sum())
+opened = int(frame["unique_opens"].sum())
+sent_today = int(frame.filter(frame["day"] == today)["sent"].sum())
+left, middle, right, last = st.columns(4)
 left.metric("Sent today", f"{sent_today:,}")
 middle.metric("Sent in range", f"{sent:,}")
-right.metric("Bounce rate", f"{bounced / (sent + bounced):.1%}" if sent + bounced else "–")
+right.metric("Bounce rate", f"{bounced / sent:.1%}" if sent else "–")
+last.metric("Open rate", f"{opened / delivered:.1%}" if delivered else "–")
 
 # Chart
 st.altair_chart(charts.daily_sends(frame, start, end), width="stretch")
@@ -42,16 +45,23 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     column_config={
-        "day": st.column_config.DateColumn("Day (UTC)", format="YYYY-MM-DD"),
+        "day": st.column_config.DateColumn("Send day", format="YYYY-MM-DD"),
         "campaign_name": "Campaign",
-        "sent_count": st.column_config.NumberColumn("Sent"),
-        "bounced_count": st.column_config.NumberColumn("Bounced"),
-        "failed_count": st.column_config.NumberColumn("Failed"),
-        "unknown_count": st.column_config.NumberColumn(
+        "sent": st.column_config.NumberColumn("Sent"),
+        "delivered": st.column_config.NumberColumn("Delivered"),
+        "bounced_hard": st.column_config.NumberColumn("Hard bounces"),
+        "bounced_soft": st.column_config.NumberColumn("Soft bounces"),
+        "failed": st.column_config.NumberColumn("Failed"),
+        "unknown": st.column_config.NumberColumn(
             "Unknown", help="Outcome unknown after a worker stopped mid-send; not resent"
         ),
-        "pending_count": st.column_config.NumberColumn("Pending"),
+        "pending": st.column_config.NumberColumn("Pending"),
+        "unique_opens": st.column_config.NumberColumn("Opened"),
+        "unique_clicks": st.column_config.NumberColumn("Clicked"),
+        "replies": st.column_config.NumberColumn("Replied"),
         "bounce_rate": st.column_config.NumberColumn("Bounce rate", format="percent"),
+        "open_rate": st.column_config.NumberColumn("Open rate", format="percent"),
+        "click_rate": st.column_config.NumberColumn("Click rate", format="percent"),
     },
 )
 st.download_button(

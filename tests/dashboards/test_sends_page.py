@@ -25,7 +25,7 @@ def test_sends_page_shows_the_days_sends(app_env):
     assert metrics["Bounce rate"] == "0.0%"
     table = at.dataframe[0].value
     assert list(table["campaign_name"]) == ["Welcome to PenguinMails"]
-    assert list(table["sent_count"]) == [40]
+    assert list(table["sent"]) == [40]
 
 
 def test_sends_page_explains_missing_marts(use_database, database):

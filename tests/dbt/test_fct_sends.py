@@ -53,7 +53,7 @@ def test_status_changes_after_the_first_load_are_merged(database, smtp_server, n
             sa.text("select send_status, count(*) from analytics_marts.fct_sends group by 1")
         ).all()
         daily = conn.execute(
-            sa.text("select sent_count, pending_count from analytics_marts.campaign_daily")
+            sa.text("select sent, pending from analytics_marts.campaign_daily")
         ).one()
     assert dict(statuses) == {"sent": 3}
     assert tuple(daily) == (3, 0)

@@ -358,8 +358,9 @@ _OUTCOMES = sa.text(
 
 _MART = sa.text(
     """
-    select sum(sent_count), sum(bounced_count), sum(failed_count), sum(unknown_count),
-           sum(pending_count)
+    -- no events here: every hard bounce is a refusal at RCPT, which `sent` includes
+    select sum(sent) - sum(bounced_hard), sum(bounced_hard), sum(failed), sum(unknown),
+           sum(pending)
     from analytics_marts.campaign_daily where campaign_name = 'q4'
     """
 )

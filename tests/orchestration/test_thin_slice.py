@@ -37,7 +37,7 @@ def test_the_mart_holds_the_days_sends(built_pipeline):
     with built_pipeline.database.analytics.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "select day, tenant_name, campaign_name, sent_count "
+                "select send_date, tenant_name, campaign_name, sent "
                 "from analytics_marts.campaign_daily"
             )
         ).all()

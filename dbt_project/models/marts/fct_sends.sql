@@ -3,20 +3,97 @@
         materialized='incremental',
         unique_key='sent_email_id',
         incremental_strategy='merge',
-        on_schema_change='append_new_columns'
+        on_schema_change='sync_all_columns'
     )
 }}
 
+{#- One row per message, with what became of it. Incremental: each build merges the messages
+    updated, or given an event, since the previous build, recomputing their outcomes from all
+    of their events, so a late open (weeks after the send) reaches its message and its send
+    day. Both watermarks reach back `fct_sends_lookback_hours` (default 24): `updated_at` is the
+    engine's clock for a whole batch and commits land out of order, and an event's
+    `recorded_at` is its transaction's start; the merge makes the overlap harmless. -#}
+
 with sent_emails as (
     select * from {{ ref('stg_app__sent_emails') }}
+),
+
+events as (
+    select * from {{ ref('stg_app__email_events') }}
+),
+
+tenants as (
+    select * from {{ ref('stg_app__tenants') }}
+),
+
+{% if is_incremental() %}
+changed as (
+    select sent_email_id from sent_emails
+    where updated_at >= (select coalesce(max(updated_at), '-infinity') from {{ this }})
+        - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+    union
+    select sent_email_id from events
+    where sent_email_id is not null
+      and recorded_at >= (select coalesce(max(last_event_recorded_at), '-infinity') from {{ this }})
+        - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+),
+{% endif %}
+
+outcomes as (
+    select
+        events.sent_email_id,
+        bool_or(events.event_type = 'delivered') as has_delivered_event,
+        bool_or(events.event_type = 'bounce' and events.is_hard_bounce) as has_hard_bounce,
+        bool_or(events.event_type = 'bounce' and not events.is_hard_bounce) as has_soft_bounce,
+        min(events.occurred_at) filter (
+            where events.event_type = 'open' and not events.is_machine
+        ) as first_open_at,
+        count(*) filter (where events.event_type = 'open' and not events.is_machine) as human_opens,
+        count(*) filter (where events.event_type = 'open' and events.is_machine) as machine_opens,
+        min(events.occurred_at) filter (
+            where events.event_type = 'click' and not events.is_machine
+        ) as first_click_at,
+        count(*) filter (
+            where events.event_type = 'click' and not events.is_machine
+        ) as human_clicks,
+        count(*) filter (where events.event_type = 'click' and events.is_machine) as machine_clicks,
+        min(events.occurred_at) filter (where events.event_type = 'reply') as first_reply_at,
+        bool_or(events.event_type = 'auto_reply') as is_auto_replied,
+        bool_or(events.event_type = 'unsubscribe') as is_unsubscribed,
+        bool_or(events.event_type = 'complaint') as is_complained,
+        max(events.recorded_at) as last_event_recorded_at
+    from events
     {% if is_incremental() %}
-    -- A message changes status after it is created (sending → sent, queued → failed), so
-    -- rows updated since the last run are merged again, not only new ones. updated_at is the
-    -- engine's clock for a whole batch and commits land out of order, so the window reaches
-    -- back a margin before the newest row already loaded; the merge makes overlap harmless.
-    where updated_at >= (
-        select coalesce(max(updated_at), '-infinity') from {{ this }}
-    ) - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+    join changed on changed.sent_email_id = events.sent_email_id
+    {% endif %}
+    where events.sent_email_id is not null
+    group by events.sent_email_id
+),
+
+messages as (
+    select
+        sent_emails.*,
+        tenants.reporting_timezone,
+        sent_emails.send_status in ('sent', 'bounced') as is_sent,
+        coalesce(outcomes.has_delivered_event, false) as has_delivered_event,
+        coalesce(outcomes.has_hard_bounce, false) as has_hard_bounce,
+        coalesce(outcomes.has_soft_bounce, false) as has_soft_bounce,
+        outcomes.first_open_at,
+        coalesce(outcomes.human_opens, 0) as human_opens,
+        coalesce(outcomes.machine_opens, 0) as machine_opens,
+        outcomes.first_click_at,
+        coalesce(outcomes.human_clicks, 0) as human_clicks,
+        coalesce(outcomes.machine_clicks, 0) as machine_clicks,
+        outcomes.first_reply_at,
+        coalesce(outcomes.is_auto_replied, false) as is_auto_replied,
+        coalesce(outcomes.is_unsubscribed, false) as is_unsubscribed,
+        coalesce(outcomes.is_complained, false) as is_complained,
+        outcomes.last_event_recorded_at
+    from sent_emails
+    join tenants on tenants.tenant_id = sent_emails.tenant_id
+    left join outcomes on outcomes.sent_email_id = sent_emails.sent_email_id
+    {% if is_incremental() %}
+    where sent_emails.sent_email_id in (select sent_email_id from changed)
     {% endif %}
 ),
 
@@ -30,15 +107,40 @@ final as (
         contact_id,
         sender_account_id,
         recipient_email,
+        recipient_domain,
         message_id,
+        variant,
         send_status,
         attempts,
         queued_at,
         sent_at,
-        (coalesce(sent_at, queued_at) at time zone 'UTC')::date as send_date,
-        send_status in ('sent', 'bounced') as was_attempted_delivery,
-        updated_at
-    from sent_emails
+        (coalesce(sent_at, queued_at) at time zone reporting_timezone)::date as send_date,
+        is_sent,
+        -- refused with a 5xx at RCPT (status bounced, with or without a bounce event since),
+        -- or a hard bounce event
+        is_sent and (send_status = 'bounced' or has_hard_bounce) as is_bounced_hard,
+        is_sent and has_soft_bounce and not (send_status = 'bounced' or has_hard_bounce)
+            as is_bounced_soft,
+        is_sent and send_status <> 'bounced' and not has_hard_bounce and not has_soft_bounce
+            as is_delivered,
+        has_delivered_event,
+        first_open_at,
+        human_opens,
+        machine_opens,
+        human_opens > 0 as is_opened,
+        first_click_at,
+        human_clicks,
+        machine_clicks,
+        human_clicks > 0 as is_clicked,
+        first_reply_at,
+        first_reply_at is not null as is_replied,
+        is_auto_replied,
+        is_unsubscribed,
+        is_complained,
+        updated_at,
+        last_event_recorded_at,
+        cast('{{ run_started_at }}' as timestamptz) as loaded_at
+    from messages
 )
 
 select * from final

@@ -6,6 +6,7 @@ renamed as (
     select
         id as tenant_id,
         name as tenant_name,
+        reporting_timezone,
         created_at
     from source
 )

@@ -1,9 +1,14 @@
-"""Tenants report in a time zone of their own.
+"""Tenants report in a time zone of their own; the marts find what changed by index.
 
 `tenants.reporting_timezone` (an IANA name, default UTC) decides which day a send or an event
 counts on in the marts: a message sent at 23:30 UTC belongs to the next day in Europe/Amsterdam.
 A name PostgreSQL does not know is refused when it is written (the check converts a time with
 it), never when a dbt build meets it.
+
+The incremental marts read the messages updated and the events recorded since their last build:
+BRIN indexes on `sent_emails.updated_at` and `email_events.recorded_at` find them without a
+scan. BRIN, because on PostgreSQL 16 a summarizing index keeps the engine's status updates HOT
+(a B-tree on a column every update changes would not), and both columns grow with the table.
 
 Revision ID: 0013
 Revises: 0012
@@ -38,9 +43,14 @@ revoke execute on function app.is_time_zone(text) from public;
 alter table app.tenants
     add column reporting_timezone text not null default 'UTC'
         constraint tenants_reporting_timezone_known check (app.is_time_zone(reporting_timezone));
+
+create index sent_emails_updated_at_brin on app.sent_emails using brin (updated_at);
+create index email_events_recorded_at_brin on app.email_events using brin (recorded_at);
 """
 
 DOWNGRADE = """
+drop index app.email_events_recorded_at_brin;
+drop index app.sent_emails_updated_at_brin;
 alter table app.tenants drop column reporting_timezone;
 drop function app.is_time_zone(text);
 """

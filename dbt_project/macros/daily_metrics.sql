@@ -1,0 +1,111 @@
+{#- The metrics of a set of messages, as aggregates over `fct_sends` rows (the definitions are
+    written out in marts.yml). -#}
+{% macro message_metrics() -%}
+        count(*) filter (where is_sent) as sent,
+        count(*) filter (where send_status = 'failed') as failed,
+        count(*) filter (where send_status = 'unknown') as unknown,
+        count(*) filter (where send_status in ('queued', 'sending')) as pending,
+        count(*) filter (where is_bounced_hard) as bounced_hard,
+        count(*) filter (where is_bounced_soft) as bounced_soft,
+        count(*) filter (where is_delivered) as delivered,
+        count(*) filter (where is_opened) as unique_opens,
+        count(*) filter (where is_clicked) as unique_clicks,
+        count(*) filter (where is_replied) as replies,
+        count(*) filter (where is_unsubscribed) as unsubscribes,
+        count(*) filter (where is_complained) as complaints,
+        coalesce(sum(human_opens), 0) as total_opens,
+        coalesce(sum(human_clicks), 0) as total_clicks,
+        coalesce(sum(machine_opens), 0) as machine_opens
+{%- endmacro %}
+
+{#- The rates of the metrics above: null, not zero, when the denominator is 0. -#}
+{% macro metric_rates() -%}
+        {{ ratio('delivered', 'sent') }} as delivery_rate,
+        {{ ratio('bounced_hard + bounced_soft', 'sent') }} as bounce_rate,
+        {{ ratio('unique_opens', 'delivered') }} as open_rate,
+        {{ ratio('unique_clicks', 'delivered') }} as click_rate,
+        {{ ratio('replies', 'delivered') }} as reply_rate,
+        {{ ratio('unsubscribes', 'delivered') }} as unsubscribe_rate,
+        {{ ratio('complaints', 'delivered') }} as complaint_rate
+{%- endmacro %}
+
+{% macro ratio(numerator, denominator) -%}
+    ({{ numerator }})::float8 / nullif({{ denominator }}, 0)
+{%- endmacro %}
+
+{#- Which send days a daily model rebuilds: with vars `start_date` and `end_date` (a Dagster
+    partition, a backfill), those days; incrementally, the days of the messages `fct_sends`
+    merged since this model's last build (a late event's message brings its day back);
+    otherwise every day. -#}
+{% macro send_days_to_build(sends) -%}
+    {%- if var('start_date', none) is not none -%}
+        {{ sends }}.send_date between cast('{{ var("start_date") }}' as date)
+            and cast('{{ var("end_date", var("start_date")) }}' as date)
+    {%- elif is_incremental() -%}
+        {{ sends }}.send_date in (
+            select distinct changed.send_date from {{ ref('fct_sends') }} as changed
+            where changed.loaded_at > (select coalesce(max(loaded_at), '-infinity') from {{ this }})
+        )
+    {%- else -%}
+        true
+    {%- endif -%}
+{%- endmacro %}
+
+{#- A daily model, `name`_daily: the metrics and rates of `fct_sends` per send day and
+    `dimensions`, with the tenant's name and, per `labels` ({model: [columns]}, joined on the
+    model's first column), the dimensions' names. Incremental: delete+insert of the days
+    `send_days_to_build` picks. -#}
+{% macro daily_model(name, dimensions, labels={}) -%}
+{%- set key_columns = ['daily.send_date', 'daily.tenant_id'] -%}
+{%- for dimension in dimensions %}{% do key_columns.append('daily.' ~ dimension) %}{% endfor -%}
+with sends as (
+    select * from {{ ref('fct_sends') }}
+),
+
+tenants as (
+    select * from {{ ref('stg_app__tenants') }}
+),
+
+daily as (
+    select
+        sends.send_date,
+        sends.tenant_id,
+        {% for dimension in dimensions -%}
+        sends.{{ dimension }},
+        {% endfor -%}
+        {{ message_metrics() }}
+    from sends
+    where {{ send_days_to_build('sends') }}
+    group by sends.send_date, sends.tenant_id
+        {%- for dimension in dimensions %}, sends.{{ dimension }}{% endfor %}
+),
+
+final as (
+    select
+        {{ surrogate_key(key_columns) }} as {{ name }}_day_id,
+        daily.send_date,
+        daily.tenant_id,
+        tenants.tenant_name,
+        {% for dimension in dimensions -%}
+        daily.{{ dimension }},
+        {% endfor -%}
+        {% for model, columns in labels.items() -%}
+        {% for column in columns[1:] -%}
+        {{ model }}.{{ column }},
+        {% endfor -%}
+        {% endfor -%}
+        daily.sent, daily.failed, daily.unknown, daily.pending,
+        daily.bounced_hard, daily.bounced_soft, daily.delivered,
+        daily.unique_opens, daily.unique_clicks, daily.replies, daily.unsubscribes,
+        daily.complaints, daily.total_opens, daily.total_clicks, daily.machine_opens,
+        {{ metric_rates() }},
+        cast('{{ run_started_at }}' as timestamptz) as loaded_at
+    from daily
+    join tenants on tenants.tenant_id = daily.tenant_id
+    {% for model, columns in labels.items() -%}
+    left join {{ ref(model) }} as {{ model }} on {{ model }}.{{ columns[0] }} = daily.{{ columns[0] }}
+    {% endfor %}
+)
+
+select * from final
+{%- endmacro %}

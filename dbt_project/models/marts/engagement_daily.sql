@@ -1,0 +1,63 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='event_date',
+        on_schema_change='sync_all_columns'
+    )
+}}
+
+{#- Activity volume: events per campaign and the day they happened (not the day their message
+    was sent). Rebuilds whole event days: those of the events merged since its last build, or
+    the vars' `start_date`..`end_date`. -#}
+
+with events as (
+    select * from {{ ref('fct_email_events') }}
+),
+
+tenants as (
+    select * from {{ ref('stg_app__tenants') }}
+),
+
+daily as (
+    select
+        event_date,
+        tenant_id,
+        campaign_id,
+        event_type,
+        count(*) as events,
+        count(*) filter (where not is_machine) as human_events,
+        count(*) filter (where is_machine) as machine_events,
+        count(distinct sent_email_id) as messages
+    from events
+    {% if var('start_date', none) is not none %}
+    where event_date between cast('{{ var("start_date") }}' as date)
+        and cast('{{ var("end_date", var("start_date")) }}' as date)
+    {% elif is_incremental() %}
+    where event_date in (
+        select distinct changed.event_date from {{ ref('fct_email_events') }} as changed
+        where changed.loaded_at > (select coalesce(max(loaded_at), '-infinity') from {{ this }})
+    )
+    {% endif %}
+    group by event_date, tenant_id, campaign_id, event_type
+),
+
+final as (
+    select
+        {{ surrogate_key(['daily.event_date', 'daily.tenant_id', 'daily.campaign_id', 'daily.event_type']) }}
+            as engagement_day_id,
+        daily.event_date,
+        daily.tenant_id,
+        tenants.tenant_name,
+        daily.campaign_id,
+        daily.event_type,
+        daily.events,
+        daily.human_events,
+        daily.machine_events,
+        daily.messages,
+        cast('{{ run_started_at }}' as timestamptz) as loaded_at
+    from daily
+    join tenants on tenants.tenant_id = daily.tenant_id
+)
+
+select * from final

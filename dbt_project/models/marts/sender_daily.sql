@@ -1,0 +1,10 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='send_date',
+        on_schema_change='sync_all_columns'
+    )
+}}
+
+{{ daily_model('sender', ['sender_account_id'], {'stg_app__sender_accounts': ['sender_account_id', 'sender_email']}) }}

@@ -1,0 +1,10 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='send_date',
+        on_schema_change='sync_all_columns'
+    )
+}}
+
+{{ daily_model('step', ['campaign_id', 'step_id'], {'stg_app__campaigns': ['campaign_id', 'campaign_name'], 'stg_app__campaign_steps': ['step_id', 'step_key', 'step_name', 'step_order']}) }}
