@@ -22,13 +22,13 @@ def test_an_export_is_imported_reported_and_its_rejects_listed(
         samples.json_lines(
             [samples.mailgun("delivered", ids[a], a, at), samples.mailgun("open", ids[a], a, at)]
         )
-        + '{"event-data": {"event": "opened", "timestamp": 1}}\n'
+        + '{"event-data": {"event": "opened", "timestamp": 1796000000}}\n'
         + json.dumps(
             {
                 "event-data": {
                     "event": "opened",
                     "message": {"headers": {"message-id": '=HYPERLINK("http://x")'}},
-                    "timestamp": 1,
+                    "timestamp": 1796000000,
                 }
             }
         )
