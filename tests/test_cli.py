@@ -341,3 +341,16 @@ def test_db_upgrade_warns_of_a_schema_a_role_planted_before_the_least_privilege_
         " ".join(result.stderr.split())
     )
     assert 'drop schema "penguin_app" cascade' in " ".join(result.stderr.split())
+
+
+def test_generate_writes_a_dataset_and_refuses_a_seed_used_before(env):
+    from tests.factories import run_penguin
+
+    args = ["generate", "--tenants", "1", "--contacts", "50", "--sends", "100", "--events", "600"]
+    done = run_penguin([*args, "--seed", "11"], env)
+    assert done.returncode == 0, done.stderr
+    assert "generated gen-11-1: 50 contacts, 100 messages," in done.stdout
+    again = run_penguin([*args, "--seed", "11"], env)
+    assert again.returncode == 2 and "tenants gen-11-* exist already" in again.stderr
+    bad = run_penguin(["generate", "--days", "0"], env)
+    assert bad.returncode == 2 and "--days must be at least 1" in bad.stderr
