@@ -17,7 +17,7 @@ hours, with every status; and engagement events at realistic rates:
 | soft / hard bounces (a hard one marks its message bounced) | 1.5% / 0.5% |
 | unsubscribes / complaints (the address suppressed, the contact marked) | 0.3% / 0.05% |
 
-and planted edge cases: opens timed before their send (clock skew), late opens (three to six
+and planted edge cases: opens timed before their send (clock skew), late opens (one to four
 weeks after the send), messages refused at RCPT that also get a soft bounce event, opened
 messages that bounce afterwards, and sends and events around midnight.
 
@@ -207,7 +207,7 @@ _MESSAGES = sa.text(
            case when (t.status_draw >= 0.02 and t.status_draw < 0.035)
                      or t.at > :now - interval '1 hour' then null
                 else t.at end,
-           now()
+           least(t.at + interval '2 seconds', :now)
     from timed t
     """
 )
@@ -217,17 +217,23 @@ _SENT = "from app.sent_emails m where m.status in ('sent', 'bounced') and m.sent
 def _event(
     kind, key, share, delay, *, count="1", machine="null", payload="'{}'", status="'sent'"
 ) -> sa.TextClause:
+    # Timed as if it happened: recorded seconds after it occurred, and nothing after `now`
+    # (the incremental marts find what is new by these times, as they do the engine's).
     sql = (
         "insert into app.email_events (tenant_id, event_type, sent_email_id, contact_id, "
-        "campaign_id, step_id, occurred_at, payload, dedup_key, machine_reason) "
-        f"select app.current_tenant_id(), '{kind}', m.id, m.contact_id, m.campaign_id, "
-        f"m.step_id, m.sent_at + {delay}, cast({payload} as jsonb), "
-        f"'gen:' || m.id || ':{key}:' || g, {machine} "
+        "campaign_id, step_id, occurred_at, recorded_at, payload, dedup_key, machine_reason) "
+        "select app.current_tenant_id(), x.kind, x.id, x.contact_id, x.campaign_id, x.step_id, "
+        "x.at, least(x.at + interval '3 seconds', cast(:now as timestamptz)), x.payload, "
+        "x.dedup, x.machine "
+        f"from (select '{kind}' as kind, m.id, m.contact_id, m.campaign_id, m.step_id, "
+        f"m.sent_at + {delay} as at, cast({payload} as jsonb) as payload, "
+        f"'gen:' || m.id || ':{key}:' || g as dedup, {machine} as machine "
         # the count per message, drawn in the subquery: a generate_series whose arguments name
         # no column of `m` would be evaluated once, for every message alike
         f"from (select m.*, {count} as n {_SENT} and m.status = {status} "
         f"and random() < {share}) m "
-        f"cross join lateral generate_series(1, m.n) as g"
+        "cross join lateral generate_series(1, m.n) as g"
+        ") x where x.at <= cast(:now as timestamptz)"
     )
     return sa.text(sql)
 
@@ -279,10 +285,10 @@ _EVENTS = [
         "unsubscribe", "u", SHARES["unsubscribe"], "make_interval(secs => 300 + random() * 172800)"
     ),
     _event("complaint", "x", SHARES["complaint"], "make_interval(secs => 300 + random() * 172800)"),
-    # Planted: opens timed before their send (a skewed clock), late opens (3-6 weeks), and
-    # refusals at RCPT that also get a soft bounce event.
+    # Planted: opens timed before their send (a skewed clock), late opens (1-4 weeks), and
+    # refusals at RCPT that also get a soft bounce event. Nothing is timed after `now`.
     _event("open", "early", 0.002, "- make_interval(secs => 5 + random() * 600)"),
-    _event("open", "late", 0.01, "make_interval(days => 21 + floor(random() * 21)::int)"),
+    _event("open", "late", 0.01, "make_interval(days => 7 + floor(random() * 21)::int)"),
     _event(
         "bounce",
         "rb",
@@ -297,7 +303,7 @@ _EVENTS = [
 _EFFECTS = [
     sa.text(
         """
-        update app.sent_emails m set status = 'bounced'
+        update app.sent_emails m set status = 'bounced', updated_at = e.recorded_at
         from app.email_events e
         where e.tenant_id = m.tenant_id and e.sent_email_id = m.id and e.event_type = 'bounce'
           and (e.payload ->> 'hard') = 'true' and m.status = 'sent'
@@ -387,7 +393,7 @@ def generate(db: Database, shape: Shape, now: datetime, progress: Progress | Non
             say(f"{name}: about {events:,} events")
             mean = _mean_opens(sends, events)
             for statement in _EVENTS:
-                conn.execute(statement, {"mean": mean})
+                conn.execute(statement, {"mean": mean, "now": now})
             for statement in _EFFECTS:
                 conn.execute(statement)
             counts = conn.execute(_COUNTS).one()

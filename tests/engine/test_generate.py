@@ -18,7 +18,7 @@ _STATUSES = sa.text("select status, count(*) from app.sent_emails group by 1")
 _PLANTED = sa.text(
     """
     select count(*) filter (where e.occurred_at < m.sent_at) as before_send,
-           count(*) filter (where e.occurred_at > m.sent_at + interval '20 days') as late,
+           count(*) filter (where e.occurred_at > m.sent_at + interval '7 days') as late,
            count(*) filter (where e.event_type = 'bounce' and m.status = 'bounced'
                             and (e.payload ->> 'hard') = 'false') as refused_and_soft
     from app.email_events e join app.sent_emails m on m.id = e.sent_email_id
@@ -27,7 +27,7 @@ _PLANTED = sa.text(
 
 
 def test_the_dataset_has_its_shape_its_rates_and_its_edge_cases(database, now):
-    shape = Shape(tenants=2, contacts=2_000, sends=8_000, events=60_000, days=14, seed=3)
+    shape = Shape(tenants=2, contacts=2_000, sends=8_000, events=60_000, days=30, seed=3)
     done = generate(database, shape, now)
     assert done.tenants == ["gen-3-1", "gen-3-2"]
     assert done.messages == 8_000

@@ -1,0 +1,125 @@
+"""dbt: the marts built on a generated 1,000,000 messages and 10,000,000 events, then built again
+incrementally after one new day of data, in the same run. Targets: incremental <= 10% of the
+full build (ratio = incremental / full); full build <= 120 s.
+
+Setup, before any clock starts: an embedded PostgreSQL (pgserver) in a temporary PENGUIN_HOME,
+migrated; `penguin generate`'s dataset (`--sends`, `--events`, over `--days` days, 2 tenants),
+analyzed.
+
+Full: `dbt build` (every model and test, as `penguin up`'s analytics job runs it), from the
+command to its exit, with no marts yet. Then one new day: another generated tenant with a 30th
+of the messages and events, all on the last day. Incremental: `dbt build` again, timed the same
+way. The line also prints the generation's time (not part of the ratio).
+
+The freshness lag under `penguin up` with the demo audience is not measured here yet (the
+marts' freshness automation is still to come).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+from bench_send import log  # noqa: E402
+
+from engine import migrate  # noqa: E402
+from engine.config import DBT_PROJECT_DIR, Settings  # noqa: E402
+from engine.db import Database  # noqa: E402
+from engine.dbt_manifest import dbt_executable  # noqa: E402
+from engine.embedded import start_embedded_postgres  # noqa: E402
+from engine.generate import Shape, generate  # noqa: E402
+from engine.runtime import exported_environment  # noqa: E402
+
+
+def dbt_build(db: Database, target: Path) -> float:
+    env = {**os.environ, **exported_environment(db)}
+    start = time.perf_counter()
+    result = subprocess.run(
+        [
+            str(dbt_executable()),
+            "build",
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target-path",
+            str(target),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        print(result.stdout[-4000:], file=sys.stderr)
+        raise SystemExit("# FAILED: dbt build")
+    results = json.loads((target / "run_results.json").read_text())["results"]
+    slowest = sorted(results, key=lambda r: -r["execution_time"])[:5]
+    log(
+        "slowest: "
+        + ", ".join(f"{r['unique_id'].split('.')[-1]} {r['execution_time']:.1f} s" for r in slowest)
+    )
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sends", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    args = parser.parse_args()
+    os.environ["DO_NOT_TRACK"] = "1"
+    with tempfile.TemporaryDirectory(prefix="bench-dbt-") as tmp:
+        work = Path(tmp)
+        settings = Settings(home=work / "home", database_url=None)
+        db = Database(settings, start_embedded_postgres(settings))
+        migrate.upgrade(db)
+        now = datetime.now(UTC)
+        contacts = max(2, args.sends // 5)
+        shape = Shape(2, contacts, args.sends, args.events, args.days, seed=1)
+        log(f"generating {args.sends:,} messages and about {args.events:,} events")
+        start = time.perf_counter()
+        done = generate(db, shape, now, log)
+        generate_s = time.perf_counter() - start
+        log(f"generated {done.messages:,} messages, {done.events:,} events in {generate_s:.0f} s")
+        with db.owner.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("analyze"))
+
+        full_s = dbt_build(db, work / "target")
+        log(f"full build: {full_s:.1f} s")
+
+        day = Shape(
+            1,
+            max(1, contacts // args.days),
+            args.sends // args.days,
+            args.events // args.days,
+            days=1,
+            seed=2,
+        )
+        generate(db, day, now, log)
+        incremental_s = dbt_build(db, work / "target")
+        log(f"incremental build after one new day: {incremental_s:.1f} s")
+        print(
+            f"BENCH dbt seconds={incremental_s:.1f} baseline_seconds={full_s:.1f} "
+            f"ratio={incremental_s / full_s:.2f} target_ratio=0.1 full_target_seconds=120 "
+            f"messages={done.messages} events={done.events} generate_seconds={generate_s:.0f}",
+            flush=True,
+        )
+        db.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
