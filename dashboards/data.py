@@ -8,7 +8,7 @@ pasted into SQL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 
 import polars as pl
 import sqlalchemy as sa
@@ -35,6 +35,16 @@ CAMPAIGN_DAILY = sa.text(
     """
 )
 
+
+# What the marts hold: the newest change of a message or event they include, and when dbt built
+# them (a page says "data as of" from this, not from the clock).
+DATA_AS_OF = sa.text(
+    f"""
+    select greatest(max(updated_at), max(last_event_recorded_at)) as data_until,
+           max(loaded_at) as built_at
+    from {MARTS}.fct_sends
+    """
+)
 
 ALL_TENANTS = sa.text(f"select tenant_name from {MARTS}.dim_tenants order by tenant_name")
 
@@ -105,6 +115,23 @@ def tenants() -> list[str]:
 @st.cache_data(ttl=60, show_spinner=False)
 def campaign_daily(tenant: str, start: date, end: date) -> pl.DataFrame:
     return _read(CAMPAIGN_DAILY, tenant=tenant, start=start, end=end)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def data_as_of() -> tuple[datetime | None, datetime | None]:
+    """(the newest change the marts include, when they were built); Nones when empty."""
+    row = _read(DATA_AS_OF).row(0)
+    return row[0], row[1]
+
+
+def data_as_of_caption() -> str:
+    until, built = data_as_of()
+    if until is None:
+        return "No messages in the marts yet."
+    return (
+        f"Data as of {until:%Y-%m-%d %H:%M} UTC (the marts were built at {built:%H:%M} UTC; "
+        "they refresh after each send run and as events arrive)."
+    )
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -18,6 +18,7 @@ today = datetime.now(UTC).date()  # the marts' days are the tenant's reporting d
 picked = st.sidebar.date_input("Days", value=(today - timedelta(days=29), today), max_value=today)
 start, end = picked if isinstance(picked, tuple) and len(picked) == 2 else (picked, picked)
 
+st.caption(data.data_as_of_caption())
 frame = data.campaign_daily(tenant, start, end)
 if frame.is_empty():
     st.info(f"No sends for tenant {tenant} between {start} and {end}.")

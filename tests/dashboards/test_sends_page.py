@@ -26,6 +26,7 @@ def test_sends_page_shows_the_days_sends(app_env):
     table = at.dataframe[0].value
     assert list(table["campaign_name"]) == ["Welcome to PenguinMails"]
     assert list(table["sent"]) == [40]
+    assert any(c.value.startswith("Data as of ") for c in at.caption), [c.value for c in at.caption]
 
 
 def test_sends_page_explains_missing_marts(use_database, database):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -57,3 +58,25 @@ def test_status_changes_after_the_first_load_are_merged(database, smtp_server, n
         ).one()
     assert dict(statuses) == {"sent": 3}
     assert tuple(daily) == (3, 0)
+
+
+def test_dbt_by_hand_documents_the_project_and_reports_source_freshness(
+    database, smtp_server, now, tmp_path
+):
+    from engine.tracking.events import Event, write
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    send_due(database.app, smtp_server.server(), now)
+    with database.analytics.connect() as conn:
+        message = conn.execute(sa.text("select id from app.sent_emails limit 1")).scalar_one()
+    write(database.app, [Event("open", tenant.tenant_id, message, now, "open:1")])
+    dbt(database, "build")
+    docs = dbt(database, "docs", "generate")
+    assert "Catalog written" in docs
+    catalog = database.settings.home / "dbt-target" / "catalog.json"
+    assert "campaign_daily" in catalog.read_text()
+    freshness = dbt(database, "source", "freshness")
+    # The event was recorded just now; the messages' `updated_at` is the fixture's clock, days
+    # before: later than the sources' warn_after of one day.
+    assert re.search(r"PASS freshness of app\.email_events", freshness), freshness
+    assert re.search(r"WARN freshness of app\.sent_emails", freshness), freshness
