@@ -125,8 +125,15 @@ def read_outgoing(path: Path, domain: str = DOMAIN, tracking_url: str = "") -> O
         with path.open("rb") as handle:
             message = email.message_from_binary_file(handle)
         arrived = path.stat().st_mtime
-    except OSError:
+        return _outgoing(path, message, arrived, domain, tracking_url)
+    except Exception:  # noqa: BLE001 - a file it cannot read is no message of the audience's
+        log.warning("skipping %s: not a message the audience can read", path.name, exc_info=True)
         return None
+
+
+def _outgoing(
+    path: Path, message: email.message.Message, arrived: float, domain: str, tracking_url: str
+) -> Outgoing | None:
     rcpt = (message.get_all("X-RcptTo") or [""])[-1].strip().lower()
     message_id = (message.get("Message-ID") or "").strip().strip("<>")
     if not rcpt.endswith("@" + domain) or not message_id:

@@ -141,10 +141,11 @@ def _instructions(sidecar: Path) -> tuple[dict[str, str], str]:
     return mapping, source
 
 
-def pending_files(uploads: Path, *, now_timestamp: float | None = None) -> Iterator[InboxFile]:
-    """Files waiting in the inbox, oldest name first; with `now_timestamp`, only those that
-    have not changed for `SETTLE_SECONDS`."""
-    for path in sorted(inbox_path(uploads).glob("*/*/*")):
+def waiting_paths(inbox: Path, *, now_timestamp: float | None = None) -> Iterator[Path]:
+    """The files of `inbox/<tenant>/<folder>/`, oldest name first, without hidden ones (a
+    sidecar, a copy in progress); with `now_timestamp`, only those that have not changed for
+    `SETTLE_SECONDS`. The uploads inbox and the events inbox list their files with it."""
+    for path in sorted(inbox.glob("*/*/*")):
         if not path.is_file() or path.name.startswith("."):
             continue
         try:
@@ -152,6 +153,12 @@ def pending_files(uploads: Path, *, now_timestamp: float | None = None) -> Itera
                 continue
         except FileNotFoundError:  # moved on (by its run) since the listing
             continue
+        yield path
+
+
+def pending_files(uploads: Path, *, now_timestamp: float | None = None) -> Iterator[InboxFile]:
+    """Files waiting in the inbox (`waiting_paths`), with their instructions."""
+    for path in waiting_paths(inbox_path(uploads), now_timestamp=now_timestamp):
         yield read_file(path)
 
 

@@ -185,8 +185,7 @@ def _apply(
         return
     try:
         with tenant_transaction(app, tenant_id) as conn:
-            done = inbound.apply(
-                conn,
+            incoming = inbound.Incoming(
                 mailbox=f"imap:{account.id}",
                 source_key=f"{uidvalidity}:{uid}",
                 message=message,
@@ -194,6 +193,7 @@ def _apply(
                 sender_id=account.id,
                 received_at=received.astimezone(UTC),
             )
+            (done,) = inbound.apply_many(conn, [incoming])
             conn.execute(_CURSOR, cursor)
     except Exception as exc:  # this message's own trouble: said, and the mailbox goes on
         report.errors.append(f"{account.email} UID {uid}: not applied: {first_line(exc)}")

@@ -218,17 +218,15 @@ class SoftBounces:
         return len(messages) >= SOFT_BOUNCES_AS_HARD
 
 
-def apply(conn: Connection, **incoming: object) -> Applied | None:
-    """Apply one inbound message (`Incoming`'s fields); None when it was applied before."""
-    return apply_many(conn, [Incoming(**incoming)])[0]  # type: ignore[arg-type]
-
-
 def apply_many(conn: Connection, messages: list[Incoming]) -> list[Applied | None]:
     """Apply `messages` (module docstring) in a few statements whatever their number, as if
     one after the other in this order; each one's outcome, None when it was applied before."""
     if not messages:
         return []
-    addresses = [(c.addresses[0] if c.addresses else c.sender) for c in _classes(messages)]
+    addresses = [
+        (m.classified.addresses[0] if m.classified.addresses else m.classified.sender)
+        for m in messages
+    ]
     found = conn.execute(
         _MATCH,
         {
@@ -286,10 +284,6 @@ def apply_many(conn: Connection, messages: list[Incoming]) -> list[Applied | Non
         p.applied if (m.mailbox, m.source_key) in recorded else None
         for m, p in zip(messages, plans, strict=True)
     ]
-
-
-def _classes(messages: list[Incoming]) -> list[Classified]:
-    return [m.classified for m in messages]
 
 
 @dataclass(frozen=True)

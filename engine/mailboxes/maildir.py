@@ -152,16 +152,6 @@ def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
 CHUNK = 200
 
 
-@dataclass
-class _Inbound:
-    name: str
-    message: object
-    classified: object
-    received: datetime
-    tenant_id: uuid.UUID
-    sender_id: uuid.UUID
-
-
 def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
     """Apply every inbound message of `maildir` that arrived in or after second `cursor`."""
     report = PollReport(cursor=cursor)
@@ -169,7 +159,7 @@ def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
     # compat32: headers as written, parsed in a tenth of the time of the EmailMessage policy;
     # classification reads them as they are (engine.mailboxes.classify).
     headers = BytesHeaderParser(policy=policy.compat32)
-    waiting: list[_Inbound] = []
+    waiting: list[tuple[uuid.UUID, inbound.Incoming]] = []
     for path in _files(maildir, cursor):
         report.read += 1
         report.cursor = max(report.cursor, _arrival(path.name))
@@ -198,7 +188,10 @@ def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
         except FileNotFoundError:  # moved to cur/ since it was read: arrived now, near enough
             received = datetime.now(UTC)
         name = path.name.split(":", 1)[0]
-        waiting += [_Inbound(name, message, classified, received, t, s) for t, s in owners]
+        waiting += [
+            (t, inbound.Incoming(f"maildir:{s}", name, message, classified, s, received))
+            for t, s in owners
+        ]
         if len(waiting) >= CHUNK:
             _apply_all(app, waiting, report)
             waiting = []
@@ -206,41 +199,33 @@ def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
     return report
 
 
-def _apply_all(app: Engine, items: list[_Inbound], report: PollReport) -> None:
-    """`items` applied, one transaction per tenant; when that transaction fails, each of its
-    messages again in a transaction of its own, so one that fails fails alone."""
-    by_tenant: dict[uuid.UUID, list[_Inbound]] = defaultdict(list)
-    for item in items:
-        by_tenant[item.tenant_id].append(item)
+def _apply_all(
+    app: Engine, items: list[tuple[uuid.UUID, inbound.Incoming]], report: PollReport
+) -> None:
+    """`items` (tenant, message) applied, one transaction per tenant; when that transaction
+    fails, each of its messages again in a transaction of its own, so one that fails fails
+    alone."""
+    by_tenant: dict[uuid.UUID, list[inbound.Incoming]] = defaultdict(list)
+    for tenant_id, item in items:
+        by_tenant[tenant_id].append(item)
     if items:  # plans on the statistics of tables that grew (a first big poll)
         with app.begin() as conn:
             conn.execute(store.REFRESH_STATISTICS)
     for tenant_id, mine in by_tenant.items():
         try:
             with tenant_transaction(app, tenant_id) as conn:
-                results = inbound.apply_many(conn, [_incoming(item) for item in mine])
+                results = inbound.apply_many(conn, mine)
         except Exception:
             results = []
             for item in mine:
                 try:
                     with tenant_transaction(app, tenant_id) as conn:
-                        results += inbound.apply_many(conn, [_incoming(item)])
+                        results += inbound.apply_many(conn, [item])
                 except Exception as exc:  # this message's own trouble: it alone
-                    report.errors.append(f"{item.name}: {first_line(exc)}")
-                    log.exception("inbound message %s not applied", item.name)
+                    report.errors.append(f"{item.source_key}: {first_line(exc)}")
+                    log.exception("inbound message %s not applied", item.source_key)
                     if is_transient(exc):  # read again by the next poll
-                        arrival = _arrival(item.name)
+                        arrival = _arrival(item.source_key)
                         report.retry_from = min(report.retry_from or arrival, arrival)
         for done in results:
             report.count(done)
-
-
-def _incoming(item: _Inbound) -> inbound.Incoming:
-    return inbound.Incoming(
-        mailbox=f"maildir:{item.sender_id}",
-        source_key=item.name,
-        message=item.message,
-        classified=item.classified,
-        sender_id=item.sender_id,
-        received_at=item.received,
-    )

@@ -356,7 +356,8 @@ _TALLY = sa.text(
     """
     select count(*) filter (where sent_email_id is not null) as matched,
            count(*) filter (where sent_email_id is null) as unmatched,
-           count(*) filter (where imported) as imported
+           count(*) filter (where imported) as imported,
+           (select count(*) from pg_temp.unreadable) as unreadable
     from pg_temp.staged
     """
 )
@@ -439,12 +440,10 @@ def import_events(
 
 
 def _digest(path: Path, label: str) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
     try:
         with path.open("rb") as handle:
-            while chunk := handle.read(records.CHUNK_BYTES):
-                digest.update(chunk)
-                size += len(chunk)
+            digest = hashlib.file_digest(handle, "sha256")
+            size = handle.tell()
     except FileNotFoundError:
         raise EventImportError(f"{label}: no such file") from None
     except OSError as exc:
@@ -493,7 +492,6 @@ def _import(
         )
         suppressed = conn.execute(_EFFECTS, {"provider": provider, "now": now}).scalar_one()
         conn.execute(_SAVE_REJECTS, {"id": import_id, "provider": provider})
-        unreadable = conn.execute(sa.text("select count(*) from pg_temp.unreadable")).scalar_one()
         tally = conn.execute(_TALLY).one()
         kinds = {kind: n for kind, n in conn.execute(_KIND_COUNTS)}
         row = conn.execute(
@@ -505,7 +503,7 @@ def _import(
                 "imported": tally.imported,
                 "duplicates": tally.matched - tally.imported,
                 "skipped": skipped,
-                "rejected": unreadable + tally.unmatched,
+                "rejected": tally.unreadable + tally.unmatched,
                 "unmatched": tally.unmatched,
                 "suppressed": suppressed,
                 "event_counts": json.dumps(kinds),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from engine.inbox import SETTLE_SECONDS, free_name, safe_name
+from engine.inbox import free_name, safe_name, waiting_paths
 from engine.provider_events.formats import FORMATS
 from engine.provider_events.imports import EventImportError, ImportResult, import_events
 from engine.tenants import UnknownTenantError, tenant_id, validate_name
@@ -65,14 +65,7 @@ def read_file(path: Path) -> EventFile:
 def pending_files(root: Path, *, now_timestamp: float | None = None) -> Iterator[EventFile]:
     """Files waiting in the inbox, oldest name first; with `now_timestamp`, only those that
     have not changed for `SETTLE_SECONDS`."""
-    for path in sorted((root / "inbox").glob("*/*/*")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        try:
-            if now_timestamp is not None and now_timestamp - path.stat().st_mtime < SETTLE_SECONDS:
-                continue
-        except FileNotFoundError:  # moved on by its run since the listing
-            continue
+    for path in waiting_paths(root / "inbox", now_timestamp=now_timestamp):
         yield read_file(path)
 
 

@@ -162,3 +162,15 @@ def test_a_message_without_a_pixel_is_never_opened_and_foreign_links_are_not_fol
     )
     found = read_outgoing(mail / "1.x", tracking_url="http://127.0.0.1:8090/")
     assert (found.pixel, found.links) == ("http://127.0.0.1:8090/o/tok", ())
+
+
+def test_a_message_the_audience_cannot_read_is_skipped_not_fatal(tmp_path):
+    mail = tmp_path / "new"
+    mail.mkdir()
+    (mail / "1.bad").write_bytes(
+        b"From: sales@acme.example\nTo: r@customers.example\nMessage-ID: <m2@acme.example>\n"
+        b"X-RcptTo: r@customers.example\nSubject: =?no-such-charset?q?Hi?=\n\nbody"
+    )
+    assert read_outgoing(mail / "1.bad") is None
+    audience = Audience(mail.parent, "127.0.0.1", 1, tmp_path / "state.json")
+    assert audience.scan() == 0

@@ -79,18 +79,18 @@ def test_a_poll_that_died_midway_resumes_after_the_last_message_it_applied(
     tenant, ids = _sent(database, smtp_server, now, tmp_path, imap_server)
     for address, original in ids.items():
         imap_server.deliver(SENDER, "imap-secret", samples.reply(SENDER, address, original))
-    real, calls = inbound.apply, []
+    real, calls = inbound.apply_many, []
 
-    def dying(conn, **kwargs):
-        calls.append(kwargs["source_key"])
+    def dying(conn, messages):
+        calls.extend(m.source_key for m in messages)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(conn, **kwargs)
+        return real(conn, messages)
 
-    monkeypatch.setattr(inbound, "apply", dying)
+    monkeypatch.setattr(inbound, "apply_many", dying)
     with pytest.raises(KeyboardInterrupt):
         poll_imap(database.app, env=ENV)
-    monkeypatch.setattr(inbound, "apply", real)
+    monkeypatch.setattr(inbound, "apply_many", real)
     resumed = poll_imap(database.app, env=ENV)
     assert (resumed.read, dict(resumed.applied)) == (2, {"reply": 2})
     assert sorted(r for _, r in _events(database, tenant)) == sorted(ids)
@@ -161,14 +161,14 @@ def test_a_message_that_cannot_be_applied_does_not_stop_the_mailbox(
     tenant, ids = _sent(database, smtp_server, now, tmp_path, imap_server)
     for address, original in sorted(ids.items()):
         imap_server.deliver(SENDER, "imap-secret", samples.reply(SENDER, address, original))
-    real = inbound.apply
+    real = inbound.apply_many
 
-    def first_fails(conn, **kwargs):
-        if kwargs["source_key"].endswith(":1"):
+    def first_fails(conn, messages):
+        if any(m.source_key.endswith(":1") for m in messages):
             raise ValueError("its own trouble")
-        return real(conn, **kwargs)
+        return real(conn, messages)
 
-    monkeypatch.setattr(inbound, "apply", first_fails)
+    monkeypatch.setattr(inbound, "apply_many", first_fails)
     report = poll_imap(database.app, env=ENV)
     assert dict(report.applied) == {"reply": 2}
     assert len(report.errors) == 1 and "UID 1: not applied: its own trouble" in report.errors[0]
