@@ -658,8 +658,8 @@ def test_the_engine_keeps_its_promises_through_passes_crashes_pauses_and_clock_j
     run_state_machine_as_test(
         machine_for(world),
         settings=settings(
-            # 15 examples of 25 steps: about 90 s here (CI's budget is 20 minutes in all).
-            max_examples=15,
+            # 10 examples of 25 steps: about 55 s here (CI's budget is 20 minutes in all).
+            max_examples=10,
             stateful_step_count=25,
             deadline=None,
             database=None,
