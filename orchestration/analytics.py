@@ -1,32 +1,68 @@
-"""Analytics: the dbt project as Dagster assets.
+"""Analytics: the dbt project as Dagster assets, kept fresh by a sensor on the source tables.
 
-The marts are rebuilt in the same run as the sends they count (`send_due_job`, and the upload
-run), not by a run of their own: one run start less between a send and the dashboards. All
-dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes), because two at
-once fail with "relation already exists".
+Two asset definitions over one dbt project:
+
+* `analytics_daily`: the models tagged `daily` (the facts and the per-day models), partitioned
+  by reporting day (`ANALYTICS_DAYS`). A partition range becomes one `dbt build` with the vars
+  `start_date` and `end_date`, which rebuild exactly those days from the raw tables: a backfill
+  from the UI, the nightly repair.
+* `analytics_models`: everything else (staging views, dimensions, upload marts), unpartitioned.
+
+`analytics_freshness_sensor` watches `sent_emails.updated_at` and `email_events.recorded_at`
+(BRIN-indexed, so a tick reads only the newest blocks). When either moved it asks for one run of
+`analytics_job` over the range of reporting days the new rows touch, tagged as a refresh: dbt
+then builds incrementally, merging only the messages and events that changed and rebuilding
+only the days they belong to. So a send or an event reaches the marts one sensor interval plus
+one build after it is written, whatever ran it (a send run, the tracking server, a mailbox
+poll, an import).
+
+All dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes) and the run
+tag `DBT_TAGS`, because two at once fail with "relation already exists".
 """
 
+import json
 import os
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
+import sqlalchemy as sa
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from engine import dbt_manifest
 from engine.config import DBT_PROJECT_DIR
+from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
 DBT_EXECUTABLE = dbt_manifest.dbt_executable()
 #: The pool of every dbt build (see the module docstring).
 DBT_POOL = "dbt"
-#: The dbt models (all keyed under `analytics/`): what a run that sends rebuilds after sending.
+#: The dbt models (all keyed under `analytics/`).
 MARTS = dg.AssetSelection.key_prefixes("analytics")
 #: Run tag of every job that builds the marts: the run queue starts one such run at a time
 #: (`tag_concurrency_limits` in the instance `penguin up` writes). The pool alone let two
 #: runs submitted at once start together on a fresh instance; it still covers materializations
 #: started by hand, which carry no job tags.
 DBT_TAGS = {"penguin/dbt": "build"}
+#: Run tag of a refresh the sensor asked for: dbt builds what changed since its last build
+#: (the partition range only records which days that touched), not the whole range.
+REFRESH_TAG = "penguin/analytics"
+#: The dbt tag of the day-partitioned models.
+DAILY_TAG = "daily"
+
+#: One partition per reporting day. A day is a label (`send_date`, `event_date`), the same for
+#: every tenant, each in its own time zone; the partitions' own zone is the earliest in the
+#: world (UTC+14), so the newest partition is the newest day any tenant can be in.
+EARLIEST_ZONE = "Etc/GMT-14"  # POSIX signs: UTC+14
+ANALYTICS_DAYS = dg.DailyPartitionsDefinition(
+    start_date="2025-01-01", timezone=EARLIEST_ZONE, end_offset=1
+)
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
 
@@ -53,9 +89,39 @@ class PenguinDbtTranslator(DagsterDbtTranslator):
         return "analytics"
 
 
+#: `dbt build` as Dagster runs it: the models and their data tests. The unit tests check the
+#: models' logic on fixed inputs; they run where the logic changes (`dbt build` by hand, CI).
+BUILD = ["build", "--exclude-resource-type", "unit_test"]
+
+
+def build_args(context: dg.AssetExecutionContext) -> list[str]:
+    """`dbt build` of the daily models: incremental for a refresh, else the partitions' days."""
+    if context.run.tags.get(REFRESH_TAG) == "refresh":
+        return BUILD
+    days = context.partition_key_range
+    return [*BUILD, "--vars", json.dumps({"start_date": days.start, "end_date": days.end})]
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
+    select=f"tag:{DAILY_TAG}",
+    dagster_dbt_translator=PenguinDbtTranslator(),
+    partitions_def=ANALYTICS_DAYS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=DBT_POOL,
+)
+def analytics_daily(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
+):
+    with postgres.dbt_environment():
+        yield from dbt.cli(build_args(context), context=context).stream()
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    exclude=f"tag:{DAILY_TAG}",
     dagster_dbt_translator=PenguinDbtTranslator(),
     pool=DBT_POOL,
 )
@@ -63,28 +129,158 @@ def analytics_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
 ):
     with postgres.dbt_environment():
-        yield from dbt.cli(["build"], context=context).stream()
+        yield from dbt.cli(BUILD, context=context).stream()
 
+
+#: The upload marts and what they read: what an upload run rebuilds (the dimensions, which read
+#: the daily facts too, follow with the refresh its sends bring on).
+UPLOAD_MARTS = (
+    dg.AssetSelection.assets(
+        *(dg.AssetKey(["analytics", name]) for name in ("fct_upload_rejects", "dim_tenants"))
+    ).upstream()
+    & MARTS
+)
 
 analytics_job = dg.define_asset_job(
     "analytics_job",
-    selection=dg.AssetSelection.assets(analytics_models),
-    description="dbt build: staging views, marts, and their tests.",
+    selection=MARTS,
+    partitions_def=ANALYTICS_DAYS,
+    description=(
+        "dbt build of the marts and their tests. A partition range rebuilds those reporting "
+        "days whole; a refresh (tag penguin/analytics=refresh) builds what changed."
+    ),
     tags=DBT_TAGS,
 )
 
-analytics_daily_schedule = dg.ScheduleDefinition(
-    name="analytics_daily_schedule",
-    job=analytics_job,
-    cron_schedule="15 0 * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Rebuild the marts shortly after midnight, so every day closes.",
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+#: The reporting days that rows written after the watermarks touch (a message's send day, an
+#: event's day and its message's send day), and the new watermarks. Run as the analytics role,
+#: across tenants; the BRIN indexes on both columns keep it to the newest blocks.
+_CHANGED_DAYS = sa.text(
+    """
+    with new_sends as (
+        select tenant_id, coalesce(sent_at, queued_at) as at, updated_at
+        from app.sent_emails where updated_at > :sends_since
+    ),
+    new_events as (
+        select tenant_id, sent_email_id, occurred_at, recorded_at
+        from app.email_events where recorded_at > :events_since
+    ),
+    touched as (
+        select tenant_id, at from new_sends
+        union all
+        select tenant_id, occurred_at from new_events
+        union all
+        select s.tenant_id, coalesce(s.sent_at, s.queued_at)
+        from app.sent_emails s join new_events e on e.sent_email_id = s.id
+    ),
+    days as (
+        select (touched.at at time zone t.reporting_timezone)::date as day
+        from touched join app.tenants t on t.id = touched.tenant_id
+    )
+    select
+        (select min(day) from days) as first_day,
+        (select max(day) from days) as last_day,
+        (select max(updated_at) from new_sends) as sends_watermark,
+        (select max(recorded_at) from new_events) as events_watermark
+    """
 )
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_WATERMARKS = ("sends", "events")
+
+
+def changed_days(
+    conn: sa.Connection, cursor: Mapping[str, str]
+) -> tuple[tuple[date, date] | None, dict[str, str]]:
+    """The range of reporting days rows written since `cursor` touch (None: nothing new), and
+    the cursor past them."""
+    since = {k: datetime.fromisoformat(cursor.get(k, _EPOCH.isoformat())) for k in _WATERMARKS}
+    row = conn.execute(
+        _CHANGED_DAYS, {"sends_since": since["sends"], "events_since": since["events"]}
+    ).one()
+    moved = {
+        "sends": (row.sends_watermark or since["sends"]).isoformat(),
+        "events": (row.events_watermark or since["events"]).isoformat(),
+    }
+    if row.first_day is None:
+        return None, moved
+    return (row.first_day, row.last_day), moved
+
+
+def partition_range(days: tuple[date, date], now: datetime) -> tuple[str, str]:
+    """`days` as partition keys, clamped to the partitions that exist at `now` (a message timed
+    before the first partition is still built by the refresh; only the label is clamped)."""
+    first = ANALYTICS_DAYS.get_first_partition_key()
+    last = now.astimezone(ZoneInfo(EARLIEST_ZONE)).date().isoformat()  # end_offset=1: today
+    start = min(max(days[0].isoformat(), first), last)
+    end = min(max(days[1].isoformat(), first), last)
+    return start, end
+
+
+@dg.sensor(
+    job=analytics_job,
+    minimum_interval_seconds=int(os.environ.get("PENGUIN_ANALYTICS_INTERVAL", "30")),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Starts an incremental analytics_job run over the reporting days that new sends and "
+        "events touch, one run at a time."
+    ),
+)
+def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+    active = context.instance.get_run_records(
+        dg.RunsFilter(job_name=analytics_job.name, statuses=_ACTIVE), limit=1
+    )
+    if active:
+        # The run under way builds whatever it finds; what lands after its start is newer than
+        # this cursor and is seen by the tick after it ends.
+        return dg.SkipReason(f"run {active[0].dagster_run.run_id} is refreshing the marts")
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    with postgres.db.analytics.connect() as conn:
+        days, moved = changed_days(conn, cursor)
+    context.update_cursor(json.dumps(moved))
+    if days is None:
+        return dg.SkipReason("no new sends or events")
+    start, end = partition_range(days, utcnow())
+    return dg.RunRequest(
+        tags={
+            REFRESH_TAG: "refresh",
+            ASSET_PARTITION_RANGE_START_TAG: start,
+            ASSET_PARTITION_RANGE_END_TAG: end,
+        }
+    )
+
+
+@dg.schedule(
+    job=analytics_job,
+    cron_schedule="15 12 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Rebuilds the last two closed reporting days whole, every day at 12:15 UTC.",
+)
+def analytics_repair_schedule(context: dg.ScheduleEvaluationContext):
+    """Yesterday and the day before, rebuilt whole from the raw tables (at 12:00 UTC yesterday
+    has closed in every time zone, UTC-12 last): a repair of anything the refreshes missed,
+    such as a row committed so late that the incremental models' 24-hour lookback passed it."""
+    today = context.scheduled_execution_time.astimezone(UTC).date()
+    return dg.RunRequest(
+        tags={
+            ASSET_PARTITION_RANGE_START_TAG: (today - timedelta(days=2)).isoformat(),
+            ASSET_PARTITION_RANGE_END_TAG: (today - timedelta(days=1)).isoformat(),
+        }
+    )
 
 
 defs = dg.Definitions(
-    assets=[analytics_models],
+    assets=[analytics_daily, analytics_models],
     jobs=[analytics_job],
-    schedules=[analytics_daily_schedule],
+    sensors=[analytics_freshness_sensor],
+    schedules=[analytics_repair_schedule],
     resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)},
 )

@@ -16,7 +16,7 @@ import pydantic
 import sqlalchemy as sa
 
 from engine.inbox import InboxOutcome, inbox_file, pending_files, process_file, read_file
-from orchestration.analytics import MARTS
+from orchestration.analytics import DBT_TAGS, UPLOAD_MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 from orchestration.sending import SENDS_TAGS
@@ -209,16 +209,16 @@ def list_members_have_contacts(postgres: PostgresResource) -> dg.AssetCheckResul
 
 ingest_upload_job = dg.define_asset_job(
     "ingest_upload_job",
-    # Sending and the marts in the same run (one run start from a file to the dashboards);
-    # its tags (and the pools `sends`, `dbt`) keep it from overlapping another send run or
-    # dbt build.
+    # Sending and the upload marts in the same run: one run start from a file to its report;
+    # the rest of the marts follow through the freshness sensor. Its tags (and the pools
+    # `sends`, `dbt`) keep it from overlapping another send run or dbt build.
     selection=dg.AssetSelection.assets(
         "upload_batches", "contacts", "contact_lists", "enrollments", "sent_emails"
     )
-    | MARTS,
+    | UPLOAD_MARTS,
     description="Ingest one uploaded file, enroll its contacts in active campaigns, send what "
-    "is due, and rebuild the marts.",
-    tags=SENDS_TAGS,
+    "is due, and rebuild the upload marts.",
+    tags={**SENDS_TAGS, **DBT_TAGS},
 )
 
 

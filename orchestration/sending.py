@@ -1,7 +1,7 @@
 """Sending: enrollments, and the send job that a sensor starts whenever sends fall due.
 
-Every send run also rebuilds the marts (the dbt assets, all under the `analytics/` prefix), so
-the dashboards count a send without waiting for another run to start. The sending engine runs
+The marts follow on their own: `analytics.analytics_freshness_sensor` sees the sends a run
+wrote and refreshes the days they belong to. The sending engine runs
 in the pool `sends` (limit 1 in the instance `penguin up` writes): whichever job includes
 `sent_emails`, one send run at a time.
 """
@@ -16,7 +16,6 @@ from engine.sending.scheduler import Config, SendReport, send_due
 from engine.sequence import steps
 from engine.tenants import all_tenants
 from engine.tracking.links import tracking_for
-from orchestration.analytics import DBT_TAGS, MARTS
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource, SmtpResource
 
@@ -48,9 +47,9 @@ def enrollments(
 
 #: The pool of every run of the sending engine (see the module docstring).
 SENDS_POOL = "sends"
-#: Run tags of every job that sends (and so rebuilds the marts): one such run at a time in
-#: the run queue, as with `analytics.DBT_TAGS`.
-SENDS_TAGS = {"penguin/sends": "send", **DBT_TAGS}
+#: Run tags of every job that sends: one such run at a time in the run queue, as with
+#: `analytics.DBT_TAGS`.
+SENDS_TAGS = {"penguin/sends": "send"}
 
 
 @dg.asset(
@@ -90,8 +89,8 @@ def pass_metadata(report: SendReport) -> dict[str, object]:
 
 send_due_job = dg.define_asset_job(
     "send_due_job",
-    selection=dg.AssetSelection.assets(sent_emails) | MARTS,
-    description="Send every message that is due now, then rebuild the marts (dbt build).",
+    selection=dg.AssetSelection.assets(sent_emails),
+    description="Send every message that is due now.",
     tags=SENDS_TAGS,
 )
 

@@ -33,17 +33,24 @@
     ({{ numerator }})::float8 / nullif({{ denominator }}, 0)
 {%- endmacro %}
 
-{#- Which send days a daily model rebuilds: with vars `start_date` and `end_date` (a Dagster
-    partition, a backfill), those days; incrementally, the days of the messages `fct_sends`
-    merged since this model's last build (a late event's message brings its day back);
-    otherwise every day. -#}
-{% macro send_days_to_build(sends) -%}
+{#- With vars `start_date` and `end_date` (a Dagster partition range, a backfill), the
+    predicate "`day` is one of those days"; none without them. -#}
+{% macro partition_days(day) -%}
     {%- if var('start_date', none) is not none -%}
-        {{ sends }}.send_date between cast('{{ var("start_date") }}' as date)
+        {{ day }} between cast('{{ var("start_date") }}' as date)
             and cast('{{ var("end_date", var("start_date")) }}' as date)
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Which days a daily model rebuilds: with vars `start_date` and `end_date`, those days;
+    incrementally, the days (`day` of `model`) of the rows merged into `model` since this
+    model's last build (a late event's message brings its day back); otherwise every day. -#}
+{% macro days_to_build(day, model) -%}
+    {%- if var('start_date', none) is not none -%}
+        {{ partition_days(day) }}
     {%- elif is_incremental() -%}
-        {{ sends }}.send_date in (
-            select distinct changed.send_date from {{ ref('fct_sends') }} as changed
+        {{ day }} in (
+            select distinct changed.{{ day }} from {{ ref(model) }} as changed
             where changed.loaded_at > (select coalesce(max(loaded_at), '-infinity') from {{ this }})
         )
     {%- else -%}
@@ -54,7 +61,7 @@
 {#- A daily model, `name`_daily: the metrics and rates of `fct_sends` per send day and
     `dimensions`, with the tenant's name and, per `labels` ({model: [columns]}, joined on the
     model's first column), the dimensions' names. Incremental: delete+insert of the days
-    `send_days_to_build` picks. -#}
+    `days_to_build` picks. -#}
 {% macro daily_model(name, dimensions, labels={}) -%}
 {%- set key_columns = ['daily.send_date', 'daily.tenant_id'] -%}
 {%- for dimension in dimensions %}{% do key_columns.append('daily.' ~ dimension) %}{% endfor -%}
@@ -75,7 +82,7 @@ daily as (
         {% endfor -%}
         {{ message_metrics() }}
     from sends
-    where {{ send_days_to_build('sends') }}
+    where {{ days_to_build('send_date', 'fct_sends') }}
     group by sends.send_date, sends.tenant_id
         {%- for dimension in dimensions %}, sends.{{ dimension }}{% endfor %}
 ),

@@ -56,21 +56,41 @@ def test_every_stage_is_an_asset_or_job_in_the_ui():
     assert dg.AssetKey("sent_emails") in stg.parent_keys
 
 
-def test_runs_that_send_also_rebuild_the_marts_in_process_and_in_their_pools():
-    """One run start from an upload (or due sends) to updated dashboards: the upload run and
-    the send run carry the dbt models; every job runs its steps in its own process; the
-    sending engine and dbt are in the pools the instance limits to one run each."""
+def test_the_daily_marts_are_partitioned_by_day_and_the_rest_are_not():
+    """Facts and per-day models are daily-partitioned assets (a backfill from the UI); the
+    views, dimensions and upload marts are not; `analytics_job` carries both."""
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    daily = {"fct_sends", "fct_email_events", "campaign_daily", "step_daily", "sender_daily"}
+    daily |= {"recipient_domain_daily", "tenant_daily", "engagement_daily"}
+    marts = {k for k in graph.get_all_asset_keys() if k.path[0] == "analytics"}
+    partitioned = {k.path[-1] for k in marts if graph.get(k).partitions_def is not None}
+    assert partitioned == daily
+    partitions = graph.get(dg.AssetKey(["analytics", "fct_sends"])).partitions_def
+    assert isinstance(partitions, dg.DailyPartitionsDefinition)
+    assert repo.get_job("analytics_job").asset_layer.selected_asset_keys == marts
+
+
+def test_runs_that_send_leave_the_daily_marts_to_the_refresh_and_run_in_their_pools():
+    """A send run only sends; the upload run rebuilds its own marts in the same run (one run
+    start from a file to its report) but not the daily ones, which need a partition; every
+    job runs its steps in its own process; the sending engine and dbt are in the pools the
+    instance limits to one run each."""
     repo = defs.get_repository_def()
     campaign_daily = dg.AssetKey(["analytics", "campaign_daily"])
-    for name in ("ingest_upload_job", "send_due_job"):
-        job = repo.get_job(name)
-        keys = job.asset_layer.selected_asset_keys
-        assert {dg.AssetKey("sent_emails"), campaign_daily} <= keys, name
+    upload_batches = dg.AssetKey(["analytics", "fct_upload_batches"])
+    assert repo.get_job("send_due_job").asset_layer.selected_asset_keys == {
+        dg.AssetKey("sent_emails")
+    }
+    keys = repo.get_job("ingest_upload_job").asset_layer.selected_asset_keys
+    assert {dg.AssetKey("sent_emails"), upload_batches} <= keys
+    assert campaign_daily not in keys
     for job in repo.get_all_jobs():
         assert job.executor_def.name == dg.in_process_executor.name, job.name
-    pools = {node.name: node.definition.pool for node in repo.get_job("send_due_job").graph.nodes}
+    pools = {n.name: n.definition.pool for n in repo.get_job("ingest_upload_job").graph.nodes}
     assert pools["sent_emails"] == "sends"
-    assert [p for n, p in pools.items() if n != "sent_emails"] == ["dbt"]
+    assert {p for n, p in pools.items() if n.startswith("analytics")} == {"dbt"}
+    assert {n.definition.pool for n in repo.get_job("analytics_job").graph.nodes} == {"dbt"}
 
 
 def _evaluate(database, instance):

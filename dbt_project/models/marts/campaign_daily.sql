@@ -3,7 +3,8 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='send_date',
-        on_schema_change='sync_all_columns'
+        on_schema_change='sync_all_columns',
+        tags=['daily']
     )
 }}
 

@@ -3,7 +3,8 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='event_date',
-        on_schema_change='sync_all_columns'
+        on_schema_change='sync_all_columns',
+        tags=['daily']
     )
 }}
 
@@ -30,15 +31,7 @@ daily as (
         count(*) filter (where is_machine) as machine_events,
         count(distinct sent_email_id) as messages
     from events
-    {% if var('start_date', none) is not none %}
-    where event_date between cast('{{ var("start_date") }}' as date)
-        and cast('{{ var("end_date", var("start_date")) }}' as date)
-    {% elif is_incremental() %}
-    where event_date in (
-        select distinct changed.event_date from {{ ref('fct_email_events') }} as changed
-        where changed.loaded_at > (select coalesce(max(loaded_at), '-infinity') from {{ this }})
-    )
-    {% endif %}
+    where {{ days_to_build('event_date', 'fct_email_events') }}
     group by event_date, tenant_id, campaign_id, event_type
 ),
 

@@ -3,17 +3,19 @@
         materialized='incremental',
         unique_key='email_event_id',
         incremental_strategy='merge',
-        on_schema_change='sync_all_columns'
+        on_schema_change='sync_all_columns',
+        tags=['daily']
     )
 }}
 
 {#- One row per engagement event, on the day it happened in its tenant's reporting time zone.
     Incremental on `recorded_at`, reaching back `fct_sends_lookback_hours` (transactions that
-    started earlier commit later). -#}
+    started earlier commit later). With vars `start_date` and `end_date`, every event of those
+    event days instead. -#}
 
 with events as (
     select * from {{ ref('stg_app__email_events') }}
-    {% if is_incremental() %}
+    {% if var('start_date', none) is none and is_incremental() %}
     where recorded_at >= (select coalesce(max(recorded_at), '-infinity') from {{ this }})
         - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
     {% endif %}
@@ -42,6 +44,9 @@ final as (
         cast('{{ run_started_at }}' as timestamptz) as loaded_at
     from events
     join tenants on tenants.tenant_id = events.tenant_id
+    {% if var('start_date', none) is not none %}
+    where {{ partition_days("(events.occurred_at at time zone tenants.reporting_timezone)::date") }}
+    {% endif %}
 )
 
 select * from final

@@ -4,6 +4,7 @@
         unique_key='sent_email_id',
         incremental_strategy='merge',
         on_schema_change='sync_all_columns',
+        tags=['daily'],
         pre_hook="set local enable_nestloop = off"
     )
 }}
@@ -11,7 +12,9 @@
 {#- One row per message, with what became of it. Incremental: each build merges the messages
     updated, or given an event, since the previous build, recomputing their outcomes from all
     of their events, so a late open (weeks after the send) reaches its message and its send
-    day. Both watermarks reach back `fct_sends_lookback_hours` (default 24): `updated_at` is the
+    day: the window is not a number of days but "changed since", so an event of any age counts.
+    With vars `start_date` and `end_date` (a Dagster partition range: a backfill, the nightly
+    repair) it recomputes every message of those send days instead. Both watermarks reach back `fct_sends_lookback_hours` (default 24): `updated_at` is the
     engine's clock for a whole batch and commits land out of order, and an event's
     `recorded_at` is its transaction's start; the merge makes the overlap harmless. -#}
 
@@ -32,7 +35,17 @@ tenants as not materialized (
     select * from {{ ref('stg_app__tenants') }}
 ),
 
-{% if is_incremental() %}
+{%- set by_days = var('start_date', none) is not none %}
+{% if by_days %}
+changed as (
+    select sent_emails.sent_email_id from sent_emails
+    join tenants on tenants.tenant_id = sent_emails.tenant_id
+    where {{ partition_days(
+        "(coalesce(sent_emails.sent_at, sent_emails.queued_at)"
+        ~ " at time zone tenants.reporting_timezone)::date"
+    ) }}
+),
+{% elif is_incremental() %}
 changed as (
     select sent_email_id from sent_emails
     where updated_at >= (select coalesce(max(updated_at), '-infinity') from {{ this }})
@@ -69,7 +82,7 @@ outcomes as (
         bool_or(events.event_type = 'complaint') as is_complained,
         max(events.recorded_at) as last_event_recorded_at
     from events
-    {% if is_incremental() %}
+    {% if by_days or is_incremental() %}
     join changed on changed.sent_email_id = events.sent_email_id
     {% endif %}
     where events.sent_email_id is not null
@@ -98,7 +111,7 @@ messages as (
     from sent_emails
     join tenants on tenants.tenant_id = sent_emails.tenant_id
     left join outcomes on outcomes.sent_email_id = sent_emails.sent_email_id
-    {% if is_incremental() %}
+    {% if by_days or is_incremental() %}
     where sent_emails.sent_email_id in (select sent_email_id from changed)
     {% endif %}
 ),

@@ -1,0 +1,190 @@
+"""The marts in Dagster: the freshness sensor over the source tables, its incremental refresh
+runs, and partition ranges that rebuild whole days, all through real dbt builds."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+from dagster_dbt import DbtCliResource
+
+from engine.sending.scheduler import send_due
+from engine.tracking.events import Event, write
+from orchestration import analytics
+from orchestration.definitions import defs
+from orchestration.resources import PostgresResource
+from tests.factories import dbt, seed_tenant
+
+
+def _resources(database) -> dict:
+    return {
+        "postgres": PostgresResource(
+            database_url=database.settings.database_url, penguin_home=str(database.settings.home)
+        ),
+        "dbt": DbtCliResource(
+            project_dir=analytics.dbt_project, dbt_executable=analytics.DBT_EXECUTABLE
+        ),
+    }
+
+
+def _tick(database, instance, cursor: str | None):
+    """One sensor evaluation: (its result, the cursor it left)."""
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=_resources(database)
+    ) as context:
+        result = analytics.analytics_freshness_sensor(context)
+        return result, context.cursor
+
+
+def _run(database, instance, tags: dict[str, str]) -> dg.ExecuteInProcessResult:
+    """`analytics_job` as the daemon would launch it for a request with these tags."""
+    result = dg.materialize(
+        [analytics.analytics_models, analytics.analytics_daily],
+        resources=_resources(database),
+        instance=instance,
+        tags={**analytics.DBT_TAGS, **tags},
+        raise_on_error=False,
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def _days(request: dg.RunRequest) -> tuple[str, str]:
+    tags = request.tags
+    return tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
+
+
+def _campaign_days(database) -> dict[date, tuple[int, int]]:
+    with database.analytics.connect() as conn:
+        rows = conn.execute(
+            sa.text("select send_date, sent, unique_opens from analytics_marts.campaign_daily")
+        ).all()
+    return {r.send_date: (r.sent, r.unique_opens) for r in rows}
+
+
+def test_the_sensor_refreshes_what_changed_and_a_partition_range_rebuilds_whole_days(
+    database, smtp_server, now, tmp_path
+):
+    """The refresh: the sensor asks for the days new sends and a late event touch, and the
+    incremental build counts them. The backfill: a range without the refresh tag recomputes
+    every message and daily row of its days from the raw tables, and no other day."""
+    sent_at = now - timedelta(days=3, hours=-13)  # 23:00 UTC, the next day in UTC+14
+    acme = seed_tenant(database, "acme", sent_at, tmp_path)
+    with database.owner.begin() as conn:
+        conn.execute(sa.text("update app.tenants set reporting_timezone = 'Pacific/Kiritimati'"))
+    send_due(database.app, smtp_server.server(), sent_at)
+    send_day = (sent_at + timedelta(hours=14)).date()
+    seed_tenant(database, "beta", now - timedelta(days=1), tmp_path)  # reports in UTC
+    send_due(database.app, smtp_server.server(), now - timedelta(days=1))
+    other_day = (now - timedelta(days=1)).date()
+
+    with dg.instance_for_test() as instance:
+        first, cursor = _tick(database, instance, None)
+        assert isinstance(first, dg.RunRequest), first
+        assert _days(first) == (send_day.isoformat(), other_day.isoformat())
+        assert first.tags[analytics.REFRESH_TAG] == "refresh"
+        # Nothing new since: no run.
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+
+        result = _run(database, instance, first.tags)
+        assert _campaign_days(database) == {send_day: (3, 0), other_day: (3, 0)}
+        materialized = {
+            (e.asset_key.to_user_string(), e.partition)
+            for e in result.get_asset_materialization_events()
+        }
+        assert ("analytics/campaign_daily", send_day.isoformat()) in materialized
+        assert ("analytics/dim_contacts", None) in materialized
+
+        # An open of a message sent days before, recorded now: its send day (the cohort) and
+        # today's event day both change; the range spans them.
+        with database.analytics.connect() as conn:
+            message = conn.execute(
+                sa.text("select id from app.sent_emails where tenant_id = :t limit 1"),
+                {"t": acme.tenant_id},
+            ).scalar_one()
+        opened = datetime.now(UTC)
+        write(database.app, [Event("open", acme.tenant_id, message, opened, "open:late")])
+        late, cursor = _tick(database, instance, cursor)
+        assert isinstance(late, dg.RunRequest)
+        today = (opened + timedelta(hours=14)).date()
+        last_key = analytics.ANALYTICS_DAYS.get_last_partition_key()
+        assert _days(late) == (send_day.isoformat(), min(today.isoformat(), last_key))
+        assert json.loads(cursor)["events"] >= opened.isoformat()[:10]
+
+        # While a refresh is queued or under way, no other is asked for; the change waits.
+        run = instance.create_run_for_job(job_def=defs.resolve_job_def("analytics_job"))
+        assert isinstance(_tick(database, instance, None)[0], dg.SkipReason)
+        instance.report_run_failed(run)
+
+        _run(database, instance, late.tags)
+        assert _campaign_days(database) == {send_day: (3, 1), other_day: (3, 0)}
+        with database.analytics.connect() as conn:
+            events = conn.execute(
+                sa.text("select event_date, events from analytics_marts.engagement_daily")
+            ).all()
+        assert [tuple(r) for r in events] == [(today, 1)]
+
+        # Damage both days in the marts (the analytics role owns them), in a way the data tests
+        # pass (the numbers still add up); rebuild the first day alone.
+        with database.analytics.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "update analytics_marts.campaign_daily "
+                    "set sent = 0, delivered = 0, unique_opens = 0"
+                )
+            )
+            conn.execute(sa.text("update analytics_marts.fct_sends set attempts = 99"))
+        result = _run(database, instance, _range(send_day, send_day))
+        assert _campaign_days(database) == {send_day: (3, 1), other_day: (0, 0)}
+        with database.analytics.connect() as conn:
+            attempts = conn.execute(
+                sa.text("select send_date, max(attempts) from analytics_marts.fct_sends group by 1")
+            ).all()
+        assert dict(attempts) == {send_day: 1, other_day: 99}
+        partitions = {
+            e.partition
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.path[-1] == "fct_sends"
+        }
+        assert partitions == {send_day.isoformat()}
+
+    # Numbers that do not add up fail the daily models' data test.
+    with database.analytics.begin() as conn:
+        conn.execute(sa.text("update analytics_marts.campaign_daily set sent = 1"))
+    output = dbt(database, "test", "--select", "campaign_daily", check=False)
+    assert re.search(r"FAIL 2 metrics_add_up_campaign_daily", output), output
+
+
+def _range(first: date, last: date) -> dict[str, str]:
+    return {
+        ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+        ASSET_PARTITION_RANGE_END_TAG: last.isoformat(),
+    }
+
+
+def test_the_repair_schedule_rebuilds_the_two_closed_days():
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 20, 12, 15, tzinfo=UTC)
+    )
+    request = analytics.analytics_repair_schedule(context)
+    assert _days(request) == ("2026-11-18", "2026-11-19")
+    assert analytics.REFRESH_TAG not in request.tags
+
+
+def test_days_before_the_first_partition_are_labelled_by_it():
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    assert analytics.partition_range((date(2020, 1, 1), date(2026, 11, 21)), now) == (
+        "2025-01-01",
+        "2026-11-21",
+    )
+    # No partition beyond the newest day any time zone is in.
+    assert analytics.partition_range((date(2026, 11, 20), date(2027, 1, 1)), now)[1] == (
+        "2026-11-21"
+    )
