@@ -188,6 +188,8 @@ def child_environment(
             # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), parent.get("PATH", "")]),
         )
+        if parent.get("PENGUIN_ANALYTICS_INTERVAL"):  # the freshness sensor's, in seconds
+            env["PENGUIN_ANALYTICS_INTERVAL"] = parent["PENGUIN_ANALYTICS_INTERVAL"]
         for name, value in (
             ("PENGUIN_APP_PASSWORD", settings.app_password),
             ("PENGUIN_ANALYTICS_PASSWORD", settings.analytics_password),

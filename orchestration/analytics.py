@@ -132,15 +132,6 @@ def analytics_models(
         yield from dbt.cli(BUILD, context=context).stream()
 
 
-#: The upload marts and what they read: what an upload run rebuilds (the dimensions, which read
-#: the daily facts too, follow with the refresh its sends bring on).
-UPLOAD_MARTS = (
-    dg.AssetSelection.assets(
-        *(dg.AssetKey(["analytics", name]) for name in ("fct_upload_rejects", "dim_tenants"))
-    ).upstream()
-    & MARTS
-)
-
 analytics_job = dg.define_asset_job(
     "analytics_job",
     selection=MARTS,
@@ -224,6 +215,16 @@ def partition_range(days: tuple[date, date], now: datetime) -> tuple[str, str]:
     return start, end
 
 
+def refresh_tags(days: tuple[date, date], now: datetime) -> dict[str, str]:
+    """The tags of a run that refreshes the marts: what changed, labelled as `days`."""
+    start, end = partition_range(days, now)
+    return {
+        REFRESH_TAG: "refresh",
+        ASSET_PARTITION_RANGE_START_TAG: start,
+        ASSET_PARTITION_RANGE_END_TAG: end,
+    }
+
+
 @dg.sensor(
     job=analytics_job,
     minimum_interval_seconds=int(os.environ.get("PENGUIN_ANALYTICS_INTERVAL", "30")),
@@ -247,14 +248,7 @@ def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: Po
     context.update_cursor(json.dumps(moved))
     if days is None:
         return dg.SkipReason("no new sends or events")
-    start, end = partition_range(days, utcnow())
-    return dg.RunRequest(
-        tags={
-            REFRESH_TAG: "refresh",
-            ASSET_PARTITION_RANGE_START_TAG: start,
-            ASSET_PARTITION_RANGE_END_TAG: end,
-        }
-    )
+    return dg.RunRequest(tags=refresh_tags(days, utcnow()))
 
 
 @dg.schedule(

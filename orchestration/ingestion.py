@@ -16,7 +16,7 @@ import pydantic
 import sqlalchemy as sa
 
 from engine.inbox import InboxOutcome, inbox_file, pending_files, process_file, read_file
-from orchestration.analytics import DBT_TAGS, UPLOAD_MARTS
+from orchestration import analytics
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 from orchestration.sending import SENDS_TAGS
@@ -209,16 +209,17 @@ def list_members_have_contacts(postgres: PostgresResource) -> dg.AssetCheckResul
 
 ingest_upload_job = dg.define_asset_job(
     "ingest_upload_job",
-    # Sending and the upload marts in the same run: one run start from a file to its report;
-    # the rest of the marts follow through the freshness sensor. Its tags (and the pools
-    # `sends`, `dbt`) keep it from overlapping another send run or dbt build.
+    # Sending and the marts in the same run: one run start from a file to the dashboards (the
+    # marts as a refresh, labelled with today's partition). Its tags (and the pools `sends`,
+    # `dbt`) keep it from overlapping another send run or dbt build.
     selection=dg.AssetSelection.assets(
         "upload_batches", "contacts", "contact_lists", "enrollments", "sent_emails"
     )
-    | UPLOAD_MARTS,
+    | analytics.MARTS,
+    partitions_def=analytics.ANALYTICS_DAYS,
     description="Ingest one uploaded file, enroll its contacts in active campaigns, send what "
-    "is due, and rebuild the upload marts.",
-    tags={**SENDS_TAGS, **DBT_TAGS},
+    "is due, and refresh the marts.",
+    tags={**SENDS_TAGS, **analytics.DBT_TAGS},
 )
 
 
@@ -236,6 +237,8 @@ def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresR
     file's content and moves nothing; every file, broken instructions included, is moved by
     its run."""
     uploads_dir = postgres.db.settings.uploads
+    now = utcnow()
+    today = now.date()
     requests = []
     for item in pending_files(uploads_dir, now_timestamp=time.time()):
         try:
@@ -247,7 +250,11 @@ def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresR
             dg.RunRequest(
                 run_key=f"upload:{relative}:{stat.st_size}:{stat.st_mtime_ns}",
                 run_config=dg.RunConfig(ops={"uploads": UploadConfig(path=relative)}),
-                tags={"penguin/tenant": item.tenant, "penguin/list": item.list_name},
+                tags={
+                    "penguin/tenant": item.tenant,
+                    "penguin/list": item.list_name,
+                    **analytics.refresh_tags((today, today), now),
+                },
             )
         )
     if not requests:

@@ -11,6 +11,7 @@ import dagster as dg
 
 from engine.config import PROJECT_ROOT
 from engine.sending.scheduler import send_due
+from orchestration import analytics
 from orchestration.definitions import defs
 from orchestration.resources import PostgresResource, SmtpResource
 from orchestration.sending import due_sends_sensor
@@ -71,23 +72,26 @@ def test_the_daily_marts_are_partitioned_by_day_and_the_rest_are_not():
     assert repo.get_job("analytics_job").asset_layer.selected_asset_keys == marts
 
 
-def test_runs_that_send_leave_the_daily_marts_to_the_refresh_and_run_in_their_pools():
-    """A send run only sends; the upload run rebuilds its own marts in the same run (one run
-    start from a file to its report) but not the daily ones, which need a partition; every
-    job runs its steps in its own process; the sending engine and dbt are in the pools the
-    instance limits to one run each."""
+def test_the_upload_run_refreshes_the_marts_a_send_run_leaves_them_to_the_sensor():
+    """One run start from an upload to updated dashboards: the upload run carries the dbt
+    models (a partitioned job, its runs tagged as refreshes); a send run only sends, and the
+    freshness sensor follows. Every job runs its steps in its own process; the sending engine
+    and dbt are in the pools the instance limits to one run each."""
     repo = defs.get_repository_def()
     campaign_daily = dg.AssetKey(["analytics", "campaign_daily"])
-    upload_batches = dg.AssetKey(["analytics", "fct_upload_batches"])
     assert repo.get_job("send_due_job").asset_layer.selected_asset_keys == {
         dg.AssetKey("sent_emails")
     }
-    keys = repo.get_job("ingest_upload_job").asset_layer.selected_asset_keys
-    assert {dg.AssetKey("sent_emails"), upload_batches} <= keys
-    assert campaign_daily not in keys
+    upload = repo.get_job("ingest_upload_job")
+    assert {dg.AssetKey("sent_emails"), campaign_daily} <= upload.asset_layer.selected_asset_keys
+    assert upload.partitions_def == analytics.ANALYTICS_DAYS
+    assert (
+        upload.tags["penguin/dbt"] == "build"
+        and "penguin/dbt" not in repo.get_job("send_due_job").tags
+    )
     for job in repo.get_all_jobs():
         assert job.executor_def.name == dg.in_process_executor.name, job.name
-    pools = {n.name: n.definition.pool for n in repo.get_job("ingest_upload_job").graph.nodes}
+    pools = {n.name: n.definition.pool for n in upload.graph.nodes}
     assert pools["sent_emails"] == "sends"
     assert {p for n, p in pools.items() if n.startswith("analytics")} == {"dbt"}
     assert {n.definition.pool for n in repo.get_job("analytics_job").graph.nodes} == {"dbt"}

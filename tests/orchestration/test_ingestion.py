@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 import dagster as dg
 import sqlalchemy as sa
 
 from engine.inbox import drop
-from orchestration import ingestion, sending
+from orchestration import analytics, ingestion, sending
 from orchestration.resources import PostgresResource
 from tests.factories import write_csv
 
@@ -58,6 +59,10 @@ def test_a_dropped_file_is_requested_once_and_loaded_once(database, tmp_path):
         assert first.run_key.startswith("upload:default/vip/")
         path = first.run_config["ops"]["uploads"]["config"]["path"]
         assert path == "default/vip/a.csv"
+        # Its run refreshes the marts too: a refresh, labelled with today's partition.
+        assert first.tags[analytics.REFRESH_TAG] == "refresh"
+        today = datetime.now(UTC).date().isoformat()
+        assert first.tags["dagster/asset_partition_range_start"] == today
 
         result = _run(database, instance, path)
         assert result.success
