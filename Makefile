@@ -31,8 +31,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+# sqlfluff's dbt templater compiles the models as dbt does, so it connects: to the database
+# `penguin env` points at (the embedded one, started and migrated if need be).
 lint: $(STAMP)
 	$(BIN)/ruff check engine orchestration dashboards tests benchmarks
+	$(BIN)/penguin db upgrade
+	eval "$$($(BIN)/penguin env)" && cd dbt_project && $(abspath $(BIN))/sqlfluff lint models
 
 # Removes what the build made here. State (database, mail, uploads) lives in PENGUIN_HOME: the
 # per-user data folder (`~/.local/share/penguinmails` on Linux) unless ./.penguin exists, which

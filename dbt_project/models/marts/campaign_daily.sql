@@ -8,4 +8,8 @@
     )
 }}
 
-{{ daily_model('campaign', ['campaign_id'], {'stg_app__campaigns': ['campaign_id', 'campaign_name']}) }}
+{{ daily_model(
+    'campaign',
+    ['campaign_id'],
+    {'stg_app__campaigns': ['campaign_id', 'campaign_name']}
+) }}

@@ -44,9 +44,9 @@ final as (
         coalesce(step_counts.steps, 0) as steps,
         coalesce(step_counts.email_steps, 0) as email_steps
     from campaigns
-    join tenants on tenants.tenant_id = campaigns.tenant_id
-    left join settings on settings.campaign_id = campaigns.campaign_id
-    left join step_counts on step_counts.campaign_id = campaigns.campaign_id
+    inner join tenants on campaigns.tenant_id = tenants.tenant_id
+    left join settings on campaigns.campaign_id = settings.campaign_id
+    left join step_counts on campaigns.campaign_id = step_counts.campaign_id
 )
 
 select * from final

@@ -14,7 +14,9 @@ sends as (
 ),
 
 lists as (
-    select contact_id, array_agg(list_name order by list_name) as lists
+    select
+        contact_id,
+        array_agg(list_name order by list_name) as lists
     from members
     group by contact_id
 ),
@@ -60,16 +62,16 @@ final as (
         case
             when contacts.contact_status <> 'active' then 0
             else least(
-                100,
-                5 * coalesce(activity.messages_opened, 0)
-                + 15 * coalesce(activity.messages_clicked, 0)
-                + 40 * coalesce(activity.messages_replied, 0)
-            )
+                    100,
+                    5 * coalesce(activity.messages_opened, 0)
+                    + 15 * coalesce(activity.messages_clicked, 0)
+                    + 40 * coalesce(activity.messages_replied, 0)
+                )
         end as engagement_score,
         contacts.created_at
     from contacts
-    left join lists on lists.contact_id = contacts.contact_id
-    left join activity on activity.contact_id = contacts.contact_id
+    left join lists on contacts.contact_id = lists.contact_id
+    left join activity on contacts.contact_id = activity.contact_id
 )
 
 select * from final

@@ -18,7 +18,7 @@ final as (
         senders.is_active,
         senders.created_at
     from senders
-    join tenants on tenants.tenant_id = senders.tenant_id
+    inner join tenants on senders.tenant_id = tenants.tenant_id
 )
 
 select * from final

@@ -21,7 +21,7 @@ final as (
         steps.has_variants,
         steps.removed_at is not null as is_removed
     from steps
-    join campaigns on campaigns.campaign_id = steps.campaign_id
+    inner join campaigns on steps.campaign_id = campaigns.campaign_id
 )
 
 select * from final

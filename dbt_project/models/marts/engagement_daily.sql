@@ -37,8 +37,9 @@ daily as (
 
 final as (
     select
-        {{ surrogate_key(['daily.event_date', 'daily.tenant_id', 'daily.campaign_id', 'daily.event_type']) }}
-            as engagement_day_id,
+        {{ surrogate_key(
+            ['daily.event_date', 'daily.tenant_id', 'daily.campaign_id', 'daily.event_type']
+        ) }} as engagement_day_id,
         daily.event_date,
         daily.tenant_id,
         tenants.tenant_name,
@@ -50,7 +51,7 @@ final as (
         daily.messages,
         cast('{{ run_started_at }}' as timestamptz) as loaded_at
     from daily
-    join tenants on tenants.tenant_id = daily.tenant_id
+    inner join tenants on daily.tenant_id = tenants.tenant_id
 )
 
 select * from final

@@ -43,7 +43,7 @@ final as (
         events.clicked_url,
         cast('{{ run_started_at }}' as timestamptz) as loaded_at
     from events
-    join tenants on tenants.tenant_id = events.tenant_id
+    inner join tenants on events.tenant_id = tenants.tenant_id
     {% if var('start_date', none) is not none %}
     where {{ partition_days("(events.occurred_at at time zone tenants.reporting_timezone)::date") }}
     {% endif %}

@@ -109,8 +109,8 @@ messages as (
         coalesce(outcomes.is_complained, false) as is_complained,
         outcomes.last_event_recorded_at
     from sent_emails
-    join tenants on tenants.tenant_id = sent_emails.tenant_id
-    left join outcomes on outcomes.sent_email_id = sent_emails.sent_email_id
+    inner join tenants on sent_emails.tenant_id = tenants.tenant_id
+    left join outcomes on sent_emails.sent_email_id = outcomes.sent_email_id
     {% if by_days or is_incremental() %}
     where sent_emails.sent_email_id in (select sent_email_id from changed)
     {% endif %}

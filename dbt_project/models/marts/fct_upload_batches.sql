@@ -40,7 +40,7 @@ final as (
         batches.finished_at,
         extract(epoch from batches.finished_at - batches.started_at) as duration_seconds
     from batches
-    join tenants on tenants.tenant_id = batches.tenant_id
+    inner join tenants on batches.tenant_id = tenants.tenant_id
 )
 
 select * from final

@@ -20,7 +20,7 @@ final as (
         rejects.reject_reason,
         rejects.raw_row
     from rejects
-    join batches on batches.upload_batch_id = rejects.upload_batch_id
+    inner join batches on rejects.upload_batch_id = batches.upload_batch_id
 )
 
 select * from final

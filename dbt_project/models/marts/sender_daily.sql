@@ -8,4 +8,8 @@
     )
 }}
 
-{{ daily_model('sender', ['sender_account_id'], {'stg_app__sender_accounts': ['sender_account_id', 'sender_email']}) }}
+{{ daily_model(
+    'sender',
+    ['sender_account_id'],
+    {'stg_app__sender_accounts': ['sender_account_id', 'sender_email']}
+) }}

@@ -8,4 +8,11 @@
     )
 }}
 
-{{ daily_model('step', ['campaign_id', 'step_id'], {'stg_app__campaigns': ['campaign_id', 'campaign_name'], 'stg_app__campaign_steps': ['step_id', 'step_key', 'step_name', 'step_order']}) }}
+{{ daily_model(
+    'step',
+    ['campaign_id', 'step_id'],
+    {
+        'stg_app__campaigns': ['campaign_id', 'campaign_name'],
+        'stg_app__campaign_steps': ['step_id', 'step_key', 'step_name', 'step_order'],
+    }
+) }}

@@ -14,7 +14,7 @@ renamed as (
         members.contact_id,
         members.added_at
     from members
-    join lists on lists.id = members.list_id
+    inner join lists on members.list_id = lists.id
 )
 
 select * from renamed
