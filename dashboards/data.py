@@ -8,7 +8,7 @@ pasted into SQL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import polars as pl
 import sqlalchemy as sa
@@ -130,7 +130,15 @@ def data_as_of_caption() -> str:
         return "No messages in the marts yet."
     return (
         f"Data as of {until:%Y-%m-%d %H:%M} UTC (the marts were built at {built:%H:%M} UTC; "
-        "they refresh after each send run and as events arrive)."
+        "they refresh within a minute or so of new sends and events)."
+    )
+
+
+def live_caption() -> str:
+    """ "Data as of" for the marts that are views (the upload batches): the moment read."""
+    return (
+        f"Data as of {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: upload batches are read live "
+        "(views over the database)."
     )
 
 

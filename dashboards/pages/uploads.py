@@ -198,6 +198,7 @@ def show_batches(waiting: list[inbox.InboxFile], frame: pl.DataFrame) -> None:
         if not waiting:
             st.info(f"Tenant {tenant} has no uploads yet.")
         return
+    st.caption(data.live_caption())
     shown = frame.with_columns(frame["upload_status"].replace_strict(STATUS, default="?"))
     st.dataframe(
         shown.drop("upload_batch_id", "column_mapping", "file_encoding", "file_delimiter"),

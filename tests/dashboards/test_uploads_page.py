@@ -96,6 +96,7 @@ def test_a_file_is_previewed_queued_with_its_mapping_and_followed_to_completion(
     assert not at.exception, at.exception
     batches = at.dataframe[1].value
     assert batches["upload_status"].tolist() == ["✅ completed"]
+    assert any(c.value.startswith("Data as of ") for c in at.caption), at.caption
     assert batches["upload_source"].tolist() == ["dashboard"]
     assert batches[["total_rows", "inserted_count", "rejected_count"]].values.tolist() == [
         [3, 2, 1]
