@@ -218,24 +218,28 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
         )
         assert [r["status"] for r in runs] == ["SUCCESS"] * len(runs), runs
         assert "ingest_upload_job" in {r["jobName"] for r in runs}
-        # The Dagster UI shows the assets, materialized by the demo run; the freshness sensor
-        # brings the daily marts on (a refresh run over the send day).
+        # The Dagster UI shows the assets, materialized by the demo run (the marts too: it
+        # refreshes them); the freshness sensor's refreshes follow the sends and opens.
         wanted = {"contacts", "enrollments", "sent_emails", "analytics/campaign_daily"}
         _wait_for(lambda: wanted <= _materialized(dagster_port), 180, "the marts refreshed")
         runs = _wait_for(
-            lambda: (r := _runs(dagster_port)) and all(x["endTime"] for x in r) and r,
+            lambda: (
+                (r := _runs(dagster_port))
+                and any(x["jobName"] == "analytics_job" and x["endTime"] for x in r)
+                and r
+            ),
             180,
-            "the refresh to finish",
+            "a refresh to finish",
         )
-        refreshes = [r for r in runs if r["jobName"] == "analytics_job"]
-        assert refreshes and {r["status"] for r in refreshes} == {"SUCCESS"}, refreshes
+        refreshes = [r for r in runs if r["jobName"] == "analytics_job" and r["endTime"]]
+        assert {r["status"] for r in refreshes} == {"SUCCESS"}, refreshes
         # Two dbt builds at once fail ("relation already exists"): the run queue starts the
         # runs that build marts (the upload run, the refreshes the sensor asks for while it
         # sends) one at a time.
         builds = sorted(
-            (r["startTime"], r["endTime"])
+            (r["startTime"], r["endTime"] or float("inf"))
             for r in runs
-            if r["jobName"] in ("ingest_upload_job", "analytics_job")
+            if r["jobName"] in ("ingest_upload_job", "analytics_job") and r["startTime"]
         )
         assert len(builds) >= 2
         for (_, ended), (started, _) in zip(builds, builds[1:], strict=False):
