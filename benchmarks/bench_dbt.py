@@ -11,8 +11,13 @@ command to its exit, with no marts yet. Then one new day: another generated tena
 of the messages and events, all on the last day. Incremental: `dbt build` again, timed the same
 way. The line also prints the generation's time (not part of the ratio).
 
-The freshness lag under `penguin up` with the demo audience is not measured here yet (the
-marts' freshness automation is still to come).
+Then the freshness lag (`--freshness-seconds`, 0 to skip): `penguin up --demo` in another
+temporary home, its demo audience acting at `--pace`; for `--freshness-seconds` the benchmark
+polls, once a second, the newest `sent_emails.updated_at` and `email_events.recorded_at` in the
+app tables and in the marts (`fct_sends`, `fct_email_events`, as the dashboards' role reads
+them). A change's lag is from its own timestamp (the database's clock, when it was written) to
+the poll that first finds the marts holding it; the line prints the median and the largest.
+`--freshness-only` measures that alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
+from bench_latency import start_penguin_up, stop  # noqa: E402
 from bench_send import log  # noqa: E402
 
 from engine import migrate  # noqa: E402
@@ -74,13 +80,95 @@ def dbt_build(db: Database, target: Path) -> float:
     return seconds
 
 
+_APP_NEWEST = sa.text(
+    """
+    select (select max(updated_at) from app.sent_emails where updated_at > :sends) as sends,
+           (select max(recorded_at) from app.email_events where recorded_at > :events) as events
+    """
+)
+_MART_NEWEST = sa.text(
+    """
+    select (select max(updated_at) from analytics_marts.fct_sends) as sends,
+           (select max(recorded_at) from analytics_marts.fct_email_events) as events
+    """
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def freshness_lag(seconds: float, pace: float) -> list[float]:
+    """The lags (s) of the changes written while `penguin up --demo` runs for `seconds`."""
+    import warnings
+
+    with tempfile.TemporaryDirectory(prefix="bench-fresh-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        proc, _ = start_penguin_up(home, "--demo", extra={"PENGUIN_DEMO_PACE": str(pace)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            db = Database(Settings.from_env({"PENGUIN_HOME": str(home)}))
+        seen = {"sends": _EPOCH, "events": _EPOCH}
+        waiting: list[tuple[str, datetime]] = []  # (table, newest change) not in the marts yet
+        lags: list[float] = []
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                with db.owner.connect() as conn:
+                    row = conn.execute(_APP_NEWEST, seen).one()
+                for kind in seen:
+                    if getattr(row, kind) is not None:
+                        seen[kind] = getattr(row, kind)
+                        waiting.append((kind, seen[kind]))
+                try:
+                    with db.dashboards.connect() as conn:
+                        marts = conn.execute(_MART_NEWEST).one()
+                except sa.exc.ProgrammingError:  # not built yet
+                    marts = None
+                now = datetime.now(UTC)
+                for item in list(waiting):
+                    kind, at = item
+                    held = getattr(marts, kind) if marts is not None else None
+                    if held is not None and held >= at:
+                        lags.append((now - at).total_seconds())
+                        waiting.remove(item)
+                time.sleep(1)
+        finally:
+            stop(proc)
+            db.dispose()
+            from engine.embedded import stop_embedded_postgres
+
+            stop_embedded_postgres(db.settings)
+        if waiting:
+            log(f"{len(waiting)} changes not in the marts when the clock stopped")
+        return lags
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sends", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--freshness-seconds", type=float, default=300)
+    parser.add_argument("--pace", type=float, default=0.2, help="the demo audience's pace")
+    parser.add_argument("--freshness-only", action="store_true")
     args = parser.parse_args()
     os.environ["DO_NOT_TRACK"] = "1"
+    fields = ""
+    if not args.freshness_only:
+        fields = build_twice(args)
+    lag = ""
+    if args.freshness_seconds > 0:
+        lags = sorted(freshness_lag(args.freshness_seconds, args.pace))
+        if lags:
+            median = lags[len(lags) // 2]
+            lag = f" freshness_lag_median_s={median:.0f} freshness_lag_max_s={lags[-1]:.0f}"
+            lag += f" freshness_changes={len(lags)} freshness_target_s=300"
+        log(f"freshness: {len(lags)} changes, lags {lag or '(none)'}")
+    print(f"BENCH dbt {fields}{lag}".rstrip(), flush=True)
+    return 0
+
+
+def build_twice(args: argparse.Namespace) -> str:
+    """The full and the incremental build; the line's fields."""
     with tempfile.TemporaryDirectory(prefix="bench-dbt-") as tmp:
         work = Path(tmp)
         settings = Settings(home=work / "home", database_url=None)
@@ -111,14 +199,15 @@ def main() -> int:
         generate(db, day, now, log)
         incremental_s = dbt_build(db, work / "target")
         log(f"incremental build after one new day: {incremental_s:.1f} s")
-        print(
-            f"BENCH dbt seconds={incremental_s:.1f} baseline_seconds={full_s:.1f} "
-            f"ratio={incremental_s / full_s:.2f} target_ratio=0.1 full_target_seconds=120 "
-            f"messages={done.messages} events={done.events} generate_seconds={generate_s:.0f}",
-            flush=True,
-        )
         db.dispose()
-    return 0
+        from engine.embedded import stop_embedded_postgres
+
+        stop_embedded_postgres(settings)
+    return (
+        f"seconds={incremental_s:.1f} baseline_seconds={full_s:.1f} "
+        f"ratio={incremental_s / full_s:.2f} target_ratio=0.1 full_target_seconds=120 "
+        f"messages={done.messages} events={done.events} generate_seconds={generate_s:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def mart_count(db: Database, tenant: str) -> int:
         return 0
 
 
-def start_penguin_up(home: Path) -> tuple[subprocess.Popen, list[str]]:
+def start_penguin_up(
+    home: Path, *args: str, extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, list[str]]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -116,8 +118,9 @@ def start_penguin_up(home: Path) -> tuple[subprocess.Popen, list[str]]:
         DO_NOT_TRACK="1",
         COLUMNS="200",
     )
+    env.update(extra or {})
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from engine.cli import main; main()", "up"],
+        [sys.executable, "-c", "from engine.cli import main; main()", "up", *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -1,20 +1,22 @@
 """Analytics: the dbt project as Dagster assets, kept fresh by a sensor on the source tables.
 
-Two asset definitions over one dbt project:
+Two asset definitions over one dbt project, each one `dbt build` when it runs:
 
-* `analytics_daily`: the models tagged `daily` (the facts and the per-day models), partitioned
-  by reporting day (`ANALYTICS_DAYS`). A partition range becomes one `dbt build` with the vars
-  `start_date` and `end_date`, which rebuild exactly those days from the raw tables: a backfill
-  from the UI, the nightly repair.
-* `analytics_models`: everything else (staging views, dimensions, upload marts), unpartitioned.
+* `analytics_daily`: the models tagged `partitioned`: the facts and the per-day models,
+  partitioned by reporting day (`ANALYTICS_DAYS`), and the staging views they read (views: a
+  build for any day range is the same view). A partition range becomes one `dbt build` with
+  the vars `start_date` and `end_date`, which rebuild exactly those days from the raw tables:
+  a backfill from the UI, the nightly repair.
+* `analytics_models`: everything else (the dimensions, the upload marts), unpartitioned and
+  downstream of the first only, so a run is those two steps in that order.
 
 `analytics_freshness_sensor` watches `sent_emails.updated_at` and `email_events.recorded_at`
 (BRIN-indexed, so a tick reads only the newest blocks). When either moved it asks for one run of
 `analytics_job` over the range of reporting days the new rows touch, tagged as a refresh: dbt
 then builds incrementally, merging only the messages and events that changed and rebuilding
 only the days they belong to. So a send or an event reaches the marts one sensor interval plus
-one build after it is written, whatever ran it (a send run, the tracking server, a mailbox
-poll, an import).
+one build after it is written, whatever wrote it (a send run, the tracking server, a mailbox
+poll, an import). An upload run refreshes the marts itself, in the same run.
 
 All dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes) and the run
 tag `DBT_TAGS`, because two at once fail with "relation already exists".
@@ -53,8 +55,8 @@ DBT_TAGS = {"penguin/dbt": "build"}
 #: Run tag of a refresh the sensor asked for: dbt builds what changed since its last build
 #: (the partition range only records which days that touched), not the whole range.
 REFRESH_TAG = "penguin/analytics"
-#: The dbt tag of the day-partitioned models.
-DAILY_TAG = "daily"
+#: The dbt tag of the models built per partition range (dbt_project.yml, the models' configs).
+PARTITIONED_TAG = "partitioned"
 
 #: One partition per reporting day. A day is a label (`send_date`, `event_date`), the same for
 #: every tenant, each in its own time zone; the partitions' own zone is the earliest in the
@@ -105,7 +107,7 @@ def build_args(context: dg.AssetExecutionContext) -> list[str]:
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
-    select=f"tag:{DAILY_TAG}",
+    select=f"tag:{PARTITIONED_TAG}",
     dagster_dbt_translator=PenguinDbtTranslator(),
     partitions_def=ANALYTICS_DAYS,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -121,7 +123,7 @@ def analytics_daily(
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
-    exclude=f"tag:{DAILY_TAG}",
+    exclude=f"tag:{PARTITIONED_TAG}",
     dagster_dbt_translator=PenguinDbtTranslator(),
     pool=DBT_POOL,
 )

@@ -103,6 +103,7 @@ def test_the_sensor_refreshes_what_changed_and_a_partition_range_rebuilds_whole_
         }
         assert ("analytics/campaign_daily", send_day.isoformat()) in materialized
         assert ("analytics/dim_contacts", None) in materialized
+        assert ("analytics/stg_app__sent_emails", send_day.isoformat()) in materialized
 
         # An open of a message sent days before, recorded now: its send day (the cohort) and
         # today's event day both change; the range spans them.

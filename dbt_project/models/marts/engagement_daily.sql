@@ -4,7 +4,7 @@
         incremental_strategy='delete+insert',
         unique_key='event_date',
         on_schema_change='sync_all_columns',
-        tags=['daily']
+        tags=['partitioned']
     )
 }}
 

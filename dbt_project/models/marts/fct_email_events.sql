@@ -4,7 +4,7 @@
         unique_key='email_event_id',
         incremental_strategy='merge',
         on_schema_change='sync_all_columns',
-        tags=['daily']
+        tags=['partitioned']
     )
 }}
 

@@ -4,7 +4,7 @@
         unique_key='sent_email_id',
         incremental_strategy='merge',
         on_schema_change='sync_all_columns',
-        tags=['daily'],
+        tags=['partitioned'],
         pre_hook="set local enable_nestloop = off"
     )
 }}
