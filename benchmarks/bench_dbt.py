@@ -163,7 +163,7 @@ def main() -> int:
             lag = f" freshness_lag_median_s={median:.0f} freshness_lag_max_s={lags[-1]:.0f}"
             lag += f" freshness_changes={len(lags)} freshness_target_s=300"
         log(f"freshness: {len(lags)} changes, lags {lag or '(none)'}")
-    print(f"BENCH dbt {fields}{lag}".rstrip(), flush=True)
+    print(" ".join(["BENCH dbt", fields.strip(), lag.strip()]).replace("  ", " "), flush=True)
     return 0
 
 

@@ -152,19 +152,27 @@ _ACTIVE = [
     dg.DagsterRunStatus.STARTED,
 ]
 
-#: The reporting days that rows written after the watermarks touch (a message's send day, an
-#: event's day and its message's send day), and the new watermarks. Run as the analytics role,
-#: across tenants; the BRIN indexes on both columns keep it to the newest blocks.
+#: How far before its watermark the sensor looks again: a transaction that started earlier
+#: (its timestamps are older than rows already seen) may commit after a tick.
+LOOKBACK = timedelta(minutes=10)
+
+#: The rows written since `LOOKBACK` before each watermark: the reporting days they touch (a
+#: message's send day, an event's day and its message's send day), their newest timestamps,
+#: how many there are, and how many are within `LOOKBACK` of the newest (the next tick's
+#: count). Run as the analytics role, across tenants; the BRIN indexes on both columns keep
+#: it to the newest blocks.
 _CHANGED_DAYS = sa.text(
     """
     with new_sends as (
-        select tenant_id, coalesce(sent_at, queued_at) as at, updated_at
+        select tenant_id, coalesce(sent_at, queued_at) as at, updated_at as stamp
         from app.sent_emails where updated_at > :sends_since
     ),
     new_events as (
-        select tenant_id, sent_email_id, occurred_at, recorded_at
+        select tenant_id, sent_email_id, occurred_at, recorded_at as stamp
         from app.email_events where recorded_at > :events_since
     ),
+    sends_mark as (select max(stamp) as mark from new_sends),
+    events_mark as (select max(stamp) as mark from new_events),
     touched as (
         select tenant_id, at from new_sends
         union all
@@ -180,8 +188,14 @@ _CHANGED_DAYS = sa.text(
     select
         (select min(day) from days) as first_day,
         (select max(day) from days) as last_day,
-        (select max(updated_at) from new_sends) as sends_watermark,
-        (select max(recorded_at) from new_events) as events_watermark
+        (select mark from sends_mark) as sends_mark,
+        (select count(*) from new_sends) as sends_seen,
+        (select count(*) from new_sends, sends_mark where stamp > mark - :lookback)
+            as sends_recent,
+        (select mark from events_mark) as events_mark,
+        (select count(*) from new_events) as events_seen,
+        (select count(*) from new_events, events_mark where stamp > mark - :lookback)
+            as events_recent
     """
 )
 
@@ -190,21 +204,38 @@ _WATERMARKS = ("sends", "events")
 
 
 def changed_days(
-    conn: sa.Connection, cursor: Mapping[str, str]
-) -> tuple[tuple[date, date] | None, dict[str, str]]:
-    """The range of reporting days rows written since `cursor` touch (None: nothing new), and
-    the cursor past them."""
-    since = {k: datetime.fromisoformat(cursor.get(k, _EPOCH.isoformat())) for k in _WATERMARKS}
-    row = conn.execute(
-        _CHANGED_DAYS, {"sends_since": since["sends"], "events_since": since["events"]}
-    ).one()
-    moved = {
-        "sends": (row.sends_watermark or since["sends"]).isoformat(),
-        "events": (row.events_watermark or since["events"]).isoformat(),
-    }
-    if row.first_day is None:
+    conn: sa.Connection, cursor: Mapping[str, Any]
+) -> tuple[tuple[date, date] | None, dict[str, Any]]:
+    """The range of reporting days that rows written since `cursor` touch (None: nothing new),
+    and the cursor past them.
+
+    The cursor holds, per table, the newest timestamp seen and how many rows were within
+    `LOOKBACK` of it. A row is new if it is newer, or if that count grew: a transaction that
+    began before the newest row seen, and committed after the tick that saw it."""
+    marks = {k: datetime.fromisoformat(cursor.get(k, _EPOCH.isoformat())) for k in _WATERMARKS}
+    counts = {k: int(cursor.get(f"{k}_recent", 0)) for k in _WATERMARKS}
+    row = (
+        conn.execute(
+            _CHANGED_DAYS,
+            {
+                "sends_since": marks["sends"] - LOOKBACK,
+                "events_since": marks["events"] - LOOKBACK,
+                "lookback": LOOKBACK,
+            },
+        )
+        .one()
+        ._mapping
+    )
+    moved: dict[str, Any] = {}
+    changed = False
+    for kind in _WATERMARKS:
+        mark = row[f"{kind}_mark"]
+        changed |= (mark is not None and mark > marks[kind]) or row[f"{kind}_seen"] > counts[kind]
+        moved[kind] = (mark or marks[kind]).isoformat()
+        moved[f"{kind}_recent"] = row[f"{kind}_recent"] if mark is not None else counts[kind]
+    if not changed or row["first_day"] is None:
         return None, moved
-    return (row.first_day, row.last_day), moved
+    return (row["first_day"], row["last_day"]), moved
 
 
 def partition_range(days: tuple[date, date], now: datetime) -> tuple[str, str]:

@@ -94,6 +94,21 @@ def test_the_sensor_refreshes_what_changed_and_a_partition_range_rebuilds_whole_
         assert first.tags[analytics.REFRESH_TAG] == "refresh"
         # Nothing new since: no run.
         assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+        # A message changed by a transaction that began before the newest change seen, and
+        # committed after that tick: older than the watermark, and still found.
+        newest = datetime.fromisoformat(json.loads(cursor)["sends"])
+        with database.owner.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "update app.sent_emails set updated_at = :at where id = "
+                    "(select id from app.sent_emails where tenant_id = :t limit 1)"
+                ),
+                {"at": newest - timedelta(minutes=1), "t": acme.tenant_id},
+            )
+        late_commit, cursor = _tick(database, instance, cursor)
+        assert isinstance(late_commit, dg.RunRequest), late_commit
+        assert _days(late_commit)[0] == send_day.isoformat()
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
 
         result = _run(database, instance, first.tags)
         assert _campaign_days(database) == {send_day: (3, 0), other_day: (3, 0)}
