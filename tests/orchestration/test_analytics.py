@@ -137,7 +137,9 @@ def test_the_sensor_refreshes_what_changed_and_a_partition_range_rebuilds_whole_
         assert json.loads(cursor)["events"] >= opened.isoformat()[:10]
 
         # While a refresh is queued or under way, no other is asked for; the change waits.
-        run = instance.create_run_for_job(job_def=defs.resolve_job_def("analytics_job"))
+        run = instance.create_run_for_job(
+            job_def=defs.resolve_job_def("analytics_job"), status=dg.DagsterRunStatus.STARTED
+        )
         assert isinstance(_tick(database, instance, None)[0], dg.SkipReason)
         instance.report_run_failed(run)
 

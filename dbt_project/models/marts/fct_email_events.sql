@@ -4,7 +4,8 @@
         unique_key='email_event_id',
         incremental_strategy='merge',
         on_schema_change='sync_all_columns',
-        tags=['partitioned']
+        tags=['partitioned'],
+        indexes=[{'columns': ['loaded_at']}, {'columns': ['recorded_at']}]
     )
 }}
 

@@ -5,7 +5,12 @@
         incremental_strategy='merge',
         on_schema_change='sync_all_columns',
         tags=['partitioned'],
-        pre_hook="set local enable_nestloop = off"
+        pre_hook="set local enable_nestloop = off",
+        indexes=[
+            {'columns': ['loaded_at']},
+            {'columns': ['updated_at']},
+            {'columns': ['last_event_recorded_at']},
+        ]
     )
 }}
 
@@ -14,9 +19,13 @@
     of their events, so a late open (weeks after the send) reaches its message and its send
     day: the window is not a number of days but "changed since", so an event of any age counts.
     With vars `start_date` and `end_date` (a Dagster partition range: a backfill, the nightly
-    repair) it recomputes every message of those send days instead. Both watermarks reach back `fct_sends_lookback_hours` (default 24): `updated_at` is the
-    engine's clock for a whole batch and commits land out of order, and an event's
-    `recorded_at` is its transaction's start; the merge makes the overlap harmless. -#}
+    repair) it recomputes every message of those send days instead. Both watermarks reach back
+    `fct_sends_lookback_hours` (default 24): `updated_at` is the engine's clock for a whole
+    batch and commits land out of order, and an event's `recorded_at` is its transaction's
+    start; the merge makes the overlap harmless. -#}
+
+{#- Indexed on what incremental builds look up: each watermark's max(), and `loaded_at` (the
+    rows a build wrote: the daily models' days to rebuild, the data tests' rows). -#}
 
 {#- The import CTEs are inlined (`not materialized`): each is read twice on an incremental
     build, and a materialized CTE has no statistics, which once planned a nested loop over all
