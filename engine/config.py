@@ -18,7 +18,15 @@ class ConfigError(ValueError):
     """A setting a user gave cannot be used; the message names the variable."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    most: int = 65535,
+    what: str = "a TCP port",
+) -> int:
+    """`name` as a whole number from 1 to `most` (default: a TCP port)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -26,8 +34,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if not 0 < value < 65536:
-        raise ConfigError(f"{name}={value} is not a TCP port (1-65535)")
+    if not 0 < value <= most:
+        raise ConfigError(f"{name}={value} is not {what} (1-{most})")
     return value
 
 
@@ -94,6 +102,8 @@ class Settings:
     #: The key tracking links are signed with; None: the one stored under `home`
     #: (`engine.tracking.tokens.secret_key`).
     secret_key: str | None = None
+    #: Seconds between two looks of the freshness sensor at new sends and events.
+    analytics_interval: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -116,6 +126,13 @@ class Settings:
             tracking_port=_int(env, "PENGUIN_TRACKING_PORT", cls.tracking_port),
             public_url=_url(env, "PENGUIN_PUBLIC_URL"),
             secret_key=env.get("PENGUIN_SECRET_KEY") or None,
+            analytics_interval=_int(
+                env,
+                "PENGUIN_ANALYTICS_INTERVAL",
+                cls.analytics_interval,
+                most=86_400,
+                what="a number of seconds",
+            ),
         )
 
     @property

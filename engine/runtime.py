@@ -187,9 +187,9 @@ def child_environment(
             PENGUIN_SMTP_SINK_PORT=str(settings.smtp_sink_port),
             # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), parent.get("PATH", "")]),
+            # The freshness sensor's, checked here (Settings) before Dagster reads it.
+            PENGUIN_ANALYTICS_INTERVAL=str(settings.analytics_interval),
         )
-        if parent.get("PENGUIN_ANALYTICS_INTERVAL"):  # the freshness sensor's, in seconds
-            env["PENGUIN_ANALYTICS_INTERVAL"] = parent["PENGUIN_ANALYTICS_INTERVAL"]
         for name, value in (
             ("PENGUIN_APP_PASSWORD", settings.app_password),
             ("PENGUIN_ANALYTICS_PASSWORD", settings.analytics_password),

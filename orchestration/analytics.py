@@ -38,7 +38,7 @@ from dagster._core.storage.tags import (
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from engine import dbt_manifest
-from engine.config import DBT_PROJECT_DIR
+from engine.config import DBT_PROJECT_DIR, Settings
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
@@ -261,7 +261,7 @@ def refresh_tags(days: tuple[date, date], now: datetime) -> dict[str, str]:
 
 @dg.sensor(
     job=analytics_job,
-    minimum_interval_seconds=int(os.environ.get("PENGUIN_ANALYTICS_INTERVAL", "30")),
+    minimum_interval_seconds=Settings.from_env().analytics_interval,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Starts an incremental analytics_job run over the reporting days that new sends and "

@@ -69,6 +69,9 @@ def test_bad_port_setting_names_the_variable(env):
     result = run(["db", "upgrade"], {**env, "PENGUIN_SMTP_SINK_PORT": "twenty"})
     assert result.returncode == 2
     assert "PENGUIN_SMTP_SINK_PORT='twenty' is not a whole number" in result.stderr
+    result = run(["db", "upgrade"], {**env, "PENGUIN_ANALYTICS_INTERVAL": "0"})
+    assert result.returncode == 2
+    assert "PENGUIN_ANALYTICS_INTERVAL=0 is not a number of seconds (1-86400)" in result.stderr
 
 
 def test_db_upgrade_reports_the_revision(env):
