@@ -17,8 +17,9 @@
 with events as (
     select * from {{ ref('stg_app__email_events') }}
     {% if var('start_date', none) is none and is_incremental() %}
-    where recorded_at >= (select coalesce(max(recorded_at), '-infinity') from {{ this }})
-        - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+    where recorded_at >= (
+            select coalesce(max(loaded.recorded_at), '-infinity') from {{ this }} as loaded
+        ) - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
     {% endif %}
 ),
 

@@ -56,14 +56,18 @@ changed as (
 ),
 {% elif is_incremental() %}
 changed as (
-    select sent_email_id from sent_emails
-    where updated_at >= (select coalesce(max(updated_at), '-infinity') from {{ this }})
-        - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+    select sent_emails.sent_email_id from sent_emails
+    where sent_emails.updated_at >= (
+            select coalesce(max(loaded.updated_at), '-infinity') from {{ this }} as loaded
+        ) - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
     union
-    select sent_email_id from events
-    where sent_email_id is not null
-      and recorded_at >= (select coalesce(max(last_event_recorded_at), '-infinity') from {{ this }})
-        - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+    select events.sent_email_id from events
+    where
+        events.sent_email_id is not null
+        and events.recorded_at >= (
+            select coalesce(max(loaded.last_event_recorded_at), '-infinity')
+            from {{ this }} as loaded
+        ) - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
 ),
 {% endif %}
 
@@ -92,7 +96,7 @@ outcomes as (
         max(events.recorded_at) as last_event_recorded_at
     from events
     {% if by_days or is_incremental() %}
-    join changed on changed.sent_email_id = events.sent_email_id
+    inner join changed on events.sent_email_id = changed.sent_email_id
     {% endif %}
     where events.sent_email_id is not null
     group by events.sent_email_id
@@ -121,7 +125,7 @@ messages as (
     inner join tenants on sent_emails.tenant_id = tenants.tenant_id
     left join outcomes on sent_emails.sent_email_id = outcomes.sent_email_id
     {% if by_days or is_incremental() %}
-    where sent_emails.sent_email_id in (select sent_email_id from changed)
+    where sent_emails.sent_email_id in (select changed.sent_email_id from changed)
     {% endif %}
 ),
 
