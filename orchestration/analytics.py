@@ -39,6 +39,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 
 from engine import dbt_manifest
 from engine.config import DBT_PROJECT_DIR, Settings
+from engine.dbt_manifest import BUILD
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
@@ -89,11 +90,6 @@ class PenguinDbtTranslator(DagsterDbtTranslator):
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return "analytics"
-
-
-#: `dbt build` as Dagster runs it: the models and their data tests. The unit tests check the
-#: models' logic on fixed inputs; they run where the logic changes (`dbt build` by hand, CI).
-BUILD = ["build", "--exclude-resource-type", "unit_test"]
 
 
 def build_args(context: dg.AssetExecutionContext) -> list[str]:

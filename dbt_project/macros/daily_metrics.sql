@@ -42,16 +42,20 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- Which days a daily model rebuilds: with vars `start_date` and `end_date`, those days;
-    incrementally, the days (`day` of `model`) of the rows merged into `model` since this
-    model's last build (a late event's message brings its day back); otherwise every day. -#}
+{#- Which days a daily model rebuilds, as a predicate on its source's rows (`day` and
+    `tenant_id`): with vars `start_date` and `end_date`, those days; incrementally, the tenants'
+    days (`day` of `model`) of the rows merged into `model` since this model's last build (a late
+    event's message brings its send day back), which the source's (tenant_id, day) index finds;
+    otherwise every day. The models' unique key is (tenant_id, day): delete+insert replaces
+    exactly those tenants' days. -#}
 {% macro days_to_build(day, model) -%}
     {%- if var('start_date', none) is not none -%}
         {{ partition_days(day) }}
     {%- elif is_incremental() -%}
-        {{ day }} in (
-            select distinct changed.{{ day }} from {{ ref(model) }} as changed
-            where changed.loaded_at > (select coalesce(max(loaded_at), '-infinity') from {{ this }})
+        (tenant_id, {{ day }}) in (
+            select distinct changed.tenant_id, changed.{{ day }}
+            from {{ ref(model) }} as changed
+            where changed.loaded_at > {{ newest(this, 'loaded_at') }}
         )
     {%- else -%}
         true

@@ -2,7 +2,7 @@
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
-        unique_key='event_date',
+        unique_key=['tenant_id', 'event_date'],
         on_schema_change='sync_all_columns',
         tags=['partitioned']
     )

@@ -5,8 +5,11 @@
         incremental_strategy='merge',
         on_schema_change='sync_all_columns',
         tags=['partitioned'],
-        pre_hook="set local enable_nestloop = off",
+        pre_hook="set local enable_nestloop = {{
+            'on' if is_incremental() and var('start_date', none) is none else 'off' }}",
         indexes=[
+            {'columns': ['sent_email_id'], 'unique': True},
+            {'columns': ['tenant_id', 'send_date']},
             {'columns': ['loaded_at']},
             {'columns': ['updated_at']},
             {'columns': ['last_event_recorded_at']},
@@ -20,18 +23,24 @@
     day: the window is not a number of days but "changed since", so an event of any age counts.
     With vars `start_date` and `end_date` (a Dagster partition range: a backfill, the nightly
     repair) it recomputes every message of those send days instead. Both watermarks reach back
-    `fct_sends_lookback_hours` (default 24): `updated_at` is the engine's clock for a whole
+    `fct_sends_lookback_hours` (default 2): `updated_at` is the engine's clock for a whole
     batch and commits land out of order, and an event's `recorded_at` is its transaction's
-    start; the merge makes the overlap harmless. -#}
+    start, so a row can commit after a build that saw later ones; two hours is far longer than
+    any of the engine's transactions (a send batch, an import), the merge makes the overlap
+    harmless, and the nightly repair rebuilds the two days before whatever slipped past. -#}
 
-{#- Indexed on what incremental builds look up: each watermark's max(), and `loaded_at` (the
-    rows a build wrote: the daily models' days to rebuild, the data tests' rows). -#}
+{#- Indexed on what incremental builds look up: `sent_email_id` (the merge's key, unique), each
+    watermark's max(), `loaded_at` (the rows a build wrote: the daily models' days to rebuild,
+    the data tests' rows) and (tenant_id, send_date) (the rows of a day the daily models
+    rebuild). -#}
 
 {#- The import CTEs are inlined (`not materialized`): each is read twice on an incremental
     build, and a materialized CTE has no statistics, which once planned a nested loop over all
-    messages times all events (50 s for 30,000 messages). And its joins are hash joins, whatever
-    the statistics say: on tables just written (a big send or import, not analyzed yet) the
-    planner took the few rows it expected for a nested loop over them all. -#}
+    messages times all events (50 s for 30,000 messages). A full build or a day range joins by
+    hash, whatever the statistics say: on tables just written (a big send or import, not
+    analyzed yet) the planner took the few rows it expected for a nested loop over them all. An
+    incremental build, the few thousand messages that changed, looks each one up by index (its
+    events, its row here), which only a nested loop does. -#}
 with sent_emails as not materialized (
     select * from {{ ref('stg_app__sent_emails') }}
 ),
@@ -47,8 +56,11 @@ tenants as not materialized (
 {%- set by_days = var('start_date', none) is not none %}
 {% if by_days %}
 changed as (
-    select sent_emails.sent_email_id from sent_emails
-    join tenants on tenants.tenant_id = sent_emails.tenant_id
+    select
+        sent_emails.tenant_id,
+        sent_emails.sent_email_id
+    from sent_emails
+    inner join tenants on sent_emails.tenant_id = tenants.tenant_id
     where {{ partition_days(
         "(coalesce(sent_emails.sent_at, sent_emails.queued_at)"
         ~ " at time zone tenants.reporting_timezone)::date"
@@ -56,50 +68,74 @@ changed as (
 ),
 {% elif is_incremental() %}
 changed as (
-    select sent_emails.sent_email_id from sent_emails
-    where sent_emails.updated_at >= (
-            select coalesce(max(loaded.updated_at), '-infinity') from {{ this }} as loaded
-        ) - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+    select
+        sent_emails.tenant_id,
+        sent_emails.sent_email_id
+    from sent_emails
+    where sent_emails.updated_at >= {{ newest(this, 'updated_at') }}
+        - interval '{{ var("fct_sends_lookback_hours", 2) }} hours'
     union
-    select events.sent_email_id from events
+    select
+        events.tenant_id,
+        events.sent_email_id
+    from events
     where
         events.sent_email_id is not null
-        and events.recorded_at >= (
-            select coalesce(max(loaded.last_event_recorded_at), '-infinity')
-            from {{ this }} as loaded
-        ) - interval '{{ var("fct_sends_lookback_hours", 24) }} hours'
+        and events.recorded_at >= {{ newest(this, 'last_event_recorded_at') }}
+        - interval '{{ var("fct_sends_lookback_hours", 2) }} hours'
 ),
 {% endif %}
 
+{#- Each message's outcomes from all of its events. An incremental build looks up the changed
+    messages' events one message at a time, by the app's (sent_email_id, event_type) index (a
+    few hundred thousand index entries, not a scan of every event); a full build or a day range
+    aggregates all events in one pass. -#}
+{%- set outcome_columns %}
+bool_or(events.event_type = 'delivered') as has_delivered_event,
+bool_or(events.event_type = 'bounce' and events.is_hard_bounce) as has_hard_bounce,
+bool_or(events.event_type = 'bounce' and not events.is_hard_bounce) as has_soft_bounce,
+min(events.occurred_at) filter (
+    where events.event_type = 'open' and not events.is_machine
+) as first_open_at,
+count(*) filter (where events.event_type = 'open' and not events.is_machine) as human_opens,
+count(*) filter (where events.event_type = 'open' and events.is_machine) as machine_opens,
+min(events.occurred_at) filter (
+    where events.event_type = 'click' and not events.is_machine
+) as first_click_at,
+count(*) filter (
+    where events.event_type = 'click' and not events.is_machine
+) as human_clicks,
+count(*) filter (where events.event_type = 'click' and events.is_machine) as machine_clicks,
+min(events.occurred_at) filter (where events.event_type = 'reply') as first_reply_at,
+bool_or(events.event_type = 'auto_reply') as is_auto_replied,
+bool_or(events.event_type = 'unsubscribe') as is_unsubscribed,
+bool_or(events.event_type = 'complaint') as is_complained,
+max(events.recorded_at) as last_event_recorded_at
+{%- endset %}
 outcomes as (
+    {% if is_incremental() and not by_days %}
+    select
+        changed.sent_email_id,
+        per_message.*
+    from changed
+    cross join
+        lateral (
+            select
+                {{ outcome_columns | trim | indent(16) }}
+            from events
+            where events.sent_email_id = changed.sent_email_id
+        ) as per_message
+    {% else %}
     select
         events.sent_email_id,
-        bool_or(events.event_type = 'delivered') as has_delivered_event,
-        bool_or(events.event_type = 'bounce' and events.is_hard_bounce) as has_hard_bounce,
-        bool_or(events.event_type = 'bounce' and not events.is_hard_bounce) as has_soft_bounce,
-        min(events.occurred_at) filter (
-            where events.event_type = 'open' and not events.is_machine
-        ) as first_open_at,
-        count(*) filter (where events.event_type = 'open' and not events.is_machine) as human_opens,
-        count(*) filter (where events.event_type = 'open' and events.is_machine) as machine_opens,
-        min(events.occurred_at) filter (
-            where events.event_type = 'click' and not events.is_machine
-        ) as first_click_at,
-        count(*) filter (
-            where events.event_type = 'click' and not events.is_machine
-        ) as human_clicks,
-        count(*) filter (where events.event_type = 'click' and events.is_machine) as machine_clicks,
-        min(events.occurred_at) filter (where events.event_type = 'reply') as first_reply_at,
-        bool_or(events.event_type = 'auto_reply') as is_auto_replied,
-        bool_or(events.event_type = 'unsubscribe') as is_unsubscribed,
-        bool_or(events.event_type = 'complaint') as is_complained,
-        max(events.recorded_at) as last_event_recorded_at
+        {{ outcome_columns | trim | indent(8) }}
     from events
-    {% if by_days or is_incremental() %}
+    {% if by_days %}
     inner join changed on events.sent_email_id = changed.sent_email_id
     {% endif %}
     where events.sent_email_id is not null
     group by events.sent_email_id
+    {% endif %}
 ),
 
 messages as (
@@ -125,7 +161,13 @@ messages as (
     inner join tenants on sent_emails.tenant_id = tenants.tenant_id
     left join outcomes on sent_emails.sent_email_id = outcomes.sent_email_id
     {% if by_days or is_incremental() %}
-    where sent_emails.sent_email_id in (select changed.sent_email_id from changed)
+    where
+        (sent_emails.tenant_id, sent_emails.sent_email_id) in (
+            select
+                changed.tenant_id,
+                changed.sent_email_id
+            from changed
+        )
     {% endif %}
 ),
 

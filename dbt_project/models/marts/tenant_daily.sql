@@ -2,7 +2,7 @@
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
-        unique_key='send_date',
+        unique_key=['tenant_id', 'send_date'],
         on_schema_change='sync_all_columns',
         tags=['partitioned']
     )
