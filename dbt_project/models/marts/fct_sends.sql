@@ -138,6 +138,40 @@ outcomes as (
     {% endif %}
 ),
 
+{# The messages to build. An incremental build looks each changed one up by its key, in a
+    lateral: PostgreSQL does not flatten a view written with CTEs (the staging views) into the
+    query that reads it, so a join with it would scan every message to find a few thousand. -#}
+in_scope as (
+    {% if is_incremental() and not by_days %}
+    select looked_up.*
+    from changed
+    cross join
+        lateral (
+            select sent_emails.*
+            from sent_emails
+            where
+                sent_emails.tenant_id = changed.tenant_id
+                and sent_emails.sent_email_id = changed.sent_email_id
+            -- the key's one row; the limit also keeps the planner from flattening the lateral
+            -- into the join it would then plan with a scan
+            order by sent_emails.sent_email_id
+            limit 1
+        ) as looked_up
+    {% else %}
+    select sent_emails.*
+    from sent_emails
+    {% if by_days %}
+    where
+        (sent_emails.tenant_id, sent_emails.sent_email_id) in (
+            select
+                changed.tenant_id,
+                changed.sent_email_id
+            from changed
+        )
+    {% endif %}
+    {% endif %}
+),
+
 messages as (
     select
         sent_emails.*,
@@ -157,18 +191,9 @@ messages as (
         coalesce(outcomes.is_unsubscribed, false) as is_unsubscribed,
         coalesce(outcomes.is_complained, false) as is_complained,
         outcomes.last_event_recorded_at
-    from sent_emails
+    from in_scope as sent_emails
     inner join tenants on sent_emails.tenant_id = tenants.tenant_id
     left join outcomes on sent_emails.sent_email_id = outcomes.sent_email_id
-    {% if by_days or is_incremental() %}
-    where
-        (sent_emails.tenant_id, sent_emails.sent_email_id) in (
-            select
-                changed.tenant_id,
-                changed.sent_email_id
-            from changed
-        )
-    {% endif %}
 ),
 
 final as (
