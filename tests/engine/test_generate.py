@@ -67,3 +67,50 @@ def test_a_shape_that_cannot_be_is_refused_naming_the_option():
         Shape(tenants=3, contacts=2)
     with pytest.raises(GenerateError, match="--days must be at least 1"):
         Shape(days=0)
+
+
+def test_the_set_based_foreign_key_check_finds_a_row_the_skipped_triggers_let_through(
+    database, now
+):
+    """With the per-row checks off (as the bulk phase runs), an event of a message that does
+    not exist is written; the check that replaces them names the key, and nothing stays."""
+    from engine.generate import _LOADED, _check_foreign_keys, _tenant_load
+    from engine.tenants import create_tenant
+
+    tenant_id, _ = create_tenant(database.owner, "orphans")
+    with pytest.raises(GenerateError, match="break its foreign key email_events_tenant_id_sent"):
+        with _tenant_load(database, tenant_id) as load:
+            assert load.as_app  # the embedded server's owner can become the application role
+            assert load.skip_foreign_key_triggers() is False  # and skip the per-row checks
+            load.conn.execute(
+                sa.text(
+                    "insert into app.email_events (tenant_id, event_type, sent_email_id, "
+                    "occurred_at, recorded_at, dedup_key) values (app.current_tenant_id(), "
+                    "'open', gen_random_uuid(), now(), now(), 'orphan')"
+                )
+            )
+            _check_foreign_keys(load.conn, _LOADED)
+    with database.owner.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from app.email_events")).scalar() == 0
+
+
+def test_a_tenant_that_fails_is_removed_whole_and_its_seed_can_be_generated_again(
+    database, now, monkeypatch
+):
+    from engine import generate as generating
+
+    def broken(conn, tables):
+        raise GenerateError("planted failure")
+
+    monkeypatch.setattr(generating, "_check_foreign_keys", broken)
+    shape = Shape(tenants=1, contacts=50, sends=100, events=500, days=3, seed=11)
+    with pytest.raises(GenerateError, match="planted failure"):
+        generate(database, shape, now)
+    with database.owner.connect() as conn:
+        assert conn.execute(_TENANTS_OF_SEED_11).scalar() == 0
+        assert conn.execute(sa.text("select count(*) from app.sent_emails")).scalar() == 0
+    monkeypatch.undo()
+    assert generate(database, shape, now).messages == 100
+
+
+_TENANTS_OF_SEED_11 = sa.text("select count(*) from app.tenants where name like 'gen-11-%'")
