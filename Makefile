@@ -12,13 +12,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install up test bench lint clean
 
-# --no-compile: Python compiles what it imports when it first does (a fraction of the
-# packages), instead of pip compiling every module of every package here (~30 s of CI).
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
