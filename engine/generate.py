@@ -413,7 +413,7 @@ def _generate_tenant(db: Database, shape: Shape, n: int, now: datetime, say: Pro
                 take = min(left, contacts)
                 conn.execute(_ENROLL, {"campaign": campaign, "start": start, "count": take})
                 left -= take
-            checked = load.skip_foreign_key_triggers()
+            per_row = load.skip_foreign_key_triggers()
             say(f"{name}: {sends:,} messages")
             conn.execute(
                 _MESSAGES,
@@ -431,7 +431,7 @@ def _generate_tenant(db: Database, shape: Shape, n: int, now: datetime, say: Pro
                 conn.execute(statement, {"mean": mean, "now": now})
             for statement in _EFFECTS:
                 conn.execute(statement)
-            if not checked:
+            if not per_row:
                 say(f"{name}: checking the foreign keys")
                 _check_foreign_keys(conn, _LOADED)
             counts = conn.execute(_COUNTS).one()

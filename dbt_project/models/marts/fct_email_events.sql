@@ -27,7 +27,7 @@ with events as (
     {% if not by_days and is_incremental() %}
     where
         events.recorded_at >= {{ newest(this, 'recorded_at') }}
-        - interval '{{ var("fct_sends_lookback_hours", 2) }} hours'
+        - interval '{{ var("fct_sends_lookback_hours") }} hours'
         and not exists (
             select from {{ this }} as loaded
             where loaded.email_event_id = events.email_event_id

@@ -73,7 +73,7 @@ changed as (
         sent_emails.sent_email_id
     from sent_emails
     where sent_emails.updated_at >= {{ newest(this, 'updated_at') }}
-        - interval '{{ var("fct_sends_lookback_hours", 2) }} hours'
+        - interval '{{ var("fct_sends_lookback_hours") }} hours'
     union
     select
         events.tenant_id,
@@ -82,7 +82,7 @@ changed as (
     where
         events.sent_email_id is not null
         and events.recorded_at >= {{ newest(this, 'last_event_recorded_at') }}
-        - interval '{{ var("fct_sends_lookback_hours", 2) }} hours'
+        - interval '{{ var("fct_sends_lookback_hours") }} hours'
 ),
 {% endif %}
 
