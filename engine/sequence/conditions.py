@@ -125,6 +125,31 @@ def _describe(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _nul_characters(value: object, path: str, problems: list[str]) -> None:
+    """A problem for each text (key or value) holding a NUL character, which no PostgreSQL text
+    can hold: refused here, where its path can be named, not by the query that binds it."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            problems.append(f"{path}: {_describe(value)} holds a NUL character (\\x00)")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                problems.append(f"{path}: the key {_describe(key)} holds a NUL character (\\x00)")
+            else:
+                _nul_characters(item, f"{path}.{key}", problems)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _nul_characters(item, f"{path}[{i}]", problems)
+
+
+def _parse_condition(cond: object, step_keys: set[str] | None, problems: list[str]) -> _Node:
+    before = len(problems)
+    _nul_characters(cond, "condition", problems)
+    if len(problems) > before:
+        return _Group("all", ())
+    return _parse(cond, step_keys, "condition", problems)
+
+
 def _parse(cond: object, step_keys: set[str] | None, path: str, problems: list[str]) -> _Node:
     """The condition as a tree; every problem found is appended (with its key path)."""
     if not isinstance(cond, Mapping) or not cond:
@@ -238,13 +263,13 @@ def validate(cond: object, step_keys: set[str] | frozenset[str] | list[str]) -> 
     """Every problem of `cond`, each naming its key path (``condition.all[1].opened: ...``);
     empty when the condition can run. `step_keys` are the campaign's step ids."""
     problems: list[str] = []
-    _parse(cond, set(step_keys), "condition", problems)
+    _parse_condition(cond, set(step_keys), problems)
     return problems
 
 
 def _parsed(cond: object, step_keys: set[str] | None) -> _Node:
     problems: list[str] = []
-    node = _parse(cond, step_keys, "condition", problems)
+    node = _parse_condition(cond, step_keys, problems)
     if problems:
         raise ConditionError(problems)
     return node
@@ -538,6 +563,10 @@ class Action:
 
 def _parse_action(action: object, problems: list[str]) -> Action | None:
     path = "action"
+    before = len(problems)
+    _nul_characters(action, path, problems)
+    if len(problems) > before:
+        return None
     if not isinstance(action, Mapping) or len(action) != 1:
         problems.append(
             f"{path}: exactly one of {', '.join(ACTIONS)}, such as {{tag: cold}}; "

@@ -66,6 +66,12 @@ def test_valid_conditions_have_no_problems(cond):
         ({"field": "tags", "eq": "vip"}, "condition.eq: tags take contains, in, not_in, exists"),
         ("opened", "condition: a condition is a mapping such as {opened: intro}"),
         ({"all": [{"any": [{"clicked": "nope"}]}]}, "condition.all[0].any[0].clicked: no step"),
+        ({"field": "name", "eq": "\x00"}, 'condition.eq: "\\u0000" holds a NUL character'),
+        (
+            {"any": [{"field": "city", "in": ["a\x00"]}]},
+            'condition.any[0].in[0]: "a\\u0000" holds a NUL',
+        ),
+        ({"field": "ci\x00ty", "exists": True}, 'condition.field: "ci\\u0000ty" holds a NUL'),
     ],
 )
 def test_each_problem_names_its_key_path(cond, problem):
@@ -107,6 +113,8 @@ def test_to_sql_and_evaluate_refuse_an_invalid_condition():
         ({"add_to_list": "x" * (MAX_LIST_NAME + 1)}, "action.add_to_list: at most 200 characters"),
         ({"remove_from_list": None}, "action.remove_from_list: a list name, not null"),
         ({"exit": 5}, "action.exit: a reason, not 5"),
+        ({"tag": "vip\x00"}, 'action.tag: "vip\\u0000" holds a NUL'),
+        ({"set": {"Plan\x00": "x"}}, 'action.set: the key "Plan\\u0000" holds a NUL character'),
         (["tag", "x"], "action: exactly one of"),
     ],
 )
@@ -194,7 +202,9 @@ def _values(numbers_only: bool = False) -> st.SearchStrategy:
     numbers = st.sampled_from(NUMBERS) | st.integers(-5, 100)
     if numbers_only:
         return numbers
-    return numbers | st.sampled_from(TEXTS + NUMERIC_TEXTS) | st.text(max_size=3) | st.booleans()
+    # any text but NUL, which PostgreSQL's text cannot hold (validate refuses it)
+    texts = st.text(st.characters(exclude_characters="\x00"), max_size=3)
+    return numbers | st.sampled_from(TEXTS + NUMERIC_TEXTS) | texts | st.booleans()
 
 
 def _field_condition() -> st.SearchStrategy:
