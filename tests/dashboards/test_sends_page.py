@@ -7,6 +7,10 @@ from streamlit.testing.v1 import AppTest
 
 from engine.config import PROJECT_ROOT
 
+#: With pytest-xdist, the tests of the session's `built_pipeline` share one worker, which
+#: builds it once.
+pytestmark = pytest.mark.xdist_group("built_pipeline")
+
 APP = str(PROJECT_ROOT / "dashboards" / "app.py")
 
 

@@ -229,6 +229,7 @@ def test_a_tenant_name_with_a_newline_or_capitals_is_refused(database, name):
     assert [n for _, n in all_tenants(database.owner) if n.startswith(("acme", "Acme"))] == []
 
 
+@pytest.mark.xdist_group("built_pipeline")  # with the other tests of the session's pipeline
 def test_the_dashboards_role_reads_the_marts_and_nothing_else(built_pipeline):
     database = built_pipeline.database
     with psycopg.connect(_libpq(database, DASHBOARDS_ROLE)) as conn:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
+
+#: With pytest-xdist, the tests of the session's `built_pipeline` share one worker, which
+#: builds it once.
+pytestmark = pytest.mark.xdist_group("built_pipeline")
 
 
 def _metadata(result, key: str) -> dict:
