@@ -40,7 +40,9 @@ app.add_typer(campaign_app, name="campaign")
 app.add_typer(sender_app, name="sender")
 
 console = Console()
-err = Console(stderr=True)
+# Errors wrap at a terminal's width, but not when stderr is a file or a pipe (a log, a CI job's
+# output): a line per message, whole, for grep.
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 TenantOption = Annotated[str, typer.Option("--tenant", "-t", help="Tenant to act on.")]
 
