@@ -120,3 +120,15 @@ final as (
 
 select * from final
 {%- endmacro %}
+
+{#- What a contact did with its messages, as aggregates over its `fct_sends` rows. -#}
+{% macro contact_activity() -%}
+count(*) filter (where is_sent) as messages_sent,
+count(*) filter (where is_opened) as messages_opened,
+count(*) filter (where is_clicked) as messages_clicked,
+count(*) filter (where is_replied) as messages_replied,
+max(first_open_at) as last_open_at,
+max(first_click_at) as last_click_at,
+max(first_reply_at) as last_reply_at,
+max(sent_at) as last_sent_at
+{%- endmacro %}

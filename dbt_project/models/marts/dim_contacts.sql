@@ -1,5 +1,27 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='contact_id',
+        incremental_strategy='merge',
+        on_schema_change='sync_all_columns',
+        indexes=[
+            {'columns': ['contact_id'], 'unique': True},
+            {'columns': ['tenant_id', 'engagement_score']},
+            {'columns': ['loaded_at']},
+        ]
+    )
+}}
+
 {#- One row per contact: its lists, tags and status, what it did with the messages it got, and
-    an engagement score (formula in marts.yml). -#}
+    an engagement score (formula in marts.yml).
+
+    Incremental: each build merges the contacts that changed since the previous one: updated
+    (status, tags, fields: `updated_at`, reaching back `fct_sends_lookback_hours` as the facts
+    do), given a message or an outcome (their `fct_sends` rows merged since this model's last
+    build), or whose lists are not the ones stored here (a list joined, left or renamed leaves
+    no trace on the contact, so every contact's lists are compared: one pass over the
+    memberships, cheap beside the messages). Their activity is recomputed from all of their
+    messages, looked up by `fct_sends`' (tenant_id, contact_id) index. -#}
 
 with contacts as (
     select * from {{ ref('stg_app__contacts') }}
@@ -9,7 +31,7 @@ members as (
     select * from {{ ref('stg_app__contact_list_members') }}
 ),
 
-sends as (
+sends as not materialized (
     select * from {{ ref('fct_sends') }}
 ),
 
@@ -21,35 +43,72 @@ lists as (
     group by contact_id
 ),
 
+{% if is_incremental() %}
+changed as (
+    select contacts.contact_id
+    from contacts
+    where contacts.updated_at >= {{ newest(this, 'updated_at') }}
+        - interval '{{ var("fct_sends_lookback_hours") }} hours'
+    union
+    select sends.contact_id
+    from sends
+    where sends.loaded_at > {{ newest(this, 'loaded_at') }}
+    union
+    select coalesce(lists.contact_id, stored.contact_id) as contact_id
+    from lists
+    full join {{ this }} as stored on lists.contact_id = stored.contact_id
+    where coalesce(lists.lists, '{}') is distinct from coalesce(stored.lists, '{}')
+),
+
+in_scope as (
+    select contacts.*
+    from contacts
+    where contacts.contact_id in (select changed.contact_id from changed)
+),
+
+activity as (
+    select
+        in_scope.contact_id,
+        per_contact.*
+    from in_scope
+    cross join
+        lateral (
+            select
+                {{ contact_activity() | trim | indent(16) }}
+            from sends
+            where
+                sends.tenant_id = in_scope.tenant_id
+                and sends.contact_id = in_scope.contact_id
+        ) as per_contact
+),
+{% else %}
+in_scope as (
+    select * from contacts
+),
+
 activity as (
     select
         contact_id,
-        count(*) filter (where is_sent) as messages_sent,
-        count(*) filter (where is_opened) as messages_opened,
-        count(*) filter (where is_clicked) as messages_clicked,
-        count(*) filter (where is_replied) as messages_replied,
-        max(first_open_at) as last_open_at,
-        max(first_click_at) as last_click_at,
-        max(first_reply_at) as last_reply_at,
-        max(sent_at) as last_sent_at
+        {{ contact_activity() | trim | indent(8) }}
     from sends
     group by contact_id
 ),
+{% endif %}
 
 final as (
     select
-        contacts.contact_id,
-        contacts.tenant_id,
-        contacts.email,
-        contacts.email_domain,
-        contacts.first_name,
-        contacts.last_name,
-        contacts.company,
-        contacts.job_title,
-        contacts.country,
-        contacts.lead_score,
-        contacts.contact_status,
-        contacts.tags,
+        in_scope.contact_id,
+        in_scope.tenant_id,
+        in_scope.email,
+        in_scope.email_domain,
+        in_scope.first_name,
+        in_scope.last_name,
+        in_scope.company,
+        in_scope.job_title,
+        in_scope.country,
+        in_scope.lead_score,
+        in_scope.contact_status,
+        in_scope.tags,
         coalesce(lists.lists, '{}') as lists,
         coalesce(activity.messages_sent, 0) as messages_sent,
         coalesce(activity.messages_opened, 0) as messages_opened,
@@ -60,7 +119,7 @@ final as (
         activity.last_click_at,
         activity.last_reply_at,
         case
-            when contacts.contact_status <> 'active' then 0
+            when in_scope.contact_status <> 'active' then 0
             else least(
                     100,
                     5 * coalesce(activity.messages_opened, 0)
@@ -68,10 +127,12 @@ final as (
                     + 40 * coalesce(activity.messages_replied, 0)
                 )
         end as engagement_score,
-        contacts.created_at
-    from contacts
-    left join lists on contacts.contact_id = lists.contact_id
-    left join activity on contacts.contact_id = activity.contact_id
+        in_scope.created_at,
+        in_scope.updated_at,
+        cast('{{ run_started_at }}' as timestamptz) as loaded_at
+    from in_scope
+    left join lists on in_scope.contact_id = lists.contact_id
+    left join activity on in_scope.contact_id = activity.contact_id
 )
 
 select * from final

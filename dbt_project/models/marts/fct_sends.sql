@@ -10,6 +10,7 @@
         indexes=[
             {'columns': ['sent_email_id'], 'unique': True},
             {'columns': ['tenant_id', 'send_date']},
+            {'columns': ['tenant_id', 'contact_id']},
             {'columns': ['loaded_at']},
             {'columns': ['updated_at']},
             {'columns': ['last_event_recorded_at']},
@@ -31,8 +32,8 @@
 
 {#- Indexed on what incremental builds look up: `sent_email_id` (the merge's key, unique), each
     watermark's max(), `loaded_at` (the rows a build wrote: the daily models' days to rebuild,
-    the data tests' rows) and (tenant_id, send_date) (the rows of a day the daily models
-    rebuild). -#}
+    the data tests' rows), (tenant_id, send_date) (the rows of a day the daily models
+    rebuild) and (tenant_id, contact_id) (a changed contact's messages, for dim_contacts). -#}
 
 {#- The import CTEs are inlined (`not materialized`): each is read twice on an incremental
     build, and a materialized CTE has no statistics, which once planned a nested loop over all
