@@ -23,7 +23,7 @@
     memberships, cheap beside the messages). Their activity is recomputed from all of their
     messages, looked up by `fct_sends`' (tenant_id, contact_id) index. -#}
 
-with contacts as (
+with contacts as not materialized (
     select * from {{ ref('stg_app__contacts') }}
 ),
 
@@ -37,33 +37,51 @@ sends as not materialized (
 
 lists as (
     select
+        tenant_id,
         contact_id,
         array_agg(list_name order by list_name) as lists
     from members
-    group by contact_id
+    group by tenant_id, contact_id
 ),
 
 {% if is_incremental() %}
 changed as (
-    select contacts.contact_id
+    select
+        contacts.tenant_id,
+        contacts.contact_id
     from contacts
     where contacts.updated_at >= {{ newest(this, 'updated_at') }}
         - interval '{{ var("fct_sends_lookback_hours") }} hours'
     union
-    select sends.contact_id
+    select
+        sends.tenant_id,
+        sends.contact_id
     from sends
     where sends.loaded_at > {{ newest(this, 'loaded_at') }}
     union
-    select coalesce(lists.contact_id, stored.contact_id) as contact_id
+    select
+        coalesce(lists.tenant_id, in_mart.tenant_id) as tenant_id,
+        coalesce(lists.contact_id, in_mart.contact_id) as contact_id
     from lists
-    full join {{ this }} as stored on lists.contact_id = stored.contact_id
-    where coalesce(lists.lists, '{}') is distinct from coalesce(stored.lists, '{}')
+    full join {{ this }} as in_mart on lists.contact_id = in_mart.contact_id
+    where coalesce(lists.lists, '{}') is distinct from coalesce(in_mart.lists, '{}')
 ),
 
 in_scope as (
-    select contacts.*
-    from contacts
-    where contacts.contact_id in (select changed.contact_id from changed)
+    -- each changed contact looked up by its key, in a lateral (a join with the staging view
+    -- would read every contact; fct_sends.sql says why)
+    select looked_up.*
+    from changed
+    cross join
+        lateral (
+            select contacts.*
+            from contacts
+            where
+                contacts.tenant_id = changed.tenant_id
+                and contacts.contact_id = changed.contact_id
+            order by contacts.contact_id
+            limit 1
+        ) as looked_up
 ),
 
 activity as (
