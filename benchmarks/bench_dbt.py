@@ -209,7 +209,7 @@ def build_twice(args: argparse.Namespace) -> str:
         stop_embedded_postgres(settings)
     return (
         f"seconds={incremental_s:.1f} baseline_seconds={full_s:.1f} "
-        f"ratio={incremental_s / full_s:.2f} target_ratio=0.1 full_target_seconds=120 "
+        f"ratio={incremental_s / full_s:.3f} target_ratio=0.1 full_target_seconds=120 "
         f"messages={done.messages} events={done.events} generate_seconds={generate_s:.0f}"
     )
 
