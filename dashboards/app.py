@@ -6,8 +6,11 @@ st.set_page_config(page_title="PenguinMails", page_icon="🐧", layout="wide")
 
 navigation = st.navigation(
     {
-        "Sending": [
-            st.Page("pages/sends.py", title="Sends", icon=":material/send:", default=True),
+        "Analytics": [
+            st.Page(
+                "pages/overview.py", title="Overview", icon=":material/monitoring:", default=True
+            ),
+            st.Page("pages/sends.py", title="Sends", icon=":material/send:"),
         ],
         "Contacts": [
             st.Page("pages/uploads.py", title="Uploads", icon=":material/upload_file:"),

@@ -27,3 +27,56 @@ def daily_sends(frame: pl.DataFrame, start: date, end: date) -> alt.Chart:
         )
         .properties(height=320)
     )
+
+
+#: The rates a trend can show, with their labels.
+RATES = {
+    "delivery_rate": "Delivery rate",
+    "open_rate": "Open rate",
+    "click_rate": "Click rate",
+    "reply_rate": "Reply rate",
+    "bounce_rate": "Bounce rate",
+    "unsubscribe_rate": "Unsubscribe rate",
+}
+
+
+def daily_trend(frame: pl.DataFrame, start: date, end: date, rates: list[str]) -> alt.Chart:
+    """Messages sent per day (bars, left axis) under the chosen rates per day (lines, right)."""
+    domain = [start.isoformat(), (end + timedelta(days=1)).isoformat()]
+    x = alt.X(
+        "yearmonthdate(day):T",
+        title="Send day",
+        scale=alt.Scale(domain=domain),
+        axis=alt.Axis(format="%b %d", labelAngle=0),
+    )
+    source = frame.to_pandas()
+    bars = (
+        alt.Chart(source)
+        .mark_bar(opacity=0.35)
+        .encode(
+            x=x,
+            y=alt.Y("sent:Q", title="Sent", axis=alt.Axis(format=",d")),
+            tooltip=[
+                alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
+                alt.Tooltip("sent:Q", title="Sent", format=","),
+                alt.Tooltip("delivered:Q", title="Delivered", format=","),
+            ],
+        )
+    )
+    lines = (
+        alt.Chart(source)
+        .transform_fold(rates, as_=["metric", "rate"])
+        .transform_calculate(label=f"{dict(RATES)}[datum.metric]")
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("rate:Q", title="Rate", axis=alt.Axis(format="%")),
+            color=alt.Color("label:N", title=None),
+            tooltip=[
+                alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
+                alt.Tooltip("label:N", title="Metric"),
+                alt.Tooltip("rate:Q", title="Rate", format=".1%"),
+            ],
+        )
+    )
+    return alt.layer(bars, lines).resolve_scale(y="independent").properties(height=340)

@@ -82,6 +82,80 @@ UPLOAD_REJECTS = sa.text(
 )
 
 
+# -- the analytics pages' filters (dashboards/filters.py) ---------------------------------------
+
+TENANT_CHOICES = sa.text(
+    f"select tenant_id::text as tenant_id, tenant_name from {MARTS}.dim_tenants order by 2"
+)
+LAST_ACTIVE_TENANT = sa.text(
+    f"""
+    select tenant_name from {MARTS}.tenant_daily where sent > 0
+    group by tenant_name order by max(send_date) desc, tenant_name limit 1
+    """
+)
+CAMPAIGN_CHOICES = sa.text(
+    f"""
+    select campaign_id::text as campaign_id, campaign_name from {MARTS}.dim_campaigns
+    where tenant_id = cast(:tenant_id as uuid) order by campaign_name, created_at
+    """
+)
+SENDER_CHOICES = sa.text(
+    f"""
+    select sender_account_id::text as sender_account_id, sender_email from {MARTS}.dim_senders
+    where tenant_id = cast(:tenant_id as uuid) order by sender_email
+    """
+)
+
+#: The filters as a predicate on a daily mart with campaign_id and sender_account_id (the
+#: tenant and the days use the marts' (tenant_id, send_date) index; empty lists mean "all").
+FILTERED = """
+    tenant_id = cast(:tenant_id as uuid)
+    and send_date between :start and :end
+    and (cardinality(cast(:campaign_ids as uuid[])) = 0
+         or campaign_id = any(cast(:campaign_ids as uuid[])))
+    and (cardinality(cast(:sender_ids as uuid[])) = 0
+         or sender_account_id = any(cast(:sender_ids as uuid[])))
+"""
+
+#: The metrics of a group of daily rows: counts summed, rates recomputed from the sums (never
+#: an average of rates), null when the denominator is 0, as marts.yml defines them.
+METRICS = """
+    coalesce(sum(sent), 0)::bigint as sent,
+    coalesce(sum(delivered), 0)::bigint as delivered,
+    coalesce(sum(bounced_hard), 0)::bigint as bounced_hard,
+    coalesce(sum(bounced_soft), 0)::bigint as bounced_soft,
+    coalesce(sum(unique_opens), 0)::bigint as unique_opens,
+    coalesce(sum(unique_clicks), 0)::bigint as unique_clicks,
+    coalesce(sum(replies), 0)::bigint as replies,
+    coalesce(sum(unsubscribes), 0)::bigint as unsubscribes,
+    coalesce(sum(complaints), 0)::bigint as complaints,
+    coalesce(sum(machine_opens), 0)::bigint as machine_opens,
+    sum(delivered)::float8 / nullif(sum(sent), 0) as delivery_rate,
+    (sum(bounced_hard) + sum(bounced_soft))::float8 / nullif(sum(sent), 0) as bounce_rate,
+    sum(unique_opens)::float8 / nullif(sum(delivered), 0) as open_rate,
+    sum(unique_clicks)::float8 / nullif(sum(delivered), 0) as click_rate,
+    sum(replies)::float8 / nullif(sum(delivered), 0) as reply_rate,
+    sum(unsubscribes)::float8 / nullif(sum(delivered), 0) as unsubscribe_rate,
+    sum(complaints)::float8 / nullif(sum(delivered), 0) as complaint_rate
+"""
+
+TOTALS = sa.text(f"select {METRICS} from {MARTS}.campaign_sender_daily where {FILTERED}")
+DAILY = sa.text(
+    f"""
+    select send_date as day, {METRICS}
+    from {MARTS}.campaign_sender_daily where {FILTERED}
+    group by send_date order by send_date
+    """
+)
+PER_CAMPAIGN = sa.text(
+    f"""
+    select campaign_id::text as campaign_id, max(campaign_name) as campaign_name, {METRICS}
+    from {MARTS}.campaign_sender_daily where {FILTERED}
+    group by campaign_id
+    """
+)
+
+
 class MartsMissingError(RuntimeError):
     """dbt has not built the marts yet in this database."""
 
@@ -105,6 +179,49 @@ def _read(query: sa.TextClause, **params: object) -> pl.DataFrame:
                 "Dagster UI (or `dbt build`)."
             ) from None
         raise
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def tenant_choices() -> dict[str, str]:
+    """{tenant name: tenant id} of every tenant."""
+    return dict(_read(TENANT_CHOICES).select("tenant_name", "tenant_id").iter_rows())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def last_active_tenant() -> str | None:
+    """The tenant that sent last: the one the tenant picker opens on."""
+    names = _read(LAST_ACTIVE_TENANT)["tenant_name"].to_list()
+    return names[0] if names else None
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def campaign_choices(tenant_id: str) -> dict[str, str]:
+    """{campaign id: name} of the tenant's campaigns."""
+    return dict(_read(CAMPAIGN_CHOICES, tenant_id=tenant_id).iter_rows())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def sender_choices(tenant_id: str) -> dict[str, str]:
+    """{sender account id: address} of the tenant's senders."""
+    return dict(_read(SENDER_CHOICES, tenant_id=tenant_id).iter_rows())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def totals(params: dict) -> dict[str, float | int | None]:
+    """The metrics of the filtered messages (`Filters.params()`), one mapping."""
+    return _read(TOTALS, **params).row(0, named=True)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def daily(params: dict) -> pl.DataFrame:
+    """The metrics per send day of the filtered messages."""
+    return _read(DAILY, **params)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def per_campaign(params: dict) -> pl.DataFrame:
+    """The metrics per campaign of the filtered messages."""
+    return _read(PER_CAMPAIGN, **params)
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -14,13 +14,18 @@ pytestmark = pytest.mark.xdist_group("built_pipeline")
 APP = str(PROJECT_ROOT / "dashboards" / "app.py")
 
 
+def _sends_page() -> AppTest:
+    """The app, on its Sends page (the Overview opens first)."""
+    return AppTest.from_file(APP, default_timeout=60).run().switch_page("pages/sends.py").run()
+
+
 @pytest.fixture
 def app_env(use_database, built_pipeline):
     use_database(built_pipeline.database)
 
 
 def test_sends_page_shows_the_days_sends(app_env):
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = _sends_page()
     assert not at.exception, at.exception
     assert at.title[0].value == "Sends"
     metrics = {m.label: m.value for m in at.metric}
@@ -35,6 +40,6 @@ def test_sends_page_shows_the_days_sends(app_env):
 
 def test_sends_page_explains_missing_marts(use_database, database):
     use_database(database)
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = _sends_page()
     assert not at.exception, at.exception
     assert "analytics marts have not been built yet" in at.info[0].value

@@ -52,6 +52,7 @@ GROUPS = {
     "campaign_daily": ("campaign_id",),
     "step_daily": ("campaign_id", "step_id"),
     "sender_daily": ("sender_account_id",),
+    "campaign_sender_daily": ("campaign_id", "sender_account_id"),
     "recipient_domain_daily": ("recipient_domain",),
     "tenant_daily": (),
 }

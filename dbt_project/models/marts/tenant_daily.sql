@@ -4,7 +4,8 @@
         incremental_strategy='delete+insert',
         unique_key=['tenant_id', 'send_date'],
         on_schema_change='sync_all_columns',
-        tags=['partitioned']
+        tags=['partitioned'],
+        indexes=[{'columns': ['tenant_id', 'send_date']}]
     )
 }}
 

@@ -1,0 +1,90 @@
+"""Presentation helpers shared by the pages: number formats, KPI tiles, CSV downloads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+import streamlit as st
+
+#: The KPI tiles: (metric, label, whether a rise is bad).
+KPIS = (
+    ("sent", "Sent", False),
+    ("delivery_rate", "Delivered", False),
+    ("open_rate", "Open rate", False),
+    ("click_rate", "Click rate", False),
+    ("reply_rate", "Reply rate", False),
+    ("bounce_rate", "Bounce rate", True),
+    ("unsubscribe_rate", "Unsubscribe rate", True),
+)
+
+
+def count(value: int | None) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def change(metric: str, now: Mapping, before: Mapping) -> str | None:
+    """The change of `metric` against the previous period: a count's in percent, a rate's in
+    percentage points; None when either side has none."""
+    a, b = now.get(metric), before.get(metric)
+    if a is None or b is None:
+        return None
+    if metric.endswith("_rate"):
+        return f"{(a - b) * 100:+.1f} pp"
+    if b == 0:
+        return None
+    return f"{(a - b) / b:+.0%}"
+
+
+def kpi_tiles(now: Mapping, before: Mapping) -> None:
+    """One tile per KPI, with its change against the previous period of equal length."""
+    for column, (metric, label, rise_is_bad) in zip(st.columns(len(KPIS)), KPIS, strict=True):
+        value = now.get(metric)
+        shown = percent(value) if metric.endswith("_rate") else count(value)
+        column.metric(
+            label,
+            shown,
+            delta=change(metric, now, before),
+            delta_color="inverse" if rise_is_bad else "normal",
+        )
+
+
+def download(frame: pl.DataFrame, name: str, *, key: str | None = None) -> None:
+    """A "Download CSV" button for `frame` (dates in ISO, lists joined)."""
+    flat = frame.with_columns(
+        [pl.col(c).list.join("; ") for c, t in frame.schema.items() if isinstance(t, pl.List)]
+    )
+    st.download_button(
+        "Download CSV", flat.write_csv(), file_name=f"{name}.csv", mime="text/csv", key=key
+    )
+
+
+#: Column formats of the metric tables.
+METRIC_COLUMNS = {
+    "sent": st.column_config.NumberColumn("Sent", format="localized"),
+    "delivered": st.column_config.NumberColumn("Delivered", format="localized"),
+    "bounced_hard": st.column_config.NumberColumn("Hard bounces", format="localized"),
+    "bounced_soft": st.column_config.NumberColumn("Soft bounces", format="localized"),
+    "unique_opens": st.column_config.NumberColumn("Opened", format="localized"),
+    "unique_clicks": st.column_config.NumberColumn("Clicked", format="localized"),
+    "replies": st.column_config.NumberColumn("Replied", format="localized"),
+    "unsubscribes": st.column_config.NumberColumn("Unsubscribed", format="localized"),
+    "complaints": st.column_config.NumberColumn("Complaints", format="localized"),
+    "machine_opens": st.column_config.NumberColumn("Machine opens", format="localized"),
+    **{
+        rate: st.column_config.NumberColumn(label, format="percent")
+        for rate, label in (
+            ("delivery_rate", "Delivery rate"),
+            ("bounce_rate", "Bounce rate"),
+            ("open_rate", "Open rate"),
+            ("click_rate", "Click rate"),
+            ("reply_rate", "Reply rate"),
+            ("unsubscribe_rate", "Unsubscribe rate"),
+            ("complaint_rate", "Complaint rate"),
+        )
+    },
+}
