@@ -10,6 +10,7 @@ navigation = st.navigation(
             st.Page(
                 "pages/overview.py", title="Overview", icon=":material/monitoring:", default=True
             ),
+            st.Page("pages/campaigns.py", title="Campaigns", icon=":material/campaign:"),
             st.Page("pages/sends.py", title="Sends", icon=":material/send:"),
         ],
         "Contacts": [

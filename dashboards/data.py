@@ -156,6 +156,35 @@ PER_CAMPAIGN = sa.text(
 )
 
 
+CAMPAIGNS = sa.text(
+    f"""
+    with period as (
+        select campaign_id as period_campaign_id, {METRICS}
+        from {MARTS}.campaign_sender_daily where {FILTERED}
+        group by campaign_id
+    )
+    select campaigns.campaign_id::text as campaign_id, campaigns.campaign_name,
+           campaigns.campaign_status, campaigns.launched_at, campaigns.completed_at,
+           campaigns.steps, campaigns.daily_limit, period.*
+    from {MARTS}.dim_campaigns as campaigns
+    left join period on period.period_campaign_id = campaigns.campaign_id
+    where campaigns.tenant_id = cast(:tenant_id as uuid)
+        and (cardinality(cast(:campaign_ids as uuid[])) = 0
+             or campaigns.campaign_id = any(cast(:campaign_ids as uuid[])))
+    order by campaigns.created_at desc, campaigns.campaign_name
+    """
+)
+CAMPAIGN_SETTINGS = sa.text(
+    f"""
+    select campaign_name, campaign_status, campaign_timezone, created_at, launched_at,
+           completed_at, send_window_start, send_window_end, send_days, daily_limit,
+           stop_on_reply, track_opens, track_clicks, steps, email_steps
+    from {MARTS}.dim_campaigns
+    where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
+    """
+)
+
+
 class MartsMissingError(RuntimeError):
     """dbt has not built the marts yet in this database."""
 
@@ -222,6 +251,20 @@ def daily(params: dict) -> pl.DataFrame:
 def per_campaign(params: dict) -> pl.DataFrame:
     """The metrics per campaign of the filtered messages."""
     return _read(PER_CAMPAIGN, **params)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def campaigns(params: dict) -> pl.DataFrame:
+    """The tenant's campaigns (those filtered, if any) with their status, dates and the
+    metrics of their filtered messages in the period (nulls where none)."""
+    return _read(CAMPAIGNS, **params).drop("period_campaign_id")
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def campaign_settings(tenant_id: str, campaign_id: str) -> dict | None:
+    """One campaign's settings (None if the tenant has no such campaign)."""
+    frame = _read(CAMPAIGN_SETTINGS, tenant_id=tenant_id, campaign_id=campaign_id)
+    return frame.row(0, named=True) if frame.height else None
 
 
 @st.cache_data(ttl=60, show_spinner=False)

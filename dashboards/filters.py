@@ -1,7 +1,8 @@
 """The sidebar's filters, shared by the analytics pages and kept in the URL's query parameters
 (Streamlit's `bind="query-params"`): a view can be shared, bookmarked and reloaded.
 
-`?tenant=Acme&period=Last+90+days&campaign=<id>` opens the page on that view; a parameter that
+`?tenant=Acme&period=Last+90+days&campaign=Q4+outreach` opens the page on that view (a bound
+widget's option is named as it is shown: a campaign by its name); a parameter that
 names nothing (a campaign of another tenant, a period that does not exist) is dropped, and the
 default is used.
 """
