@@ -37,6 +37,8 @@ RATES = {
     "reply_rate": "Reply rate",
     "bounce_rate": "Bounce rate",
     "unsubscribe_rate": "Unsubscribe rate",
+    "complaint_rate": "Complaint rate",
+    "machine_open_share": "Machine-open share",
 }
 
 
@@ -63,10 +65,13 @@ def daily_trend(frame: pl.DataFrame, start: date, end: date, rates: list[str]) -
             ],
         )
     )
+    long = (
+        frame.select("day", *rates)
+        .unpivot(index="day", variable_name="metric", value_name="rate")
+        .with_columns(pl.col("metric").replace_strict(RATES).alias("label"))
+    )
     lines = (
-        alt.Chart(source)
-        .transform_fold(rates, as_=["metric", "rate"])
-        .transform_calculate(label=f"{dict(RATES)}[datum.metric]")
+        alt.Chart(long.to_pandas())
         .mark_line(point=True)
         .encode(
             x=x,

@@ -130,6 +130,9 @@ METRICS = """
     coalesce(sum(unsubscribes), 0)::bigint as unsubscribes,
     coalesce(sum(complaints), 0)::bigint as complaints,
     coalesce(sum(machine_opens), 0)::bigint as machine_opens,
+    coalesce(sum(total_opens), 0)::bigint as total_opens,
+    sum(machine_opens)::float8 / nullif(sum(machine_opens) + sum(total_opens), 0)
+        as machine_open_share,
     sum(delivered)::float8 / nullif(sum(sent), 0) as delivery_rate,
     (sum(bounced_hard) + sum(bounced_soft))::float8 / nullif(sum(sent), 0) as bounce_rate,
     sum(unique_opens)::float8 / nullif(sum(delivered), 0) as open_rate,
@@ -181,6 +184,59 @@ CAMPAIGN_SETTINGS = sa.text(
            stop_on_reply, track_opens, track_clicks, steps, email_steps
     from {MARTS}.dim_campaigns
     where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
+    """
+)
+
+
+#: Each sender's volume against its daily limit, bounce and reply rates (the campaign filter
+#: applies through campaign_sender_daily).
+SENDERS = sa.text(
+    f"""
+    with per_day as (
+        select sender_account_id, send_date, sum(sent) as sent
+        from {MARTS}.campaign_sender_daily where {FILTERED}
+        group by sender_account_id, send_date
+    ),
+    period as (
+        select sender_account_id as period_sender_id, {METRICS}
+        from {MARTS}.campaign_sender_daily where {FILTERED}
+        group by sender_account_id
+    ),
+    peaks as (
+        select sender_account_id as peak_sender_id,
+               max(sent)::bigint as busiest_day_sent,
+               coalesce(max(sent) filter (where send_date = :end), 0)::bigint as last_day_sent
+        from per_day group by sender_account_id
+    )
+    select senders.sender_account_id::text as sender_account_id, senders.sender_email,
+           senders.is_active, senders.daily_limit,
+           coalesce(peaks.last_day_sent, 0) as last_day_sent,
+           coalesce(peaks.busiest_day_sent, 0) as busiest_day_sent,
+           peaks.busiest_day_sent::float8 / nullif(senders.daily_limit, 0) as busiest_day_share,
+           period.*
+    from {MARTS}.dim_senders as senders
+    left join period on period.period_sender_id = senders.sender_account_id
+    left join peaks on peaks.peak_sender_id = senders.sender_account_id
+    where senders.tenant_id = cast(:tenant_id as uuid)
+        and (cardinality(cast(:sender_ids as uuid[])) = 0
+             or senders.sender_account_id = any(cast(:sender_ids as uuid[])))
+    order by senders.sender_email
+    """
+)
+
+
+#: The recipient domains with the most messages in the period (recipient_domain_daily has no
+#: campaign or sender: those filters do not apply to it).
+DOMAINS = sa.text(
+    f"""
+    select recipient_domain, {METRICS},
+           sum(machine_opens)::float8 / nullif(sum(machine_opens) + sum(total_opens), 0)
+               as machine_open_share
+    from {MARTS}.recipient_domain_daily
+    where tenant_id = cast(:tenant_id as uuid) and send_date between :start and :end
+    group by recipient_domain
+    order by sum(sent) desc, recipient_domain
+    limit :limit
     """
 )
 
@@ -265,6 +321,18 @@ def campaign_settings(tenant_id: str, campaign_id: str) -> dict | None:
     """One campaign's settings (None if the tenant has no such campaign)."""
     frame = _read(CAMPAIGN_SETTINGS, tenant_id=tenant_id, campaign_id=campaign_id)
     return frame.row(0, named=True) if frame.height else None
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def senders(params: dict) -> pl.DataFrame:
+    """The tenant's sender accounts (those filtered, if any): limit, volume, rates."""
+    return _read(SENDERS, **params).drop("period_sender_id")
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def domains(tenant_id: str, start: date, end: date, limit: int = 25) -> pl.DataFrame:
+    """The recipient domains with the most messages sent between `start` and `end`."""
+    return _read(DOMAINS, tenant_id=tenant_id, start=start, end=end, limit=limit)
 
 
 @st.cache_data(ttl=60, show_spinner=False)

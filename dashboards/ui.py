@@ -85,6 +85,7 @@ METRIC_COLUMNS = {
             ("reply_rate", "Reply rate"),
             ("unsubscribe_rate", "Unsubscribe rate"),
             ("complaint_rate", "Complaint rate"),
+            ("machine_open_share", "Machine-open share"),
         )
     },
 }
