@@ -16,6 +16,7 @@ navigation = st.navigation(
             st.Page("pages/sends.py", title="Sends", icon=":material/send:"),
         ],
         "Contacts": [
+            st.Page("pages/contacts.py", title="Contacts", icon=":material/group:"),
             st.Page("pages/uploads.py", title="Uploads", icon=":material/upload_file:"),
         ],
     }

@@ -85,3 +85,55 @@ def daily_trend(frame: pl.DataFrame, start: date, end: date, rates: list[str]) -
         )
     )
     return alt.layer(bars, lines).resolve_scale(y="independent").properties(height=340)
+
+
+def list_growth(frame: pl.DataFrame, start: date, end: date) -> alt.Chart:
+    """Each list's members over the period (cumulative: those added up to each day)."""
+    growth = frame.sort("day").with_columns(
+        pl.col("members_added").cum_sum().over("list_name").alias("members")
+    )
+    domain = [start.isoformat(), (end + timedelta(days=1)).isoformat()]
+    return (
+        alt.Chart(growth.filter(pl.col("day") >= start).to_pandas())
+        .mark_line(point=True, interpolate="step-after")
+        .encode(
+            x=alt.X(
+                "yearmonthdate(day):T",
+                title="Day",
+                scale=alt.Scale(domain=domain),
+                axis=alt.Axis(format="%b %d", labelAngle=0),
+            ),
+            y=alt.Y("members:Q", title="Members", axis=alt.Axis(format=",d")),
+            color=alt.Color("list_name:N", title="List"),
+            tooltip=[
+                alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
+                alt.Tooltip("list_name:N", title="List"),
+                alt.Tooltip("members:Q", title="Members", format=","),
+                alt.Tooltip("members_added:Q", title="Added that day", format=","),
+            ],
+        )
+        .properties(height=300)
+    )
+
+
+def score_bands(frame: pl.DataFrame) -> alt.Chart:
+    """How many active contacts have each band of engagement score."""
+    labelled = frame.with_columns(
+        pl.when(pl.col("band") == 100)
+        .then(pl.lit("100"))
+        .otherwise(pl.format("{}–{}", pl.col("band"), pl.col("band") + 9))
+        .alias("score")
+    )
+    return (
+        alt.Chart(labelled.to_pandas())
+        .mark_bar()
+        .encode(
+            x=alt.X("score:N", title="Engagement score", sort=None),
+            y=alt.Y("contacts:Q", title="Active contacts", axis=alt.Axis(format=",d")),
+            tooltip=[
+                alt.Tooltip("score:N", title="Score"),
+                alt.Tooltip("contacts:Q", title="Contacts", format=","),
+            ],
+        )
+        .properties(height=260)
+    )

@@ -241,6 +241,51 @@ DOMAINS = sa.text(
 )
 
 
+LIST_GROWTH = sa.text(
+    f"""
+    select list_name, added_date as day, members_added::bigint as members_added
+    from {MARTS}.list_members_daily
+    where tenant_id = cast(:tenant_id as uuid) and added_date <= :end
+    order by list_name, added_date
+    """
+)
+#: The engagement score's distribution in bands of ten (100 alone), active contacts only.
+SCORE_BANDS = sa.text(
+    f"""
+    select least(engagement_score / 10 * 10, 100) as band, count(*)::bigint as contacts
+    from {MARTS}.dim_contacts
+    where tenant_id = cast(:tenant_id as uuid) and contact_status = 'active'
+    group by 1 order by 1
+    """
+)
+CONTACT_STATUSES = sa.text(
+    f"""
+    select contact_status, count(*)::bigint as contacts from {MARTS}.dim_contacts
+    where tenant_id = cast(:tenant_id as uuid) group by 1 order by 2 desc
+    """
+)
+#: The most engaged contacts (the leads), by the (tenant_id, engagement_score) index.
+LEADS = sa.text(
+    f"""
+    select email, first_name, last_name, company, job_title, engagement_score,
+           messages_sent, messages_opened, messages_clicked, messages_replied,
+           last_open_at, last_click_at, last_reply_at, lists
+    from {MARTS}.dim_contacts
+    where tenant_id = cast(:tenant_id as uuid) and engagement_score > 0
+    order by engagement_score desc, last_reply_at desc nulls last, email
+    limit :limit
+    """
+)
+SUPPRESSIONS = sa.text(
+    f"""
+    select suppression_reason as reason, count(*)::bigint as suppressions
+    from {MARTS}.fct_suppressions
+    where tenant_id = cast(:tenant_id as uuid) and suppressed_date between :start and :end
+    group by 1 order by 2 desc, 1
+    """
+)
+
+
 class MartsMissingError(RuntimeError):
     """dbt has not built the marts yet in this database."""
 
@@ -333,6 +378,32 @@ def senders(params: dict) -> pl.DataFrame:
 def domains(tenant_id: str, start: date, end: date, limit: int = 25) -> pl.DataFrame:
     """The recipient domains with the most messages sent between `start` and `end`."""
     return _read(DOMAINS, tenant_id=tenant_id, start=start, end=end, limit=limit)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def list_growth(tenant_id: str, end: date) -> pl.DataFrame:
+    """Members added per list and day up to `end`."""
+    return _read(LIST_GROWTH, tenant_id=tenant_id, end=end)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def score_bands(tenant_id: str) -> pl.DataFrame:
+    return _read(SCORE_BANDS, tenant_id=tenant_id)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def contact_statuses(tenant_id: str) -> pl.DataFrame:
+    return _read(CONTACT_STATUSES, tenant_id=tenant_id)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def leads(tenant_id: str, limit: int = 100) -> pl.DataFrame:
+    return _read(LEADS, tenant_id=tenant_id, limit=limit)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def suppressions(tenant_id: str, start: date, end: date) -> pl.DataFrame:
+    return _read(SUPPRESSIONS, tenant_id=tenant_id, start=start, end=end)
 
 
 @st.cache_data(ttl=60, show_spinner=False)
