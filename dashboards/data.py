@@ -192,15 +192,16 @@ CAMPAIGN_SETTINGS = sa.text(
 #: applies through campaign_sender_daily).
 SENDERS = sa.text(
     f"""
-    with per_day as (
+    with filtered as materialized (
+        select * from {MARTS}.campaign_sender_daily where {FILTERED}
+    ),
+    per_day as (
         select sender_account_id, send_date, sum(sent) as sent
-        from {MARTS}.campaign_sender_daily where {FILTERED}
-        group by sender_account_id, send_date
+        from filtered group by sender_account_id, send_date
     ),
     period as (
         select sender_account_id as period_sender_id, {METRICS}
-        from {MARTS}.campaign_sender_daily where {FILTERED}
-        group by sender_account_id
+        from filtered group by sender_account_id
     ),
     peaks as (
         select sender_account_id as peak_sender_id,

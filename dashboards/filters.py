@@ -105,26 +105,22 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
         )
     start, end = period_dates(period, today, custom)
 
-    campaign_ids: list[str] = []
-    if campaigns:
-        options = data.campaign_choices(tenant_id)
-        campaign_ids = st.sidebar.multiselect(
-            "Campaigns",
-            list(options),
-            format_func=options.get,
-            placeholder="All campaigns",
-            key="campaign",
-            bind="query-params",
-        )
-    sender_ids: list[str] = []
-    if senders:
-        options = data.sender_choices(tenant_id)
-        sender_ids = st.sidebar.multiselect(
-            "Senders",
-            list(options),
-            format_func=options.get,
-            placeholder="All senders",
-            key="sender",
-            bind="query-params",
-        )
-    return Filters(tenant_id, name, start, end, tuple(campaign_ids), tuple(sender_ids))
+    campaign_ids = (
+        _pick("Campaigns", data.campaign_choices(tenant_id), "campaign") if campaigns else ()
+    )
+    sender_ids = _pick("Senders", data.sender_choices(tenant_id), "sender") if senders else ()
+    return Filters(tenant_id, name, start, end, campaign_ids, sender_ids)
+
+
+def _pick(label: str, options: dict[str, str], key: str) -> tuple[str, ...]:
+    """A sidebar multiselect of `options` ({id: name}) bound to `?key=<name>`; the ids picked
+    (none: all)."""
+    picked = st.sidebar.multiselect(
+        label,
+        list(options),
+        format_func=options.get,
+        placeholder=f"All {label.lower()}",
+        key=key,
+        bind="query-params",
+    )
+    return tuple(picked)

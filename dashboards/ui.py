@@ -53,6 +53,20 @@ def kpi_tiles(now: Mapping, before: Mapping) -> None:
         )
 
 
+#: A sender whose busiest day of the period reached this share of its daily limit is near it.
+NEAR_LIMIT = 0.9
+
+
+def near_limit_warning(senders: pl.DataFrame) -> None:
+    """A warning naming the senders (`data.senders` rows) near their daily limit, if any."""
+    near = senders.filter(pl.col("busiest_day_share") >= NEAR_LIMIT)
+    if near.height:
+        st.warning(
+            f"Near their daily limit ({NEAR_LIMIT:.0%} or more on a day of the period): "
+            f"{', '.join(near['sender_email'])}."
+        )
+
+
 def download(frame: pl.DataFrame, name: str, *, key: str | None = None) -> None:
     """A "Download CSV" button for `frame` (dates in ISO, lists joined)."""
     flat = frame.with_columns(

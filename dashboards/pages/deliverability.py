@@ -46,12 +46,7 @@ st.altair_chart(
 
 st.subheader("By sender")
 senders = data.senders(view.params())
-near = senders.filter(senders["busiest_day_share"] >= 0.9)
-if near.height:
-    st.warning(
-        f"Near their daily limit (90% or more on a day of the period): "
-        f"{', '.join(near['sender_email'])}."
-    )
+ui.near_limit_warning(senders)
 by_sender = senders.select(
     "sender_email",
     "sent",

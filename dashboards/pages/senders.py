@@ -19,12 +19,7 @@ if table.is_empty():
     )
     st.stop()
 
-near = table.filter(table["busiest_day_share"] >= 0.9)
-if near.height:
-    st.warning(
-        f"{near.height} sender(s) reached 90% or more of their daily limit on a day of the "
-        f"period: {', '.join(near['sender_email'])}."
-    )
+ui.near_limit_warning(table)
 st.caption(
     f"Messages sent {view.start} – {view.end}. Busiest day: the most one account sent in a day "
     "of the period, against its daily limit."

@@ -62,3 +62,13 @@ def generated(pg_server, template_database, tmp_path_factory):
     with admin.connect() as conn:
         conn.execute(sa.text(f"drop database {name} with (force)"))
     admin.dispose()
+
+
+@pytest.fixture
+def empty_marts(use_database, database) -> Database:
+    """A fresh database (its only tenant, `default`, has nothing) with the marts built."""
+    from tests.factories import dbt
+
+    use_database(database)
+    dbt(database, "build", "--exclude-resource-type", "unit_test")
+    return database

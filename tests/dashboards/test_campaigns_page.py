@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from streamlit.testing.v1 import AppTest
 
-from engine.config import PROJECT_ROOT
-
-PAGE = str(PROJECT_ROOT / "dashboards" / "pages" / "campaigns.py")
-
-
-def _page(**query: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+from tests.dashboards.pages import open_page
 
 
 def test_every_campaign_is_listed_with_its_period_figures(use_database, generated):
     use_database(generated)
-    at = _page()
+    at = open_page("campaigns")
     assert not at.exception, at.exception
     tenant = at.sidebar.selectbox(key="tenant").value
     with generated.analytics.connect() as conn:
@@ -37,7 +27,7 @@ def test_every_campaign_is_listed_with_its_period_figures(use_database, generate
         )
     table = at.dataframe[0].value
     assert dict(zip(table["campaign_name"], table["sent"], strict=True)) == expected
-    week = _page(period="Last 7 days").dataframe[0].value
+    week = open_page("campaigns", period="Last 7 days").dataframe[0].value
     assert week["sent"].sum() < table["sent"].sum()
 
 
@@ -52,7 +42,7 @@ def test_a_campaign_in_the_url_opens_its_trend_and_settings(use_database, genera
             )
         ).one()
     # the URL names a bound widget's option as it is shown: the campaign's name
-    at = _page(tenant=tenant, campaign_page=name)
+    at = open_page("campaigns", tenant=tenant, campaign_page=name)
     assert not at.exception, at.exception
     assert at.selectbox(key="campaign_page").value == campaign
     assert [h.value for h in at.subheader] == [name, "Settings"]
@@ -61,16 +51,12 @@ def test_a_campaign_in_the_url_opens_its_trend_and_settings(use_database, genera
     settings = dict(zip(rows["setting"], rows["value"], strict=True))
     assert settings["campaign_name"] == name
     # another tenant's campaign in the URL opens nothing
-    other = _page(tenant="default", campaign_page=name)
+    other = open_page("campaigns", tenant="default", campaign_page=name)
     assert not other.exception, other.exception
     assert [h.value for h in other.subheader] == []
 
 
-def test_a_tenant_without_campaigns_is_told_how_to_make_one(use_database, database):
-    use_database(database)
-    from tests.factories import dbt
-
-    dbt(database, "build", "--exclude-resource-type", "unit_test")
-    at = _page()
+def test_a_tenant_without_campaigns_is_told_how_to_make_one(empty_marts):
+    at = open_page("campaigns")
     assert not at.exception, at.exception
     assert "has no campaigns yet" in at.info[0].value

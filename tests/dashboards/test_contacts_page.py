@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from streamlit.testing.v1 import AppTest
 
-from engine.config import PROJECT_ROOT
-
-PAGE = str(PROJECT_ROOT / "dashboards" / "pages" / "contacts.py")
-
-
-def _page(**query: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+from tests.dashboards.pages import open_page
 
 
 def test_statuses_leads_and_suppressions_come_from_the_marts(use_database, generated):
     use_database(generated)
-    at = _page(period="Last 90 days")
+    at = open_page("contacts", period="Last 90 days")
     assert not at.exception, at.exception
     tenant = at.sidebar.selectbox(key="tenant").value
     with generated.analytics.connect() as conn:
@@ -61,11 +51,7 @@ def test_statuses_leads_and_suppressions_come_from_the_marts(use_database, gener
     assert len(at.get("download_button")) == 2
 
 
-def test_a_tenant_without_contacts_is_told_to_upload_some(use_database, database):
-    use_database(database)
-    from tests.factories import dbt
-
-    dbt(database, "build", "--exclude-resource-type", "unit_test")
-    at = _page()
+def test_a_tenant_without_contacts_is_told_to_upload_some(empty_marts):
+    at = open_page("contacts")
     assert not at.exception, at.exception
     assert "has no contacts yet" in at.info[0].value

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from streamlit.testing.v1 import AppTest
 
-from engine.config import PROJECT_ROOT
-
-PAGE = str(PROJECT_ROOT / "dashboards" / "pages" / "deliverability.py")
+from tests.dashboards.pages import open_page
 
 _EXPECTED = sa.text(
     """
@@ -19,17 +16,10 @@ _EXPECTED = sa.text(
 )
 
 
-def _page(**query: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
-
-
 def test_bounces_complaints_and_unsubscribes_add_up_by_period(use_database, generated):
     use_database(generated)
     for period, days in (("Last 30 days", 30), ("Last 90 days", 90)):
-        at = _page(period=period)
+        at = open_page("deliverability", period=period)
         assert not at.exception, at.exception
         tenant = at.sidebar.selectbox(key="tenant").value
         with generated.analytics.connect() as conn:
@@ -48,6 +38,6 @@ def test_bounces_complaints_and_unsubscribes_add_up_by_period(use_database, gene
 
 def test_nothing_sent_says_there_is_nothing_to_bounce(use_database, generated):
     use_database(generated)
-    at = _page(tenant="default")
+    at = open_page("deliverability", tenant="default")
     assert not at.exception, at.exception
     assert "nothing to bounce yet" in at.info[0].value

@@ -5,16 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
-from engine.config import PROJECT_ROOT
-
-PAGE = str(PROJECT_ROOT / "dashboards" / "pages" / "overview.py")
-
-
-def _page(**query: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+from tests.dashboards.pages import open_page
 
 
 def _tiles(at: AppTest) -> dict[str, tuple[str, str]]:
@@ -23,7 +14,7 @@ def _tiles(at: AppTest) -> dict[str, tuple[str, str]]:
 
 def test_the_kpis_follow_the_period_and_the_tenant_in_the_url(use_database, generated):
     use_database(generated)
-    month = _page()
+    month = open_page("overview")
     assert not month.exception, month.exception
     tiles = _tiles(month)
     assert list(tiles) == [
@@ -47,18 +38,18 @@ def test_the_kpis_follow_the_period_and_the_tenant_in_the_url(use_database, gene
         ).one()
     assert month.sidebar.selectbox(key="tenant").value == tenant
     assert tiles["Sent"][0] == f"{expected:,}"
-    week = _page(period="Last 7 days")
+    week = open_page("overview", period="Last 7 days")
     assert _tiles(week)["Sent"][0] != tiles["Sent"][0]
     other = [n for n in month.sidebar.selectbox(key="tenant").options if n.startswith("gen-")]
     other = [n for n in other if n != tenant][0]
-    assert _tiles(_page(tenant=other))["Sent"][0] != tiles["Sent"][0]
+    assert _tiles(open_page("overview", tenant=other))["Sent"][0] != tiles["Sent"][0]
     assert month.get("arrow_vega_lite_chart") or month.get("vega_lite_chart")
     assert [b.label for b in month.get("download_button")] == ["Download CSV"]
 
 
 def test_a_campaign_filter_narrows_the_figures(use_database, generated):
     use_database(generated)
-    at = _page()
+    at = open_page("overview")
     everything = int(_tiles(at)["Sent"][0].replace(",", ""))
     picker = at.sidebar.multiselect(key="campaign")
     with generated.analytics.connect() as conn:
@@ -75,12 +66,8 @@ def test_a_campaign_filter_narrows_the_figures(use_database, generated):
     assert 0 < expected < everything
 
 
-def test_an_empty_database_says_what_to_do_first(use_database, database):
-    use_database(database)
-    from tests.factories import dbt
-
-    dbt(database, "build", "--exclude-resource-type", "unit_test")
-    at = _page()
+def test_an_empty_database_says_what_to_do_first(empty_marts):
+    at = open_page("overview")
     assert not at.exception, at.exception
     # the template's own tenant, `default`, which has sent nothing yet
     assert "Nothing has been sent yet" in at.info[0].value
@@ -88,6 +75,6 @@ def test_an_empty_database_says_what_to_do_first(use_database, database):
 
 def test_marts_not_built_yet_say_how_to_build_them(use_database, database):
     use_database(database)
-    at = _page()
+    at = open_page("overview")
     assert not at.exception, at.exception
     assert "have not been built yet" in at.info[0].value

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from streamlit.testing.v1 import AppTest
 
-from engine.config import PROJECT_ROOT
-
-PAGE = str(PROJECT_ROOT / "dashboards" / "pages" / "senders.py")
-
-
-def _page(**query: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+from tests.dashboards.pages import open_page
 
 
 def test_each_sender_shows_its_volume_against_its_limit(use_database, generated):
     use_database(generated)
-    at = _page()
+    at = open_page("senders")
     assert not at.exception, at.exception
     tenant = at.sidebar.selectbox(key="tenant").value
     with generated.analytics.connect() as conn:
@@ -48,15 +38,11 @@ def test_each_sender_shows_its_volume_against_its_limit(use_database, generated)
     assert len(shown) > 1
     # a sender filter in the URL (the address, as the picker shows it) keeps that one
     first = sorted(expected)[0]
-    one = _page(tenant=tenant, sender=first).dataframe[0].value
+    one = open_page("senders", tenant=tenant, sender=first).dataframe[0].value
     assert list(one["sender_email"]) == [first]
 
 
-def test_a_tenant_without_senders_is_told_how_to_add_one(use_database, database):
-    use_database(database)
-    from tests.factories import dbt
-
-    dbt(database, "build", "--exclude-resource-type", "unit_test")
-    at = _page()
+def test_a_tenant_without_senders_is_told_how_to_add_one(empty_marts):
+    at = open_page("senders")
     assert not at.exception, at.exception
     assert "has no sender accounts yet" in at.info[0].value
