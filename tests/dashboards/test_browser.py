@@ -1,0 +1,163 @@
+"""The running app in a real browser: headless Chromium (Debian's `chromium`, which `.ci/run`
+installs) driven by Playwright, against `streamlit run dashboards/app.py` started as `penguin up`
+starts it (its own environment: the dashboards role only) on a generated database.
+
+Every page loads with no exception and no error element; one filter travels through the URL;
+each page leaves a screenshot in tests/artifacts/ (ignored by git) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from engine.config import PROJECT_ROOT
+from engine.runtime import child_environment, http_ok
+from tests.conftest import free_port
+
+ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+#: (URL path, the page's title): every page of dashboards/app.py.
+PAGES = [
+    ("", "Overview"),
+    ("campaigns", "Campaigns"),
+    ("deliverability", "Deliverability"),
+    ("senders", "Senders"),
+    ("sends", "Sends"),
+    ("contacts", "Contacts"),
+    ("uploads", "Upload contacts"),
+]
+#: What Streamlit renders for an uncaught exception and for `st.error`.
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+#: True once the page has shown nothing still running or loading for `quiet` ms.
+SETTLED = """(quiet) => {
+    const busy = document.querySelector(
+        '[data-testid="stStatusWidget"], [data-testid="stSkeleton"], '
+        + '[data-testid="stSkeletonElement"], [data-testid="stAppSkeleton"]');
+    const now = performance.now();
+    if (busy || window.__busyAt === undefined) window.__busyAt = now;
+    return now - window.__busyAt >= quiet;
+}"""
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("no chromium on PATH: `apt-get install -y chromium` (.ci/run does)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(generated, tmp_path_factory) -> Iterator[str]:
+    """The app served by Streamlit in a process group of its own, as `penguin up` runs it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "dashboards.log"
+    env = child_environment("dashboards", generated)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(PROJECT_ROOT / "dashboards" / "app.py"),
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(port),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not http_ok(f"{url}/_stcore/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, url: str, title: str, screenshot: Path):
+    """Load `url`, wait until the page has rendered and finished running, and save a picture."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
+    # The script runs on after the title, and charts and tables load after the script: done
+    # when neither the "running" indicator nor a placeholder has been seen for a second.
+    page.wait_for_function(SETTLED, arg=1000, timeout=60_000, polling=100)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)
+    return page
+
+
+@pytest.mark.xdist_group("browser")
+@pytest.mark.parametrize(("path", "title"), PAGES, ids=[t for _, t in PAGES])
+def test_every_page_renders_without_an_error(browser, app_url, path, title):
+    page = _open(browser, f"{app_url}/{path}", title, ARTIFACTS / f"{title.lower()}.png")
+    try:
+        errors = page.locator(ERRORS)
+        assert errors.count() == 0, errors.all_inner_texts()
+        # something beyond the title: the page's own content (figures or its empty state)
+        assert page.locator('[data-testid="stMainBlockContainer"]').inner_text().strip() != title
+    finally:
+        page.close()
+
+
+@pytest.mark.xdist_group("browser")
+def test_a_filter_in_the_url_chooses_what_is_shown(browser, app_url, generated):
+    with generated.owner.connect() as conn:
+        tenants = conn.execute(
+            sa.text("select name from app.tenants where name like 'gen-%' order by name")
+        ).scalars()
+        first, second = list(tenants)[:2]
+    shown = {}
+    for tenant in (first, second):
+        page = _open(
+            browser,
+            f"{app_url}/?tenant={tenant}&period=Last+7+days",
+            "Overview",
+            ARTIFACTS / f"overview-{tenant}.png",
+        )
+        try:
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            assert sidebar.get_by_role("combobox", name="Tenant").input_value() == tenant
+            assert sidebar.get_by_role("combobox", name="Period").input_value() == "Last 7 days"
+            assert page.locator(ERRORS).count() == 0
+            shown[tenant] = page.locator('[data-testid="stMetric"]').first.inner_text()
+        finally:
+            page.close()
+    # the two tenants' generated figures differ: the URL chose what the page read
+    assert shown[first] != shown[second]
