@@ -92,9 +92,32 @@ def list_growth(frame: pl.DataFrame, start: date, end: date) -> alt.Chart:
     growth = frame.sort("day").with_columns(
         pl.col("members_added").cum_sum().over("list_name").alias("members")
     )
+
+    # Each list's line runs the whole period: from the members it had when the period began
+    # (added before it, even if none joined since) to the members it has at the end.
+    def at(day: date, rows: pl.DataFrame) -> pl.DataFrame:
+        return (
+            rows.group_by("list_name")
+            .agg(pl.col("members").last())
+            .select(
+                "list_name",
+                pl.lit(day).alias("day"),
+                pl.lit(0).cast(growth["members_added"].dtype).alias("members_added"),
+                "members",
+            )
+        )
+
+    shown = pl.concat(
+        [
+            growth.filter(pl.col("day") >= start),  # a day's own row wins over an edge's
+            at(start, growth.filter(pl.col("day") < start)),
+            at(end, growth),
+        ],
+        how="vertical_relaxed",
+    ).unique(["list_name", "day"], keep="first", maintain_order=True)
     domain = [start.isoformat(), (end + timedelta(days=1)).isoformat()]
     return (
-        alt.Chart(growth.filter(pl.col("day") >= start).to_pandas())
+        alt.Chart(shown.sort("list_name", "day").to_pandas())
         .mark_line(point=True, interpolate="step-after")
         .encode(
             x=alt.X(

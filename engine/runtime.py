@@ -210,6 +210,24 @@ def child_environment(
     return env
 
 
+def dashboards_command(port: int) -> list[str]:
+    """`streamlit run dashboards/app.py` on 127.0.0.1:`port`. Everything else (headless, upload
+    size, toolbar, usage statistics) lives in dashboards/.streamlit/config.toml, which
+    `streamlit run` by hand reads too."""
+    app = PROJECT_ROOT / "dashboards" / "app.py"
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+    ]
+
+
 def shell_exports(env: Mapping[str, str]) -> str:
     return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in env.items())
 
@@ -461,19 +479,7 @@ class Stack:
         )
         dashboards = Child(
             "Dashboards",
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(PROJECT_ROOT / "dashboards" / "app.py"),
-                # Everything else (headless, upload size, toolbar, usage stats) lives in
-                # dashboards/.streamlit/config.toml, which `streamlit run` by hand reads too.
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(settings.dashboard_port),
-            ],
+            dashboards_command(settings.dashboard_port),
             logs / "dashboards.log",
             lambda: http_ok(f"http://127.0.0.1:{settings.dashboard_port}/_stcore/health"),
             env=dashboards_env,

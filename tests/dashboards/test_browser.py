@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.config import PROJECT_ROOT
-from engine.runtime import child_environment, http_ok
+from engine.runtime import child_environment, dashboards_command, http_ok
 from tests.conftest import free_port
 
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
@@ -64,17 +63,7 @@ def app_url(generated, tmp_path_factory) -> Iterator[str]:
     env = child_environment("dashboards", generated)
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(PROJECT_ROOT / "dashboards" / "app.py"),
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(port),
-            ],
+            dashboards_command(port),
             cwd=PROJECT_ROOT,
             env=env,
             stdout=out,

@@ -1,0 +1,185 @@
+"""Dashboards: every page's queries on the generated 1,000,000 messages and 10,000,000 events,
+with Streamlit's cache empty (cold) at every run. Target: p95 per page <= 200 ms here.
+
+Setup, before any clock starts: an embedded PostgreSQL (pgserver) in a temporary PENGUIN_HOME,
+migrated; `penguin generate`'s dataset (`--sends`, `--events`, over `--days` days up to now,
+2 tenants), vacuumed and analyzed; the marts built by `dbt build`.
+
+A run of a page: `st.cache_data` cleared, then the page script run once by Streamlit's AppTest
+with the sidebar's defaults (the tenant that sent last, the last 30 days, every campaign and
+sender) -- and the Campaigns page once more with a campaign open (`?campaign_page=`). A run's
+figure is the time its SQL statements took, from execute to the last row received (an
+SQLAlchemy cursor event around each), summed; each page runs `--runs` times and its p95 is
+reported. The script's whole run (Streamlit, charts, tables) is printed beside it.
+
+Baseline, in the same run: the same pages with the marts' indexes out of the planner's reach
+(`enable_indexscan`, `enable_bitmapscan` and `enable_indexonlyscan` off for the dashboards
+role), so the ratio says what the indexes the models' post-hooks add are worth. The line names
+the slowest page and its p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+from bench_dbt import dbt_build  # noqa: E402
+from bench_send import log  # noqa: E402
+
+from engine import migrate  # noqa: E402
+from engine.config import DASHBOARDS_ROLE, PROJECT_ROOT, Settings  # noqa: E402
+from engine.db import Database  # noqa: E402
+from engine.embedded import start_embedded_postgres, stop_embedded_postgres  # noqa: E402
+from engine.generate import Shape, generate  # noqa: E402
+from engine.runtime import exported_environment  # noqa: E402
+
+PAGES = ("overview", "campaigns", "deliverability", "senders", "sends", "contacts", "uploads")
+TARGET_MS = 200
+NO_INDEXES = ("enable_indexscan", "enable_bitmapscan", "enable_indexonlyscan")
+
+
+class StatementClock:
+    """Sums the time of every SQL statement run while it listens (any engine of the process)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.statements = 0
+        self._started: list[float] = []
+
+    def before(self, *_args) -> None:
+        self._started.append(time.perf_counter())
+
+    def after(self, *_args) -> None:
+        self.total += time.perf_counter() - self._started.pop()
+        self.statements += 1
+
+    def __enter__(self) -> StatementClock:
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", self.before)
+        sa.event.listen(sa.engine.Engine, "after_cursor_execute", self.after)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", self.before)
+        sa.event.remove(sa.engine.Engine, "after_cursor_execute", self.after)
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def measure(views: list[tuple[str, str, dict[str, str]]], runs: int) -> dict[str, dict]:
+    """Each view (label, page, query parameters) run `runs` times with a cold cache."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_resource.clear()  # a new engine: new connections pick up the role's settings
+    figures = {}
+    for label, page, query in views:
+        sql, whole, statements = [], [], 0
+        for _ in range(runs):
+            st.cache_data.clear()
+            at = AppTest.from_file(str(PROJECT_ROOT / "dashboards" / "pages" / f"{page}.py"))
+            for key, value in query.items():
+                at.query_params[key] = value
+            start = time.perf_counter()
+            with StatementClock() as clock:
+                at.run(timeout=120)
+            whole.append(time.perf_counter() - start)
+            if at.exception:
+                raise SystemExit(f"{label}: the page failed: {at.exception[0].message}")
+            sql.append(clock.total)
+            statements = clock.statements
+        figures[label] = {
+            "p95_ms": 1000 * p95(sql),
+            "page_p95_ms": 1000 * p95(whole),
+            "statements": statements,
+        }
+        log(
+            f"{label:<24} queries p95 {figures[label]['p95_ms']:7.1f} ms "
+            f"({statements} statements)   whole page p95 {figures[label]['page_p95_ms']:7.0f} ms"
+        )
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sends", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    os.environ["DO_NOT_TRACK"] = "1"
+    # not "no runtime found" twice a run: AppTest runs the pages without a server
+    os.environ["STREAMLIT_LOGGER_LEVEL"] = "error"
+    with tempfile.TemporaryDirectory(prefix="bench-dashboards-") as tmp:
+        work = Path(tmp)
+        settings = Settings(home=work / "home", database_url=None)
+        db = Database(settings, start_embedded_postgres(settings))
+        try:
+            migrate.upgrade(db)
+            contacts = max(2, args.sends // 5)
+            log(f"generating {args.sends:,} messages and about {args.events:,} events")
+            shape = Shape(2, contacts, args.sends, args.events, args.days, seed=1)
+            done = generate(db, shape, datetime.now(UTC))
+            with db.owner.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                    sa.text("vacuum analyze")
+                )
+            log(f"marts built in {dbt_build(db, work / 'target'):.0f} s")
+            os.environ.update(exported_environment(db))
+            with db.owner.connect() as conn:
+                campaign = conn.execute(
+                    sa.text(
+                        "select campaign_name from analytics_marts.campaign_daily "
+                        "group by campaign_name order by sum(sent) desc limit 1"
+                    )
+                ).scalar_one()
+            views = [(page, page, {}) for page in PAGES]
+            views.insert(2, ("campaigns (one open)", "campaigns", {"campaign_page": campaign}))
+
+            log(f"{len(views)} views, {args.runs} cold runs each")
+            figures = measure(views, args.runs)
+            log("baseline: the same views with the marts' indexes out of the planner's reach")
+            role_settings(db, "set", "off")
+            try:
+                baseline = measure(views, args.runs)
+            finally:
+                role_settings(db, "reset")
+        finally:
+            db.dispose()
+            stop_embedded_postgres(settings)
+    slowest = max(figures, key=lambda label: figures[label]["p95_ms"])
+    worst, base = figures[slowest]["p95_ms"], baseline[slowest]["p95_ms"]
+    print(
+        f"BENCH dashboards p95_ms={worst:.1f} baseline_p95_ms={base:.1f} ratio={worst / base:.3f} "
+        f"slowest_page={slowest.replace(' ', '_')} target_p95_ms={TARGET_MS} "
+        f"page_p95_ms={figures[slowest]['page_p95_ms']:.0f} runs={args.runs} "
+        f"messages={done.messages} events={done.events}",
+        flush=True,
+    )
+    return 0
+
+
+def role_settings(db: Database, verb: str, value: str | None = None) -> None:
+    """The planner settings of the dashboards role in this database: `set` them to `value`,
+    or `reset` them."""
+    with db.owner.connect() as conn:
+        database = conn.execute(sa.text("select current_database()")).scalar_one()
+        for name in NO_INDEXES:
+            tail = f"set {name} = {value}" if verb == "set" else f"reset {name}"
+            conn.execute(sa.text(f'alter role {DASHBOARDS_ROLE} in database "{database}" {tail}'))
+        conn.commit()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
