@@ -32,15 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from bench_dbt import dbt_build  # noqa: E402
+from bench_dbt import dbt_build, embedded_database, vacuum_analyze  # noqa: E402
 from bench_send import log  # noqa: E402
 
-from engine import migrate  # noqa: E402
-from engine.config import DASHBOARDS_ROLE, PROJECT_ROOT, Settings  # noqa: E402
+from engine.config import DASHBOARDS_ROLE, PROJECT_ROOT  # noqa: E402
 from engine.db import Database  # noqa: E402
-from engine.embedded import start_embedded_postgres, stop_embedded_postgres  # noqa: E402
 from engine.generate import Shape, generate  # noqa: E402
-from engine.runtime import exported_environment  # noqa: E402
+from engine.runtime import child_environment  # noqa: E402
 
 PAGES = ("overview", "campaigns", "deliverability", "senders", "sends", "contacts", "uploads")
 TARGET_MS = 200
@@ -80,6 +78,7 @@ def p95(values: list[float]) -> float:
 def measure(views: list[tuple[str, str, dict[str, str]]], runs: int) -> dict[str, dict]:
     """Each view (label, page, query parameters) run `runs` times with a cold cache."""
     import streamlit as st
+    from streamlit.logger import set_log_level
     from streamlit.testing.v1 import AppTest
 
     st.cache_resource.clear()  # a new engine: new connections pick up the role's settings
@@ -89,6 +88,9 @@ def measure(views: list[tuple[str, str, dict[str, str]]], runs: int) -> dict[str
         for _ in range(runs):
             st.cache_data.clear()
             at = AppTest.from_file(str(PROJECT_ROOT / "dashboards" / "pages" / f"{page}.py"))
+            # not "no runtime found" twice a run (AppTest runs a page without a server); set
+            # again each time, as loading Streamlit's configuration resets it
+            set_log_level("error")
             for key, value in query.items():
                 at.query_params[key] = value
             start = time.perf_counter()
@@ -119,45 +121,36 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     os.environ["DO_NOT_TRACK"] = "1"
-    # not "no runtime found" twice a run: AppTest runs the pages without a server
-    os.environ["STREAMLIT_LOGGER_LEVEL"] = "error"
-    with tempfile.TemporaryDirectory(prefix="bench-dashboards-") as tmp:
-        work = Path(tmp)
-        settings = Settings(home=work / "home", database_url=None)
-        db = Database(settings, start_embedded_postgres(settings))
-        try:
-            migrate.upgrade(db)
-            contacts = max(2, args.sends // 5)
-            log(f"generating {args.sends:,} messages and about {args.events:,} events")
-            shape = Shape(2, contacts, args.sends, args.events, args.days, seed=1)
-            done = generate(db, shape, datetime.now(UTC))
-            with db.owner.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-                    sa.text("vacuum analyze")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-dashboards-") as tmp,
+        embedded_database(Path(tmp)) as db,
+    ):
+        contacts = max(2, args.sends // 5)
+        log(f"generating {args.sends:,} messages and about {args.events:,} events")
+        shape = Shape(2, contacts, args.sends, args.events, args.days, seed=1)
+        done = generate(db, shape, datetime.now(UTC))
+        vacuum_analyze(db)
+        log(f"marts built in {dbt_build(db, Path(tmp) / 'target'):.0f} s")
+        # the pages read as they do under `penguin up`: the dashboards role's environment
+        os.environ.update(child_environment("dashboards", db))
+        with db.owner.connect() as conn:
+            campaign = conn.execute(
+                sa.text(
+                    "select campaign_name from analytics_marts.campaign_daily "
+                    "group by campaign_name order by sum(sent) desc limit 1"
                 )
-            log(f"marts built in {dbt_build(db, work / 'target'):.0f} s")
-            os.environ.update(exported_environment(db))
-            with db.owner.connect() as conn:
-                campaign = conn.execute(
-                    sa.text(
-                        "select campaign_name from analytics_marts.campaign_daily "
-                        "group by campaign_name order by sum(sent) desc limit 1"
-                    )
-                ).scalar_one()
-            views = [(page, page, {}) for page in PAGES]
-            views.insert(2, ("campaigns (one open)", "campaigns", {"campaign_page": campaign}))
+            ).scalar_one()
+        views = [(page, page, {}) for page in PAGES]
+        views.insert(2, ("campaigns (one open)", "campaigns", {"campaign_page": campaign}))
 
-            log(f"{len(views)} views, {args.runs} cold runs each")
-            figures = measure(views, args.runs)
-            log("baseline: the same views with the marts' indexes out of the planner's reach")
-            role_settings(db, "set", "off")
-            try:
-                baseline = measure(views, args.runs)
-            finally:
-                role_settings(db, "reset")
+        log(f"{len(views)} views, {args.runs} cold runs each")
+        figures = measure(views, args.runs)
+        log("baseline: the same views with the marts' indexes out of the planner's reach")
+        role_settings(db, "set", "off")
+        try:
+            baseline = measure(views, args.runs)
         finally:
-            db.dispose()
-            stop_embedded_postgres(settings)
+            role_settings(db, "reset")
     slowest = max(figures, key=lambda label: figures[label]["p95_ms"])
     worst, base = figures[slowest]["p95_ms"], baseline[slowest]["p95_ms"]
     print(

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,9 +47,28 @@ from engine import migrate  # noqa: E402
 from engine.config import DBT_PROJECT_DIR, Settings  # noqa: E402
 from engine.db import Database  # noqa: E402
 from engine.dbt_manifest import BUILD, dbt_executable  # noqa: E402
-from engine.embedded import start_embedded_postgres  # noqa: E402
+from engine.embedded import start_embedded_postgres, stop_embedded_postgres  # noqa: E402
 from engine.generate import Shape, generate  # noqa: E402
 from engine.runtime import exported_environment  # noqa: E402
+
+
+@contextmanager
+def embedded_database(work: Path) -> Iterator[Database]:
+    """A migrated embedded PostgreSQL with its PENGUIN_HOME in `work`, stopped afterwards."""
+    settings = Settings(home=work / "home", database_url=None)
+    db = Database(settings, start_embedded_postgres(settings))
+    try:
+        migrate.upgrade(db)
+        yield db
+    finally:
+        db.dispose()
+        stop_embedded_postgres(settings)
+
+
+def vacuum_analyze(db: Database) -> None:
+    """What autovacuum would have done after a bulk load: statistics, BRIN ranges summarized."""
+    with db.owner.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("vacuum analyze"))
 
 
 def dbt_build(db: Database, target: Path) -> float:
@@ -171,11 +192,11 @@ def main() -> int:
 
 def build_twice(args: argparse.Namespace) -> str:
     """The full and the incremental build; the line's fields."""
-    with tempfile.TemporaryDirectory(prefix="bench-dbt-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-dbt-") as tmp,
+        embedded_database(Path(tmp)) as db,
+    ):
         work = Path(tmp)
-        settings = Settings(home=work / "home", database_url=None)
-        db = Database(settings, start_embedded_postgres(settings))
-        migrate.upgrade(db)
         # The dataset ends a day ago, the full build runs on it, then the day since arrives.
         now = datetime.now(UTC)
         contacts = max(2, args.sends // 5)
@@ -185,9 +206,7 @@ def build_twice(args: argparse.Namespace) -> str:
         done = generate(db, shape, now - timedelta(days=1), log)
         generate_s = time.perf_counter() - start
         log(f"generated {done.messages:,} messages, {done.events:,} events in {generate_s:.0f} s")
-        with db.owner.connect() as conn:
-            # as autovacuum would have by then: statistics, and the BRIN ranges summarized
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("vacuum analyze"))
+        vacuum_analyze(db)
 
         full_s = dbt_build(db, work / "target")
         log(f"full build: {full_s:.1f} s")
@@ -203,10 +222,6 @@ def build_twice(args: argparse.Namespace) -> str:
         generate(db, day, now, log)
         incremental_s = dbt_build(db, work / "target")
         log(f"incremental build after one new day: {incremental_s:.1f} s")
-        db.dispose()
-        from engine.embedded import stop_embedded_postgres
-
-        stop_embedded_postgres(settings)
     return (
         f"seconds={incremental_s:.1f} baseline_seconds={full_s:.1f} "
         f"ratio={incremental_s / full_s:.3f} target_ratio=0.1 full_target_seconds=120 "

@@ -296,12 +296,36 @@ def _engine() -> sa.Engine:
     return Database(Settings.from_env()).dashboards
 
 
+#: PostgreSQL type OIDs the marts' queries return, as polars types (anything else reads as text).
+_POLARS_TYPES: dict[int, pl.DataType] = {
+    16: pl.Boolean(),
+    20: pl.Int64(),
+    21: pl.Int64(),
+    23: pl.Int64(),
+    700: pl.Float64(),
+    701: pl.Float64(),
+    1700: pl.Float64(),
+    1082: pl.Date(),
+    1114: pl.Datetime("us"),
+    1184: pl.Datetime("us", "UTC"),
+}
+
+
 def _read(query: sa.TextClause, **params: object) -> pl.DataFrame:
     try:
         with _engine().connect() as conn:
             result = conn.execute(query, params)
+            description = result.cursor.description  # gone once the rows are read
+            rows = [dict(row._mapping) for row in result]
+            if rows:
+                return pl.DataFrame(rows, schema=list(result.keys()), orient="row")
+            # No rows: take the columns' types from the result's description, so an empty
+            # frame still joins and computes with a full one (all-Null columns would not).
             return pl.DataFrame(
-                [dict(row._mapping) for row in result], schema=list(result.keys()), orient="row"
+                schema={
+                    column.name: _POLARS_TYPES.get(column.type_code, pl.String)
+                    for column in description
+                }
             )
     except ProgrammingError as exc:
         if "does not exist" in str(exc.orig):

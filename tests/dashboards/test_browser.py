@@ -8,10 +8,7 @@ each page leaves a screenshot in tests/artifacts/ (ignored by git) for a person 
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.config import PROJECT_ROOT
-from engine.runtime import child_environment, dashboards_command, http_ok
+from engine.runtime import Child, child_environment, dashboards_command, http_ok
 from tests.conftest import free_port
 
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
@@ -57,34 +54,27 @@ def _chromium() -> str:
 
 @pytest.fixture(scope="module")
 def app_url(generated, tmp_path_factory) -> Iterator[str]:
-    """The app served by Streamlit in a process group of its own, as `penguin up` runs it."""
+    """The app served by Streamlit as `penguin up` runs it: its command, its environment (the
+    dashboards role only), its own process group, stopped whole."""
     port = free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "dashboards.log"
-    env = child_environment("dashboards", generated)
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            dashboards_command(port),
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
+    app = Child(
+        "Dashboards",
+        dashboards_command(port),
+        tmp_path_factory.mktemp("streamlit") / "dashboards.log",
+        lambda: http_ok(f"{url}/_stcore/health"),
+        env=child_environment("dashboards", generated),
+    )
+    app.start(PROJECT_ROOT)
     try:
         deadline = time.monotonic() + 60
-        while not http_ok(f"{url}/_stcore/health"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()}")
+        while not app.ready():
+            if app.exited() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{app.log_tail()}")
             time.sleep(0.2)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        app.stop()
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,18 @@ def test_a_campaign_filter_narrows_the_figures(use_database, generated):
     assert 0 < expected < everything
 
 
+def test_a_period_with_nothing_before_it_still_compares(use_database, generated):
+    # the generated data spans 30 days: the 90 days before "Last 90 days" hold nothing, and
+    # the empty previous period must still join the current one
+    use_database(generated)
+    at = open_page("overview", period="Last 90 days")
+    assert not at.exception, at.exception
+    assert int(_tiles(at)["Sent"][0].replace(",", "")) > 0
+    moved = at.dataframe[0].value
+    assert len(moved) > 0
+    assert (moved["sent_change"] == moved["sent"]).all()
+
+
 def test_an_empty_database_says_what_to_do_first(empty_marts):
     at = open_page("overview")
     assert not at.exception, at.exception
