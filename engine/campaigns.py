@@ -391,17 +391,24 @@ def pause_campaign(conn: Connection, campaign_id: uuid.UUID, now: datetime) -> s
         {"id": campaign_id, "status": "paused", "now": now, "allowed": ["active", "scheduled"]},
     ).scalar()
     if status is None:
-        current = conn.execute(_CAMPAIGN, {"id": campaign_id}).one()
-        raise CampaignError(f"the campaign is {current.status}; only an active one can be paused")
+        raise _refused(conn, campaign_id, "only an active one can be paused")
     return status
 
 
 def resume_campaign(conn: Connection, campaign_id: uuid.UUID, now: datetime) -> str:
     status = conn.execute(_RESUME, {"id": campaign_id, "now": now}).scalar()
     if status is None:
-        current = conn.execute(_CAMPAIGN, {"id": campaign_id}).one()
-        raise CampaignError(f"the campaign is {current.status}; only a paused one can be resumed")
+        raise _refused(conn, campaign_id, "only a paused one can be resumed")
     return status
+
+
+def _refused(conn: Connection, campaign_id: uuid.UUID, rule: str) -> CampaignError:
+    """Why a status change found nothing: the campaign's status, or that the tenant has no such
+    campaign (row-level security hides another tenant's)."""
+    current = conn.execute(_CAMPAIGN, {"id": campaign_id}).one_or_none()
+    if current is None:
+        return CampaignError(f"this tenant has no campaign {campaign_id}")
+    return CampaignError(f"the campaign is {current.status}; {rule}")
 
 
 _STATUS_STEPS = sa.text(

@@ -83,6 +83,7 @@ class Settings:
     app_password: str | None = None
     analytics_password: str | None = None
     dashboards_password: str | None = None
+    operator_password: str | None = None
     pg_host: str | None = None
     pg_port: int = 5432
     pg_database: str = "postgres"
@@ -115,6 +116,7 @@ class Settings:
             app_password=env.get("PENGUIN_APP_PASSWORD") or None,
             analytics_password=env.get("PENGUIN_ANALYTICS_PASSWORD") or None,
             dashboards_password=env.get("PENGUIN_DASHBOARDS_PASSWORD") or None,
+            operator_password=env.get("PENGUIN_OPERATOR_PASSWORD") or None,
             pg_host=env.get("PENGUIN_PG_HOST") or None,
             pg_port=_int(env, "PENGUIN_PG_PORT", cls.pg_port),
             pg_database=env.get("PENGUIN_PG_DATABASE") or cls.pg_database,
@@ -175,6 +177,7 @@ class Settings:
 APP_ROLE = "penguin_app"
 ANALYTICS_ROLE = "penguin_analytics"
 DASHBOARDS_ROLE = "penguin_dashboards"
+OPERATOR_ROLE = "penguin_operator"
 
 #: The repository root: dbt project, workspace.yaml and the Streamlit app live beside the code.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """Connections: the server, one engine per role, and tenant-scoped transactions.
 
-Four roles touch the database, each with the least it needs:
+Five roles touch the database, each with the least it needs:
 
 * the **owner** (`DATABASE_URL`, or the embedded server's superuser) runs migrations and
   creates tenants; it is the only role that can create anything outside `analytics_*`;
@@ -10,7 +10,9 @@ Four roles touch the database, each with the least it needs:
 * the **analytics role** reads every tenant (a `SELECT`-only policy) for dbt and creates
   tables and views only in the `analytics_*` schemas the owner made for it;
 * the **dashboards role** reads the marts (`analytics_marts`) and nothing else, in read-only
-  transactions.
+  transactions;
+* the **operator role** is the dashboards' operators' corner: it reads what a campaign's
+  forecast reads and changes a campaign's status, in its own tenant's transactions only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, Settings
+from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE, Settings
 from engine.embedded import start_embedded_postgres
 
 
@@ -162,6 +164,10 @@ class Database:
     def dashboards_url(self) -> URL:
         return self.role_url(DASHBOARDS_ROLE, self.settings.dashboards_password)
 
+    @property
+    def operator_url(self) -> URL:
+        return self.role_url(OPERATOR_ROLE, self.settings.operator_password)
+
     @cached_property
     def owner(self) -> Engine:
         if self.owner_url is None:
@@ -183,8 +189,12 @@ class Database:
     def dashboards(self) -> Engine:
         return _engine(self.dashboards_url, "-c default_transaction_read_only=on")
 
+    @cached_property
+    def operator(self) -> Engine:
+        return _engine(self.operator_url)
+
     def dispose(self) -> None:
-        for name in ("owner", "app", "analytics", "dashboards"):
+        for name in ("owner", "app", "analytics", "dashboards", "operator"):
             engine = self.__dict__.pop(name, None)
             if engine is not None:
                 engine.dispose()

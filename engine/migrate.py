@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
-from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE
+from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE
 from engine.db import Database
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -63,10 +63,14 @@ _DATABASE_GRANTS = sa.text(
     """
     do $$
     begin
-        -- Only the owner creates schemas; no role may create in `public`.
+        -- Only the owner creates schemas; no role may create in `public`. (A role made by a
+        -- later revision than the database is at does not exist yet.)
         execute pg_catalog.format(
-            'revoke create on database %I from public, penguin_app, penguin_analytics, '
-            'penguin_dashboards', pg_catalog.current_database());
+            'revoke create on database %I from %s', pg_catalog.current_database(),
+            (select pg_catalog.string_agg(pg_catalog.quote_ident(r), ', ')
+             from pg_catalog.unnest(array['public', 'penguin_app', 'penguin_analytics',
+                                          'penguin_dashboards', 'penguin_operator']) r
+             where r = 'public' or exists (select from pg_catalog.pg_roles where rolname = r)));
         if exists (select from pg_catalog.pg_namespace where nspname = 'public') then
             revoke create on schema public from public;
         end if;
@@ -116,7 +120,7 @@ def stray_schema_warnings(db: Database) -> list[str]:
         rows = conn.execute(
             _STRAY_SCHEMAS,
             {
-                "roles": [APP_ROLE, ANALYTICS_ROLE, DASHBOARDS_ROLE],
+                "roles": [APP_ROLE, ANALYTICS_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE],
                 "expected": list(ANALYTICS_SCHEMAS),
             },
         )
@@ -133,6 +137,7 @@ def _set_role_passwords(db: Database) -> None:
         APP_ROLE: db.settings.app_password,
         ANALYTICS_ROLE: db.settings.analytics_password,
         DASHBOARDS_ROLE: db.settings.dashboards_password,
+        OPERATOR_ROLE: db.settings.operator_password,
     }
     statements = [
         sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password))

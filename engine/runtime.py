@@ -121,6 +121,7 @@ def exported_environment(db: Database) -> dict[str, str]:
         ("PENGUIN_APP_PASSWORD", settings.app_password),
         ("PENGUIN_ANALYTICS_PASSWORD", settings.analytics_password),
         ("PENGUIN_DASHBOARDS_PASSWORD", settings.dashboards_password),
+        ("PENGUIN_OPERATOR_PASSWORD", settings.operator_password),
     ):
         if value:
             env[name] = value
@@ -203,8 +204,12 @@ def child_environment(
         )
     elif kind == "dashboards":
         env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
-        if settings.dashboards_password:
-            env["PENGUIN_DASHBOARDS_PASSWORD"] = settings.dashboards_password
+        for name, value in (
+            ("PENGUIN_DASHBOARDS_PASSWORD", settings.dashboards_password),
+            ("PENGUIN_OPERATOR_PASSWORD", settings.operator_password),
+        ):
+            if value:
+                env[name] = value
     else:
         raise ValueError(f"unknown child kind {kind!r}")
     return env
