@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import altair as alt
 import polars as pl
@@ -160,3 +160,45 @@ def score_bands(frame: pl.DataFrame) -> alt.Chart:
         )
         .properties(height=260)
     )
+
+
+def sent_and_forecast(sent: pl.DataFrame, forecast: pl.DataFrame) -> alt.Chart:
+    """What a campaign sent per day (`day`, `sent`) beside what it will send (`day`, `step`,
+    `messages`: `operate.Outlook.per_day`), stacked by email step, with today marked."""
+    series = pl.concat(
+        [
+            sent.select(
+                pl.col("day").cast(pl.Date),
+                pl.lit("sent").alias("step"),
+                pl.col("sent").cast(pl.Int64).alias("messages"),
+                pl.lit("Sent").alias("kind"),
+            ),
+            forecast.select(
+                "day", "step", pl.col("messages").cast(pl.Int64), pl.lit("Forecast").alias("kind")
+            ),
+        ]
+    ).filter(pl.col("messages") > 0)
+    x = alt.X("yearmonthdate(day):T", title="Day", axis=alt.Axis(format="%b %d", labelAngle=0))
+    bars = (
+        alt.Chart(series.to_pandas())
+        .mark_bar()
+        .encode(
+            x=x,
+            y=alt.Y("sum(messages):Q", title="Messages", axis=alt.Axis(format=",d")),
+            color=alt.Color("step:N", title="Sent / forecast by step"),
+            opacity=alt.Opacity(
+                "kind:N",
+                scale=alt.Scale(domain=["Sent", "Forecast"], range=[1.0, 0.55]),
+                legend=None,
+            ),
+            tooltip=[
+                alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
+                alt.Tooltip("kind:N", title="What"),
+                alt.Tooltip("step:N", title="Step"),
+                alt.Tooltip("sum(messages):Q", title="Messages", format=","),
+            ],
+        )
+    )
+    today = pl.DataFrame({"day": [datetime.now(UTC).date()]}).to_pandas()
+    rule = alt.Chart(today).mark_rule(strokeDash=[4, 4]).encode(x=x)
+    return (bars + rule).properties(height=300)

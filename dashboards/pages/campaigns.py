@@ -1,10 +1,90 @@
 """Campaigns: every campaign with its status, dates and rates in the period; one campaign's
-daily trend and settings (`?campaign_page=<id>`)."""
+daily trend, send forecast and settings (`?campaign_page=<id>`), and the operators' corner that
+pauses and resumes it."""
 
 import polars as pl
 import streamlit as st
 
-from dashboards import charts, data, filters, ui
+from dashboards import charts, data, filters, operate, ui
+from engine.campaigns import CampaignError
+from engine.sequence.forecast import ForecastError
+from engine.text import shown as plain
+
+#: What each action does, as its confirmation says.
+ACTIONS = {
+    "Pause": "Nothing more goes out until it is resumed; enrollments keep their place.",
+    "Resume": "Sending starts again at the engine's next pass, within the campaign's window.",
+}
+
+
+def operators_corner(tenant_id: str, campaign_id: str, name: str) -> None:
+    """The campaign's live status and a Pause or Resume button with a confirmation."""
+    st.subheader("Operators' corner")
+    outcome = st.session_state.pop("operate_outcome", None)
+    if outcome is not None:
+        kind, message = outcome
+        (st.success if kind == "success" else st.error)(message)
+    try:
+        status = operate.live_status(tenant_id, campaign_id)
+    except operate.OperatorUnavailableError as exc:
+        st.warning(str(exc))
+        return
+    if status is None:
+        st.info("This campaign is no longer in the database; the marts are a build behind.")
+        return
+    st.markdown(f"Status now: **{status}** (the table above shows the marts' last build).")
+    action = {"active": "Pause", "scheduled": "Pause", "paused": "Resume"}.get(status)
+    if action is None:
+        st.caption(f"A {status} campaign can be neither paused nor resumed here.")
+        return
+    if st.button(f"{action} campaign", key="operate"):
+        st.session_state["operate_pending"] = (campaign_id, action)
+    if st.session_state.get("operate_pending") != (campaign_id, action):
+        return
+    st.warning(f"{action} {plain(name)}? {ACTIONS[action]}")
+    confirm, cancel = st.columns(2)
+    if confirm.button(f"Yes, {action.lower()} it", key="operate_confirm", type="primary"):
+        change = operate.pause if action == "Pause" else operate.resume
+        try:
+            now = change(tenant_id, campaign_id)
+        except (CampaignError, operate.OperatorUnavailableError) as exc:
+            st.session_state["operate_outcome"] = ("error", f"{action} refused: {exc}")
+        else:
+            st.session_state["operate_outcome"] = ("success", f"{plain(name)} is now {now}.")
+        del st.session_state["operate_pending"]
+        st.rerun()
+    if cancel.button("Cancel", key="operate_cancel"):
+        del st.session_state["operate_pending"]
+        st.rerun()
+
+
+def send_forecast(tenant_id: str, campaign_id: str, name: str, sent: pl.DataFrame) -> None:
+    """The days sent in the period beside the forecast of the days to come, as a table too."""
+    st.subheader("Send forecast")
+    try:
+        ahead = operate.outlook(tenant_id, campaign_id)
+    except operate.OperatorUnavailableError as exc:
+        st.warning(str(exc))
+        return
+    except ForecastError as exc:
+        st.warning(f"This campaign cannot be forecast: {exc}")
+        return
+    st.caption(
+        f"The next {operate.FORECAST_DAYS} days (the campaign's own time zone), by the engine's "
+        f"own rules, assuming no engagement from now on. {ahead.summary}"
+    )
+    st.altair_chart(charts.sent_and_forecast(sent.select("day", "sent"), ahead.per_day))
+    table = ahead.per_day.pivot("step", index="day", values="messages", aggregate_function="sum")
+    table = table.with_columns(pl.sum_horizontal(pl.exclude("day")).alias("total"))
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={"day": st.column_config.DateColumn("Day", format="ddd YYYY-MM-DD")},
+    )
+    ui.download(table, f"forecast-{name}", key="forecast")
+    for note in ahead.notes:
+        st.caption(plain(note, 300))
+
 
 st.title("Campaigns")
 view = filters.sidebar(
@@ -80,7 +160,9 @@ else:
         charts.daily_trend(trend, view.start, view.end, ["open_rate", "reply_rate"]),
         width="stretch",
     )
+send_forecast(view.tenant_id, picked, names[picked], trend)
 if settings is not None:
     st.subheader("Settings")
     rows = pl.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]})
     st.dataframe(rows, hide_index=True, width="content")
+operators_corner(view.tenant_id, picked, names[picked])

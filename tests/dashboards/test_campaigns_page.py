@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+from datetime import UTC, datetime
 
+import pytest
+import sqlalchemy as sa
+import streamlit as st
+
+from dashboards import operate
+from engine.campaigns import CampaignError
+from engine.db import tenant_transaction
+from engine.sequence.forecast import ForecastError, forecast
 from tests.dashboards.pages import open_page
+from tests.factories import SeededTenant, dbt, seed_tenant
+
+
+def _live_status(db, campaign_id: str) -> str:
+    with db.owner.connect() as conn:
+        return conn.execute(
+            sa.text("select status from app.campaigns where id = :id"), {"id": campaign_id}
+        ).scalar_one()
 
 
 def test_every_campaign_is_listed_with_its_period_figures(use_database, generated):
@@ -45,9 +61,14 @@ def test_a_campaign_in_the_url_opens_its_trend_and_settings(use_database, genera
     at = open_page("campaigns", tenant=tenant, campaign_page=name)
     assert not at.exception, at.exception
     assert at.selectbox(key="campaign_page").value == campaign
-    assert [h.value for h in at.subheader] == [name, "Settings"]
+    assert [h.value for h in at.subheader] == [
+        name,
+        "Send forecast",
+        "Settings",
+        "Operators' corner",
+    ]
     assert at.metric[0].label == "Sent"
-    rows = at.dataframe[1].value
+    rows = at.dataframe[2].value
     settings = dict(zip(rows["setting"], rows["value"], strict=True))
     assert settings["campaign_name"] == name
     # another tenant's campaign in the URL opens nothing
@@ -60,3 +81,89 @@ def test_a_tenant_without_campaigns_is_told_how_to_make_one(empty_marts):
     at = open_page("campaigns")
     assert not at.exception, at.exception
     assert "has no campaigns yet" in at.info[0].value
+
+
+@pytest.fixture
+def launched(use_database, database, tmp_path) -> tuple[SeededTenant, SeededTenant]:
+    """Two tenants, each with a launched campaign whose three contacts are enrolled and due."""
+    use_database(database)
+    now = datetime.now(UTC)
+    return seed_tenant(database, "alpha", now, tmp_path), seed_tenant(
+        database, "bravo", now, tmp_path
+    )
+
+
+def test_a_campaigns_forecast_is_the_engines_beside_what_it_sent(database, launched):
+    alpha, _ = launched
+    dbt(database, "build", "--exclude-resource-type", "unit_test")
+    at = open_page("campaigns", tenant="alpha", campaign_page="alpha outreach")
+    assert not at.exception, at.exception
+    assert [h.value for h in at.subheader][1] == "Send forecast"
+    table = at.dataframe[1].value
+    assert len(table) == operate.FORECAST_DAYS
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        expected = forecast(conn, alpha.campaign_id, datetime.now(UTC), operate.FORECAST_DAYS)
+    assert table["total"].sum() == expected.total == 3  # its three enrolled contacts, today
+    assert table["total"].iloc[0] == 3
+    assert any(expected.summary() in c.value for c in at.caption)
+    charts = at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+    assert len(charts) == 1  # nothing sent yet: no trend, the forecast's chart
+    assert "Download CSV" in [b.label for b in at.get("download_button")]
+
+
+def test_pausing_asks_first_then_pauses_and_resumes_through_the_engine(database, launched):
+    alpha, _ = launched
+    dbt(database, "build", "--exclude-resource-type", "unit_test")
+    campaign = str(alpha.campaign_id)
+    at = open_page("campaigns", tenant="alpha", campaign_page="alpha outreach")
+    assert "Status now: **active**" in at.markdown[-1].value
+    at.button(key="operate").click().run()
+    assert not at.exception, at.exception
+    assert at.warning[0].value.startswith("Pause alpha outreach?")
+    assert _live_status(database, campaign) == "active"  # nothing happens before the yes
+    at.button(key="operate_cancel").click().run()
+    assert not at.warning and _live_status(database, campaign) == "active"
+
+    at.button(key="operate").click().run()
+    at.button(key="operate_confirm").click().run()
+    assert not at.exception, at.exception
+    assert at.success[0].value == "alpha outreach is now paused."
+    assert _live_status(database, campaign) == "paused"
+    assert "Status now: **paused**" in at.markdown[-1].value
+    assert at.button(key="operate").label == "Resume campaign"
+    # the forecast of a paused campaign is that of its resuming now; it was recomputed
+    assert at.dataframe[1].value["total"].sum() == 3
+
+    at.button(key="operate").click().run()
+    at.button(key="operate_confirm").click().run()
+    assert at.success[0].value == "alpha outreach is now active."
+    assert _live_status(database, campaign) == "active"
+
+
+def test_the_operator_cannot_touch_another_tenants_campaign(database, launched):
+    alpha, bravo = launched
+    theirs = str(bravo.campaign_id)
+    assert operate.live_status(str(alpha.tenant_id), theirs) is None
+    with pytest.raises(CampaignError, match=f"this tenant has no campaign {theirs}"):
+        operate.pause(str(alpha.tenant_id), theirs)
+    with pytest.raises(ForecastError, match="no campaign"):
+        operate.outlook(str(alpha.tenant_id), theirs)
+    assert _live_status(database, theirs) == "active"
+    assert operate.pause(str(bravo.tenant_id), theirs) == "paused"  # its own tenant can
+
+
+def test_a_campaign_that_cannot_be_resumed_says_why(database, launched):
+    alpha, _ = launched
+    with pytest.raises(CampaignError, match="the campaign is active; only a paused one"):
+        operate.resume(str(alpha.tenant_id), str(alpha.campaign_id))
+
+
+def test_an_unreachable_operator_role_says_which_password_it_needs(
+    database, launched, monkeypatch, tmp_path
+):
+    alpha, _ = launched
+    # a server that is not there: a socket folder nothing listens in
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@/penguin?host={tmp_path}")
+    st.cache_resource.clear()
+    with pytest.raises(operate.OperatorUnavailableError, match="PENGUIN_OPERATOR_PASSWORD"):
+        operate.live_status(str(alpha.tenant_id), str(alpha.campaign_id))

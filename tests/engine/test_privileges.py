@@ -259,6 +259,38 @@ def test_the_dashboards_role_reads_the_marts_and_nothing_else(built_pipeline):
             conn.execute("delete from analytics_marts.campaign_daily")
 
 
+def test_the_operator_role_changes_a_campaigns_status_in_its_own_tenant_only(
+    database,
+    two_tenants,  # noqa: F811
+):
+    alpha, bravo = two_tenants
+    with database.operator.connect() as conn:  # no tenant bound: nothing is visible
+        assert conn.execute(sa.text("select count(*) from app.campaigns")).scalar() == 0
+        assert conn.execute(sa.text("select count(*) from app.contacts")).scalar() == 0
+    with tenant_transaction(database.operator, alpha.tenant_id) as conn:
+        assert conn.execute(sa.text("select count(*) from app.contacts")).scalar() == 3
+        changed = conn.execute(
+            sa.text("update app.campaigns set status = 'paused' where id = any(:ids)"),
+            {"ids": [alpha.campaign_id, bravo.campaign_id]},
+        ).rowcount
+        assert changed == 1  # its own; the other tenant's is not there
+        conn.rollback()
+    refused = (
+        "update app.campaigns set name = 'renamed'",
+        "update app.campaign_settings set daily_limit = 1",
+        "insert into app.sent_emails (tenant_id) values (app.current_tenant_id())",
+        "delete from app.campaign_contacts",
+        "select smtp_password_env from app.sender_accounts",
+        "select * from app.tenant_directory()",
+        "select * from app.tenant_bindings",
+        "select count(*) from analytics_marts.campaign_daily",
+    )
+    for statement in refused:
+        with tenant_transaction(database.operator, alpha.tenant_id) as conn:
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                conn.execute(sa.text(statement))
+
+
 def test_a_role_that_changes_its_own_defaults_does_not_change_the_engines_connections(database):
     # PostgreSQL lets a role ALTER ROLE itself SET ...; the engine asks for its settings on
     # every connection instead of trusting the role's defaults.
