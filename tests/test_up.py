@@ -49,6 +49,7 @@ def _graphql(port: int, query: str) -> dict:
 SECRETS = {
     "PENGUIN_SMTP_DEMO__X": "smtp-secret-4f1c",
     "PENGUIN_DASHBOARDS_PASSWORD": "dashboards-secret-9b2e",
+    "PENGUIN_OPERATOR_PASSWORD": "operator-secret-5d61",
     "PENGUIN_APP_PASSWORD": "app-secret-77d0",
     "PENGUIN_ANALYTICS_PASSWORD": "analytics-secret-1a5e",
     "PGPASSWORD": "libpq-secret-c3a8",
@@ -243,7 +244,12 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
             assert env["PENGUIN_ANALYTICS_PASSWORD"] == SECRETS["PENGUIN_ANALYTICS_PASSWORD"]
             assert {"PENGUIN_PG_HOST", "DAGSTER_HOME", "PENGUIN_SMTP_SINK_PORT"} <= set(env)
             assert env["DAGSTER_DISABLE_TELEMETRY"] == "1"
-            for name in ("DATABASE_URL", "PENGUIN_DASHBOARDS_PASSWORD", "PGPASSWORD"):
+            for name in (
+                "DATABASE_URL",
+                "PENGUIN_DASHBOARDS_PASSWORD",
+                "PENGUIN_OPERATOR_PASSWORD",
+                "PGPASSWORD",
+            ):
                 assert name not in env
             assert env["PENGUIN_SECRET_KEY"] == key
         for env in environments["tracking"]:
@@ -254,6 +260,7 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
                 "PENGUIN_SMTP_DEMO__X",
                 "PENGUIN_ANALYTICS_PASSWORD",
                 "PENGUIN_DASHBOARDS_PASSWORD",
+                "PENGUIN_OPERATOR_PASSWORD",
                 "PGPASSWORD",
             } & set(env)
             assert not leaked
@@ -263,6 +270,7 @@ def test_up_demo_serves_everything_and_ctrl_c_stops_it_all(tmp_path):
             assert not {k for k in env if "PASSWORD" in k or k == "PENGUIN_SECRET_KEY"}
         for env in environments["dashboards"]:
             assert env["PENGUIN_DASHBOARDS_PASSWORD"] == SECRETS["PENGUIN_DASHBOARDS_PASSWORD"]
+            assert env["PENGUIN_OPERATOR_PASSWORD"] == SECRETS["PENGUIN_OPERATOR_PASSWORD"]
             assert {"PENGUIN_PG_HOST", "PENGUIN_PG_PORT", "PENGUIN_PG_DATABASE"} <= set(env)
             leaked = {
                 "DATABASE_URL",

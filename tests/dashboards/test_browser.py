@@ -140,3 +140,37 @@ def test_a_filter_in_the_url_chooses_what_is_shown(browser, app_url, generated):
             page.close()
     # the two tenants' generated figures differ: the URL chose what the page read
     assert shown[first] != shown[second]
+
+
+@pytest.mark.xdist_group("browser")
+def test_a_campaign_is_paused_and_resumed_from_its_page(browser, app_url, generated):
+    with generated.owner.connect() as conn:
+        tenant, name = conn.execute(
+            sa.text(
+                "select t.name, c.name from app.campaigns c join app.tenants t on t.id = "
+                "c.tenant_id where t.name like 'gen-%' and c.status = 'active' order by 1, 2"
+            )
+        ).first()
+    page = _open(
+        browser,
+        f"{app_url}/campaigns?tenant={tenant}&campaign_page={name}",
+        "Campaigns",
+        ARTIFACTS / "campaign.png",
+    )
+    try:
+        main = page.locator('[data-testid="stMainBlockContainer"]')
+        for heading in ("Send forecast", "Operators' corner"):
+            main.get_by_role("heading", name=heading).wait_for()
+        assert page.locator(ERRORS).count() == 0, page.locator(ERRORS).all_inner_texts()
+        for action, status in (("Pause", "paused"), ("Resume", "active")):
+            main.get_by_role("button", name=f"{action} campaign").click()
+            main.get_by_role("button", name=f"Yes, {action.lower()} it").click()
+            main.get_by_text(f"{name} is now {status}.").wait_for(timeout=30_000)
+            assert page.locator(ERRORS).count() == 0
+    finally:
+        page.close()
+    with generated.owner.connect() as conn:
+        status = conn.execute(
+            sa.text("select status from app.campaigns where name = :n"), {"n": name}
+        ).scalar_one()
+    assert status == "active"
