@@ -264,6 +264,8 @@ def test_the_operator_role_changes_a_campaigns_status_in_its_own_tenant_only(
     two_tenants,  # noqa: F811
 ):
     alpha, bravo = two_tenants
+    with database.owner.begin() as conn:  # their campaigns have sent everything: relaunch
+        conn.execute(sa.text("update app.campaigns set status = 'active'"))
     with database.operator.connect() as conn:  # no tenant bound: nothing is visible
         assert conn.execute(sa.text("select count(*) from app.campaigns")).scalar() == 0
         assert conn.execute(sa.text("select count(*) from app.contacts")).scalar() == 0
@@ -275,6 +277,13 @@ def test_the_operator_role_changes_a_campaigns_status_in_its_own_tenant_only(
         ).rowcount
         assert changed == 1  # its own; the other tenant's is not there
         conn.rollback()
+    # it pauses and resumes, nothing else: no launching a draft past the launch's checks
+    for before, after in (("active", "completed"), ("draft", "active"), ("completed", "paused")):
+        with tenant_transaction(database.owner, alpha.tenant_id) as conn:
+            conn.execute(sa.text("update app.campaigns set status = :s"), {"s": before})
+        with tenant_transaction(database.operator, alpha.tenant_id) as conn:
+            with pytest.raises(sa.exc.ProgrammingError, match=f"not {before} to {after}"):
+                conn.execute(sa.text("update app.campaigns set status = :s"), {"s": after})
     refused = (
         "update app.campaigns set name = 'renamed'",
         "update app.campaign_settings set daily_limit = 1",
