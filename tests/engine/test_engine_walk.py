@@ -76,6 +76,16 @@ _OPENS_OF_THE_PASS = sa.text(
       and m.contact_id = any(:openers)
     """
 )
+_TRANSITIONS = sa.text(
+    """
+    select t.contact_id, f.key as from_step, s.key as to_step, t.outcome, t.occurred_at
+    from app.step_transitions t
+    left join app.campaign_steps f on f.id = t.from_step_id
+    left join app.campaign_steps s on s.id = t.to_step_id
+    where t.campaign_id = :campaign_id
+    order by t.id
+    """
+)
 _LIST_OF = sa.text("select list_id from app.campaigns where id = :id")
 _CAMPAIGN_STATUS = sa.text("select status from app.campaigns where id = :id")
 
@@ -246,6 +256,27 @@ def test_a_branching_sequence_walks_every_contact_down_its_own_path_over_weeks(
         assert followup.sent_at - intro.sent_at >= timedelta(days=2), e.email
         assert e.completed_at == followup.sent_at, e.email
     assert status == "completed"
+
+    # The step history (migration 0016's triggers) is each contact's path, step by step, at
+    # the times of the passes that moved it.
+    with tenant_transaction(database.app, tenant_id) as conn:
+        history = conn.execute(_TRANSITIONS, {"campaign_id": campaign_id}).all()
+    walked = defaultdict(list)
+    for t in history:
+        walked[t.contact_id].append((t.from_step, t.to_step, t.outcome))
+    for e in enrollments:
+        branch = "warm" if e.contact_id in opened else "cold"
+        assert walked[e.contact_id] == [
+            (None, "intro", "entered"),
+            ("intro", "pause", "moved"),
+            ("pause", "warm?", "moved"),
+            ("warm?", f"tag-{branch}", "moved"),
+            (f"tag-{branch}", f"{branch}-followup", "moved"),
+            (f"{branch}-followup", None, "completed"),
+        ], e.email
+        intro, followup = by_contact[e.contact_id]
+        times = [t.occurred_at for t in history if t.contact_id == e.contact_id]
+        assert times[1] == intro.sent_at and times[-1] == followup.sent_at == e.completed_at
 
     # The SMTP server got exactly these messages, once each.
     received = Counter((m["To"], m["Subject"]) for m in smtp_server.messages)

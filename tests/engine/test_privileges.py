@@ -361,3 +361,21 @@ def test_the_engine_refreshes_the_statistics_of_a_table_that_grew_and_only_then(
         with psycopg.connect(_libpq(database, role), autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("select app.refresh_statistics()")
+
+
+def test_the_step_history_is_written_by_the_engines_triggers_only(database, two_tenants):  # noqa: F811
+    alpha, bravo = two_tenants
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        seen = conn.execute(sa.text("select distinct tenant_id from app.step_transitions"))
+        assert seen.scalars().all() == [alpha.tenant_id]  # its own history, none of bravo's
+    for statement in (
+        "insert into app.step_transitions (tenant_id, campaign_id, campaign_contact_id, "
+        "contact_id, outcome, occurred_at) select tenant_id, campaign_id, id, contact_id, "
+        "'moved', now() from app.campaign_contacts",
+        "update app.step_transitions set exit_reason = 'rewritten'",
+        "delete from app.step_transitions",
+        "select app.record_step_transitions()",
+    ):
+        with tenant_transaction(database.app, alpha.tenant_id) as conn:
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                conn.execute(sa.text(statement))

@@ -735,6 +735,24 @@ def test_suppressed_and_inactive_contacts_exit_with_their_reason(tx, now):
     assert rows["ok@example.com"].status == "enrolled"
     assert rows["sup@example.com"].exited_at == now
     assert tx(lambda conn: steps.exit_stopped(conn, now)) == {}
+    # the step history has each exit once, from the step it stood on, with its reason
+    history = tx(
+        lambda conn: conn.execute(
+            sa.text(
+                "select c.email, t.from_step_id = :w as from_wait, t.to_step_id, t.outcome, "
+                "t.exit_reason, t.occurred_at from app.step_transitions t "
+                "join app.contacts c on c.id = t.contact_id where t.outcome = 'exited'"
+            ),
+            {"w": campaign.steps["w"]},
+        ).all()
+    )
+    assert sorted((h.email, h.exit_reason) for h in history) == [
+        ("bounce@example.com", "contact bounced"),
+        ("complain@example.com", "contact complained"),
+        ("sup@example.com", "suppressed"),
+        ("unsub@example.com", "contact unsubscribed"),
+    ]
+    assert {(h.from_wait, h.to_step_id, h.occurred_at) for h in history} == {(True, None, now)}
 
 
 def _reply_setup(tx, now, stop_on_reply):
