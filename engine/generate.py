@@ -169,8 +169,10 @@ _MEMBERS = sa.text(
 _ENROLL = sa.text(
     """
     insert into app.campaign_contacts (tenant_id, campaign_id, contact_id, status,
-                                       steps_completed, enrolled_at, updated_at)
-    select app.current_tenant_id(), :campaign, c.id, 'completed', 3, :start, :start
+                                       current_step_id, enrolled_at, updated_at)
+    select app.current_tenant_id(), :campaign, c.id, 'enrolled',
+           (select s.id from app.campaign_steps s where s.campaign_id = :campaign
+            and s.key = 'intro'), :start, :start
     from app.contacts c
     order by c.id
     limit :count
@@ -208,10 +210,13 @@ _MESSAGES = sa.text(
     )
     insert into app.sent_emails
         (tenant_id, campaign_contact_id, campaign_id, step_id, contact_id, sender_account_id,
-         recipient_email, subject, message_id, status, attempts, queued_at, sent_at, updated_at)
+         recipient_email, subject, message_id, variant, status, attempts, queued_at, sent_at,
+         updated_at)
     select app.current_tenant_id(), t.id, t.campaign_id, t.step_id, t.contact_id,
            (cast(:senders as uuid[]))[1 + floor(t.sender * 3)::int],
            t.email, 'Generated', gen_random_uuid() || '@gen.example',
+           -- the intro's A/B test: half the enrollments each (1-based, as the engine's)
+           case when t.key = 'intro' then (1 + (t.sender * 1000)::int % 2)::text end,
            case when t.status_draw < 0.02 then 'bounced'
                 when t.status_draw < 0.035 then 'failed'
                 when t.status_draw < 0.04 then 'unknown'
@@ -348,6 +353,104 @@ _EFFECTS = [
         """
     ),
 ]
+# Where each enrollment has been, from its messages (the engine's triggers recorded only its
+# entering the intro): the intro, the 2-day pause, the branch its follow-up shows (warm or
+# cold), the 3-day wait, the breakup and the end. An enrollment whose messages stop short left
+# after the wait that followed its last one (a reply, mostly), or waits there still; one that
+# got no message at all ended with its campaign. Then the enrollments stand where their
+# history ends.
+_PATH_MESSAGES = """
+    with steps as (
+        select s.campaign_id,
+               max(s.id::text) filter (where s.key = 'intro')::uuid as intro,
+               max(s.id::text) filter (where s.key = 'pause')::uuid as pause,
+               max(s.id::text) filter (where s.key = 'warm?')::uuid as branch,
+               max(s.id::text) filter (where s.key = 'warm')::uuid as warm,
+               max(s.id::text) filter (where s.key = 'cold')::uuid as cold,
+               max(s.id::text) filter (where s.key = 'later')::uuid as later,
+               max(s.id::text) filter (where s.key = 'breakup')::uuid as breakup
+        from app.campaign_steps s group by s.campaign_id
+    ), sent as (
+        select cc.id, cc.tenant_id, cc.campaign_id, cc.contact_id, cc.enrolled_at,
+               max(m.queued_at) filter (where m.step_id = st.intro) as intro_at,
+               max(m.queued_at) filter (where m.step_id = st.warm) as warm_at,
+               max(m.queued_at) filter (where m.step_id = st.cold) as cold_at,
+               max(m.queued_at) filter (where m.step_id = st.breakup) as breakup_at,
+               ('x' || substr(md5(cc.id::text), 1, 4))::bit(16)::int / 65536.0 as draw
+        from app.campaign_contacts cc
+        join steps st on st.campaign_id = cc.campaign_id
+        left join app.sent_emails m on m.campaign_contact_id = cc.id
+        group by cc.id, cc.tenant_id, cc.campaign_id, cc.contact_id, cc.enrolled_at
+    ), path as (
+        select p.*, st.intro, st.pause, st.branch, st.warm, st.cold, st.later, st.breakup,
+               coalesce(p.warm_at, p.cold_at) as followup_at,
+               case when p.warm_at is not null then st.warm else st.cold end as followup
+        from sent p join steps st using (campaign_id)
+    )
+"""
+_PATHS = sa.text(
+    _PATH_MESSAGES
+    + """
+    insert into app.step_transitions
+        (tenant_id, campaign_id, campaign_contact_id, contact_id, from_step_id, to_step_id,
+         outcome, exit_reason, occurred_at)
+    select p.tenant_id, p.campaign_id, p.id, p.contact_id, v.from_step, v.to_step, v.outcome,
+           v.reason, v.at
+    from path p
+    cross join lateral (values
+        (p.intro, null::uuid, 'exited', 'campaign ended',
+         case when p.intro_at is null then cast(:now as timestamptz) end),
+        (p.intro, p.pause, 'moved', null, p.intro_at),
+        (p.pause, p.branch, 'moved', null, p.followup_at),
+        (p.pause, null, 'exited',
+         case when p.draw < 0.7 then 'replied' when p.draw < 0.85 then 'contact unsubscribed'
+              else 'contact bounced' end,
+         case when p.followup_at is null and p.intro_at + interval '2 days' <= :now
+              then p.intro_at + interval '2 days' end),
+        (p.branch, p.followup, 'moved', null, p.followup_at),
+        (p.followup, p.later, 'moved', null, p.followup_at),
+        (p.later, p.breakup, 'moved', null, p.breakup_at),
+        (p.breakup, null, 'completed', null, p.breakup_at),
+        (p.later, null, 'exited', 'replied',
+         case when p.breakup_at is null and p.followup_at + interval '3 days' <= :now
+              then p.followup_at + interval '3 days' end)
+    ) as v (from_step, to_step, outcome, reason, at)
+    where v.at is not null
+    """
+)
+# The last transition of each enrollment is where it stands (a finished one on its last step,
+# as the engine leaves it).
+_STAND = sa.text(
+    """
+    with last as (
+        select distinct on (t.campaign_contact_id) t.campaign_contact_id, t.from_step_id,
+               t.to_step_id, t.outcome, t.exit_reason, t.occurred_at,
+               count(*) filter (where t.outcome in ('moved', 'completed'))
+                   over (partition by t.campaign_contact_id) as steps_completed,
+               s.wait_duration
+        from app.step_transitions t
+        left join app.campaign_steps s on s.id = t.to_step_id
+        order by t.campaign_contact_id, t.occurred_at desc, t.id desc
+    )
+    update app.campaign_contacts cc
+    set status = case l.outcome when 'completed' then 'completed' when 'exited' then 'exited'
+                 else 'active' end,
+        current_step_id = case when l.outcome = 'moved' then l.to_step_id
+                          else l.from_step_id end,
+        steps_completed = l.steps_completed,
+        next_run_at = case when l.outcome = 'moved'
+                           then l.occurred_at + coalesce(l.wait_duration, interval '0') end,
+        exit_reason = l.exit_reason,
+        started_at = cc.enrolled_at,
+        completed_at = case when l.outcome = 'completed' then l.occurred_at end,
+        exited_at = case when l.outcome = 'exited' then l.occurred_at end,
+        updated_at = l.occurred_at
+    from last l
+    where cc.id = l.campaign_contact_id and l.outcome <> 'entered'
+    """
+)
+_DROP_MOVES = sa.text("delete from app.step_transitions where outcome <> 'entered'")
+
 _COUNTS = sa.text(
     "select (select count(*) from app.sent_emails) as messages, "
     "(select count(*) from app.email_events) as events"
@@ -431,6 +534,8 @@ def _generate_tenant(db: Database, shape: Shape, n: int, now: datetime, say: Pro
                 conn.execute(statement, {"mean": mean, "now": now})
             for statement in _EFFECTS:
                 conn.execute(statement)
+            say(f"{name}: the enrollments' paths")
+            load.write_paths(now, per_row)
             if not per_row:
                 say(f"{name}: checking the foreign keys")
                 _check_foreign_keys(conn, _LOADED)
@@ -473,6 +578,22 @@ class _Load:
                 raise
             return True
         return False
+
+    def write_paths(self, now: datetime, per_row: bool) -> None:
+        """The step history (`_PATHS`) and where each enrollment stands (`_STAND`). The history
+        is the owner's to write (the engine writes it through triggers): the application role
+        steps aside for it. Where the triggers were not skipped (`per_row`), placing the
+        enrollments also recorded moves of their own, which the derived history replaces."""
+        with self.conn.begin_nested():
+            if self.as_app:
+                self.conn.execute(sa.text("reset role"))
+            self.conn.execute(_PATHS, {"now": now})
+            self.conn.execute(_STAND)
+            if per_row:
+                self.conn.execute(_DROP_MOVES)
+                self.conn.execute(_PATHS, {"now": now})
+            if self.as_app:
+                self.conn.execute(sa.text(f"set local role {APP_ROLE}"))
 
 
 @contextmanager
