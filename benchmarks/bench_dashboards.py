@@ -40,7 +40,16 @@ from engine.db import Database  # noqa: E402
 from engine.generate import Shape, generate  # noqa: E402
 from engine.runtime import child_environment  # noqa: E402
 
-PAGES = ("overview", "campaigns", "deliverability", "senders", "sends", "contacts", "uploads")
+PAGES = (
+    "overview",
+    "campaigns",
+    "sequence",
+    "deliverability",
+    "senders",
+    "sends",
+    "contacts",
+    "uploads",
+)
 TARGET_MS = 200
 NO_INDEXES = ("enable_indexscan", "enable_bitmapscan", "enable_indexonlyscan")
 

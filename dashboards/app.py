@@ -11,6 +11,7 @@ navigation = st.navigation(
                 "pages/overview.py", title="Overview", icon=":material/monitoring:", default=True
             ),
             st.Page("pages/campaigns.py", title="Campaigns", icon=":material/campaign:"),
+            st.Page("pages/sequence.py", title="Sequence", icon=":material/account_tree:"),
             st.Page("pages/deliverability.py", title="Deliverability", icon=":material/verified:"),
             st.Page("pages/senders.py", title="Senders", icon=":material/outgoing_mail:"),
             st.Page("pages/sends.py", title="Sends", icon=":material/send:"),

@@ -202,3 +202,132 @@ def sent_and_forecast(sent: pl.DataFrame, forecast: pl.DataFrame) -> alt.Chart:
     today = pl.DataFrame({"day": [datetime.now(UTC).date()]}).to_pandas()
     rule = alt.Chart(today).mark_rule(strokeDash=[4, 4]).encode(x=x)
     return (bars + rule).properties(height=300)
+
+
+def _step_label(frame: pl.DataFrame) -> pl.DataFrame:
+    """`label`: "<order>. <key> (<type>)", which sorts the steps in their order."""
+    return frame.with_columns(
+        pl.format("{}. {} ({})", pl.col("step_order").fill_null(0), "step_key", "step_type").alias(
+            "label"
+        )
+    )
+
+
+def step_funnel(funnel: pl.DataFrame) -> alt.Chart:
+    """The enrollments that reached each step (bars, in step order), labelled with their share
+    of the enrolled; the tooltip gives the step's own conversion and exits."""
+    frame = _step_label(funnel).with_columns(
+        (pl.col("reached") / pl.col("enrolled").replace(0, None)).alias("of_enrolled"),
+        (pl.col("moved_on") / pl.col("reached").replace(0, None)).alias("went_on"),
+    )
+    order = frame["label"].to_list()
+    base = alt.Chart(frame.to_pandas()).encode(
+        y=alt.Y("label:N", title=None, sort=order),
+        x=alt.X("reached:Q", title="Enrollments that reached the step", axis=alt.Axis(format=",d")),
+    )
+    bars = base.mark_bar().encode(
+        color=alt.Color("step_type:N", title="Step type"),
+        tooltip=[
+            alt.Tooltip("label:N", title="Step"),
+            alt.Tooltip("reached:Q", title="Reached", format=","),
+            alt.Tooltip("of_enrolled:Q", title="Of the enrolled", format=".1%"),
+            alt.Tooltip("went_on:Q", title="Went on", format=".1%"),
+            alt.Tooltip("exited:Q", title="Exited here", format=","),
+            alt.Tooltip("standing:Q", title="Still here", format=","),
+            alt.Tooltip("sent:Q", title="Sent", format=","),
+        ],
+    )
+    text = base.mark_text(align="left", dx=4).encode(text=alt.Text("of_enrolled:Q", format=".0%"))
+    return (bars + text).properties(height=max(160, 36 * frame.height))
+
+
+def condition_split(funnel: pl.DataFrame) -> alt.Chart:
+    """Each condition step's enrollments by the branch they took (yes / no), side by side."""
+    conditions = _step_label(funnel.filter(pl.col("step_type") == "condition"))
+    long = pl.concat(
+        [
+            conditions.select(
+                "label",
+                pl.format("yes → {}", pl.col("yes_step_key").fill_null("end")).alias("branch"),
+                pl.col("took_yes").alias("enrollments"),
+                pl.lit("yes").alias("answer"),
+            ),
+            conditions.select(
+                "label",
+                pl.format("no → {}", pl.col("no_step_key").fill_null("end")).alias("branch"),
+                pl.col("took_no").alias("enrollments"),
+                pl.lit("no").alias("answer"),
+            ),
+        ]
+    ).with_columns(
+        (pl.col("enrollments") / pl.col("enrollments").sum().over("label").replace(0, None)).alias(
+            "share"
+        )
+    )
+    return (
+        alt.Chart(long.to_pandas())
+        .mark_bar()
+        .encode(
+            y=alt.Y("label:N", title=None),
+            x=alt.X("enrollments:Q", stack="normalize", title="Share", axis=alt.Axis(format="%")),
+            color=alt.Color("answer:N", title="Answer", sort=["yes", "no"]),
+            tooltip=[
+                alt.Tooltip("label:N", title="Condition"),
+                alt.Tooltip("branch:N", title="Branch"),
+                alt.Tooltip("enrollments:Q", title="Enrollments", format=","),
+                alt.Tooltip("share:Q", title="Share", format=".1%"),
+            ],
+        )
+        .properties(height=max(80, 48 * conditions.height))
+    )
+
+
+def step_exits(exits: pl.DataFrame) -> alt.Chart:
+    """Early exits per step, stacked by reason."""
+    frame = exits.with_columns(
+        pl.format("{}. {}", pl.col("step_order").fill_null(0), "step_key").alias("label")
+    )
+    return (
+        alt.Chart(frame.to_pandas())
+        .mark_bar()
+        .encode(
+            y=alt.Y(
+                "label:N", title=None, sort=frame["label"].unique(maintain_order=True).to_list()
+            ),
+            x=alt.X("exited:Q", title="Enrollments that left", axis=alt.Axis(format=",d")),
+            color=alt.Color("exit_reason:N", title="Reason"),
+            tooltip=[
+                alt.Tooltip("label:N", title="Step"),
+                alt.Tooltip("exit_reason:N", title="Reason"),
+                alt.Tooltip("exited:Q", title="Enrollments", format=","),
+            ],
+        )
+        .properties(height=max(100, 40 * frame["label"].n_unique()))
+    )
+
+
+def variant_rates(variants: pl.DataFrame, rates: list[str]) -> alt.Chart:
+    """Each variant's rates, grouped by step and rate."""
+    long = (
+        variants.with_columns(pl.format("{} · variant {}", "step_key", "variant").alias("label"))
+        .select("label", "variant", "sent", *rates)
+        .unpivot(index=["label", "variant", "sent"], variable_name="metric", value_name="rate")
+        .with_columns(pl.col("metric").replace_strict(RATES).alias("rate_name"))
+    )
+    return (
+        alt.Chart(long.to_pandas())
+        .mark_bar()
+        .encode(
+            x=alt.X("rate_name:N", title=None, axis=alt.Axis(labelAngle=0)),
+            xOffset="label:N",
+            y=alt.Y("rate:Q", title="Rate", axis=alt.Axis(format="%")),
+            color=alt.Color("label:N", title="Variant"),
+            tooltip=[
+                alt.Tooltip("label:N", title="Variant"),
+                alt.Tooltip("rate_name:N", title="Metric"),
+                alt.Tooltip("rate:Q", title="Rate", format=".1%"),
+                alt.Tooltip("sent:Q", title="Sent", format=","),
+            ],
+        )
+        .properties(height=280)
+    )

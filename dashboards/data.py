@@ -177,6 +177,35 @@ CAMPAIGNS = sa.text(
     order by campaigns.created_at desc, campaigns.campaign_name
     """
 )
+STEP_FUNNEL = sa.text(
+    f"""
+    select step_key, step_name, step_order, step_type, has_variants, is_removed, yes_step_key,
+           no_step_key, enrolled, reached, moved_on, completed, exited, took_yes, took_no,
+           standing, sent, opened, clicked, replied
+    from {MARTS}.step_funnel
+    where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
+      and (not is_removed or reached > 0)
+    order by step_order nulls last, step_key
+    """
+)
+STEP_EXITS = sa.text(
+    f"""
+    select step_key, step_order, exit_reason, exited
+    from {MARTS}.step_exits
+    where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
+    order by step_order nulls last, exited desc, exit_reason
+    """
+)
+STEP_VARIANTS = sa.text(
+    f"""
+    select step_key, min(step_order) as step_order, variant, {METRICS}
+    from {MARTS}.step_variant_daily
+    where tenant_id = cast(:tenant_id as uuid) and send_date between :start and :end
+      and campaign_id = cast(:campaign_id as uuid) and variant is not null
+    group by step_key, variant
+    order by 2, step_key, variant
+    """
+)
 CAMPAIGN_SETTINGS = sa.text(
     f"""
     select campaign_name, campaign_status, campaign_timezone, created_at, launched_at,
@@ -391,6 +420,25 @@ def campaign_settings(tenant_id: str, campaign_id: str) -> dict | None:
     """One campaign's settings (None if the tenant has no such campaign)."""
     frame = _read(CAMPAIGN_SETTINGS, tenant_id=tenant_id, campaign_id=campaign_id)
     return frame.row(0, named=True) if frame.height else None
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def step_funnel(tenant_id: str, campaign_id: str) -> pl.DataFrame:
+    """The campaign's steps in order, with what reached, left and passed each (step_funnel)."""
+    return _read(STEP_FUNNEL, tenant_id=tenant_id, campaign_id=campaign_id)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def step_exits(tenant_id: str, campaign_id: str) -> pl.DataFrame:
+    """Enrollments that left each step early, by reason."""
+    return _read(STEP_EXITS, tenant_id=tenant_id, campaign_id=campaign_id)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def step_variants(tenant_id: str, campaign_id: str, start: date, end: date) -> pl.DataFrame:
+    """The metrics of each A/B variant of the campaign's email steps, sent start..end."""
+    params = {"tenant_id": tenant_id, "campaign_id": campaign_id, "start": start, "end": end}
+    return _read(STEP_VARIANTS, **params)
 
 
 @st.cache_data(ttl=60, show_spinner=False)

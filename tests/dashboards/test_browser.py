@@ -26,6 +26,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 PAGES = [
     ("", "Overview"),
     ("campaigns", "Campaigns"),
+    ("sequence", "Sequence"),
     ("deliverability", "Deliverability"),
     ("senders", "Senders"),
     ("sends", "Sends"),

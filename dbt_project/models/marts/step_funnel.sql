@@ -94,6 +94,8 @@ final as (
         steps.step_type,
         steps.has_variants,
         steps.removed_at is not null as is_removed,
+        yes_steps.step_key as yes_step_key,
+        no_steps.step_key as no_step_key,
         coalesce(enrolled.enrolled, 0) as enrolled,
         coalesce(reached.reached, 0) as reached,
         coalesce(departures.moved_on, 0) as moved_on,
@@ -115,6 +117,8 @@ final as (
     from steps
     inner join campaigns on steps.campaign_id = campaigns.campaign_id
     inner join tenants on steps.tenant_id = tenants.tenant_id
+    left join steps as yes_steps on steps.true_next_step_id = yes_steps.step_id
+    left join steps as no_steps on steps.false_next_step_id = no_steps.step_id
     left join enrolled on steps.campaign_id = enrolled.campaign_id
     left join reached on steps.step_id = reached.step_id
     left join departures on steps.step_id = departures.step_id
