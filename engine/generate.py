@@ -369,7 +369,10 @@ _PATH_MESSAGES = """
                max(s.id::text) filter (where s.key = 'cold')::uuid as cold,
                max(s.id::text) filter (where s.key = 'later')::uuid as later,
                max(s.id::text) filter (where s.key = 'breakup')::uuid as breakup
-        from app.campaign_steps s group by s.campaign_id
+        from app.campaign_steps s
+        -- the owner writes these, and a superuser is not held to row-level security
+        where s.tenant_id = app.current_tenant_id()
+        group by s.campaign_id
     ), sent as (
         select cc.id, cc.tenant_id, cc.campaign_id, cc.contact_id, cc.enrolled_at,
                max(m.queued_at) filter (where m.step_id = st.intro) as intro_at,
@@ -379,7 +382,9 @@ _PATH_MESSAGES = """
                ('x' || substr(md5(cc.id::text), 1, 4))::bit(16)::int / 65536.0 as draw
         from app.campaign_contacts cc
         join steps st on st.campaign_id = cc.campaign_id
-        left join app.sent_emails m on m.campaign_contact_id = cc.id
+        left join app.sent_emails m
+            on m.tenant_id = cc.tenant_id and m.campaign_contact_id = cc.id
+        where cc.tenant_id = app.current_tenant_id()
         group by cc.id, cc.tenant_id, cc.campaign_id, cc.contact_id, cc.enrolled_at
     ), path as (
         select p.*, st.intro, st.pause, st.branch, st.warm, st.cold, st.later, st.breakup,
@@ -430,6 +435,7 @@ _STAND = sa.text(
                s.wait_duration
         from app.step_transitions t
         left join app.campaign_steps s on s.id = t.to_step_id
+        where t.tenant_id = app.current_tenant_id()
         order by t.campaign_contact_id, t.occurred_at desc, t.id desc
     )
     update app.campaign_contacts cc
@@ -447,9 +453,13 @@ _STAND = sa.text(
         updated_at = l.occurred_at
     from last l
     where cc.id = l.campaign_contact_id and l.outcome <> 'entered'
+      and cc.tenant_id = app.current_tenant_id()
     """
 )
-_DROP_MOVES = sa.text("delete from app.step_transitions where outcome <> 'entered'")
+_DROP_MOVES = sa.text(
+    "delete from app.step_transitions "
+    "where tenant_id = app.current_tenant_id() and outcome <> 'entered'"
+)
 
 _COUNTS = sa.text(
     "select (select count(*) from app.sent_emails) as messages, "

@@ -114,3 +114,34 @@ def test_a_tenant_that_fails_is_removed_whole_and_its_seed_can_be_generated_agai
 
 
 _TENANTS_OF_SEED_11 = sa.text("select count(*) from app.tenants where name like 'gen-11-%'")
+
+
+_HISTORY = sa.text(
+    """
+    select t.name,
+           (select count(*) from app.campaign_contacts cc where cc.tenant_id = t.id) as enrolled,
+           (select count(*) from app.step_transitions s where s.tenant_id = t.id
+            and s.outcome = 'entered') as entered,
+           (select count(*) from app.step_transitions s where s.tenant_id = t.id
+            and s.outcome in ('completed', 'exited')) as ended,
+           (select count(*) from app.campaign_contacts cc where cc.tenant_id = t.id
+            and cc.status in ('completed', 'exited')) as finished,
+           (select count(*) from app.step_transitions s
+            join app.campaign_contacts cc on cc.id = s.campaign_contact_id
+            where s.tenant_id = t.id and cc.tenant_id <> t.id) as foreign_rows
+    from app.tenants t where t.name like 'gen-%' order by t.name
+    """
+)
+
+
+def test_each_enrollment_has_one_history_whatever_was_generated_before(database, now):
+    generate(database, Shape(1, 300, 1_000, 3_000, 30, seed=21), now)
+    with database.analytics.connect() as conn:
+        first = conn.execute(_HISTORY).all()
+    generate(database, Shape(1, 300, 1_000, 3_000, 30, seed=22), now)
+    with database.analytics.connect() as conn:
+        both = conn.execute(_HISTORY).all()
+    assert both[0] == first[0]  # a later seed leaves an earlier tenant's history alone
+    for name, enrolled, entered, ended, finished, foreign_rows in both:
+        assert enrolled == entered == ended == finished > 0, name
+        assert foreign_rows == 0, name

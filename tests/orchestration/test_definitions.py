@@ -65,11 +65,12 @@ def test_the_daily_marts_are_partitioned_by_day_and_the_rest_are_not():
     graph = repo.asset_graph
     daily = {"fct_sends", "fct_email_events", "campaign_daily", "step_daily", "sender_daily"}
     daily |= {"recipient_domain_daily", "tenant_daily", "engagement_daily", "campaign_sender_daily"}
+    daily |= {"step_variant_daily"}
     marts = {k for k in graph.get_all_asset_keys() if k.path[0] == "analytics"}
     partitioned = {k.path[-1] for k in marts if graph.get(k).partitions_def is not None}
     assert {k for k in partitioned if not k.startswith("stg_")} == daily
     unpartitioned = {k.path[-1] for k in marts} - partitioned
-    assert {"dim_contacts", "dim_campaigns", "fct_upload_batches"} <= unpartitioned
+    assert {"dim_contacts", "dim_campaigns", "fct_upload_batches", "step_funnel"} <= unpartitioned
     # One step (one `dbt build`) for each: the dimensions only follow the partitioned models.
     assert len(repo.get_job("analytics_job").graph.nodes) == 2
     partitions = graph.get(dg.AssetKey(["analytics", "fct_sends"])).partitions_def
