@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import polars as pl
 import streamlit as st
 
+from engine.ingest.rejects import safe_csv
+
 #: The KPI tiles: (metric, label, whether a rise is bad).
 KPIS = (
     ("sent", "Sent", False),
@@ -67,13 +69,20 @@ def near_limit_warning(senders: pl.DataFrame) -> None:
         )
 
 
-def download(frame: pl.DataFrame, name: str, *, key: str | None = None) -> None:
-    """A "Download CSV" button for `frame` (dates in ISO, lists joined)."""
+def csv_text(frame: pl.DataFrame) -> str:
+    """`frame` as CSV a spreadsheet opens safely: dates in ISO, lists joined, and every text
+    cell that a spreadsheet would run as a formula (a campaign or step named "=...")
+    neutralized."""
     flat = frame.with_columns(
         [pl.col(c).list.join("; ") for c, t in frame.schema.items() if isinstance(t, pl.List)]
     )
+    return safe_csv(flat)
+
+
+def download(frame: pl.DataFrame, name: str, *, key: str | None = None) -> None:
+    """A "Download CSV" button for `frame` (`csv_text`)."""
     st.download_button(
-        "Download CSV", flat.write_csv(), file_name=f"{name}.csv", mime="text/csv", key=key
+        "Download CSV", csv_text(frame), file_name=f"{name}.csv", mime="text/csv", key=key
     )
 
 
