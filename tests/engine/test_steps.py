@@ -841,3 +841,21 @@ def test_a_rolled_back_pass_leaves_nothing_behind(database, tenant, now):
         assert enrollments(conn, c.id) == {}
         names = set(conn.execute(sa.text("select name from app.contact_lists")).scalars())
     assert names == {"leads"}
+
+
+def test_a_step_deleted_under_an_enrollment_is_no_move_in_its_history(tx, now, database):
+    def setup(conn):
+        c = add_campaign(conn, "c", now, [{"id": "w", "wait": DAY}])
+        _contacts(conn, c.list_id, "ann")
+        steps.enroll(conn, now)
+        return c
+
+    campaign = tx(setup)
+    history = sa.text("select outcome, to_step_id from app.step_transitions order by id")
+    assert tx(lambda conn: conn.execute(history).all()) == [("entered", campaign.steps["w"])]
+    with database.owner.begin() as conn:  # as a tenant's deletion would, outside any tenant
+        conn.execute(
+            sa.text("delete from app.campaign_steps where id = :id"), {"id": campaign.steps["w"]}
+        )
+    # the enrollment lost its step (SET NULL) and the history gained nothing
+    assert tx(lambda conn: conn.execute(history).all()) == [("entered", campaign.steps["w"])]

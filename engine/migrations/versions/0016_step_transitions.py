@@ -10,6 +10,8 @@ all of them meet, by two statement-level triggers on `campaign_contacts`:
   `entered`);
 * **AFTER UPDATE**: one row per enrollment whose step changed, or that completed or exited in
   this statement (`moved`, `completed`: `to_step_id` NULL, `exited` with its `exit_reason`).
+  A step deleted under an enrollment (the foreign key's SET NULL, which may run as the owner
+  outside any tenant's transaction, as a tenant's deletion does) writes nothing.
 
 Each trigger reads the statement's transition tables once (one INSERT ... SELECT, whatever the
 number of rows), so a million enrollments moved cost one more set-based insert, and a lease
@@ -97,7 +99,10 @@ begin
            n.updated_at
     from changed n
     join previous o on o.id = n.id
+    -- A step deleted under an enrollment (its key sets current_step_id to NULL) is no move:
+    -- the engine ends that enrollment at its next pass, which is recorded then.
     where (n.current_step_id is distinct from o.current_step_id
+           and n.current_step_id is not null
            and n.status not in ('completed', 'exited'))
        or (n.status in ('completed', 'exited') and n.status is distinct from o.status);
     return null;
