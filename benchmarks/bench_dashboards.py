@@ -7,7 +7,8 @@ migrated; `penguin generate`'s dataset (`--sends`, `--events`, over `--days` day
 
 A run of a page: `st.cache_data` cleared, then the page script run once by Streamlit's AppTest
 with the sidebar's defaults (the tenant that sent last, the last 30 days, every campaign and
-sender) -- and the Campaigns page once more with a campaign open (`?campaign_page=`). A run's
+sender) -- and the Campaigns page once more with a campaign open (`?campaign_page=`, with its
+forecast and live status read as `penguin_operator`). A run's
 figure is the time its SQL statements took, from execute to the last row received (an
 SQLAlchemy cursor event around each), summed; each page runs `--runs` times and its p95 is
 reported. The script's whole run (Streamlit, charts, tables) is printed beside it.
@@ -108,6 +109,8 @@ def measure(views: list[tuple[str, str, dict[str, str]]], runs: int) -> dict[str
             whole.append(time.perf_counter() - start)
             if at.exception:
                 raise SystemExit(f"{label}: the page failed: {at.exception[0].message}")
+            if "campaign_page" in query and "Send forecast" not in [h.value for h in at.subheader]:
+                raise SystemExit(f"{label}: the campaign did not open")
             sql.append(clock.total)
             statements = clock.statements
         figures[label] = {
@@ -143,14 +146,16 @@ def main() -> int:
         # the pages read as they do under `penguin up`: the dashboards role's environment
         os.environ.update(child_environment("dashboards", db))
         with db.owner.connect() as conn:
-            campaign = conn.execute(
+            tenant, campaign = conn.execute(
                 sa.text(
-                    "select campaign_name from analytics_marts.campaign_daily "
-                    "group by campaign_name order by sum(sent) desc limit 1"
+                    "select tenant_name, campaign_name from analytics_marts.campaign_daily "
+                    "group by 1, 2 order by sum(sent) desc limit 1"
                 )
-            ).scalar_one()
+            ).one()
         views = [(page, page, {}) for page in PAGES]
-        views.insert(2, ("campaigns (one open)", "campaigns", {"campaign_page": campaign}))
+        # its tenant too: the sidebar opens on the tenant that sent last, maybe another one
+        one = {"tenant": tenant, "campaign_page": campaign}
+        views.insert(2, ("campaigns (one open)", "campaigns", one))
 
         log(f"{len(views)} views, {args.runs} cold runs each")
         figures = measure(views, args.runs)
