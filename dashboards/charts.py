@@ -215,11 +215,9 @@ def _step_label(frame: pl.DataFrame) -> pl.DataFrame:
 
 def step_funnel(funnel: pl.DataFrame) -> alt.Chart:
     """The enrollments that reached each step (bars, in step order), labelled with their share
-    of the enrolled; the tooltip gives the step's own conversion and exits."""
-    frame = _step_label(funnel).with_columns(
-        (pl.col("reached") / pl.col("enrolled").replace(0, None)).alias("of_enrolled"),
-        (pl.col("moved_on") / pl.col("reached").replace(0, None)).alias("went_on"),
-    )
+    of the enrolled; the tooltip gives the step's own conversion and exits. `funnel`:
+    `data.step_funnel` rows with their `of_enrolled` and `went_on` (the page's table)."""
+    frame = _step_label(funnel)
     order = frame["label"].to_list()
     base = alt.Chart(frame.to_pandas()).encode(
         y=alt.Y("label:N", title=None, sort=order),

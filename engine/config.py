@@ -178,6 +178,8 @@ APP_ROLE = "penguin_app"
 ANALYTICS_ROLE = "penguin_analytics"
 DASHBOARDS_ROLE = "penguin_dashboards"
 OPERATOR_ROLE = "penguin_operator"
+#: Every role the migrations make, besides the owner.
+ROLES = (APP_ROLE, ANALYTICS_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE)
 
 #: The repository root: dbt project, workspace.yaml and the Streamlit app live beside the code.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
-from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE
+from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE, ROLES
 from engine.db import Database
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -68,15 +68,14 @@ _DATABASE_GRANTS = sa.text(
         execute pg_catalog.format(
             'revoke create on database %I from %s', pg_catalog.current_database(),
             (select pg_catalog.string_agg(pg_catalog.quote_ident(r), ', ')
-             from pg_catalog.unnest(array['public', 'penguin_app', 'penguin_analytics',
-                                          'penguin_dashboards', 'penguin_operator']) r
+             from pg_catalog.unnest(array['public', {roles}]) r
              where r = 'public' or exists (select from pg_catalog.pg_roles where rolname = r)));
         if exists (select from pg_catalog.pg_namespace where nspname = 'public') then
             revoke create on schema public from public;
         end if;
     end
     $$
-    """
+    """.replace("{roles}", ", ".join(f"'{role}'" for role in ROLES))
 )
 _SCHEMA_OWNER = sa.text(
     "select pg_catalog.pg_get_userbyid(nspowner) from pg_catalog.pg_namespace where nspname = :s"
@@ -120,7 +119,7 @@ def stray_schema_warnings(db: Database) -> list[str]:
         rows = conn.execute(
             _STRAY_SCHEMAS,
             {
-                "roles": [APP_ROLE, ANALYTICS_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE],
+                "roles": list(ROLES),
                 "expected": list(ANALYTICS_SCHEMAS),
             },
         )

@@ -48,14 +48,15 @@ st.caption(
     "Enrollments that reached each step, over the campaign's whole life; the label is their "
     "share of the enrolled. A step visited again after a wait counts each visit."
 )
-st.altair_chart(charts.step_funnel(funnel), width="stretch")
 table = funnel.with_columns(
     (pl.col("reached") / pl.col("enrolled").replace(0, None)).alias("of_enrolled"),
     (pl.col("moved_on") / pl.col("reached").replace(0, None)).alias("went_on"),
     (pl.col("opened") / pl.col("sent").replace(0, None)).alias("open_share"),
     (pl.col("clicked") / pl.col("sent").replace(0, None)).alias("click_share"),
     (pl.col("replied") / pl.col("sent").replace(0, None)).alias("reply_share"),
-).select(
+)
+st.altair_chart(charts.step_funnel(table), width="stretch")
+table = table.select(
     "step_order",
     "step_key",
     "step_type",

@@ -8,14 +8,12 @@ import pytest
 import sqlalchemy as sa
 
 from engine import migrate
-from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE
+from engine.config import ANALYTICS_ROLE, APP_ROLE, DASHBOARDS_ROLE, ROLES
 from engine.db import tenant_transaction
 from engine.ingest import ingest_file
 from engine.tenants import all_tenants, create_tenant
 from tests.engine.test_row_level_security import two_tenants  # noqa: F401 (a fixture)
 from tests.factories import people, write_csv
-
-ROLES = (APP_ROLE, ANALYTICS_ROLE, DASHBOARDS_ROLE, OPERATOR_ROLE)
 
 
 def _libpq(database, role: str) -> str:
