@@ -164,7 +164,7 @@ def score_bands(frame: pl.DataFrame) -> alt.Chart:
 
 def sent_and_forecast(sent: pl.DataFrame, forecast: pl.DataFrame) -> alt.Chart:
     """What a campaign sent per day (`day`, `sent`) beside what it will send (`day`, `step`,
-    `messages`: `operate.Outlook.per_day`), stacked by email step, with today marked."""
+    `messages`: `data.campaign_forecast`), stacked by email step, with today marked."""
     series = pl.concat(
         [
             sent.select(

@@ -216,6 +216,24 @@ CAMPAIGN_SETTINGS = sa.text(
     """
 )
 
+#: The campaign's stored forecast (the last analytics run's simulation) and its days.
+CAMPAIGN_FORECAST = sa.text(
+    f"""
+    select forecast_at, forecast_timezone, forecast_days, forecast_messages, last_message_day,
+           messages_later, enrollments_unfinished, forecast_summary, forecast_notes,
+           forecast_error
+    from {MARTS}.campaign_forecasts
+    where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
+    """
+)
+CAMPAIGN_FORECAST_DAILY = sa.text(
+    f"""
+    select forecast_day as day, step_key as step, messages
+    from {MARTS}.campaign_forecast_daily
+    where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
+    order by forecast_day, step_order nulls last, step_key
+    """
+)
 
 #: Each sender's volume against its daily limit, bounce and reply rates (the campaign filter
 #: applies through campaign_sender_daily).
@@ -420,6 +438,16 @@ def campaign_settings(tenant_id: str, campaign_id: str) -> dict | None:
     """One campaign's settings (None if the tenant has no such campaign)."""
     frame = _read(CAMPAIGN_SETTINGS, tenant_id=tenant_id, campaign_id=campaign_id)
     return frame.row(0, named=True) if frame.height else None
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def campaign_forecast(tenant_id: str, campaign_id: str) -> tuple[dict | None, pl.DataFrame]:
+    """The campaign's stored send forecast (None before the first analytics run that made one)
+    and its messages per local day and email step (`day`, `step`, `messages`)."""
+    params = {"tenant_id": tenant_id, "campaign_id": campaign_id}
+    head = _read(CAMPAIGN_FORECAST, **params)
+    days = _read(CAMPAIGN_FORECAST_DAILY, **params)
+    return (head.row(0, named=True) if head.height else None), days
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -1,21 +1,19 @@
-"""The operators' corner of a campaign's page: its live status, its send forecast, pause and
-resume, through the engine's own functions (`engine.campaigns`, `engine.sequence.forecast`).
+"""The operators' corner of a campaign's page: its live status, pause and resume, through the
+engine's own functions (`engine.campaigns`).
 
 The marts are read by `dashboards.data` as `penguin_dashboards`; this module is the only one
-that reads `app`, as `penguin_operator` (migration 0015), which may read what the forecast reads
-and change a campaign's status, nothing else, each time in one transaction bound to the tenant
-picked in the sidebar: another tenant's campaign id finds nothing.
+that reads `app`, as `penguin_operator` (migrations 0015 and 0017), which may read a campaign
+and whether it has senders, and change its status, nothing else, each time in one transaction
+bound to the tenant picked in the sidebar: another tenant's campaign id finds nothing.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import polars as pl
 import sqlalchemy as sa
 import streamlit as st
 from sqlalchemy.engine import Connection
@@ -23,10 +21,6 @@ from sqlalchemy.engine import Connection
 from engine.campaigns import pause_campaign, resume_campaign
 from engine.config import Settings
 from engine.db import Database, tenant_transaction
-from engine.sequence.forecast import forecast
-
-#: Days the forecast covers, from today.
-FORECAST_DAYS = 14
 
 _STATUS = sa.text("select status from app.campaigns where id = :id")
 
@@ -35,16 +29,6 @@ T = TypeVar("T")
 
 class OperatorUnavailableError(RuntimeError):
     """The operator role cannot be reached (no password configured, or the server refused)."""
-
-
-@dataclass(frozen=True)
-class Outlook:
-    """A campaign's forecast as the page shows it."""
-
-    #: One row per campaign-local day: `day`, `step`, `messages`.
-    per_day: pl.DataFrame
-    summary: str
-    notes: tuple[str, ...]
 
 
 @st.cache_resource
@@ -72,26 +56,6 @@ def live_status(tenant_id: str, campaign_id: str) -> str | None:
     )
 
 
-@st.cache_data(ttl=60, show_spinner="Forecasting…")
-def outlook(tenant_id: str, campaign_id: str, days: int = FORECAST_DAYS) -> Outlook:
-    """What the campaign sends each day from today, with the engine's rules and no engagement
-    from now on (`engine.sequence.forecast`). Raises ForecastError for a campaign the engine
-    could not run."""
-    result = _in_tenant(
-        tenant_id,
-        lambda conn: forecast(conn, uuid.UUID(campaign_id), datetime.now(UTC), days=days),
-    )
-    rows = [
-        {"day": day, "step": step, "messages": result.counts.get((day, step), 0)}
-        for day in result.days
-        for step in result.steps
-    ]
-    per_day = pl.DataFrame(
-        rows, schema={"day": pl.Date, "step": pl.String, "messages": pl.Int64}, orient="row"
-    )
-    return Outlook(per_day, result.summary(), tuple(result.notes))
-
-
 def pause(tenant_id: str, campaign_id: str) -> str:
     """Pause the campaign (`engine.campaigns.pause_campaign`); its new status. Raises
     CampaignError when it cannot be paused, naming why."""
@@ -109,5 +73,4 @@ def _change(
     status = _in_tenant(
         tenant_id, lambda conn: act(conn, uuid.UUID(campaign_id), datetime.now(UTC))
     )
-    outlook.clear()  # a paused campaign's forecast is another one
     return status

@@ -10,13 +10,21 @@ Two asset definitions over one dbt project, each one `dbt build` when it runs:
 * `analytics_models`: everything else (the dimensions, the upload marts), unpartitioned and
   downstream of the first only, so a run is those two steps in that order.
 
-`analytics_freshness_sensor` watches `sent_emails.updated_at` and `email_events.recorded_at`
-(BRIN-indexed, so a tick reads only the newest blocks). When either moved it asks for one run of
-`analytics_job` over the range of reporting days the new rows touch, tagged as a refresh: dbt
-then builds incrementally, merging only the messages and events that changed and rebuilding
-only the days they belong to. So a send or an event reaches the marts one sensor interval plus
-one build after it is written, whatever wrote it (a send run, the tracking server, a mailbox
-poll, an import). An upload run refreshes the marts itself, in the same run.
+Before them, `send_forecasts` stores each campaign's send forecast (`engine.forecasts`, the
+engine's own simulation) in the two app tables dbt reads as sources of the marts
+`campaign_forecasts` and `campaign_forecast_daily`: every run that builds the marts forecasts
+anew, so a campaign's page reads its forecast like any mart.
+
+`analytics_freshness_sensor` watches `sent_emails.updated_at`, `email_events.recorded_at`,
+`step_transitions.recorded_at` and `campaigns.updated_at` (the first three indexed, so a tick
+reads only the newest rows). When one moved it asks for one run of `analytics_job` over the
+range of reporting days the new rows touch, tagged as a refresh: dbt then builds
+incrementally, merging only the messages and events that changed and rebuilding only the days
+they belong to. So a send, an
+event, a move through a wait or a condition, or a campaign paused or edited reaches the marts
+(and the forecasts) one sensor interval plus one build after it is written, whatever wrote it
+(a send run, the tracking server, a mailbox poll, an import, the CLI, the operators' corner).
+An upload run refreshes the marts itself, in the same run.
 
 All dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes) and the run
 tag `DBT_TAGS`, because two at once fail with "relation already exists".
@@ -40,6 +48,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from engine import dbt_manifest
 from engine.config import DBT_PROJECT_DIR, Settings
 from engine.dbt_manifest import BUILD
+from engine.forecasts import FORECAST_DAYS, refresh_all_tenants
 from orchestration.clock import utcnow
 from orchestration.resources import PostgresResource
 
@@ -48,6 +57,10 @@ DBT_EXECUTABLE = dbt_manifest.dbt_executable()
 DBT_POOL = "dbt"
 #: The dbt models (all keyed under `analytics/`).
 MARTS = dg.AssetSelection.key_prefixes("analytics")
+#: The stored forecasts, dbt sources of the forecast marts (keyed by table name, as sources are).
+FORECASTS = ("send_forecasts", "send_forecast_days")
+#: What a run that refreshes the analytics builds: the forecasts, then the marts.
+ANALYTICS = MARTS | dg.AssetSelection.assets(*FORECASTS)
 #: Run tag of every job that builds the marts: the run queue starts one such run at a time
 #: (`tag_concurrency_limits` in the instance `penguin up` writes). The pool alone let two
 #: runs submitted at once start together on a fresh instance; it still covers materializations
@@ -100,6 +113,53 @@ def build_args(context: dg.AssetExecutionContext) -> list[str]:
     return [*BUILD, "--vars", json.dumps({"start_date": days.start, "end_date": days.end})]
 
 
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "send_forecasts",
+            deps=["sent_emails"],
+            group_name="analytics",
+            kinds={"python", "postgres"},
+            description=(
+                f"Each campaign's send forecast for the next {FORECAST_DAYS} days: the "
+                "engine's own simulation of its passes, assuming no engagement from now on."
+            ),
+        ),
+        dg.AssetSpec(
+            "send_forecast_days",
+            deps=["sent_emails"],
+            group_name="analytics",
+            kinds={"postgres"},
+            description="The forecasts' messages per campaign-local day and email step.",
+        ),
+    ],
+)
+def send_forecasts(context: dg.AssetExecutionContext, postgres: PostgresResource):
+    """Forecast every campaign of every tenant, each tenant's in one transaction; a campaign
+    that cannot be forecast stores why, and the others go on."""
+    now = utcnow()
+    campaigns, messages, failed = 0, 0, {}
+    for tenant, report in refresh_all_tenants(postgres.db.app, now).items():
+        context.log.info(
+            f"{tenant}: {report.campaigns} campaigns forecast, {report.messages} messages in "
+            f"the next {FORECAST_DAYS} days"
+        )
+        for name, why in report.failed.items():
+            context.log.warning(f"{tenant}/{name} cannot be forecast: {why}")
+            failed[f"{tenant}/{name}"] = why
+        campaigns += report.campaigns
+        messages += report.messages
+    yield dg.MaterializeResult(
+        asset_key="send_forecasts",
+        metadata={
+            "campaigns": campaigns,
+            "forecast_at": now.isoformat(),
+            "failed": dg.MetadataValue.json(failed),
+        },
+    )
+    yield dg.MaterializeResult(asset_key="send_forecast_days", metadata={"messages": messages})
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -132,11 +192,12 @@ def analytics_models(
 
 analytics_job = dg.define_asset_job(
     "analytics_job",
-    selection=MARTS,
+    selection=ANALYTICS,
     partitions_def=ANALYTICS_DAYS,
     description=(
-        "dbt build of the marts and their tests. A partition range rebuilds those reporting "
-        "days whole; a refresh (tag penguin/analytics=refresh) builds what changed."
+        "The send forecasts, then dbt build of the marts and their tests. A partition range "
+        "rebuilds those reporting days whole; a refresh (tag penguin/analytics=refresh) "
+        "builds what changed."
     ),
     tags=DBT_TAGS,
 )
@@ -153,51 +214,74 @@ _ACTIVE = [
 #: (its timestamps are older than rows already seen) may commit after a tick.
 LOOKBACK = timedelta(minutes=10)
 
-#: The rows written since `LOOKBACK` before each watermark: the reporting days they touch (a
-#: message's send day, an event's day and its message's send day), their newest timestamps,
-#: how many there are, and how many are within `LOOKBACK` of the newest (the next tick's
-#: count). Run as the analytics role, across tenants; the BRIN indexes on both columns keep
-#: it to the newest blocks.
-_CHANGED_DAYS = sa.text(
-    """
-    with new_sends as (
-        select tenant_id, coalesce(sent_at, queued_at) as at, updated_at as stamp
-        from app.sent_emails where updated_at > :sends_since
+#: What the sensor watches: watermark name → (the rows written since `:since`, as
+#: `tenant_id, at` (the time whose reporting day they touch) and `stamp` (the column watched,
+#: indexed); the days they touch besides their own `at`, or None).
+_WATCHED: dict[str, tuple[str, str | None]] = {
+    "sends": (
+        "select tenant_id, coalesce(sent_at, queued_at) as at, updated_at as stamp "
+        "from app.sent_emails where updated_at > :sends_since",
+        None,
     ),
-    new_events as (
-        select tenant_id, sent_email_id, occurred_at, recorded_at as stamp
-        from app.email_events where recorded_at > :events_since
+    # An event touches its own day and its message's send day (the cohort).
+    "events": (
+        "select tenant_id, occurred_at as at, recorded_at as stamp, sent_email_id "
+        "from app.email_events where recorded_at > :events_since",
+        "select s.tenant_id, coalesce(s.sent_at, s.queued_at) "
+        "from app.sent_emails s join new_events e on e.sent_email_id = s.id",
     ),
-    sends_mark as (select max(stamp) as mark from new_sends),
-    events_mark as (select max(stamp) as mark from new_events),
-    touched as (
-        select tenant_id, at from new_sends
-        union all
-        select tenant_id, occurred_at from new_events
-        union all
-        select s.tenant_id, coalesce(s.sent_at, s.queued_at)
-        from app.sent_emails s join new_events e on e.sent_email_id = s.id
+    # A move through a wait, a condition or an action sends nothing and changes the funnel.
+    "moves": (
+        "select tenant_id, occurred_at as at, recorded_at as stamp "
+        "from app.step_transitions where recorded_at > :moves_since",
+        None,
     ),
-    days as (
-        select (touched.at at time zone t.reporting_timezone)::date as day
-        from touched join app.tenants t on t.id = touched.tenant_id
+    # A campaign paused, resumed or edited: its dimension and its forecast (campaigns are few:
+    # no index needed).
+    "campaigns": (
+        "select tenant_id, updated_at as at, updated_at as stamp "
+        "from app.campaigns where updated_at > :campaigns_since",
+        None,
+    ),
+}
+_WATERMARKS = tuple(_WATCHED)
+
+
+def _changed_days_sql() -> sa.TextClause:
+    """The rows written since `LOOKBACK` before each watermark: the reporting days they touch,
+    their newest stamps, how many there are, and how many are within `LOOKBACK` of the newest
+    (the next tick's count). Run as the analytics role, across tenants; the stamps of the large
+    tables are indexed, so a tick reads only their newest rows."""
+    new = [f"new_{k} as ({rows})" for k, (rows, _) in _WATCHED.items()]
+    marks = [f"{k}_mark as (select max(stamp) as mark from new_{k})" for k in _WATCHED]
+    touched = [f"select tenant_id, at from new_{k}" for k in _WATCHED]
+    touched += [also for _, also in _WATCHED.values() if also]
+    columns = []
+    for k in _WATCHED:
+        columns += [
+            f"(select mark from {k}_mark) as {k}_mark",
+            f"(select count(*) from new_{k}) as {k}_seen",
+            f"(select count(*) from new_{k}, {k}_mark where stamp > mark - :lookback) "
+            f"as {k}_recent",
+        ]
+    return sa.text(
+        "with "
+        + ",\n".join(new + marks)
+        + ",\ntouched as ("
+        + "\nunion all\n".join(touched)
+        + "),\n"
+        "days as (\n"
+        "    select (touched.at at time zone t.reporting_timezone)::date as day\n"
+        "    from touched join app.tenants t on t.id = touched.tenant_id\n"
+        ")\n"
+        "select (select min(day) from days) as first_day, "
+        "(select max(day) from days) as last_day,\n" + ",\n".join(columns)
     )
-    select
-        (select min(day) from days) as first_day,
-        (select max(day) from days) as last_day,
-        (select mark from sends_mark) as sends_mark,
-        (select count(*) from new_sends) as sends_seen,
-        (select count(*) from new_sends, sends_mark where stamp > mark - :lookback)
-            as sends_recent,
-        (select mark from events_mark) as events_mark,
-        (select count(*) from new_events) as events_seen,
-        (select count(*) from new_events, events_mark where stamp > mark - :lookback)
-            as events_recent
-    """
-)
+
+
+_CHANGED_DAYS = _changed_days_sql()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_WATERMARKS = ("sends", "events")
 
 
 def changed_days(
@@ -206,7 +290,7 @@ def changed_days(
     """The range of reporting days that rows written since `cursor` touch (None: nothing new),
     and the cursor past them.
 
-    The cursor holds, per table, the newest timestamp seen and how many rows were within
+    The cursor holds, per watched table, the newest stamp seen and how many rows were within
     `LOOKBACK` of it. A row is new if it is newer, or if that count grew: a transaction that
     began before the newest row seen, and committed after the tick that saw it."""
     marks = {k: datetime.fromisoformat(cursor.get(k, _EPOCH.isoformat())) for k in _WATERMARKS}
@@ -214,11 +298,7 @@ def changed_days(
     row = (
         conn.execute(
             _CHANGED_DAYS,
-            {
-                "sends_since": marks["sends"] - LOOKBACK,
-                "events_since": marks["events"] - LOOKBACK,
-                "lookback": LOOKBACK,
-            },
+            {**{f"{k}_since": marks[k] - LOOKBACK for k in _WATERMARKS}, "lookback": LOOKBACK},
         )
         .one()
         ._mapping
@@ -260,8 +340,8 @@ def refresh_tags(days: tuple[date, date], now: datetime) -> dict[str, str]:
     minimum_interval_seconds=Settings.from_env().analytics_interval,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Starts an incremental analytics_job run over the reporting days that new sends and "
-        "events touch, one run at a time."
+        "Starts an incremental analytics_job run over the reporting days that new sends, "
+        "events, step moves and campaign changes touch, one run at a time."
     ),
 )
 def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
@@ -277,7 +357,7 @@ def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: Po
         days, moved = changed_days(conn, cursor)
     context.update_cursor(json.dumps(moved))
     if days is None:
-        return dg.SkipReason("no new sends or events")
+        return dg.SkipReason("no new sends, events, step moves or campaign changes")
     return dg.RunRequest(tags=refresh_tags(days, utcnow()))
 
 
@@ -302,7 +382,7 @@ def analytics_repair_schedule(context: dg.ScheduleEvaluationContext):
 
 
 defs = dg.Definitions(
-    assets=[analytics_daily, analytics_models],
+    assets=[send_forecasts, analytics_daily, analytics_models],
     jobs=[analytics_job],
     sensors=[analytics_freshness_sensor],
     schedules=[analytics_repair_schedule],

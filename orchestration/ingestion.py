@@ -215,7 +215,7 @@ ingest_upload_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(
         "upload_batches", "contacts", "contact_lists", "enrollments", "sent_emails"
     )
-    | analytics.MARTS,
+    | analytics.ANALYTICS,
     partitions_def=analytics.ANALYTICS_DAYS,
     description="Ingest one uploaded file, enroll its contacts in active campaigns, send what "
     "is due, and refresh the marts.",

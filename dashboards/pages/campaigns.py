@@ -1,13 +1,13 @@
 """Campaigns: every campaign with its status, dates and rates in the period; one campaign's
-daily trend, send forecast and settings (`?campaign_page=<id>`), and the operators' corner that
-pauses and resumes it."""
+daily trend, send forecast (the marts' `campaign_forecasts`, which every analytics run
+simulates anew) and settings (`?campaign_page=<id>`), and the operators' corner that pauses and
+resumes it."""
 
 import polars as pl
 import streamlit as st
 
 from dashboards import charts, data, filters, operate, ui
 from engine.campaigns import CampaignError
-from engine.sequence.forecast import ForecastError
 from engine.text import shown as plain
 
 #: What each action does, as its confirmation says.
@@ -59,22 +59,31 @@ def operators_corner(tenant_id: str, campaign_id: str, name: str) -> None:
 
 
 def send_forecast(tenant_id: str, campaign_id: str, name: str, sent: pl.DataFrame) -> None:
-    """The days sent in the period beside the forecast of the days to come, as a table too."""
+    """The days sent in the period beside the stored forecast of the days to come (the last
+    analytics run's simulation, `campaign_forecasts`), as a table too."""
     st.subheader("Send forecast")
-    try:
-        ahead = operate.outlook(tenant_id, campaign_id)
-    except operate.OperatorUnavailableError as exc:
-        st.warning(str(exc))
+    head, ahead = data.campaign_forecast(tenant_id, campaign_id)
+    if head is None:
+        st.info(
+            "No forecast of this campaign yet: the next analytics run makes one (start "
+            "`analytics_job` in the Dagster UI, or wait for the freshness sensor)."
+        )
         return
-    except ForecastError as exc:
-        st.warning(f"This campaign cannot be forecast: {exc}")
+    as_of = head["forecast_at"].strftime("%Y-%m-%d %H:%M UTC")
+    if head["forecast_error"]:
+        st.warning(f"This campaign cannot be forecast: {plain(head['forecast_error'], 300)}")
+        st.caption(f"Tried at {as_of}.")
         return
     st.caption(
-        f"The next {operate.FORECAST_DAYS} days (the campaign's own time zone), by the engine's "
-        f"own rules, assuming no engagement from now on. {ahead.summary}"
+        f"The next {head['forecast_days']} days ({plain(head['forecast_timezone'])}), as the "
+        f"engine's own rules would send them from {as_of}, assuming no engagement from then "
+        f"on. {plain(head['forecast_summary'], 300)}"
     )
-    st.altair_chart(charts.sent_and_forecast(sent.select("day", "sent"), ahead.per_day))
-    table = ahead.per_day.pivot("step", index="day", values="messages", aggregate_function="sum")
+    if ahead.is_empty():
+        st.info("The campaign has no email step: it sends nothing.")
+        return
+    st.altair_chart(charts.sent_and_forecast(sent.select("day", "sent"), ahead))
+    table = ahead.pivot("step", index="day", values="messages", aggregate_function="sum")
     table = table.with_columns(pl.sum_horizontal(pl.exclude("day")).alias("total"))
     st.dataframe(
         table,
@@ -82,7 +91,7 @@ def send_forecast(tenant_id: str, campaign_id: str, name: str, sent: pl.DataFram
         column_config={"day": st.column_config.DateColumn("Day", format="ddd YYYY-MM-DD")},
     )
     ui.download(table, f"forecast-{name}", key="forecast")
-    for note in ahead.notes:
+    for note in head["forecast_notes"] or ():
         st.caption(plain(note, 300))
 
 
