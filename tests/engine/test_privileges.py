@@ -266,9 +266,8 @@ def test_the_operator_role_changes_a_campaigns_status_in_its_own_tenant_only(
         conn.execute(sa.text("update app.campaigns set status = 'active'"))
     with database.operator.connect() as conn:  # no tenant bound: nothing is visible
         assert conn.execute(sa.text("select count(*) from app.campaigns")).scalar() == 0
-        assert conn.execute(sa.text("select count(*) from app.contacts")).scalar() == 0
     with tenant_transaction(database.operator, alpha.tenant_id) as conn:
-        assert conn.execute(sa.text("select count(*) from app.contacts")).scalar() == 3
+        assert conn.execute(sa.text("select count(*) from app.campaigns")).scalar() == 1
         changed = conn.execute(
             sa.text("update app.campaigns set status = 'paused' where id = any(:ids)"),
             {"ids": [alpha.campaign_id, bravo.campaign_id]},
@@ -288,6 +287,12 @@ def test_the_operator_role_changes_a_campaigns_status_in_its_own_tenant_only(
         "insert into app.sent_emails (tenant_id) values (app.current_tenant_id())",
         "delete from app.campaign_contacts",
         "select smtp_password_env from app.sender_accounts",
+        # what only the forecast read, before it moved to the analytics runs (migration 0017)
+        "select count(*) from app.contacts",
+        "select count(*) from app.sent_emails",
+        "select count(*) from app.email_events",
+        "select daily_limit from app.sender_accounts",
+        "select count(*) from app.send_forecasts",
         "select * from app.tenant_directory()",
         "select * from app.tenant_bindings",
         "select count(*) from analytics_marts.campaign_daily",

@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.db import tenant_transaction
+from engine.forecasts import refresh_forecasts
 from engine.sending.scheduler import send_due
 from tests.factories import people, seed_tenant
 
@@ -61,6 +62,7 @@ def two_tenants(database, smtp_server, now, tmp_path):
         with tenant_transaction(database.app, tenant.tenant_id) as conn:
             for statement in EXTRA_ROWS:
                 conn.execute(sa.text(statement))
+            refresh_forecasts(conn, now)  # send_forecasts and send_forecast_days
         tenants.append(tenant)
     return tenants
 
