@@ -48,6 +48,7 @@ def generated(pg_server, template_database, tmp_path_factory):
     import sqlalchemy as sa
 
     from engine.db import sqlalchemy_url
+    from engine.forecasts import refresh_all_tenants
     from engine.generate import Shape, generate
     from tests.conftest import copy_of_template
     from tests.factories import dbt
@@ -55,6 +56,7 @@ def generated(pg_server, template_database, tmp_path_factory):
     name = f"dash_{uuid.uuid4().hex[:8]}"
     db = copy_of_template(pg_server, template_database, name, tmp_path_factory.mktemp("dash"))
     generate(db, Shape(2, 400, 2_000, 12_000, 30, seed=11), datetime.now(UTC))
+    refresh_all_tenants(db.app, datetime.now(UTC))  # as an analytics run does before dbt
     dbt(db, "build", "--exclude-resource-type", "unit_test")
     yield db
     db.dispose()

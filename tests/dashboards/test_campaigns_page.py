@@ -11,7 +11,8 @@ import streamlit as st
 from dashboards import operate
 from engine.campaigns import CampaignError
 from engine.db import tenant_transaction
-from engine.sequence.forecast import ForecastError, forecast
+from engine.forecasts import FORECAST_DAYS, refresh_all_tenants
+from engine.sequence.forecast import forecast
 from tests.dashboards.pages import open_page
 from tests.factories import SeededTenant, dbt, seed_tenant
 
@@ -93,27 +94,61 @@ def launched(use_database, database, tmp_path) -> tuple[SeededTenant, SeededTena
     )
 
 
+def _analytics_run(database) -> datetime:
+    """What an analytics run does: store every campaign's forecast, then build the marts."""
+    at = datetime.now(UTC)
+    refresh_all_tenants(database.app, at)
+    dbt(database, "build", "--exclude-resource-type", "unit_test")
+    return at
+
+
 def test_a_campaigns_forecast_is_the_engines_beside_what_it_sent(database, launched):
     alpha, _ = launched
-    dbt(database, "build", "--exclude-resource-type", "unit_test")
+    forecast_at = _analytics_run(database)
     at = open_page("campaigns", tenant="alpha", campaign_page="alpha outreach")
     assert not at.exception, at.exception
     assert [h.value for h in at.subheader][1] == "Send forecast"
     table = at.dataframe[1].value
-    assert len(table) == operate.FORECAST_DAYS
+    assert len(table) == FORECAST_DAYS
     with tenant_transaction(database.app, alpha.tenant_id) as conn:
-        expected = forecast(conn, alpha.campaign_id, datetime.now(UTC), operate.FORECAST_DAYS)
+        expected = forecast(conn, alpha.campaign_id, forecast_at, FORECAST_DAYS)
     assert table["total"].sum() == expected.total == 3  # its three enrolled contacts, today
     assert table["total"].iloc[0] == 3
     assert any(expected.summary() in c.value for c in at.caption)
+    assert any(forecast_at.strftime("from %Y-%m-%d %H:%M UTC") in c.value for c in at.caption)
     charts = at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
     assert len(charts) == 1  # nothing sent yet: no trend, the forecast's chart
     assert "Download CSV" in [b.label for b in at.get("download_button")]
 
 
+def test_a_campaign_without_a_forecast_yet_says_what_makes_one(database, launched):
+    dbt(database, "build", "--exclude-resource-type", "unit_test")  # marts, no forecast yet
+    at = open_page("campaigns", tenant="alpha", campaign_page="alpha outreach")
+    assert not at.exception, at.exception
+    assert any("next analytics run makes one" in i.value for i in at.info)
+
+
+def test_a_campaign_that_cannot_be_forecast_says_why(database, launched):
+    alpha, _ = launched
+    with database.owner.begin() as conn:  # its only step removed under its enrollments
+        conn.execute(
+            sa.text("update app.campaign_steps set removed_at = now() where campaign_id = :id"),
+            {"id": alpha.campaign_id},
+        )
+    _analytics_run(database)
+    at = open_page("campaigns", tenant="alpha", campaign_page="alpha outreach")
+    assert not at.exception, at.exception
+    assert at.warning[0].value == (
+        "This campaign cannot be forecast: campaign alpha outreach has no steps"
+    )
+    # the other tenant's campaign is forecast as usual
+    other = open_page("campaigns", tenant="bravo", campaign_page="bravo outreach")
+    assert other.dataframe[1].value["total"].sum() == 3
+
+
 def test_pausing_asks_first_then_pauses_and_resumes_through_the_engine(database, launched):
     alpha, _ = launched
-    dbt(database, "build", "--exclude-resource-type", "unit_test")
+    _analytics_run(database)
     campaign = str(alpha.campaign_id)
     at = open_page("campaigns", tenant="alpha", campaign_page="alpha outreach")
     assert "Status now: **active**" in at.markdown[-1].value
@@ -131,7 +166,8 @@ def test_pausing_asks_first_then_pauses_and_resumes_through_the_engine(database,
     assert _live_status(database, campaign) == "paused"
     assert "Status now: **paused**" in at.markdown[-1].value
     assert at.button(key="operate").label == "Resume campaign"
-    # the forecast of a paused campaign is that of its resuming now; it was recomputed
+    # the forecast (the last analytics run's) still shows: a paused campaign's is that of
+    # its resuming
     assert at.dataframe[1].value["total"].sum() == 3
 
     at.button(key="operate").click().run()
@@ -146,8 +182,6 @@ def test_the_operator_cannot_touch_another_tenants_campaign(database, launched):
     assert operate.live_status(str(alpha.tenant_id), theirs) is None
     with pytest.raises(CampaignError, match=f"this tenant has no campaign {theirs}"):
         operate.pause(str(alpha.tenant_id), theirs)
-    with pytest.raises(ForecastError, match="no campaign"):
-        operate.outlook(str(alpha.tenant_id), theirs)
     assert _live_status(database, theirs) == "active"
     assert operate.pause(str(bravo.tenant_id), theirs) == "paused"  # its own tenant can
 
