@@ -15,6 +15,8 @@ from dagster._core.storage.tags import (
 )
 from dagster_dbt import DbtCliResource
 
+from engine.campaigns import pause_campaign
+from engine.db import tenant_transaction
 from engine.sending.scheduler import send_due
 from engine.tracking.events import Event, write
 from orchestration import analytics
@@ -187,6 +189,60 @@ def _range(first: date, last: date) -> dict[str, str]:
         ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
         ASSET_PARTITION_RANGE_END_TAG: last.isoformat(),
     }
+
+
+def test_a_step_move_or_a_campaign_change_alone_refreshes_and_the_run_forecasts_first(
+    database, now, tmp_path
+):
+    """No message and no event: an enrollment that leaves its step, a campaign paused. Each
+    wakes the sensor, and the run it asks for stores the forecasts before dbt builds their
+    marts."""
+    acme = seed_tenant(database, "acme", now, tmp_path)
+    with dg.instance_for_test() as instance:
+        first, cursor = _tick(database, instance, None)
+        assert isinstance(first, dg.RunRequest)  # the enrollments' entries
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+
+        with tenant_transaction(database.app, acme.tenant_id) as conn:
+            conn.execute(
+                sa.text(
+                    "update app.campaign_contacts set status = 'exited', exit_reason = 'manual', "
+                    "updated_at = :at where id = (select min(id::text)::uuid "
+                    "from app.campaign_contacts)"
+                ),
+                {"at": now + timedelta(minutes=1)},
+            )
+        moved, cursor = _tick(database, instance, cursor)
+        assert isinstance(moved, dg.RunRequest), moved
+        assert _days(moved)[0] == now.date().isoformat()
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+
+        with tenant_transaction(database.app, acme.tenant_id) as conn:
+            pause_campaign(conn, acme.campaign_id, now + timedelta(minutes=2))
+        paused, cursor = _tick(database, instance, cursor)
+        assert isinstance(paused, dg.RunRequest), paused
+
+        result = dg.materialize(
+            [analytics.send_forecasts, analytics.analytics_models, analytics.analytics_daily],
+            resources=_resources(database),
+            instance=instance,
+            tags={**analytics.DBT_TAGS, **paused.tags},
+        )
+        assert result.success
+        order = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
+        assert order.index("send_forecasts") < order.index("analytics/campaign_forecasts")
+        forecast_meta = result.asset_materializations_for_node("send_forecasts")[0].metadata
+        assert forecast_meta["campaigns"].value == 1
+    with database.analytics.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "select campaign_name, forecast_messages, forecast_notes "
+                "from analytics_marts.campaign_forecasts"
+            )
+        ).one()
+    assert row.campaign_name == "acme outreach"
+    assert row.forecast_messages == 2  # one of its three left the sequence
+    assert "The campaign is paused: forecast as if resumed now." in row.forecast_notes
 
 
 def test_the_repair_schedule_rebuilds_the_two_closed_days():

@@ -60,7 +60,7 @@ def test_every_stage_is_an_asset_or_job_in_the_ui():
 def test_the_daily_marts_are_partitioned_by_day_and_the_rest_are_not():
     """Facts and per-day models are daily-partitioned assets (a backfill from the UI), with
     the staging views they read; the dimensions and upload marts are not, and only follow
-    them; `analytics_job` carries both, in two steps."""
+    them; `analytics_job` carries both, in two steps, after the send forecasts."""
     repo = defs.get_repository_def()
     graph = repo.asset_graph
     daily = {"fct_sends", "fct_email_events", "campaign_daily", "step_daily", "sender_daily"}
@@ -71,11 +71,17 @@ def test_the_daily_marts_are_partitioned_by_day_and_the_rest_are_not():
     assert {k for k in partitioned if not k.startswith("stg_")} == daily
     unpartitioned = {k.path[-1] for k in marts} - partitioned
     assert {"dim_contacts", "dim_campaigns", "fct_upload_batches", "step_funnel"} <= unpartitioned
-    # One step (one `dbt build`) for each: the dimensions only follow the partitioned models.
-    assert len(repo.get_job("analytics_job").graph.nodes) == 2
+    # One step (one `dbt build`) for each: the dimensions only follow the partitioned models;
+    # the forecasts come first, dbt's sources of the forecast marts.
+    assert len(repo.get_job("analytics_job").graph.nodes) == 3
+    forecasts = {dg.AssetKey(k) for k in analytics.FORECASTS}
+    for key in forecasts:
+        assert graph.get(key).partitions_def is None
+    stg = graph.get(dg.AssetKey(["analytics", "stg_app__send_forecasts"]))
+    assert dg.AssetKey("send_forecasts") in stg.parent_keys
     partitions = graph.get(dg.AssetKey(["analytics", "fct_sends"])).partitions_def
     assert isinstance(partitions, dg.DailyPartitionsDefinition)
-    assert repo.get_job("analytics_job").asset_layer.selected_asset_keys == marts
+    assert repo.get_job("analytics_job").asset_layer.selected_asset_keys == marts | forecasts
 
 
 def test_the_upload_run_refreshes_the_marts_a_send_run_leaves_them_to_the_sensor():
@@ -89,7 +95,11 @@ def test_the_upload_run_refreshes_the_marts_a_send_run_leaves_them_to_the_sensor
         dg.AssetKey("sent_emails")
     }
     upload = repo.get_job("ingest_upload_job")
-    assert {dg.AssetKey("sent_emails"), campaign_daily} <= upload.asset_layer.selected_asset_keys
+    assert {
+        dg.AssetKey("sent_emails"),
+        dg.AssetKey("send_forecasts"),
+        campaign_daily,
+    } <= upload.asset_layer.selected_asset_keys
     assert upload.partitions_def == analytics.ANALYTICS_DAYS
     assert (
         upload.tags["penguin/dbt"] == "build"
@@ -100,7 +110,8 @@ def test_the_upload_run_refreshes_the_marts_a_send_run_leaves_them_to_the_sensor
     pools = {n.name: n.definition.pool for n in upload.graph.nodes}
     assert pools["sent_emails"] == "sends"
     assert {p for n, p in pools.items() if n.startswith("analytics")} == {"dbt"}
-    assert {n.definition.pool for n in repo.get_job("analytics_job").graph.nodes} == {"dbt"}
+    nodes = repo.get_job("analytics_job").graph.nodes
+    assert {n.definition.pool for n in nodes if n.name.startswith("analytics")} == {"dbt"}
 
 
 def _evaluate(database, instance):
