@@ -863,24 +863,39 @@ _MEMBERS = sa.text(
     order by ct.id
     """
 )
+# Engagement the conditions of enrollments under way read: each one's distinct (type, step),
+# found by index (email_events_campaign_contact_idx), not every event of the campaign.
 _EVENTS = sa.text(
     """
-    select e.contact_id, e.event_type, e.step_id
-    from app.email_events e
-    where e.campaign_id = :id and e.event_type in ('open', 'click', 'reply')
-      and e.contact_id is not null and not e.is_machine
+    select cc.contact_id, e.event_type, e.step_id
+    from app.campaign_contacts cc
+    cross join lateral (
+        select distinct e.event_type, e.step_id
+        from app.email_events e
+        where e.tenant_id = cc.tenant_id and e.campaign_id = cc.campaign_id
+          and e.contact_id = cc.contact_id and e.event_type in ('open', 'click', 'reply')
+          and not e.is_machine
+    ) e
+    where cc.campaign_id = :id and cc.status in ('enrolled', 'active')
     """
 )
-# An optimized campaign's usual open hours read every open of the contact (any campaign).
+# An optimized campaign's usual open hours read every open (any campaign) of the contacts it
+# may still send to: enrollments under way and list members a pass would enroll.
 _OPENS = sa.text(
     """
     select e.contact_id, array_agg(e.occurred_at order by e.occurred_at) as opens
     from app.email_events e
     where e.event_type = 'open' and not e.is_machine
       and e.contact_id in (
-          select cc.contact_id from app.campaign_contacts cc where cc.campaign_id = :id
+          select cc.contact_id from app.campaign_contacts cc
+          where cc.campaign_id = :id and cc.status in ('enrolled', 'active')
           union
-          select lm.contact_id from app.contact_list_members lm where lm.list_id = :list_id
+          select lm.contact_id from app.contact_list_members lm
+          where lm.list_id = :list_id
+            and not exists (
+                select from app.campaign_contacts cc
+                where cc.campaign_id = :id and cc.contact_id = lm.contact_id
+            )
       )
     group by e.contact_id
     """

@@ -23,6 +23,7 @@ from engine.sequence.forecast import (
     SimStep,
     forecast,
     forecast_named,
+    load,
     render_forecast,
     simulate,
 )
@@ -906,6 +907,70 @@ def test_the_loader_sees_enrollments_todays_messages_and_stopped_contacts(tenant
     assert result.sent(day(0), intro) == 1
     assert result.sent(day(2), follow_up) == 4  # c0..c2 after their wait, c5 too
     assert result.total == 5
+
+
+EVENT = sa.text(
+    """
+    insert into app.email_events
+        (tenant_id, event_type, contact_id, campaign_id, step_id, occurred_at, dedup_key,
+         machine_reason)
+    select app.current_tenant_id(), :type, c.id, :campaign, s.id, :at, :key, :machine
+    from app.contacts c, app.campaign_steps s
+    where lower(c.email) = :email and s.campaign_id = :campaign and s.key = :step
+    """
+)
+
+
+def test_the_loader_reads_the_engagement_of_enrollments_under_way_only(tenant):
+    """What conditions see: each enrollment's own people's opens, clicks and replies of this
+    campaign, by step; a machine's open is not one, and an enrollment that has finished is not
+    loaded at all (nor its events)."""
+    connect, campaign, _, (intro, pause, _) = tenant
+    now = MONDAY
+    with connect() as conn:
+        for i in range(3):
+            conn.execute(
+                ENROLL,
+                {"campaign": campaign, "email": f"c{i}@example.com", "step": pause, "due": now},
+            )
+        conn.execute(
+            sa.text(
+                "update app.campaign_contacts set status = 'completed', current_step_id = null "
+                "where contact_id = (select id from app.contacts where email = 'c2@example.com')"
+            )
+        )
+        for n, (email, kind, machine) in enumerate(
+            [
+                ("c0@example.com", "open", None),
+                ("c0@example.com", "open", None),  # the same (type, step) twice: one
+                ("c0@example.com", "click", None),
+                ("c1@example.com", "open", "apple_mpp"),
+                ("c2@example.com", "reply", None),
+            ]
+        ):
+            conn.execute(
+                EVENT,
+                {
+                    "type": kind,
+                    "email": email,
+                    "campaign": campaign,
+                    "step": intro,
+                    "at": now - timedelta(hours=1),
+                    "key": f"e{n}",
+                    "machine": machine,
+                },
+            )
+        _, enrollments, _ = load(conn, campaign, now)
+        emails = dict(
+            conn.execute(sa.text("select id, lower(email) from app.contacts")).tuples().all()
+        )
+    under_way = {emails[e.contact_id]: e for e in enrollments if e.step is not None}
+    assert set(under_way) == {"c0@example.com", "c1@example.com"}
+    assert under_way["c0@example.com"].events == {("open", intro), ("click", intro)}
+    assert under_way["c1@example.com"].events == frozenset()
+    # c2 finished; c3..c5 are members a pass would enroll, with no engagement of their own
+    members = sorted(emails[e.contact_id] for e in enrollments if e.step is None)
+    assert members == ["c3@example.com", "c4@example.com", "c5@example.com"]
 
 
 def test_an_unknown_campaign_name_is_an_error_naming_it(tenant):
