@@ -23,10 +23,11 @@ def _int(
     name: str,
     default: int,
     *,
+    least: int = 1,
     most: int = 65535,
     what: str = "a TCP port",
 ) -> int:
-    """`name` as a whole number from 1 to `most` (default: a TCP port)."""
+    """`name` as a whole number from `least` to `most` (default: a TCP port)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -34,8 +35,8 @@ def _int(
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if not 0 < value <= most:
-        raise ConfigError(f"{name}={value} is not {what} (1-{most})")
+    if not least <= value <= most:
+        raise ConfigError(f"{name}={value} is not {what} ({least}-{most})")
     return value
 
 
@@ -105,6 +106,9 @@ class Settings:
     secret_key: str | None = None
     #: Seconds between two looks of the freshness sensor at new sends and events.
     analytics_interval: int = 30
+    #: Seconds an analytics run keeps an unchanged campaign's forecast (0: forecast each run);
+    #: five minutes, the engine's pass interval (`engine.forecasts`).
+    forecast_interval: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -132,6 +136,14 @@ class Settings:
                 env,
                 "PENGUIN_ANALYTICS_INTERVAL",
                 cls.analytics_interval,
+                most=86_400,
+                what="a number of seconds",
+            ),
+            forecast_interval=_int(
+                env,
+                "PENGUIN_FORECAST_INTERVAL",
+                cls.forecast_interval,
+                least=0,
                 most=86_400,
                 what="a number of seconds",
             ),

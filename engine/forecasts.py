@@ -6,6 +6,16 @@ each campaign of the connection's tenant and replaces what `app.send_forecasts` 
 `campaign_forecasts` and `campaign_forecast_daily` from them, and a campaign's dashboard page
 reads those, as fast as any mart, instead of simulating while the analyst waits.
 
+A refresh may keep a recent forecast instead of simulating again (`every`, the setting
+`PENGUIN_FORECAST_INTERVAL` in an analytics run): one made less than `every` ago, on the
+campaign's same local day, with the same number of days, when neither the campaign nor its
+settings changed since (`updated_at`: a pause, a resume, a campaign file applied). The
+engine's passes are five minutes apart, so a five-minute-old forecast is as current as the
+next pass; sends, engagement and senders' changes since show in the next forecast, at most
+`every` later. The simulation of a large campaign takes seconds (it plays every pass to the
+last message, up to a year ahead), and the freshness sensor starts a run as often as every
+30 seconds while a campaign sends.
+
 A campaign that cannot be forecast (a definition the engine could not run, data the
 simulation trips on) keeps a row that says why, and the others go on: each campaign is
 written in its own savepoint.
@@ -17,12 +27,14 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from engine.db import tenant_transaction
+from engine.sequence import rules
 from engine.sequence.forecast import Forecast, ForecastError, forecast
 from engine.tenants import all_tenants
 from engine.text import shown
@@ -32,7 +44,18 @@ FORECAST_DAYS = 14
 
 log = logging.getLogger(__name__)
 
-_CAMPAIGNS = sa.text("select id, name, timezone from app.campaigns order by name, id")
+# Each campaign, with its stored forecast's time, zone and days when no edit came after it.
+_CAMPAIGNS = sa.text(
+    """
+    select c.id, c.name, c.timezone, f.timezone as forecast_timezone, f.days as forecast_days,
+           case when f.forecast_at >= greatest(c.updated_at, s.updated_at)
+                then f.forecast_at end as unchanged_since
+    from app.campaigns c
+    left join app.campaign_settings s on s.campaign_id = c.id
+    left join app.send_forecasts f on f.campaign_id = c.id
+    order by c.name, c.id
+    """
+)
 _FORGET = sa.text("delete from app.send_forecasts where campaign_id = :campaign_id")
 _KEEP = sa.text(
     """
@@ -54,9 +77,11 @@ _KEEP_DAYS = sa.text(
 @dataclass
 class ForecastReport:
     """What a refresh stored: campaigns forecast, their messages in the window, and the ones
-    that could not be forecast with why (campaign name → reason)."""
+    that could not be forecast with why (campaign name → reason); `kept`: campaigns whose
+    recent forecast was kept (not counted in the others)."""
 
     campaigns: int = 0
+    kept: int = 0
     messages: int = 0
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -65,12 +90,17 @@ def refresh_forecasts(
     conn: Connection,
     now: datetime,
     days: int = FORECAST_DAYS,
+    every: timedelta = timedelta(0),
     on_campaign: Callable[[str, Forecast | None], None] | None = None,
 ) -> ForecastReport:
     """Forecast every campaign of the bound tenant from `now` and store the result, replacing
-    the previous one (the caller's transaction commits them together)."""
+    the previous one (the caller's transaction commits them together); a forecast younger
+    than `every` of an unchanged campaign is kept (see the module's docstring)."""
     report = ForecastReport()
     for campaign in conn.execute(_CAMPAIGNS).all():
+        if _still_current(campaign, now, days, every):
+            report.kept += 1
+            continue
         result: Forecast | None = None
         error: str | None = None
         try:
@@ -97,14 +127,25 @@ def refresh_forecasts(
     return report
 
 
-def refresh_all_tenants(app: Engine, now: datetime) -> dict[str, ForecastReport]:
+def refresh_all_tenants(
+    app: Engine, now: datetime, every: timedelta = timedelta(0)
+) -> dict[str, ForecastReport]:
     """`refresh_forecasts` for every tenant, each in its own transaction (as the application
     role: row-level security keeps each to its tenant); tenant name → its report."""
     reports = {}
     for tenant_id, tenant in all_tenants(app):
         with tenant_transaction(app, tenant_id) as conn:
-            reports[tenant] = refresh_forecasts(conn, now)
+            reports[tenant] = refresh_forecasts(conn, now, every=every)
     return reports
+
+
+def _still_current(campaign: sa.Row, now: datetime, days: int, every: timedelta) -> bool:
+    """Whether the campaign's stored forecast can stand at `now` (see the module)."""
+    made = campaign.unchanged_since
+    if made is None or campaign.forecast_days != days or not now - every < made <= now:
+        return False
+    tz = rules.timezone_named(campaign.forecast_timezone) or ZoneInfo("UTC")
+    return rules.local_day(made, tz) == rules.local_day(now, tz)
 
 
 def _store(

@@ -188,8 +188,10 @@ def child_environment(
             PENGUIN_SMTP_SINK_PORT=str(settings.smtp_sink_port),
             # dagster-dbt and the run workers call `dbt` by name: this Python's dbt first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), parent.get("PATH", "")]),
-            # The freshness sensor's, checked here (Settings) before Dagster reads it.
+            # The freshness sensor's and the forecasts', checked here (Settings) before
+            # Dagster reads them.
             PENGUIN_ANALYTICS_INTERVAL=str(settings.analytics_interval),
+            PENGUIN_FORECAST_INTERVAL=str(settings.forecast_interval),
         )
         for name, value in (
             ("PENGUIN_APP_PASSWORD", settings.app_password),

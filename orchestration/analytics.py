@@ -7,13 +7,16 @@ Two asset definitions over one dbt project, each one `dbt build` when it runs:
   build for any day range is the same view). A partition range becomes one `dbt build` with
   the vars `start_date` and `end_date`, which rebuild exactly those days from the raw tables:
   a backfill from the UI, the nightly repair.
-* `analytics_models`: everything else (the dimensions, the upload marts), unpartitioned and
-  downstream of the first only, so a run is those two steps in that order.
+* `analytics_models`: everything else (the dimensions, the upload marts, the forecasts' views
+  and marts), unpartitioned and downstream of the first and of the forecasts: it runs last.
 
-Before them, `send_forecasts` stores each campaign's send forecast (`engine.forecasts`, the
+Between them, `send_forecasts` stores each campaign's send forecast (`engine.forecasts`, the
 engine's own simulation) in the two app tables dbt reads as sources of the marts
-`campaign_forecasts` and `campaign_forecast_daily`: every run that builds the marts forecasts
-anew, so a campaign's page reads its forecast like any mart.
+`campaign_forecasts` and `campaign_forecast_daily` (in `analytics_models`), so a campaign's
+page reads its forecast like any mart. The daily models do not read them and go first (a step
+priority): a run's new sends and events reach the marts without waiting for the simulations.
+A forecast less than `PENGUIN_FORECAST_INTERVAL` (5 minutes) old, of a campaign unchanged
+since, is kept, not simulated again; the asset's config `every_campaign` forecasts them all.
 
 `analytics_freshness_sensor` watches `sent_emails.updated_at`, `email_events.recorded_at`,
 `step_transitions.recorded_at` and `campaigns.updated_at` (the first three indexed, so a tick
@@ -42,8 +45,10 @@ import sqlalchemy as sa
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    PRIORITY_TAG,
 )
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from pydantic import Field
 
 from engine import dbt_manifest
 from engine.config import DBT_PROJECT_DIR, Settings
@@ -113,6 +118,18 @@ def build_args(context: dg.AssetExecutionContext) -> list[str]:
     return [*BUILD, "--vars", json.dumps({"start_date": days.start, "end_date": days.end})]
 
 
+class ForecastConfig(dg.Config):
+    """Launchpad config of `send_forecasts`."""
+
+    every_campaign: bool = Field(
+        default=False,
+        description=(
+            "Forecast every campaign now, even one forecast less than PENGUIN_FORECAST_INTERVAL "
+            "ago and unchanged since."
+        ),
+    )
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -134,25 +151,31 @@ def build_args(context: dg.AssetExecutionContext) -> list[str]:
         ),
     ],
 )
-def send_forecasts(context: dg.AssetExecutionContext, postgres: PostgresResource):
+def send_forecasts(
+    context: dg.AssetExecutionContext, config: ForecastConfig, postgres: PostgresResource
+):
     """Forecast every campaign of every tenant, each tenant's in one transaction; a campaign
-    that cannot be forecast stores why, and the others go on."""
+    that cannot be forecast stores why, and the others go on. One forecast less than
+    `PENGUIN_FORECAST_INTERVAL` old, of a campaign unchanged since, is kept."""
     now = utcnow()
-    campaigns, messages, failed = 0, 0, {}
-    for tenant, report in refresh_all_tenants(postgres.db.app, now).items():
+    every = timedelta(seconds=0 if config.every_campaign else Settings.from_env().forecast_interval)
+    campaigns, kept, messages, failed = 0, 0, 0, {}
+    for tenant, report in refresh_all_tenants(postgres.db.app, now, every).items():
         context.log.info(
-            f"{tenant}: {report.campaigns} campaigns forecast, {report.messages} messages in "
-            f"the next {FORECAST_DAYS} days"
+            f"{tenant}: {report.campaigns} campaigns forecast ({report.messages} messages in "
+            f"the next {FORECAST_DAYS} days), {report.kept} recent forecasts kept"
         )
         for name, why in report.failed.items():
             context.log.warning(f"{tenant}/{name} cannot be forecast: {why}")
             failed[f"{tenant}/{name}"] = why
         campaigns += report.campaigns
+        kept += report.kept
         messages += report.messages
     yield dg.MaterializeResult(
         asset_key="send_forecasts",
         metadata={
             "campaigns": campaigns,
+            "kept": kept,
             "forecast_at": now.isoformat(),
             "failed": dg.MetadataValue.json(failed),
         },
@@ -168,6 +191,8 @@ def send_forecasts(context: dg.AssetExecutionContext, postgres: PostgresResource
     partitions_def=ANALYTICS_DAYS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=DBT_POOL,
+    # Before the forecasts when both may run: the facts and daily marts do not wait for them.
+    op_tags={PRIORITY_TAG: "1"},
 )
 def analytics_daily(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource

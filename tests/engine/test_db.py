@@ -130,3 +130,30 @@ def test_the_tracking_server_gets_the_signing_key_and_the_app_role_and_nothing_e
 def test_a_public_url_that_links_cannot_start_with_is_refused_by_name(value):
     with pytest.raises(ConfigError, match="PENGUIN_PUBLIC_URL="):
         Settings.from_env({"PENGUIN_PUBLIC_URL": value})
+
+
+def test_the_forecast_interval_may_be_zero_reaches_dagster_and_refuses_what_is_not_seconds(
+    tmp_path,
+):
+    """PENGUIN_FORECAST_INTERVAL: 0 forecasts every campaign at each analytics run; the runs
+    (Dagster's processes) get the value `penguin up` checked, and nothing else does."""
+    from engine.runtime import child_environment
+
+    assert Settings.from_env({}).forecast_interval == 300
+    assert Settings.from_env({"PENGUIN_FORECAST_INTERVAL": "0"}).forecast_interval == 0
+    for bad, why in (
+        ("-1", "PENGUIN_FORECAST_INTERVAL=-1 is not a number of seconds (0-86400)"),
+        ("5m", "PENGUIN_FORECAST_INTERVAL='5m' is not a whole number"),
+        ("86401", "PENGUIN_FORECAST_INTERVAL=86401 is not a number of seconds (0-86400)"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            Settings.from_env({"PENGUIN_FORECAST_INTERVAL": bad})
+        assert str(refused.value) == why
+    settings = Settings(
+        home=tmp_path, database_url="postgresql://o:pw@db.example:5432/pm", forecast_interval=0
+    )
+    db = Database(settings)
+    dagster = child_environment("dagster", db, parent={})
+    assert Settings.from_env(dagster).forecast_interval == 0
+    for kind in ("tracking", "dashboards"):
+        assert "PENGUIN_FORECAST_INTERVAL" not in child_environment(kind, db, parent={})

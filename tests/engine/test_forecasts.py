@@ -3,11 +3,12 @@ forecast, on a real database."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from engine.campaigns import Step, create_campaign, launch_campaign
+from engine.campaigns import Step, create_campaign, launch_campaign, pause_campaign
 from engine.db import tenant_transaction
 from engine.enrollment import enroll_active_campaigns
 from engine.forecasts import FORECAST_DAYS, refresh_all_tenants, refresh_forecasts
@@ -102,3 +103,56 @@ def test_a_tenants_refresh_writes_and_replaces_its_own_forecasts_only(database, 
         assert seen.scalars().all() == [alpha.tenant_id]
     assert _stored(database, bravo.campaign_id) == before  # bravo's is untouched
     assert _stored(database, alpha.campaign_id).tenant_id == alpha.tenant_id
+
+
+def test_a_recent_forecast_of_an_unchanged_campaign_is_kept_until_it_ages_or_changes(
+    database, tmp_path
+):
+    """`every`: within it, an unchanged campaign keeps its forecast (no simulation); a pause
+    (its `updated_at`), the campaign's next local day, or `every` passing make a new one."""
+    # after the rows' own `now()` defaults (the settings' updated_at); 10:00 in the campaign's UTC
+    start = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), time(10), UTC)
+    alpha = seed_tenant(database, "alpha", start, tmp_path)
+    every = timedelta(minutes=5)
+
+    def refresh(at):
+        with tenant_transaction(database.app, alpha.tenant_id) as conn:
+            return refresh_forecasts(conn, at, every=every)
+
+    first = refresh(start)
+    assert (first.campaigns, first.kept) == (1, 0)
+    made = start
+    assert _stored(database, alpha.campaign_id).forecast_at == made
+    kept = refresh(start + timedelta(minutes=4))
+    assert (kept.campaigns, kept.kept, kept.messages) == (0, 1, 0)
+    assert _stored(database, alpha.campaign_id).forecast_at == made  # untouched
+
+    aged = refresh(start + timedelta(minutes=5))  # `every` old: simulated again
+    assert (aged.campaigns, aged.kept) == (1, 0)
+    made = start + timedelta(minutes=5)
+    assert _stored(database, alpha.campaign_id).forecast_at == made
+
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        pause_campaign(conn, alpha.campaign_id, made + timedelta(minutes=1))
+    changed = refresh(made + timedelta(minutes=2))
+    assert (changed.campaigns, changed.kept) == (1, 0)
+    row = _stored(database, alpha.campaign_id)
+    assert "The campaign is paused: forecast as if resumed now." in row.notes
+
+    # a forecast made before the campaign's midnight does not stand after it
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        zone = ZoneInfo(
+            conn.execute(
+                sa.text("select timezone from app.campaigns where id = :id"),
+                {"id": alpha.campaign_id},
+            ).scalar_one()
+        )
+    midnight = datetime.combine(
+        (made + timedelta(days=1)).astimezone(zone).date(), time(0), zone
+    ).astimezone(UTC)
+    refresh(midnight - timedelta(minutes=1))
+    assert refresh(midnight + timedelta(minutes=1)).campaigns == 1
+    # every=0 (the default) always simulates; a clock that went back too
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        assert refresh_forecasts(conn, midnight + timedelta(minutes=2)).campaigns == 1
+    assert refresh(midnight).campaigns == 1

@@ -230,9 +230,23 @@ def test_a_step_move_or_a_campaign_change_alone_refreshes_and_the_run_forecasts_
         )
         assert result.success
         order = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
+        # the daily marts first (they do not wait for the simulations), then the forecasts,
+        # then their marts
+        assert order.index("analytics/fct_sends") < order.index("send_forecasts")
         assert order.index("send_forecasts") < order.index("analytics/campaign_forecasts")
         forecast_meta = result.asset_materializations_for_node("send_forecasts")[0].metadata
-        assert forecast_meta["campaigns"].value == 1
+        assert (forecast_meta["campaigns"].value, forecast_meta["kept"].value) == (1, 0)
+
+        # the next run within PENGUIN_FORECAST_INTERVAL keeps it; `every_campaign` does not
+        for config, forecast, kept in ((None, 0, 1), ({"every_campaign": True}, 1, 0)):
+            again = dg.materialize(
+                [analytics.send_forecasts],
+                resources=_resources(database),
+                instance=instance,
+                run_config=({"ops": {"send_forecasts": {"config": config}}} if config else None),
+            )
+            meta = again.asset_materializations_for_node("send_forecasts")[0].metadata
+            assert (meta["campaigns"].value, meta["kept"].value) == (forecast, kept)
     with database.analytics.connect() as conn:
         row = conn.execute(
             sa.text(
