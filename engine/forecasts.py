@@ -14,7 +14,9 @@ engine's passes are five minutes apart, so a five-minute-old forecast is as curr
 next pass; sends, engagement and senders' changes since show in the next forecast, at most
 `every` later. The simulation of a large campaign takes seconds (it plays every pass to the
 last message, up to a year ahead), and the freshness sensor starts a run as often as every
-30 seconds while a campaign sends.
+30 seconds while a campaign sends. A kept forecast is marked (`kept_at`, migration 0018): the
+sensor starts one more run once it is `every` old, so the last changes before a quiet spell
+reach the forecast too.
 
 A campaign that cannot be forecast (a definition the engine could not run, data the
 simulation trips on) keeps a row that says why, and the others go on: each campaign is
@@ -55,6 +57,9 @@ _CAMPAIGNS = sa.text(
     left join app.send_forecasts f on f.campaign_id = c.id
     order by c.name, c.id
     """
+)
+_MARK_KEPT = sa.text(
+    "update app.send_forecasts set kept_at = :now where campaign_id = :campaign_id"
 )
 _FORGET = sa.text("delete from app.send_forecasts where campaign_id = :campaign_id")
 _KEEP = sa.text(
@@ -99,6 +104,7 @@ def refresh_forecasts(
     report = ForecastReport()
     for campaign in conn.execute(_CAMPAIGNS).all():
         if _still_current(campaign, now, days, every):
+            conn.execute(_MARK_KEPT, {"campaign_id": campaign.id, "now": now})
             report.kept += 1
             continue
         result: Forecast | None = None

@@ -305,6 +305,11 @@ def _changed_days_sql() -> sa.TextClause:
 
 
 _CHANGED_DAYS = _changed_days_sql()
+#: The oldest forecast a run kept instead of simulating again (migration 0018): once it is
+#: PENGUIN_FORECAST_INTERVAL old, the sensor asks for a run even if nothing else changed.
+_KEPT_FORECASTS = sa.text(
+    "select min(forecast_at) from app.send_forecasts where kept_at is not null"
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -366,7 +371,8 @@ def refresh_tags(days: tuple[date, date], now: datetime) -> dict[str, str]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Starts an incremental analytics_job run over the reporting days that new sends, "
-        "events, step moves and campaign changes touch, one run at a time."
+        "events, step moves and campaign changes touch, one run at a time; and one when a "
+        "forecast a run kept is PENGUIN_FORECAST_INTERVAL old."
     ),
 )
 def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
@@ -380,10 +386,17 @@ def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: Po
     cursor = json.loads(context.cursor) if context.cursor else {}
     with postgres.db.analytics.connect() as conn:
         days, moved = changed_days(conn, cursor)
+        now = utcnow()
+        behind = None if days else conn.execute(_KEPT_FORECASTS).scalar()
     context.update_cursor(json.dumps(moved))
+    every = timedelta(seconds=Settings.from_env().forecast_interval)
+    if days is None and behind is not None and behind <= now - every:
+        # A run kept it while things changed; none came since to forecast them.
+        today = now.astimezone(ZoneInfo(EARLIEST_ZONE)).date()
+        return dg.RunRequest(tags=refresh_tags((today, today), now))
     if days is None:
         return dg.SkipReason("no new sends, events, step moves or campaign changes")
-    return dg.RunRequest(tags=refresh_tags(days, utcnow()))
+    return dg.RunRequest(tags=refresh_tags(days, now))
 
 
 @dg.schedule(

@@ -17,12 +17,12 @@ from tests.factories import seed_tenant
 
 _STORED = sa.text(
     """
-    select f.tenant_id, f.forecast_at, f.summary, f.notes, f.error, f.last_day,
+    select f.tenant_id, f.forecast_at, f.kept_at, f.summary, f.notes, f.error, f.last_day,
            coalesce(sum(d.messages), 0) as messages, count(d.day) as day_rows
     from app.send_forecasts f
     left join app.send_forecast_days d using (tenant_id, campaign_id)
     where f.campaign_id = :id
-    group by f.tenant_id, f.forecast_at, f.summary, f.notes, f.error, f.last_day
+    group by f.tenant_id, f.forecast_at, f.kept_at, f.summary, f.notes, f.error, f.last_day
     """
 )
 
@@ -125,12 +125,14 @@ def test_a_recent_forecast_of_an_unchanged_campaign_is_kept_until_it_ages_or_cha
     assert _stored(database, alpha.campaign_id).forecast_at == made
     kept = refresh(start + timedelta(minutes=4))
     assert (kept.campaigns, kept.kept, kept.messages) == (0, 1, 0)
-    assert _stored(database, alpha.campaign_id).forecast_at == made  # untouched
+    row = _stored(database, alpha.campaign_id)
+    # untouched, and marked: the freshness sensor asks for a run once it is `every` old
+    assert (row.forecast_at, row.kept_at) == (made, start + timedelta(minutes=4))
 
     aged = refresh(start + timedelta(minutes=5))  # `every` old: simulated again
     assert (aged.campaigns, aged.kept) == (1, 0)
     made = start + timedelta(minutes=5)
-    assert _stored(database, alpha.campaign_id).forecast_at == made
+    assert tuple(_stored(database, alpha.campaign_id)[1:3]) == (made, None)
 
     with tenant_transaction(database.app, alpha.tenant_id) as conn:
         pause_campaign(conn, alpha.campaign_id, made + timedelta(minutes=1))

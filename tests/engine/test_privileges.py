@@ -382,3 +382,36 @@ def test_the_step_history_is_written_by_the_engines_triggers_only(database, two_
         with tenant_transaction(database.app, alpha.tenant_id) as conn:
             with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
                 conn.execute(sa.text(statement))
+
+
+def test_the_app_role_marks_its_own_forecasts_kept_and_changes_nothing_else_of_them(
+    database,
+    two_tenants,  # noqa: F811
+):
+    """`kept_at` is the one column of a forecast the application role may update (migration
+    0018); another tenant's forecasts are out of its reach."""
+    alpha, bravo = two_tenants
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        marked = conn.execute(
+            sa.text("update app.send_forecasts set kept_at = now() where campaign_id = :id"),
+            {"id": bravo.campaign_id},
+        )
+        assert marked.rowcount == 0  # bravo's forecast: not visible, not changed
+        marked = conn.execute(
+            sa.text("update app.send_forecasts set kept_at = now() where campaign_id = :id"),
+            {"id": alpha.campaign_id},
+        )
+        assert marked.rowcount == 1
+    for statement in (
+        "update app.send_forecasts set summary = 'rewritten'",
+        "update app.send_forecasts set forecast_at = now() + interval '1 day'",
+        "update app.send_forecast_days set messages = 0",
+    ):
+        with tenant_transaction(database.app, alpha.tenant_id) as conn:
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                conn.execute(sa.text(statement))
+    with database.owner.connect() as conn:
+        kept = dict(
+            conn.execute(sa.text("select tenant_id, kept_at from app.send_forecasts")).all()
+        )
+    assert kept[alpha.tenant_id] is not None and kept[bravo.tenant_id] is None

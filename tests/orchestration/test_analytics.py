@@ -16,6 +16,7 @@ from dagster._core.storage.tags import (
 from dagster_dbt import DbtCliResource
 
 from engine.campaigns import pause_campaign
+from engine.config import Settings
 from engine.db import tenant_transaction
 from engine.sending.scheduler import send_due
 from engine.tracking.events import Event, write
@@ -43,6 +44,23 @@ def _tick(database, instance, cursor: str | None):
     ) as context:
         result = analytics.analytics_freshness_sensor(context)
         return result, context.cursor
+
+
+def _forecast_run(database, instance, config: dict | None = None) -> tuple[int, int]:
+    """`send_forecasts` alone: (campaigns forecast, forecasts kept)."""
+    result = dg.materialize(
+        [analytics.send_forecasts],
+        resources=_resources(database),
+        instance=instance,
+        run_config={"ops": {"send_forecasts": {"config": config}}} if config else None,
+    )
+    meta = result.asset_materializations_for_node("send_forecasts")[0].metadata
+    return meta["campaigns"].value, meta["kept"].value
+
+
+def _kept_at(database) -> datetime | None:
+    with database.owner.connect() as conn:
+        return conn.execute(sa.text("select kept_at from app.send_forecasts")).scalar_one()
 
 
 def _run(database, instance, tags: dict[str, str], *, daily_only: bool = False):
@@ -237,16 +255,24 @@ def test_a_step_move_or_a_campaign_change_alone_refreshes_and_the_run_forecasts_
         forecast_meta = result.asset_materializations_for_node("send_forecasts")[0].metadata
         assert (forecast_meta["campaigns"].value, forecast_meta["kept"].value) == (1, 0)
 
-        # the next run within PENGUIN_FORECAST_INTERVAL keeps it; `every_campaign` does not
-        for config, forecast, kept in ((None, 0, 1), ({"every_campaign": True}, 1, 0)):
-            again = dg.materialize(
-                [analytics.send_forecasts],
-                resources=_resources(database),
-                instance=instance,
-                run_config=({"ops": {"send_forecasts": {"config": config}}} if config else None),
+        # the next run within PENGUIN_FORECAST_INTERVAL keeps it, and the sensor, with nothing
+        # new to see, waits; once the kept forecast is that old, it asks for a run, which
+        # forecasts again (and leaves nothing for the sensor); `every_campaign` forecasts all
+        assert _forecast_run(database, instance) == (0, 1)
+        assert _kept_at(database) is not None
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+        with database.owner.begin() as conn:
+            conn.execute(
+                sa.text("update app.send_forecasts set forecast_at = forecast_at - :age"),
+                {"age": timedelta(seconds=Settings.from_env().forecast_interval)},
             )
-            meta = again.asset_materializations_for_node("send_forecasts")[0].metadata
-            assert (meta["campaigns"].value, meta["kept"].value) == (forecast, kept)
+        late, cursor = _tick(database, instance, cursor)
+        assert isinstance(late, dg.RunRequest), late
+        assert late.tags[analytics.REFRESH_TAG] == "refresh"
+        assert _forecast_run(database, instance) == (1, 0)
+        assert _kept_at(database) is None
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+        assert _forecast_run(database, instance, {"every_campaign": True}) == (1, 0)
     with database.analytics.connect() as conn:
         row = conn.execute(
             sa.text(
