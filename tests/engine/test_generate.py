@@ -31,7 +31,7 @@ def test_the_dataset_has_its_shape_its_rates_and_its_edge_cases(database, now):
     done = generate(database, shape, now)
     assert done.tenants == ["gen-3-1", "gen-3-2"]
     assert done.messages == 8_000
-    assert 0.85 * 60_000 < done.events < 1.15 * 60_000
+    assert 0.95 * 60_000 < done.events < 1.05 * 60_000, done.events  # the target, near enough
     with database.analytics.connect() as conn:
         kinds = {r.event_type: r for r in conn.execute(_KINDS)}
         statuses = dict(conn.execute(_STATUSES).tuples().all())
