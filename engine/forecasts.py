@@ -8,15 +8,17 @@ reads those, as fast as any mart, instead of simulating while the analyst waits.
 
 A refresh may keep a recent forecast instead of simulating again (`every`, the setting
 `PENGUIN_FORECAST_INTERVAL` in an analytics run): one made less than `every` ago, on the
-campaign's same local day, with the same number of days, when neither the campaign nor its
-settings changed since (`updated_at`: a pause, a resume, a campaign file applied). The
-engine's passes are five minutes apart, so a five-minute-old forecast is as current as the
-next pass; sends, engagement and senders' changes since show in the next forecast, at most
-`every` later. The simulation of a large campaign takes seconds (it plays every pass to the
-last message, up to a year ahead), and the freshness sensor starts a run as often as every
-30 seconds while a campaign sends. A kept forecast is marked (`kept_at`, migration 0018): the
-sensor starts one more run once it is `every` old, so the last changes before a quiet spell
-reach the forecast too.
+campaign's same local day, with the same number of days, while what defines the campaign's
+sending is as it was then: the `updated_at` of the campaign, its settings, its list and each
+of its sender accounts (a pause, a resume, a campaign file applied, an upload to the list, a
+sender paused) are those stored with the forecast (`inputs_fingerprint`, migration 0018: the
+rows' own stamps, so the clocks of the hosts that wrote them do not matter). The engine's
+passes are five minutes apart, so a five-minute-old forecast is nearly as current as the
+next pass; the sends, engagement and step moves since show in the next forecast. The
+simulation of a large campaign takes seconds (it plays every pass to the last message, up to
+a year ahead), and the freshness sensor starts a run as often as every 30 seconds while a
+campaign sends. A kept forecast is marked (`kept_at`): the sensor starts one more run once it
+is `every` old, so the last changes before a quiet spell reach the forecast too.
 
 A campaign that cannot be forecast (a definition the engine could not run, data the
 simulation trips on) keeps a row that says why, and the others go on: each campaign is
@@ -26,7 +28,6 @@ written in its own savepoint.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,14 +47,27 @@ FORECAST_DAYS = 14
 
 log = logging.getLogger(__name__)
 
-# Each campaign, with its stored forecast's time, zone and days when no edit came after it.
+# Each campaign, a fingerprint of what defines its sending (the stamps of the campaign, its
+# settings, its list and each of its sender accounts), and its stored forecast.
 _CAMPAIGNS = sa.text(
     """
-    select c.id, c.name, c.timezone, f.timezone as forecast_timezone, f.days as forecast_days,
-           case when f.forecast_at >= greatest(c.updated_at, s.updated_at)
-                then f.forecast_at end as unchanged_since
+    select c.id, c.name, c.timezone,
+           md5(concat_ws('|', c.updated_at, s.updated_at, l.updated_at, (
+               select string_agg(a.id || '@' || a.updated_at, ',' order by a.id)
+               from app.sender_accounts a
+               where a.id in (
+                   select cs.sender_account_id from app.campaign_senders cs
+                   where cs.campaign_id = c.id
+                   union
+                   select st.sender_account_id from app.campaign_steps st
+                   where st.campaign_id = c.id
+               )
+           ))) as inputs_fingerprint,
+           f.forecast_at, f.timezone as forecast_timezone, f.days as forecast_days,
+           f.inputs_fingerprint as forecast_inputs_fingerprint
     from app.campaigns c
     left join app.campaign_settings s on s.campaign_id = c.id
+    left join app.contact_lists l on l.id = c.list_id
     left join app.send_forecasts f on f.campaign_id = c.id
     order by c.name, c.id
     """
@@ -65,10 +79,10 @@ _FORGET = sa.text("delete from app.send_forecasts where campaign_id = :campaign_
 _KEEP = sa.text(
     """
     insert into app.send_forecasts
-        (tenant_id, campaign_id, forecast_at, timezone, days, last_day, later, unfinished,
-         summary, notes, error)
-    values (app.current_tenant_id(), :campaign_id, :forecast_at, :timezone, :days, :last_day,
-            :later, :unfinished, :summary, :notes, :error)
+        (tenant_id, campaign_id, forecast_at, inputs_fingerprint, timezone, days, last_day,
+         later, unfinished, summary, notes, error)
+    values (app.current_tenant_id(), :campaign_id, :forecast_at, :inputs_fingerprint, :timezone,
+            :days, :last_day, :later, :unfinished, :summary, :notes, :error)
     """
 )
 _KEEP_DAYS = sa.text(
@@ -122,7 +136,7 @@ def refresh_forecasts(
             log.exception("forecast of campaign %s failed", campaign.id)
             error = f"the simulation failed: {type(exc).__name__}: {exc}"
         with conn.begin_nested():
-            _store(conn, campaign.id, campaign.timezone, now, days, result, error)
+            _store(conn, campaign, now, days, result, error)
         report.campaigns += 1
         if result is None:
             report.failed[campaign.name] = shown(error or "", 300)
@@ -147,8 +161,13 @@ def refresh_all_tenants(
 
 def _still_current(campaign: sa.Row, now: datetime, days: int, every: timedelta) -> bool:
     """Whether the campaign's stored forecast can stand at `now` (see the module)."""
-    made = campaign.unchanged_since
-    if made is None or campaign.forecast_days != days or not now - every < made <= now:
+    made = campaign.forecast_at
+    if (
+        made is None
+        or campaign.forecast_inputs_fingerprint != campaign.inputs_fingerprint
+        or campaign.forecast_days != days
+        or not now - every < made <= now
+    ):
         return False
     tz = rules.timezone_named(campaign.forecast_timezone) or ZoneInfo("UTC")
     return rules.local_day(made, tz) == rules.local_day(now, tz)
@@ -156,20 +175,23 @@ def _still_current(campaign: sa.Row, now: datetime, days: int, every: timedelta)
 
 def _store(
     conn: Connection,
-    campaign_id: uuid.UUID,
-    timezone: str,
+    campaign: sa.Row,
     now: datetime,
     days: int,
     result: Forecast | None,
     error: str | None,
 ) -> None:
+    """Replace the campaign's stored forecast (a row of `_CAMPAIGNS`) with `result`, or with
+    `error` when it could not be made."""
+    campaign_id = campaign.id
     conn.execute(_FORGET, {"campaign_id": campaign_id})
     conn.execute(
         _KEEP,
         {
             "campaign_id": campaign_id,
             "forecast_at": now,
-            "timezone": result.timezone if result else timezone,
+            "inputs_fingerprint": campaign.inputs_fingerprint,
+            "timezone": result.timezone if result else campaign.timezone,
             "days": days,
             "last_day": result.last_day if result else None,
             "later": result.later if result else 0,

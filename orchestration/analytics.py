@@ -19,15 +19,16 @@ A forecast less than `PENGUIN_FORECAST_INTERVAL` (5 minutes) old, of a campaign 
 since, is kept, not simulated again; the asset's config `every_campaign` forecasts them all.
 
 `analytics_freshness_sensor` watches `sent_emails.updated_at`, `email_events.recorded_at`,
-`step_transitions.recorded_at` and `campaigns.updated_at` (the first three indexed, so a tick
-reads only the newest rows). When one moved it asks for one run of `analytics_job` over the
-range of reporting days the new rows touch, tagged as a refresh: dbt then builds
-incrementally, merging only the messages and events that changed and rebuilding only the days
-they belong to. So a send, an
-event, a move through a wait or a condition, or a campaign paused or edited reaches the marts
-(and the forecasts) one sensor interval plus one build after it is written, whatever wrote it
-(a send run, the tracking server, a mailbox poll, an import, the CLI, the operators' corner).
-An upload run refreshes the marts itself, in the same run.
+`step_transitions.recorded_at`, `campaigns.updated_at` and `sender_accounts.updated_at` (the
+first three indexed, so a tick reads only the newest rows). When one moved it asks for one run
+of `analytics_job` over the range of reporting days the new rows touch, tagged as a refresh:
+dbt then builds incrementally, merging only the messages and events that changed and
+rebuilding only the days they belong to. So a send, an event, a move through a wait or a
+condition, a campaign or a sender paused or edited reaches the marts (and the forecasts) one
+sensor interval plus one build after it is written, whatever wrote it (a send run, the
+tracking server, a mailbox poll, an import, the CLI, the operators' corner). An upload run
+refreshes the marts itself, in the same run. The sensor also asks, once, for a run when a
+forecast a run kept is `PENGUIN_FORECAST_INTERVAL` old.
 
 All dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes) and the run
 tag `DBT_TAGS`, because two at once fail with "relation already exists".
@@ -220,9 +221,9 @@ analytics_job = dg.define_asset_job(
     selection=ANALYTICS,
     partitions_def=ANALYTICS_DAYS,
     description=(
-        "The send forecasts, then dbt build of the marts and their tests. A partition range "
-        "rebuilds those reporting days whole; a refresh (tag penguin/analytics=refresh) "
-        "builds what changed."
+        "dbt build of the daily marts, the send forecasts, then the other marts, with their "
+        "tests. A partition range rebuilds those reporting days whole; a refresh (tag "
+        "penguin/analytics=refresh) builds what changed."
     ),
     tags=DBT_TAGS,
 )
@@ -268,6 +269,13 @@ _WATCHED: dict[str, tuple[str, str | None]] = {
         "from app.campaigns where updated_at > :campaigns_since",
         None,
     ),
+    # A sender account paused, resumed or edited: its dimension and the forecasts of the
+    # campaigns it sends for (accounts are few too).
+    "senders": (
+        "select tenant_id, updated_at as at, updated_at as stamp "
+        "from app.sender_accounts where updated_at > :senders_since",
+        None,
+    ),
 }
 _WATERMARKS = tuple(_WATCHED)
 
@@ -307,6 +315,8 @@ def _changed_days_sql() -> sa.TextClause:
 _CHANGED_DAYS = _changed_days_sql()
 #: The oldest forecast a run kept instead of simulating again (migration 0018): once it is
 #: PENGUIN_FORECAST_INTERVAL old, the sensor asks for a run even if nothing else changed.
+#: The cursor's entry for the kept forecast a late run was asked for.
+_LATE = "late_forecast"
 _KEPT_FORECASTS = sa.text(
     "select min(forecast_at) from app.send_forecasts where kept_at is not null"
 )
@@ -371,8 +381,8 @@ def refresh_tags(days: tuple[date, date], now: datetime) -> dict[str, str]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Starts an incremental analytics_job run over the reporting days that new sends, "
-        "events, step moves and campaign changes touch, one run at a time; and one when a "
-        "forecast a run kept is PENGUIN_FORECAST_INTERVAL old."
+        "events, step moves, campaign and sender changes touch, one run at a time; and one "
+        "when a forecast a run kept is PENGUIN_FORECAST_INTERVAL old."
     ),
 )
 def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
@@ -388,14 +398,20 @@ def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: Po
         days, moved = changed_days(conn, cursor)
         now = utcnow()
         behind = None if days else conn.execute(_KEPT_FORECASTS).scalar()
-    context.update_cursor(json.dumps(moved))
+    # the kept forecast a late run was asked for: once only (a run that failed to forecast it
+    # again is not retried at every tick; the next change starts one)
+    moved[_LATE] = cursor.get(_LATE)
     every = timedelta(seconds=Settings.from_env().forecast_interval)
-    if days is None and behind is not None and behind <= now - every:
+    late = days is None and behind is not None and behind <= now - every
+    if late and cursor.get(_LATE) != behind.isoformat():
         # A run kept it while things changed; none came since to forecast them.
+        moved[_LATE] = behind.isoformat()
+        context.update_cursor(json.dumps(moved))
         today = now.astimezone(ZoneInfo(EARLIEST_ZONE)).date()
         return dg.RunRequest(tags=refresh_tags((today, today), now))
+    context.update_cursor(json.dumps(moved))
     if days is None:
-        return dg.SkipReason("no new sends, events, step moves or campaign changes")
+        return dg.SkipReason("no new sends, events, step moves, campaign or sender changes")
     return dg.RunRequest(tags=refresh_tags(days, now))
 
 

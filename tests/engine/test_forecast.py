@@ -922,9 +922,10 @@ EVENT = sa.text(
 
 
 def test_the_loader_reads_the_engagement_of_enrollments_under_way_only(tenant):
-    """What conditions see: each enrollment's own people's opens, clicks and replies of this
-    campaign, by step; a machine's open is not one, and an enrollment that has finished is not
-    loaded at all (nor its events)."""
+    """What conditions see: each enrollment's own opens, clicks and replies in this campaign, by
+    step; a machine's open is not one; an enrollment that has finished is not loaded at all
+    (nor its events). An optimized campaign also reads each one's opens, and the opens of the
+    list members a pass would enroll."""
     connect, campaign, _, (intro, pause, _) = tenant
     now = MONDAY
     with connect() as conn:
@@ -946,6 +947,7 @@ def test_the_loader_reads_the_engagement_of_enrollments_under_way_only(tenant):
                 ("c0@example.com", "click", None),
                 ("c1@example.com", "open", "apple_mpp"),
                 ("c2@example.com", "reply", None),
+                ("c3@example.com", "open", None),  # not enrolled yet: an open hour all the same
             ]
         ):
             conn.execute(
@@ -960,6 +962,10 @@ def test_the_loader_reads_the_engagement_of_enrollments_under_way_only(tenant):
                     "machine": machine,
                 },
             )
+        conn.execute(
+            sa.text("update app.campaigns set send_strategy = 'optimized' where id = :id"),
+            {"id": campaign},
+        )
         _, enrollments, _ = load(conn, campaign, now)
         emails = dict(
             conn.execute(sa.text("select id, lower(email) from app.contacts")).tuples().all()
@@ -968,9 +974,15 @@ def test_the_loader_reads_the_engagement_of_enrollments_under_way_only(tenant):
     assert set(under_way) == {"c0@example.com", "c1@example.com"}
     assert under_way["c0@example.com"].events == {("open", intro), ("click", intro)}
     assert under_way["c1@example.com"].events == frozenset()
-    # c2 finished; c3..c5 are members a pass would enroll, with no engagement of their own
-    members = sorted(emails[e.contact_id] for e in enrollments if e.step is None)
-    assert members == ["c3@example.com", "c4@example.com", "c5@example.com"]
+    # an optimized campaign's open hours: a person's opens, of enrollments and members alike
+    hour_ago = now - timedelta(hours=1)
+    assert under_way["c0@example.com"].opens == (hour_ago, hour_ago)
+    assert under_way["c1@example.com"].opens == ()
+    # c2 finished; c3..c5 are members a pass would enroll, with no engagement in the campaign
+    members = {emails[e.contact_id]: e for e in enrollments if e.step is None}
+    assert sorted(members) == ["c3@example.com", "c4@example.com", "c5@example.com"]
+    assert members["c3@example.com"].events == frozenset()
+    assert members["c3@example.com"].opens == (hour_ago,)
 
 
 def test_an_unknown_campaign_name_is_an_error_naming_it(tenant):

@@ -4,7 +4,6 @@ forecast, on a real database."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -12,8 +11,10 @@ from engine.campaigns import Step, create_campaign, launch_campaign, pause_campa
 from engine.db import tenant_transaction
 from engine.enrollment import enroll_active_campaigns
 from engine.forecasts import FORECAST_DAYS, refresh_all_tenants, refresh_forecasts
+from engine.ingest import ingest_file
+from engine.senders import set_sender_active
 from engine.sequence.forecast import forecast
-from tests.factories import seed_tenant
+from tests.factories import people, seed_tenant, write_csv
 
 _STORED = sa.text(
     """
@@ -106,55 +107,60 @@ def test_a_tenants_refresh_writes_and_replaces_its_own_forecasts_only(database, 
 
 
 def test_a_recent_forecast_of_an_unchanged_campaign_is_kept_until_it_ages_or_changes(
-    database, tmp_path
+    database, now, tmp_path
 ):
-    """`every`: within it, an unchanged campaign keeps its forecast (no simulation); a pause
-    (its `updated_at`), the campaign's next local day, or `every` passing make a new one."""
-    # after the rows' own `now()` defaults (the settings' updated_at); 10:00 in the campaign's UTC
-    start = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), time(10), UTC)
-    alpha = seed_tenant(database, "alpha", start, tmp_path)
+    """`every`: within it, a campaign whose definition is unchanged keeps its forecast (no
+    simulation); `every` passing, a pause, an upload to its list, its sender paused (even by a
+    host whose clock is behind) or the campaign's next local day make a new one."""
+    alpha = seed_tenant(database, "alpha", now, tmp_path)
     every = timedelta(minutes=5)
 
     def refresh(at):
         with tenant_transaction(database.app, alpha.tenant_id) as conn:
             return refresh_forecasts(conn, at, every=every)
 
-    first = refresh(start)
-    assert (first.campaigns, first.kept) == (1, 0)
-    made = start
-    assert _stored(database, alpha.campaign_id).forecast_at == made
-    kept = refresh(start + timedelta(minutes=4))
+    def simulated(at) -> bool:
+        report = refresh(at)
+        assert report.campaigns + report.kept == 1
+        return report.campaigns == 1
+
+    assert simulated(now)
+    kept = refresh(now + timedelta(minutes=4))
     assert (kept.campaigns, kept.kept, kept.messages) == (0, 1, 0)
     row = _stored(database, alpha.campaign_id)
     # untouched, and marked: the freshness sensor asks for a run once it is `every` old
-    assert (row.forecast_at, row.kept_at) == (made, start + timedelta(minutes=4))
+    assert (row.forecast_at, row.kept_at) == (now, now + timedelta(minutes=4))
 
-    aged = refresh(start + timedelta(minutes=5))  # `every` old: simulated again
-    assert (aged.campaigns, aged.kept) == (1, 0)
-    made = start + timedelta(minutes=5)
+    made = now + timedelta(minutes=5)
+    assert simulated(made)  # `every` old: simulated again, and no longer marked
     assert tuple(_stored(database, alpha.campaign_id)[1:3]) == (made, None)
 
     with tenant_transaction(database.app, alpha.tenant_id) as conn:
         pause_campaign(conn, alpha.campaign_id, made + timedelta(minutes=1))
-    changed = refresh(made + timedelta(minutes=2))
-    assert (changed.campaigns, changed.kept) == (1, 0)
+    assert simulated(made + timedelta(minutes=2))
     row = _stored(database, alpha.campaign_id)
     assert "The campaign is paused: forecast as if resumed now." in row.notes
+    assert not simulated(made + timedelta(minutes=3))
 
-    # a forecast made before the campaign's midnight does not stand after it
+    # two more contacts on its list: the forecast counts them at once
+    before = _stored(database, alpha.campaign_id).messages
+    csv = write_csv(tmp_path / "more.csv", people("more", 2))
+    ingest_file(database.app, alpha.tenant_id, csv, alpha.list_name, made + timedelta(minutes=3))
+    assert simulated(made + timedelta(minutes=4))
+    assert _stored(database, alpha.campaign_id).messages == before + 2
+
+    # its sender paused from a host whose clock is an hour behind: still a change
+    made = made + timedelta(minutes=4)
     with tenant_transaction(database.app, alpha.tenant_id) as conn:
-        zone = ZoneInfo(
-            conn.execute(
-                sa.text("select timezone from app.campaigns where id = :id"),
-                {"id": alpha.campaign_id},
-            ).scalar_one()
-        )
-    midnight = datetime.combine(
-        (made + timedelta(days=1)).astimezone(zone).date(), time(0), zone
-    ).astimezone(UTC)
-    refresh(midnight - timedelta(minutes=1))
-    assert refresh(midnight + timedelta(minutes=1)).campaigns == 1
+        set_sender_active(conn, "sales@alpha.example", False, made - timedelta(hours=1))
+    assert simulated(made + timedelta(minutes=1))
+    assert "paused" in " ".join(_stored(database, alpha.campaign_id).notes)
+
+    # a forecast made before the campaign's midnight (UTC) does not stand after it
+    midnight = datetime.combine(made.date() + timedelta(days=1), time(0), UTC)
+    assert simulated(midnight - timedelta(minutes=1))
+    assert simulated(midnight + timedelta(minutes=1))
     # every=0 (the default) always simulates; a clock that went back too
     with tenant_transaction(database.app, alpha.tenant_id) as conn:
         assert refresh_forecasts(conn, midnight + timedelta(minutes=2)).campaigns == 1
-    assert refresh(midnight).campaigns == 1
+    assert simulated(midnight)

@@ -16,8 +16,8 @@ from dagster._core.storage.tags import (
 from dagster_dbt import DbtCliResource
 
 from engine.campaigns import pause_campaign
-from engine.config import Settings
 from engine.db import tenant_transaction
+from engine.senders import set_sender_active
 from engine.sending.scheduler import send_due
 from engine.tracking.events import Event, write
 from orchestration import analytics
@@ -210,11 +210,15 @@ def _range(first: date, last: date) -> dict[str, str]:
 
 
 def test_a_step_move_or_a_campaign_change_alone_refreshes_and_the_run_forecasts_first(
-    database, now, tmp_path
+    database, now, tmp_path, monkeypatch
 ):
     """No message and no event: an enrollment that leaves its step, a campaign paused. Each
-    wakes the sensor, and the run it asks for stores the forecasts before dbt builds their
-    marts."""
+    wakes the sensor, and the run it asks for builds the daily marts, then stores the
+    forecasts, then builds their marts. A forecast a later run kept brings one more run once it
+    is PENGUIN_FORECAST_INTERVAL old, asked for once; a sender paused wakes the sensor too."""
+    clock = [now + timedelta(minutes=3)]
+    monkeypatch.setattr(analytics, "utcnow", lambda: clock[0])
+    monkeypatch.delenv("PENGUIN_FORECAST_INTERVAL", raising=False)  # the default, 5 minutes
     acme = seed_tenant(database, "acme", now, tmp_path)
     with dg.instance_for_test() as instance:
         first, cursor = _tick(database, instance, None)
@@ -255,23 +259,30 @@ def test_a_step_move_or_a_campaign_change_alone_refreshes_and_the_run_forecasts_
         forecast_meta = result.asset_materializations_for_node("send_forecasts")[0].metadata
         assert (forecast_meta["campaigns"].value, forecast_meta["kept"].value) == (1, 0)
 
-        # the next run within PENGUIN_FORECAST_INTERVAL keeps it, and the sensor, with nothing
-        # new to see, waits; once the kept forecast is that old, it asks for a run, which
-        # forecasts again (and leaves nothing for the sensor); `every_campaign` forecasts all
+        # the next run within the interval keeps it, and the sensor, with nothing new to see,
+        # waits; once the kept forecast is that old, it asks for a run (once: a run that
+        # failed is not retried at every tick), which forecasts again
+        clock[0] = now + timedelta(minutes=4)
         assert _forecast_run(database, instance) == (0, 1)
-        assert _kept_at(database) is not None
+        assert _kept_at(database) == clock[0]
         assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
-        with database.owner.begin() as conn:
-            conn.execute(
-                sa.text("update app.send_forecasts set forecast_at = forecast_at - :age"),
-                {"age": timedelta(seconds=Settings.from_env().forecast_interval)},
-            )
+        clock[0] = now + timedelta(minutes=8)  # the forecast, made at +3, is 5 minutes old
         late, cursor = _tick(database, instance, cursor)
         assert isinstance(late, dg.RunRequest), late
         assert late.tags[analytics.REFRESH_TAG] == "refresh"
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
         assert _forecast_run(database, instance) == (1, 0)
         assert _kept_at(database) is None
         assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+
+        # a sender paused: the sensor sees it, and the run forecasts its campaign again (at
+        # the database's time: the account was created with its `now()`, past the test clock)
+        with tenant_transaction(database.app, acme.tenant_id) as conn:
+            set_sender_active(conn, "sales@acme.example", False, datetime.now(UTC))
+        paused_sender, cursor = _tick(database, instance, cursor)
+        assert isinstance(paused_sender, dg.RunRequest), paused_sender
+        clock[0] = now + timedelta(minutes=9)
+        assert _forecast_run(database, instance) == (1, 0)
         assert _forecast_run(database, instance, {"every_campaign": True}) == (1, 0)
     with database.analytics.connect() as conn:
         row = conn.execute(

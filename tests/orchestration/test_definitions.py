@@ -59,8 +59,8 @@ def test_every_stage_is_an_asset_or_job_in_the_ui():
 
 def test_the_daily_marts_are_partitioned_by_day_and_the_rest_are_not():
     """Facts and per-day models are daily-partitioned assets (a backfill from the UI), with
-    the staging views they read; the dimensions and upload marts are not, and only follow
-    them; `analytics_job` carries both, in two steps, after the send forecasts."""
+    the staging views they read; the dimensions, upload and forecast marts are not, and only
+    follow them; `analytics_job` carries both, in two steps, the send forecasts between them."""
     repo = defs.get_repository_def()
     graph = repo.asset_graph
     daily = {"fct_sends", "fct_email_events", "campaign_daily", "step_daily", "sender_daily"}
@@ -72,13 +72,23 @@ def test_the_daily_marts_are_partitioned_by_day_and_the_rest_are_not():
     unpartitioned = {k.path[-1] for k in marts} - partitioned
     assert {"dim_contacts", "dim_campaigns", "fct_upload_batches", "step_funnel"} <= unpartitioned
     # One step (one `dbt build`) for each: the dimensions only follow the partitioned models;
-    # the forecasts come first, dbt's sources of the forecast marts.
-    assert len(repo.get_job("analytics_job").graph.nodes) == 3
+    # the forecasts, dbt's sources of the forecast marts, come between: the daily models read
+    # nothing of them, and run first when both could (the step priority).
+    job = repo.get_job("analytics_job")
+    assert len(job.graph.nodes) == 3
     forecasts = {dg.AssetKey(k) for k in analytics.FORECASTS}
     for key in forecasts:
         assert graph.get(key).partitions_def is None
-    stg = graph.get(dg.AssetKey(["analytics", "stg_app__send_forecasts"]))
-    assert dg.AssetKey("send_forecasts") in stg.parent_keys
+    for name in ("stg_app__send_forecasts", "stg_app__send_forecast_days"):
+        assert name in unpartitioned
+        assert (
+            dg.AssetKey(name.removeprefix("stg_app__"))
+            in graph.get(dg.AssetKey(["analytics", name])).parent_keys
+        )
+    upstream = graph.get_ancestor_asset_keys(dg.AssetKey(["analytics", "campaign_daily"]))
+    assert not upstream & forecasts
+    priority = {n.name: int(n.tags.get("dagster/priority", 0)) for n in job.graph.nodes}
+    assert priority["analytics_daily"] > priority["send_forecasts"]
     partitions = graph.get(dg.AssetKey(["analytics", "fct_sends"])).partitions_def
     assert isinstance(partitions, dg.DailyPartitionsDefinition)
     assert repo.get_job("analytics_job").asset_layer.selected_asset_keys == marts | forecasts
