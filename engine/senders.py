@@ -20,16 +20,17 @@ _INSERT = sa.text(
     """
     insert into app.sender_accounts
         (tenant_id, email, display_name, smtp_host, smtp_port, smtp_security, smtp_username,
-         smtp_password_env, daily_limit, min_gap_seconds)
+         smtp_password_env, daily_limit, min_gap_seconds, created_at, updated_at)
     values
         (app.current_tenant_id(), :email, :display_name, :smtp_host, :smtp_port, :smtp_security,
-         :smtp_username, :smtp_password_env, :daily_limit, :min_gap_seconds)
+         :smtp_username, :smtp_password_env, :daily_limit, :min_gap_seconds,
+         coalesce(cast(:now as timestamptz), now()), coalesce(cast(:now as timestamptz), now()))
     on conflict (tenant_id, lower(email)) do update set
         display_name = excluded.display_name, smtp_host = excluded.smtp_host,
         smtp_port = excluded.smtp_port, smtp_security = excluded.smtp_security,
         smtp_username = excluded.smtp_username, smtp_password_env = excluded.smtp_password_env,
         daily_limit = excluded.daily_limit, min_gap_seconds = excluded.min_gap_seconds,
-        updated_at = now()
+        updated_at = excluded.updated_at
     returning id
     """
 )
@@ -162,8 +163,10 @@ def create_sender(
     smtp_password_env: str | None = None,
     daily_limit: int = 200,
     min_gap_seconds: int = 60,
+    now: datetime | None = None,
 ) -> uuid.UUID:
-    """Create or update the sender `email` of the transaction's tenant.
+    """Create or update the sender `email` of the transaction's tenant, stamped `now` (the
+    database's time when None).
 
     Refuses a password variable that is not the tenant's own and a login that would go in
     clear text to another machine (see `smtp_server_for`, which checks both again at send time).
@@ -198,6 +201,7 @@ def create_sender(
             "smtp_password_env": smtp_password_env,
             "daily_limit": daily_limit,
             "min_gap_seconds": min_gap_seconds,
+            "now": now,
         },
     ).scalar_one()
 

@@ -116,6 +116,7 @@ def seed_tenant(
             f"{name.title()} Sales",
             daily_limit=100_000,
             min_gap_seconds=0,
+            now=now,
         )
         campaign = create_campaign(
             conn, f"{name} outreach", now, list_name="leads", sender_id=sender, steps=steps

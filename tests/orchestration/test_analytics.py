@@ -275,10 +275,9 @@ def test_a_step_move_or_a_campaign_change_alone_refreshes_and_the_run_forecasts_
         assert _kept_at(database) is None
         assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
 
-        # a sender paused: the sensor sees it, and the run forecasts its campaign again (at
-        # the database's time: the account was created with its `now()`, past the test clock)
+        # a sender paused: the sensor sees it, and the run forecasts its campaign again
         with tenant_transaction(database.app, acme.tenant_id) as conn:
-            set_sender_active(conn, "sales@acme.example", False, datetime.now(UTC))
+            set_sender_active(conn, "sales@acme.example", False, now + timedelta(minutes=9))
         paused_sender, cursor = _tick(database, instance, cursor)
         assert isinstance(paused_sender, dg.RunRequest), paused_sender
         clock[0] = now + timedelta(minutes=9)
