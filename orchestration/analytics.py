@@ -177,7 +177,7 @@ def send_forecasts(
         metadata={
             "campaigns": campaigns,
             "kept": kept,
-            "forecast_at": now.isoformat(),
+            "run_at": now.isoformat(),  # the new forecasts' forecast_at
             "failed": dg.MetadataValue.json(failed),
         },
     )
