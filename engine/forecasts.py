@@ -31,7 +31,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -73,7 +72,7 @@ _CAMPAIGNS = sa.text(
     """
 )
 _MARK_KEPT = sa.text(
-    "update app.send_forecasts set kept_at = :now where campaign_id = :campaign_id"
+    "update app.send_forecasts set kept_at = :now where campaign_id = any(:campaign_ids)"
 )
 _FORGET = sa.text("delete from app.send_forecasts where campaign_id = :campaign_id")
 _KEEP = sa.text(
@@ -116,10 +115,13 @@ def refresh_forecasts(
     the previous one (the caller's transaction commits them together); a forecast younger
     than `every` of an unchanged campaign is kept (see the module's docstring)."""
     report = ForecastReport()
-    for campaign in conn.execute(_CAMPAIGNS).all():
-        if _still_current(campaign, now, days, every):
-            conn.execute(_MARK_KEPT, {"campaign_id": campaign.id, "now": now})
-            report.kept += 1
+    campaigns = conn.execute(_CAMPAIGNS).all()
+    kept = {c.id for c in campaigns if _still_current(c, now, days, every)}
+    if kept:
+        conn.execute(_MARK_KEPT, {"campaign_ids": list(kept), "now": now})
+        report.kept = len(kept)
+    for campaign in campaigns:
+        if campaign.id in kept:
             continue
         result: Forecast | None = None
         error: str | None = None
@@ -169,7 +171,7 @@ def _still_current(campaign: sa.Row, now: datetime, days: int, every: timedelta)
         or not now - every < made <= now
     ):
         return False
-    tz = rules.timezone_named(campaign.forecast_timezone) or ZoneInfo("UTC")
+    tz = rules.campaign_timezone(campaign.forecast_timezone)
     return rules.local_day(made, tz) == rules.local_day(now, tz)
 
 

@@ -313,10 +313,10 @@ def _changed_days_sql() -> sa.TextClause:
 
 
 _CHANGED_DAYS = _changed_days_sql()
-#: The oldest forecast a run kept instead of simulating again (migration 0018): once it is
-#: PENGUIN_FORECAST_INTERVAL old, the sensor asks for a run even if nothing else changed.
 #: The cursor's entry for the kept forecast a late run was asked for.
 _LATE = "late_forecast"
+#: The oldest forecast a run kept instead of simulating again (migration 0018): once it is
+#: PENGUIN_FORECAST_INTERVAL old, the sensor asks for a run even if nothing else changed.
 _KEPT_FORECASTS = sa.text(
     "select min(forecast_at) from app.send_forecasts where kept_at is not null"
 )
@@ -355,11 +355,16 @@ def changed_days(
     return (row["first_day"], row["last_day"]), moved
 
 
+def newest_day(now: datetime) -> date:
+    """The newest reporting day any tenant can be in at `now` (today in UTC+14)."""
+    return now.astimezone(ZoneInfo(EARLIEST_ZONE)).date()
+
+
 def partition_range(days: tuple[date, date], now: datetime) -> tuple[str, str]:
     """`days` as partition keys, clamped to the partitions that exist at `now` (a message timed
     before the first partition is still built by the refresh; only the label is clamped)."""
     first = ANALYTICS_DAYS.get_first_partition_key()
-    last = now.astimezone(ZoneInfo(EARLIEST_ZONE)).date().isoformat()  # end_offset=1: today
+    last = newest_day(now).isoformat()  # end_offset=1: today
     start = min(max(days[0].isoformat(), first), last)
     end = min(max(days[1].isoformat(), first), last)
     return start, end
@@ -407,7 +412,7 @@ def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: Po
         # A run kept it while things changed; none came since to forecast them.
         moved[_LATE] = behind.isoformat()
         context.update_cursor(json.dumps(moved))
-        today = now.astimezone(ZoneInfo(EARLIEST_ZONE)).date()
+        today = newest_day(now)
         return dg.RunRequest(tags=refresh_tags((today, today), now))
     context.update_cursor(json.dumps(moved))
     if days is None:

@@ -32,7 +32,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -415,7 +414,7 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
 
 
 def _campaign_state(c: sa.Row, now: datetime) -> rules.CampaignState:
-    tz = rules.timezone_named(c.timezone) or ZoneInfo("UTC")
+    tz = rules.campaign_timezone(c.timezone)
     schedule = rules.Schedule(
         tz=tz,
         window=rules.Window(c.send_window_start, c.send_window_end, frozenset(c.send_days)),

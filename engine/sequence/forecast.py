@@ -947,7 +947,7 @@ def load(
     row = conn.execute(_CAMPAIGN, {"id": campaign_id}).one_or_none()
     if row is None:
         raise ForecastError(f"no campaign {campaign_id}")
-    tz = rules.timezone_named(row.timezone) or ZoneInfo("UTC")
+    tz = rules.campaign_timezone(row.timezone)
     defaults = rules.Window()
     try:
         window = rules.Window(

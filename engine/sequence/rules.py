@@ -322,6 +322,12 @@ def timezone_named(name: str | None) -> ZoneInfo | None:
     return _zone(name)
 
 
+def campaign_timezone(name: str | None) -> ZoneInfo:
+    """The campaign's time zone when `name` is a valid IANA name, else UTC (as the engine sends
+    and forecasts it)."""
+    return timezone_named(name) or _zone("UTC")
+
+
 def contact_timezone(name: str | None, campaign_tz: ZoneInfo) -> ZoneInfo:
     """The contact's time zone when `name` is a valid IANA name, else the campaign's.
 

@@ -379,9 +379,14 @@ def test_the_step_history_is_written_by_the_engines_triggers_only(database, two_
         "delete from app.step_transitions",
         "select app.record_step_transitions()",
     ):
-        with tenant_transaction(database.app, alpha.tenant_id) as conn:
-            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
-                conn.execute(sa.text(statement))
+        _refused(database, alpha.tenant_id, statement)
+
+
+def _refused(database, tenant_id, statement: str) -> None:
+    """`statement`, as the application role in the tenant's transaction, is denied."""
+    with tenant_transaction(database.app, tenant_id) as conn:
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            conn.execute(sa.text(statement))
 
 
 def test_the_app_role_marks_its_own_forecasts_kept_and_changes_nothing_else_of_them(
@@ -407,9 +412,7 @@ def test_the_app_role_marks_its_own_forecasts_kept_and_changes_nothing_else_of_t
         "update app.send_forecasts set forecast_at = now() + interval '1 day'",
         "update app.send_forecast_days set messages = 0",
     ):
-        with tenant_transaction(database.app, alpha.tenant_id) as conn:
-            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
-                conn.execute(sa.text(statement))
+        _refused(database, alpha.tenant_id, statement)
     with database.owner.connect() as conn:
         kept = dict(
             conn.execute(sa.text("select tenant_id, kept_at from app.send_forecasts")).all()
