@@ -55,6 +55,11 @@ ANALYTICS_SCHEMAS = ("analytics", "analytics_staging", "analytics_intermediate",
 #: The one schema the dashboards read.
 MARTS_SCHEMA = "analytics_marts"
 
+#: The roles that create temporary tables, and so keep the TEMPORARY privilege on the database
+#: (revoked from PUBLIC): the engine stages an upload in them (`engine.ingest.store`) and dbt's
+#: incremental `merge` and `delete+insert` build their new rows in one.
+TEMP_ROLES = (APP_ROLE, ANALYTICS_ROLE)
+
 # Database-level privileges are not copied by CREATE DATABASE ... TEMPLATE or by a restore into
 # a new database, so they are (re)applied on every upgrade instead of living in a migration,
 # with the analytics schemas (idempotent, so a schema added here reaches existing databases).
@@ -73,9 +78,24 @@ _DATABASE_GRANTS = sa.text(
         if exists (select from pg_catalog.pg_namespace where nspname = 'public') then
             revoke create on schema public from public;
         end if;
+        -- Temporary tables only for the roles that make them (TEMP_ROLES); the others,
+        -- the dashboards' and the operator's, cannot create even those.
+        execute pg_catalog.format(
+            'revoke temporary on database %I from %s', pg_catalog.current_database(),
+            (select pg_catalog.string_agg(pg_catalog.quote_ident(r), ', ')
+             from pg_catalog.unnest(array['public', {roles}]) r
+             where r = 'public' or exists (select from pg_catalog.pg_roles where rolname = r)));
+        if exists (select from pg_catalog.pg_roles where rolname = any(array[{temp_roles}])) then
+            execute pg_catalog.format(
+                'grant temporary on database %I to %s', pg_catalog.current_database(),
+                (select pg_catalog.string_agg(pg_catalog.quote_ident(rolname), ', ')
+                 from pg_catalog.pg_roles where rolname = any(array[{temp_roles}])));
+        end if;
     end
     $$
-    """.replace("{roles}", ", ".join(f"'{role}'" for role in ROLES))
+    """.replace("{roles}", ", ".join(f"'{role}'" for role in ROLES)).replace(
+        "{temp_roles}", ", ".join(f"'{role}'" for role in TEMP_ROLES)
+    )
 )
 _SCHEMA_OWNER = sa.text(
     "select pg_catalog.pg_get_userbyid(nspowner) from pg_catalog.pg_namespace where nspname = :s"
