@@ -194,9 +194,7 @@ class Database:
 
     @cached_property
     def dashboards(self) -> Engine:
-        return _engine(
-            self.dashboards_url, "-c default_transaction_read_only=on", read_only=True
-        )
+        return _engine(self.dashboards_url, "-c default_transaction_read_only=on", read_only=True)
 
     @cached_property
     def operator(self) -> Engine:
