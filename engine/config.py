@@ -104,6 +104,9 @@ class Settings:
     #: The key tracking links are signed with; None: the one stored under `home`
     #: (`engine.tracking.tokens.secret_key`).
     secret_key: str | None = None
+    #: Keys links were signed with before `secret_key` (PENGUIN_SECRET_KEY_PREVIOUS, comma-
+    #: separated, most recent first): the tracking server still verifies them.
+    previous_secret_keys: tuple[str, ...] = ()
     #: Seconds between two looks of the freshness sensor at new sends and events.
     analytics_interval: int = 30
     #: Seconds an analytics run keeps an unchanged campaign's forecast (0: forecast each run);
@@ -132,6 +135,11 @@ class Settings:
             tracking_port=_int(env, "PENGUIN_TRACKING_PORT", cls.tracking_port),
             public_url=_url(env, "PENGUIN_PUBLIC_URL"),
             secret_key=env.get("PENGUIN_SECRET_KEY") or None,
+            previous_secret_keys=tuple(
+                key.strip()
+                for key in env.get("PENGUIN_SECRET_KEY_PREVIOUS", "").split(",")
+                if key.strip()
+            ),
             analytics_interval=_int(
                 env,
                 "PENGUIN_ANALYTICS_INTERVAL",
