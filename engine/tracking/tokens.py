@@ -87,24 +87,11 @@ def secret_key(home: Path, configured: str | None) -> str:
     return key
 
 
-def previous_keys(configured: tuple[str, ...]) -> tuple[str, ...]:
-    """The previous keys (PENGUIN_SECRET_KEY_PREVIOUS), each checked as a key is: a short one
-    is named by its position, never printed."""
-    for number, key in enumerate(configured, 1):
-        if len(key) < MIN_SECRET_LENGTH:
-            raise SecretKeyError(
-                f"PENGUIN_SECRET_KEY_PREVIOUS: key {number} of {len(configured)} is {len(key)} "
-                f"characters long; a key has at least {MIN_SECRET_LENGTH} (list the previous "
-                "keys whole, separated by commas)"
-            )
-    return configured
-
-
 def tokens_for(settings: Settings) -> Tokens:
     """The tokens of this installation: signed with its current key, verified with that key
     and its previous ones."""
     current = secret_key(settings.home, settings.secret_key)
-    return Tokens(current, previous=previous_keys(settings.previous_secret_keys))
+    return Tokens(current, previous=settings.previous_secret_keys)
 
 
 class Part(IntEnum):
