@@ -342,6 +342,19 @@ def test_only_the_roles_that_stage_rows_may_create_temporary_tables(database, ro
                 conn.execute("create temporary table planted (x int)")
 
 
+def test_a_role_left_with_temporary_tables_is_named_with_the_statement_that_revokes_it(database):
+    """What `penguin up` and `penguin db upgrade` print when the revocation could not take
+    (the migrating role does not own an external server's database)."""
+    name = database.server.dbname
+    with database.owner.begin() as conn:
+        conn.execute(sa.text(f'grant temporary on database "{name}" to penguin_dashboards'))
+    (warning,) = migrate.stray_schema_warnings(database)
+    assert warning.startswith("role penguin_dashboards may create temporary tables")
+    with database.owner.begin() as conn:
+        conn.execute(sa.text(warning.split("run ", 1)[1]))
+    assert migrate.stray_schema_warnings(database) == []
+
+
 def test_the_dashboards_own_connection_stays_read_only_whatever_its_role_or_session_says(
     database, monkeypatch
 ):
