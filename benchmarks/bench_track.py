@@ -14,7 +14,8 @@ response has come back AND every event is committed (the server's /health report
 pending): the figure is requests per second to the visible result. Then the events are
 counted: the run fails unless there is one per request.
 
-Baseline: a Starlette app in the same uvicorn settings, in its own process, answering the same
+Baseline: a Starlette app in the same uvicorn settings and limits
+(`engine.tracking.limits.uvicorn_config`), in its own process, answering the same
 paths with the same responses (the GIF, a 302 with the same headers), verifying and recording
 nothing.
 
@@ -59,6 +60,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
+from engine.tracking.limits import uvicorn_config
 from engine.tracking.server import PIXEL, _NO_STORE
 
 async def pixel(request):
@@ -68,8 +70,8 @@ async def click(request):
     return RedirectResponse("https://bench.example/landing", status_code=302, headers=_NO_STORE)
 
 app = Starlette(routes=[Route("/o/{token}", pixel), Route("/c/{token}", click)])
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-            access_log=False, server_header=False)
+uvicorn.Server(uvicorn_config(app, "127.0.0.1", int(sys.argv[1]), log_level="warning",
+                              access_log=False, server_header=False)).run()
 """
 
 _MESSAGES = sa.text(

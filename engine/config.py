@@ -56,6 +56,24 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     return raw.rstrip("/")
 
 
+def _previous_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """PENGUIN_SECRET_KEY_PREVIOUS: keys separated by commas, each as long as a key must be; a
+    short one is named by its position, never printed."""
+    from engine.tracking.tokens import MIN_SECRET_LENGTH
+
+    keys = tuple(
+        key.strip() for key in env.get("PENGUIN_SECRET_KEY_PREVIOUS", "").split(",") if key.strip()
+    )
+    for number, key in enumerate(keys, 1):
+        if len(key) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"PENGUIN_SECRET_KEY_PREVIOUS: key {number} of {len(keys)} is {len(key)} "
+                f"characters long; a key has at least {MIN_SECRET_LENGTH} (list the previous "
+                "keys whole, separated by commas)"
+            )
+    return keys
+
+
 #: A project-local state folder: used instead of the per-user one when the current directory has
 #: it (a checkout whose state lived there before, or one kept beside a project on purpose).
 LOCAL_HOME = ".penguin"
@@ -104,6 +122,9 @@ class Settings:
     #: The key tracking links are signed with; None: the one stored under `home`
     #: (`engine.tracking.tokens.secret_key`).
     secret_key: str | None = None
+    #: Keys links were signed with before `secret_key` (PENGUIN_SECRET_KEY_PREVIOUS, comma-
+    #: separated, most recent first): the tracking server still verifies them.
+    previous_secret_keys: tuple[str, ...] = ()
     #: Seconds between two looks of the freshness sensor at new sends and events.
     analytics_interval: int = 30
     #: Seconds an analytics run keeps an unchanged campaign's forecast (0: forecast each run);
@@ -132,6 +153,7 @@ class Settings:
             tracking_port=_int(env, "PENGUIN_TRACKING_PORT", cls.tracking_port),
             public_url=_url(env, "PENGUIN_PUBLIC_URL"),
             secret_key=env.get("PENGUIN_SECRET_KEY") or None,
+            previous_secret_keys=_previous_keys(env),
             analytics_interval=_int(
                 env,
                 "PENGUIN_ANALYTICS_INTERVAL",

@@ -10,7 +10,8 @@ Five roles touch the database, each with the least it needs:
 * the **analytics role** reads every tenant (a `SELECT`-only policy) for dbt and creates
   tables and views only in the `analytics_*` schemas the owner made for it;
 * the **dashboards role** reads the marts (`analytics_marts`) and nothing else, in read-only
-  transactions;
+  transactions that its connections ask for themselves (the role's own defaults are not
+  trusted: a role may change them);
 * the **operator role** is the dashboards' operators' corner: it reads what a campaign's
   forecast reads and changes a campaign's status, in its own tenant's transactions only.
 """
@@ -86,11 +87,17 @@ SEARCH_PATH = "pg_catalog,app"
 _CONNECT_ARGS = {"options": f"-c search_path={SEARCH_PATH}"}
 
 
-def _engine(url: URL, options: str = "") -> Engine:
+def _engine(url: URL, options: str = "", *, read_only: bool = False) -> Engine:
     # Set per connection, not only on the role: a role may change its own defaults
     # (ALTER ROLE ... SET), but not what the engine asks for when it connects.
     connect_args = {"options": f"{_CONNECT_ARGS['options']} {options}".strip()}
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    # `read_only`: every transaction also begins READ ONLY (psycopg's `read_only`), so a
+    # session default switched off and committed on a pooled connection (`SET SESSION
+    # CHARACTERISTICS ... READ WRITE`) does not carry into the next checkout's transaction.
+    execution_options = {"postgresql_readonly": True} if read_only else {}
+    return sa.create_engine(
+        url, pool_pre_ping=True, connect_args=connect_args, execution_options=execution_options
+    )
 
 
 class OwnerUnavailableError(RuntimeError):
@@ -187,7 +194,7 @@ class Database:
 
     @cached_property
     def dashboards(self) -> Engine:
-        return _engine(self.dashboards_url, "-c default_transaction_read_only=on")
+        return _engine(self.dashboards_url, "-c default_transaction_read_only=on", read_only=True)
 
     @cached_property
     def operator(self) -> Engine:

@@ -55,6 +55,11 @@ ANALYTICS_SCHEMAS = ("analytics", "analytics_staging", "analytics_intermediate",
 #: The one schema the dashboards read.
 MARTS_SCHEMA = "analytics_marts"
 
+#: The roles that create temporary tables, and so keep the TEMPORARY privilege on the database
+#: (revoked from PUBLIC): the engine stages an upload in them (`engine.ingest.store`) and dbt's
+#: incremental `merge` and `delete+insert` build their new rows in one.
+TEMP_ROLES = (APP_ROLE, ANALYTICS_ROLE)
+
 # Database-level privileges are not copied by CREATE DATABASE ... TEMPLATE or by a restore into
 # a new database, so they are (re)applied on every upgrade instead of living in a migration,
 # with the analytics schemas (idempotent, so a schema added here reaches existing databases).
@@ -73,9 +78,24 @@ _DATABASE_GRANTS = sa.text(
         if exists (select from pg_catalog.pg_namespace where nspname = 'public') then
             revoke create on schema public from public;
         end if;
+        -- Temporary tables only for the roles that make them (TEMP_ROLES); the others,
+        -- the dashboards' and the operator's, cannot create even those.
+        execute pg_catalog.format(
+            'revoke temporary on database %I from %s', pg_catalog.current_database(),
+            (select pg_catalog.string_agg(pg_catalog.quote_ident(r), ', ')
+             from pg_catalog.unnest(array['public', {roles}]) r
+             where r = 'public' or exists (select from pg_catalog.pg_roles where rolname = r)));
+        if exists (select from pg_catalog.pg_roles where rolname = any(array[{temp_roles}])) then
+            execute pg_catalog.format(
+                'grant temporary on database %I to %s', pg_catalog.current_database(),
+                (select pg_catalog.string_agg(pg_catalog.quote_ident(rolname), ', ')
+                 from pg_catalog.pg_roles where rolname = any(array[{temp_roles}])));
+        end if;
     end
     $$
-    """.replace("{roles}", ", ".join(f"'{role}'" for role in ROLES))
+    """.replace("{roles}", ", ".join(f"'{role}'" for role in ROLES)).replace(
+        "{temp_roles}", ", ".join(f"'{role}'" for role in TEMP_ROLES)
+    )
 )
 _SCHEMA_OWNER = sa.text(
     "select pg_catalog.pg_get_userbyid(nspowner) from pg_catalog.pg_namespace where nspname = :s"
@@ -110,11 +130,25 @@ _STRAY_SCHEMAS = sa.text(
 )
 
 
+#: The project's roles that can still create temporary tables though they should not: the
+#: revocation (`_DATABASE_GRANTS`) is only a warning of PostgreSQL's when the migrating role
+#: does not own the database (an external server's database made by someone else).
+_STRAY_TEMP = sa.text(
+    """
+    select r from pg_catalog.unnest(cast(:roles as text[])) r
+    where exists (select from pg_catalog.pg_roles where rolname = r)
+      and pg_catalog.has_database_privilege(r, pg_catalog.current_database(), 'TEMPORARY')
+    order by 1
+    """
+)
+
+
 def stray_schema_warnings(db: Database) -> list[str]:
     """One warning per schema that no migration made but a role could have: owned by one of
     the project's roles, or named after a role (a default search path's "$user"). Since
     revision 0004 no role but the owner can create one; a database upgraded from before may
-    still hold one a role planted then, for the operator to inspect and drop."""
+    still hold one a role planted then, for the operator to inspect and drop. And one per
+    role that may create temporary tables without needing them (see `_STRAY_TEMP`)."""
     with db.owner.connect() as conn:
         rows = conn.execute(
             _STRAY_SCHEMAS,
@@ -123,12 +157,21 @@ def stray_schema_warnings(db: Database) -> list[str]:
                 "expected": list(ANALYTICS_SCHEMAS),
             },
         )
-        return [
+        warnings = [
             f"schema {row.schema!r} (owner {row.owner}) was not made by a migration and a "
             "role's SQL could resolve names in it; inspect it and drop it if nobody needs it: "
             f'drop schema "{row.schema}" cascade'
             for row in rows
         ]
+        database = conn.execute(sa.text("select pg_catalog.current_database()")).scalar_one()
+        loose = [role for role in ROLES if role not in TEMP_ROLES]
+        for role in conn.execute(_STRAY_TEMP, {"roles": loose}).scalars():
+            warnings.append(
+                f"role {role} may create temporary tables in database {database!r}, which it "
+                "never needs: as the database's owner, run "
+                f'revoke temporary on database "{database}" from public, {role}'
+            )
+        return warnings
 
 
 def _set_role_passwords(db: Database) -> None:

@@ -150,7 +150,9 @@ def child_environment(
       `PENGUIN_DEMO_PACE`. Nothing of the database at all.
 
     Dagster and the tracking server get the secret key (`PENGUIN_SECRET_KEY`, read or made
-    here, once) and the links' address: send runs sign the links the server verifies.
+    here, once) and the links' address: send runs sign the links the server verifies. The
+    previous keys (`PENGUIN_SECRET_KEY_PREVIOUS`) go to the tracking server only: they verify
+    old links and sign nothing.
 
     Neither ever gets the owner's `DATABASE_URL`: migrations and tenant creation run here.
     """
@@ -182,6 +184,8 @@ def child_environment(
     if kind == "tracking":
         if settings.app_password:
             env["PENGUIN_APP_PASSWORD"] = settings.app_password
+        if settings.previous_secret_keys:  # it alone verifies links; the send runs only sign
+            env["PENGUIN_SECRET_KEY_PREVIOUS"] = ",".join(settings.previous_secret_keys)
     elif kind == "dagster":
         env.update(
             DAGSTER_HOME=str(settings.dagster_home),

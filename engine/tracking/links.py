@@ -195,7 +195,8 @@ def decorate(
 
 
 def tracking_for(settings: Settings) -> Tracking:
-    """The tracking links of this installation: its secret key, its public URL."""
+    """The tracking links of this installation: its current secret key (previous keys only
+    verify, in the tracking server), its public URL."""
     from engine.tracking.tokens import secret_key
 
     tokens = Tokens(secret_key(settings.home, settings.secret_key))

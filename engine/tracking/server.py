@@ -8,9 +8,13 @@
 | `POST /u/TOKEN` | the confirmation page (RFC 8058 one-click, or the button) | an `unsubscribe` |
 | `GET /health` | `{"status": "ok", ...}` and the writer's counts | |
 
+A request line and headers over 32 KiB get 431; a request has seconds to arrive whole and an
+idle connection seconds to send the next; connections are capped (`engine.tracking.limits`).
+
 HEAD is answered like GET, and an open or click made by HEAD is flagged `machine`
-(`engine.tracking.machine`). A token this server's key did not sign (forged, altered, cut, of
-another kind) gets 404 and records nothing. Replaying any request is harmless: the same
+(`engine.tracking.machine`). A token none of this server's keys signed (forged, altered, cut, of
+another kind) gets 404 and records nothing; links signed with a previous key
+(`PENGUIN_SECRET_KEY_PREVIOUS`) still verify. Replaying any request is harmless: the same
 request within a second has the same dedup key, and an unsubscribe is one per message.
 
 Events go through `engine.tracking.events.EventWriter` (batched, drained on shutdown); an
@@ -209,29 +213,39 @@ def create_app(
 def serve(settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
     """Run the server until SIGINT or SIGTERM; the events still queued are written before it
     exits. Behind a reverse proxy on the same host, the client address comes from its
-    X-Forwarded-For."""
+    X-Forwarded-For. Links verify with the current key and the previous ones
+    (`engine.tracking.tokens.tokens_for`); the limits are `engine.tracking.limits`'."""
     import uvicorn
 
     from engine.db import Database
-    from engine.tracking.tokens import secret_key
+    from engine.tracking.limits import uvicorn_config
+    from engine.tracking.tokens import tokens_for
 
-    tokens = Tokens(secret_key(settings.home, settings.secret_key))
+    tokens = tokens_for(settings)
     db = Database(settings)
     try:
-        uvicorn.run(
+        config = uvicorn_config(
             create_app(db.app, tokens),
-            host=host,
-            port=port or settings.tracking_port,
+            host,
+            port or settings.tracking_port,
             log_level="warning",
             access_log=False,
             proxy_headers=True,
             server_header=False,
         )
+        uvicorn.Server(config).run()
     finally:
         db.dispose()
 
 
 if __name__ == "__main__":  # `penguin up`'s child: everything from its environment
-    from engine.config import Settings
+    import sys
 
-    serve(Settings.from_env())
+    from engine.config import Settings
+    from engine.tracking.tokens import SecretKeyError
+
+    try:
+        serve(Settings.from_env())
+    except SecretKeyError as exc:  # said in its log, which `penguin up` shows
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -7,7 +7,12 @@ the signature, so a click link can only ever redirect where the message pointed.
 altered token does not verify and the server answers 404 without recording anything.
 
 Tokens do not expire: a link in a message read a year later still works (an unsubscribe link
-must). The payload is binary (two UUIDs, then the link's number and the URL) in URL-safe
+must). So a key is rotated, not replaced: new links are signed with the current key
+(`PENGUIN_SECRET_KEY`, or the one stored under PENGUIN_HOME) and the server still verifies
+links signed with the keys it lists in `PENGUIN_SECRET_KEY_PREVIOUS` (comma-separated, most
+recent first). A link signed with a key in neither is refused.
+
+The payload is binary (two UUIDs, then the link's number and the URL) in URL-safe
 base64, signed with HMAC-SHA256 by itsdangerous.
 """
 
@@ -19,11 +24,16 @@ import os
 import secrets
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from itsdangerous import BadSignature, Signer, want_bytes
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 #: The file under PENGUIN_HOME holding the secret key when PENGUIN_SECRET_KEY is unset.
 SECRET_FILE = "secret_key"
@@ -75,6 +85,13 @@ def secret_key(home: Path, configured: str | None) -> str:
             "made (links already sent stop working) or set PENGUIN_SECRET_KEY"
         )
     return key
+
+
+def tokens_for(settings: Settings) -> Tokens:
+    """The tokens of this installation: signed with its current key, verified with that key
+    and its previous ones."""
+    current = secret_key(settings.home, settings.secret_key)
+    return Tokens(current, previous=settings.previous_secret_keys)
 
 
 class Part(IntEnum):
@@ -133,11 +150,14 @@ class _Signer(Signer):
 
 
 class Tokens:
-    """Makes and reads the tokens of one secret key."""
+    """Makes tokens with the `secret` key; reads those of `secret` and of the `previous` keys
+    (most recent first). itsdangerous signs with the last key of its list and tries them all,
+    newest first, so a current link costs one HMAC as before and only an old one costs more."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, previous: Sequence[str] = ()) -> None:
+        keys = [*reversed(previous), secret]
         self._signers = {
-            kind: _Signer(secret, salt=f"penguinmails.{kind}", digest_method=hashlib.sha256)
+            kind: _Signer(keys, salt=f"penguinmails.{kind}", digest_method=hashlib.sha256)
             for kind in Kind
         }
 
@@ -158,7 +178,8 @@ class Tokens:
         return self._signers[kind].sign(_b64(payload)).decode()
 
     def read(self, kind: Kind, token: str) -> Token | None:
-        """The token's contents, or None when it was not made by `make(kind, ...)` with this key."""
+        """The token's contents, or None when it was not made by `make(kind, ...)` with one of
+        these keys."""
         try:
             payload = _unb64(self._signers[kind].unsign(token.encode("ascii")))
         except (BadSignature, UnicodeEncodeError, ValueError):

@@ -114,6 +114,27 @@ def test_the_tracking_server_gets_the_signing_key_and_the_app_role_and_nothing_e
     assert (child.tracking_url, child.secret_key) == ("https://t.example.com", key)
 
 
+def test_previous_signing_keys_reach_the_tracking_server_only(tmp_path):
+    """They verify old links; the send runs sign new ones with the current key alone."""
+    from engine.runtime import child_environment
+
+    previous = ("o" * 43, "p" * 43)
+    settings = Settings(
+        home=tmp_path,
+        database_url="postgresql://o:pw@db.example:5432/pm",
+        secret_key="k" * 43,
+        previous_secret_keys=previous,
+    )
+    db = Database(settings)
+    tracking = child_environment("tracking", db, parent={})
+    assert Settings.from_env(tracking).previous_secret_keys == previous
+    assert Settings.from_env(tracking).secret_key == "k" * 43
+    for kind in ("dagster", "dashboards", "audience"):
+        env = child_environment(kind, db, parent={})
+        assert "PENGUIN_SECRET_KEY_PREVIOUS" not in env
+        assert not {"o" * 43, "p" * 43} & set(env.values())
+
+
 @pytest.mark.parametrize(
     "value",
     [

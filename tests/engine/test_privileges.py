@@ -328,6 +328,66 @@ def test_a_role_that_changes_its_own_defaults_does_not_change_the_engines_connec
             )
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_only_the_roles_that_stage_rows_may_create_temporary_tables(database, role):
+    """The engine stages uploads and dbt its incremental merges in temporary tables; the
+    dashboards and the operator need none, so they get none, read-only or not."""
+    with psycopg.connect(_libpq(database, role), autocommit=True) as conn:
+        conn.execute("set default_transaction_read_only = off")
+        if role in migrate.TEMP_ROLES:
+            conn.execute("create temporary table staged (x int)")
+        else:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("begin read write")
+                conn.execute("create temporary table planted (x int)")
+
+
+def test_a_role_left_with_temporary_tables_is_named_with_the_statement_that_revokes_it(database):
+    """What `penguin up` and `penguin db upgrade` print when the revocation could not take
+    (the migrating role does not own an external server's database)."""
+    name = database.server.dbname
+    with database.owner.begin() as conn:
+        conn.execute(sa.text(f'grant temporary on database "{name}" to penguin_dashboards'))
+    (warning,) = migrate.stray_schema_warnings(database)
+    assert warning.startswith("role penguin_dashboards may create temporary tables")
+    with database.owner.begin() as conn:
+        conn.execute(sa.text(warning.split("run ", 1)[1]))
+    assert migrate.stray_schema_warnings(database) == []
+
+
+def test_the_dashboards_own_connection_stays_read_only_whatever_its_role_or_session_says(
+    database, monkeypatch
+):
+    """As someone holding the dashboards' password would try: change the role's defaults
+    (a role may ALTER ROLE itself SET ...), or switch a pooled connection's session to read
+    write and commit it; the dashboards' next transaction still begins read-only."""
+    import streamlit as st
+
+    from dashboards import data
+
+    monkeypatch.setenv("DATABASE_URL", database.settings.database_url)
+    monkeypatch.setenv("PENGUIN_HOME", str(database.settings.home))
+    st.cache_resource.clear()
+    try:
+        with psycopg.connect(_libpq(database, DASHBOARDS_ROLE), autocommit=True) as conn:
+            conn.execute("set default_transaction_read_only = off")
+            conn.execute("alter role penguin_dashboards set default_transaction_read_only = off")
+        engine = data._engine()
+        with engine.connect() as conn:  # a statement slipped into a page's session
+            conn.execute(sa.text("set session characteristics as transaction read write"))
+            conn.commit()
+        with engine.connect() as conn:  # the same pooled connection, the next page's read
+            assert conn.execute(sa.text("show transaction_read_only")).scalar() == "on"
+            with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
+                conn.execute(sa.text("create temporary table planted (x int)"))
+    finally:  # roles are shared by every database of the test server
+        st.cache_resource.clear()
+        with database.owner.begin() as conn:
+            conn.execute(
+                sa.text("alter role penguin_dashboards set default_transaction_read_only = on")
+            )
+
+
 def _last_analyzed(database, table: str):
     with database.owner.connect() as conn:
         return conn.execute(

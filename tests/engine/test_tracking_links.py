@@ -71,6 +71,29 @@ def test_a_short_secret_key_is_refused_with_what_to_do(tmp_path):
         secret_key(tmp_path, None)
 
 
+def test_previous_keys_come_from_the_environment_and_a_short_one_is_named_not_shown(tmp_path):
+    from engine.config import ConfigError, Settings
+    from engine.tracking.tokens import tokens_for
+
+    older, oldest = "o" * 43, "p" * 43
+    env = {
+        "PENGUIN_HOME": str(tmp_path),
+        "PENGUIN_SECRET_KEY": KEY,
+        "PENGUIN_SECRET_KEY_PREVIOUS": f" {older} , {oldest},",
+    }
+    settings = Settings.from_env(env)
+    assert settings.previous_secret_keys == (older, oldest)
+    tokens = tokens_for(settings)
+    for key in (older, oldest, KEY):
+        assert tokens.read(Kind.OPEN, Tokens(key).make(Kind.OPEN, TENANT, MESSAGE)) is not None
+    made = tokens.make(Kind.OPEN, TENANT, MESSAGE)
+    assert Tokens(KEY).read(Kind.OPEN, made) and not Tokens(older).read(Kind.OPEN, made)
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({**env, "PENGUIN_SECRET_KEY_PREVIOUS": f"{older},hunter2"})
+    assert "key 2 of 2 is 7 characters long" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
 def _click_targets(tracking: Tracking, urls: list[str]) -> list[tuple[int, int, str]]:
     out = []
     for url in urls:

@@ -4,9 +4,11 @@ what a scanner or an attacker sends, and what a shutdown must not lose."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -25,6 +27,7 @@ from engine.sending.messenger import CourierConfig
 from engine.sending.scheduler import Config, send_due
 from engine.tracking.events import Config as WriterConfig
 from engine.tracking.events import Event, EventWriter
+from engine.tracking.limits import Limits, uvicorn_config
 from engine.tracking.links import Tracking
 from engine.tracking.server import PIXEL, create_app
 from engine.tracking.tokens import Kind, Tokens
@@ -81,13 +84,22 @@ class TrackingServer:
         self.thread.join(30)
 
 
-def _start(database, now, config: WriterConfig | None = None, app_engine=None) -> TrackingServer:
-    tokens = Tokens(KEY)
+def _start(
+    database,
+    now,
+    config: WriterConfig | None = None,
+    app_engine=None,
+    *,
+    tokens: Tokens | None = None,
+    limits: Limits | None = None,
+) -> TrackingServer:
+    """The server as `serve` runs it (its uvicorn settings and limits), in a thread."""
+    tokens = tokens or Tokens(KEY)
     port = free_port()
     clock = Clock(now + timedelta(hours=1))
     app = create_app(app_engine or database.app, tokens, config=config, clock=clock)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn_config(app, "127.0.0.1", port, limits, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -520,3 +532,88 @@ def test_a_writer_stopped_by_a_bug_fails_its_waiters_and_says_so(
     finally:
         server.stop()
     assert _events(database, tenant, "open", "unsubscribe") == []
+
+
+def _refused_with(port: int, head: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
+    """What the server answers a client that sends `head` and then waits: the bytes it got
+    until the server closed the connection, and how long that took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(OSError):  # the server may close before it has read it all
+            sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+def test_an_oversized_header_gets_431_at_once_and_the_next_client_is_served(database, now):
+    server = _start(database, now, limits=Limits(request_timeout=30))
+    try:
+        agent = b"Mozilla/5.0 " + b"x" * (64 * 1024)  # twice the bound, headers not even ended
+        head = b"GET /health HTTP/1.1\r\nHost: t.example\r\nUser-Agent: " + agent
+        answer, took = _refused_with(server.port, head)
+        assert answer.startswith(b"HTTP/1.1 431 ") and took < 5  # not the 30 s request bound
+        long_line = b"GET /o/" + b"A" * (64 * 1024) + b" HTTP/1.1\r\nHost: t.example\r\n\r\n"
+        assert _refused_with(server.port, long_line)[0].startswith(b"HTTP/1.1 431 ")
+        status, _, body = server.request("GET", "/health")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        server.stop()
+
+
+def test_a_request_that_never_ends_and_a_silent_connection_are_closed_within_the_bound(
+    database, now
+):
+    server = _start(database, now, limits=Limits(request_timeout=0.5, idle_timeout=0.5))
+    try:
+        half = b"GET /health HTTP/1.1\r\nHost: t.example\r\nUser-Agent: slow"
+        for head in (half, b""):
+            answer, took = _refused_with(server.port, head)
+            assert answer == b"" and took < 3, head
+        # a keep-alive client that answered nothing after its response: closed too
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t.example\r\n\r\n")
+            started, answer = time.monotonic(), b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 ") and time.monotonic() - started < 3
+        assert server.request("GET", "/health")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_after_a_key_rotation_old_links_still_record_and_new_links_carry_the_new_key(
+    database, smtp_server, now, tmp_path
+):
+    new_key, stranger = "new-key-" + "n" * 40, "stranger-key-" + "s" * 40
+    rotated = Tokens(new_key, previous=[KEY])
+    server = _start(database, now, tokens=rotated)
+    try:
+        old = Tracking(Tokens(KEY), f"http://127.0.0.1:{server.port}")  # mail sent before
+        tenant = _sent(database, smtp_server, now, tmp_path, old)
+        links = _links(_message_to(smtp_server, "acme0@example.com"))
+        assert server.request("GET", links["open"][0])[0] == 200
+        gone = links["unsubscribe"][0]
+        assert server.request("POST", gone, body=b"List-Unsubscribe=One-Click")[0] == 200
+        new = server.tracking.url(Kind.OPEN, tenant.tenant_id, uuid.uuid4())
+        token = new.rsplit("/", 1)[1]
+        assert Tokens(new_key).read(Kind.OPEN, token) is not None
+        assert Tokens(KEY).read(Kind.OPEN, token) is None  # signed with the new key only
+        # a key in neither place, naming a real message of this tenant
+        forged = Tracking(Tokens(stranger), server.tracking.public_url)
+        token = _links(_message_to(smtp_server, "acme1@example.com"))["open"][0].rsplit("/", 1)[1]
+        message_id = Tokens(KEY).read(Kind.OPEN, token).message_id
+        for url in (
+            forged.url(Kind.OPEN, tenant.tenant_id, message_id),
+            forged.url(Kind.UNSUBSCRIBE, tenant.tenant_id, message_id),
+        ):
+            assert server.request("POST" if "/u/" in url else "GET", url)[0] == 404
+        server.flushed()
+    finally:
+        server.stop()
+    events = _events(database, tenant, "open", "unsubscribe")
+    assert [(e.event_type, e.recipient_email) for e in events] == [
+        ("open", "acme0@example.com"),
+        ("unsubscribe", "acme0@example.com"),
+    ]  # nothing of the stranger's links
