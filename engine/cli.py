@@ -159,8 +159,9 @@ def mail_poll() -> None:
     from engine.mailboxes.maildir import poll_maildir
 
     db = _database()
-    report = poll_maildir(db.app, db.settings.maildir)
-    poll_imap(db.app, report=report)
+    trusted = db.settings.authserv_ids
+    report = poll_maildir(db.app, db.settings.maildir, authserv_ids=trusted)
+    poll_imap(db.app, report=report, authserv_ids=trusted)
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(report.applied.items())) or "nothing new"
     console.print(
         f"read {report.read} messages, {report.inbound} to sender accounts: {counts}; "
