@@ -20,14 +20,17 @@ are text its sender chose. The rules, applied by `engine.mailboxes.inbound`:
   messages by Message-ID (and, if they name a failed recipient, that message's): one that
   matches no message of ours records nothing but the mailbox's note that it was read.
 * **Authenticated** (`authenticated`): when the receiving server stamped
-  `Authentication-Results` with a DMARC pass, or a DKIM or SPF pass of the `From:` domain
-  (aligned: the same domain or a parent of it), the `From:` address is trusted as if the mail
+  `Authentication-Results` with a DMARC pass for the `From:` domain, or a DKIM or SPF pass of
+  that domain or a parent of it (relaxed alignment), the `From:` address is trusted as if the mail
   were matched by reference, so an address-matched reply may stop its company. Only the
   topmost `Authentication-Results` counts, and only when its authserv-id is one the operator
   configured (`PENGUIN_AUTHSERV_ID`, comma-separated) or the account's own IMAP host: a
   sender can write such a header too, but only below the ones the receiving servers add
-  above it. Configure an authserv-id only for a server that stamps every message it takes
-  (the local sink stamps none, so by default nothing is authenticated there).
+  above it. So an authserv-id is to be trusted only where that server stamps every message it
+  takes (and, as RFC 8601 section 5 asks, removes any header claiming its id): the local sink
+  stamps none, so by default nothing read from its Maildir is authenticated.
+* An IMAP account gets only the mail of its own address, so a mailbox reached by an alias
+  that is in neither the stamped envelope recipient nor `To`/`Cc` is not read for it.
 """
 
 from __future__ import annotations
@@ -75,9 +78,11 @@ def authenticated(message: Message, author: str, authserv_ids: Iterable[str]) ->
     its topmost `Authentication-Results`, with one of `authserv_ids`, says DMARC passed for the
     author's domain, or DKIM or SPF passed for it or a parent domain (module docstring)."""
     trusted = {i.strip().lower() for i in authserv_ids if i and i.strip()}
-    header = _topmost(message, "Authentication-Results")
     author_domain = author.rpartition("@")[2].lower()
-    if not (trusted and header and author_domain):
+    if not (trusted and author_domain):  # the usual case: nothing more to read
+        return False
+    header = _topmost(message, "Authentication-Results")
+    if not header:
         return False
     parsed = None
     with contextlib.suppress(Exception):  # a header no parser reads vouches for nothing
