@@ -284,11 +284,18 @@ def generate(
 @app.command()
 def demo() -> None:
     """Load the demo tenant, sender, campaign and sample CSV (as `penguin up --demo` does)."""
+    from rich.text import Text
+
     from engine import demo as demo_data
+    from engine.senders import SenderConfigError
 
     db = _database(migrated=False)
     migrate.upgrade(db)
-    info = demo_data.load_demo(db, datetime.now(UTC))
+    try:
+        info = demo_data.load_demo(db, datetime.now(UTC))
+    except SenderConfigError as exc:  # its sender's address is another tenant's
+        err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
+        raise typer.Exit(2) from None
     console.print(
         f"demo tenant {demo_data.DEMO_TENANT!r} ready; {info.csv_path} waits in the "
         "uploads inbox, where `penguin up`'s upload_inbox_sensor picks it up"

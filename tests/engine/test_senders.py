@@ -306,3 +306,14 @@ def test_two_tenants_adding_one_address_at_once_cannot_both_have_it(database):
             )
         ).scalars()
         assert list(holders) == ["acme"]
+
+
+def test_the_demo_cannot_take_a_sender_address_another_tenant_has(database):
+    """Every way a sender account is made goes through `create_sender`, the demo's too."""
+    from engine import demo
+
+    squatter, _ = create_tenant(database.owner, "squatter")
+    with tenant_transaction(database.app, squatter) as conn:
+        create_sender(conn, "pat@penguinmails.example", now=NOW)
+    with pytest.raises(SenderConfigError, match="already a sender account of another tenant"):
+        demo.load_demo(database, NOW)
