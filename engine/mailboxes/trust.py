@@ -55,17 +55,19 @@ def _topmost(message: Message, name: str) -> str | None:
 
 
 def _addresses(values: Iterable[str | None]) -> set[str]:
-    return {a.lower() for _, a in getaddresses([v for v in values if v]) if a}
+    return {a.lower() for _, a in getaddresses([" ".join(v.split()) for v in values if v]) if a}
 
 
 def addressed_to(message: Message, address: str) -> bool:
     """Whether `message` (from an IMAP mailbox) is addressed to `address`: its envelope
-    recipient as the receiving server recorded it, else its `To`/`Cc`."""
+    recipient as the receiving server recorded it, else its `To`/`Cc`. Headers are read as
+    written (no policy's parser, which a malformed header could make raise)."""
     address = address.lower()
     stamped = [_topmost(message, name) for name in ENVELOPE_RECIPIENT_HEADERS]
     if any(stamped):
         return address in _addresses(stamped)
-    return address in _addresses(message.get_all("To", []) + message.get_all("Cc", []))
+    written = [str(v) for k, v in message.raw_items() if k.lower() in ("to", "cc")]
+    return address in _addresses(written)
 
 
 def _aligned(domain: str, author_domain: str) -> bool:
