@@ -75,3 +75,11 @@ def test_the_envelope_recipient_the_server_stamped_decides_over_to():
     assert not addressed_to(stamped, "sales@acme.example")  # To: says so, the server did not
     assert addressed_to(_message(), "sales@acme.example")  # no stamp: To/Cc
     assert not addressed_to(_message(), "sales@other.example")
+
+
+def test_the_trusted_servers_come_from_penguin_authserv_id(tmp_path):
+    from engine.config import Settings
+
+    env = {"PENGUIN_HOME": str(tmp_path), "PENGUIN_AUTHSERV_ID": " MX.acme.example, ,mx2.example"}
+    assert Settings.from_env(env).authserv_ids == ("mx.acme.example", "mx2.example")
+    assert Settings.from_env({"PENGUIN_HOME": str(tmp_path)}).authserv_ids == ()
