@@ -159,8 +159,9 @@ def mail_poll() -> None:
     from engine.mailboxes.maildir import poll_maildir
 
     db = _database()
-    report = poll_maildir(db.app, db.settings.maildir)
-    poll_imap(db.app, report=report)
+    trusted = db.settings.authserv_ids
+    report = poll_maildir(db.app, db.settings.maildir, authserv_ids=trusted)
+    poll_imap(db.app, report=report, authserv_ids=trusted)
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(report.applied.items())) or "nothing new"
     console.print(
         f"read {report.read} messages, {report.inbound} to sender accounts: {counts}; "
@@ -283,11 +284,18 @@ def generate(
 @app.command()
 def demo() -> None:
     """Load the demo tenant, sender, campaign and sample CSV (as `penguin up --demo` does)."""
+    from rich.text import Text
+
     from engine import demo as demo_data
+    from engine.senders import SenderConfigError
 
     db = _database(migrated=False)
     migrate.upgrade(db)
-    info = demo_data.load_demo(db, datetime.now(UTC))
+    try:
+        info = demo_data.load_demo(db, datetime.now(UTC))
+    except SenderConfigError as exc:  # its sender's address is another tenant's
+        err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
+        raise typer.Exit(2) from None
     console.print(
         f"demo tenant {demo_data.DEMO_TENANT!r} ready; {info.csv_path} waits in the "
         "uploads inbox, where `penguin up`'s upload_inbox_sensor picks it up"

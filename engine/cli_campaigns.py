@@ -536,12 +536,15 @@ def sender_list(tenant: TenantOption = DEFAULT_TENANT) -> None:
 def _set_active(email: str, active: bool, tenant: str) -> None:
     from engine.cli import _database, _tenant, console
     from engine.db import tenant_transaction
-    from engine.senders import set_sender_active
+    from engine.senders import SenderConfigError, set_sender_active
     from engine.text import shown
 
     db = _database()
-    with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
-        found = set_sender_active(conn, email, active, _now())
+    try:
+        with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
+            found = set_sender_active(conn, email, active, _now())
+    except SenderConfigError as exc:
+        raise _fail(str(exc)) from None
     if found is None:
         raise _fail(
             f"tenant {tenant} has no sender account {shown(email)}; see `penguin sender list`"

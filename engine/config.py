@@ -130,6 +130,10 @@ class Settings:
     #: Seconds an analytics run keeps an unchanged campaign's forecast (0: forecast each run);
     #: five minutes, the engine's pass interval (`engine.forecasts`).
     forecast_interval: int = 300
+    #: The authserv-ids of the receiving mail servers whose `Authentication-Results` header
+    #: (the topmost) inbound mail is trusted by (`engine.mailboxes.trust`); an IMAP account's
+    #: own host is trusted besides. From PENGUIN_AUTHSERV_ID, comma-separated.
+    authserv_ids: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -168,6 +172,11 @@ class Settings:
                 least=0,
                 most=86_400,
                 what="a number of seconds",
+            ),
+            authserv_ids=tuple(
+                i.strip().lower()
+                for i in (env.get("PENGUIN_AUTHSERV_ID") or "").split(",")
+                if i.strip()
             ),
         )
 

@@ -197,6 +197,8 @@ def child_environment(
             PENGUIN_ANALYTICS_INTERVAL=str(settings.analytics_interval),
             PENGUIN_FORECAST_INTERVAL=str(settings.forecast_interval),
         )
+        if settings.authserv_ids:  # the mail polls' (engine.mailboxes.trust)
+            env["PENGUIN_AUTHSERV_ID"] = ",".join(settings.authserv_ids)
         for name, value in (
             ("PENGUIN_APP_PASSWORD", settings.app_password),
             ("PENGUIN_ANALYTICS_PASSWORD", settings.analytics_password),

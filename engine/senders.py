@@ -13,6 +13,7 @@ from datetime import UTC, datetime, time, timedelta
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from engine.sending.store import COUNTS_AGAINST_LIMITS
 
@@ -30,10 +31,15 @@ _INSERT = sa.text(
         smtp_port = excluded.smtp_port, smtp_security = excluded.smtp_security,
         smtp_username = excluded.smtp_username, smtp_password_env = excluded.smtp_password_env,
         daily_limit = excluded.daily_limit, min_gap_seconds = excluded.min_gap_seconds,
-        updated_at = excluded.updated_at
+        updated_at = excluded.updated_at,
+        -- an account whose address another tenant had first (migration 0019) takes it back
+        -- only if that tenant no longer holds it: else the address index refuses this update
+        address_revoked_at = null
     returning id
     """
 )
+#: The index that gives each sender address (lower-cased) to one tenant (migration 0019).
+ADDRESS_INDEX = "sender_accounts_address_key"
 
 
 @dataclass(frozen=True)
@@ -168,8 +174,11 @@ def create_sender(
     """Create or update the sender `email` of the transaction's tenant, stamped `now` (the
     database's time when None).
 
-    Refuses a password variable that is not the tenant's own and a login that would go in
-    clear text to another machine (see `smtp_server_for`, which checks both again at send time).
+    Refuses a password variable that is not the tenant's own, a login that would go in clear
+    text to another machine (see `smtp_server_for`, which checks both again at send time), and
+    an address another tenant has: a sender address belongs to one tenant, which reads the mail
+    sent to it. That refusal is the database's (`ADDRESS_INDEX`), so two tenants adding the same
+    address at once cannot both succeed; it names neither the other tenant nor anything of it.
     """
     try:
         email = validate_email(email, check_deliverability=False).normalized
@@ -189,21 +198,29 @@ def create_sender(
         )
         if refusal:
             raise SenderConfigError(f"sender {email}: {refusal}")
-    return conn.execute(
-        _INSERT,
-        {
-            "email": email,
-            "display_name": display_name,
-            "smtp_host": smtp_host,
-            "smtp_port": smtp_port,
-            "smtp_security": smtp_security,
-            "smtp_username": smtp_username,
-            "smtp_password_env": smtp_password_env,
-            "daily_limit": daily_limit,
-            "min_gap_seconds": min_gap_seconds,
-            "now": now,
-        },
-    ).scalar_one()
+    params = {
+        "email": email,
+        "display_name": display_name,
+        "smtp_host": smtp_host,
+        "smtp_port": smtp_port,
+        "smtp_security": smtp_security,
+        "smtp_username": smtp_username,
+        "smtp_password_env": smtp_password_env,
+        "daily_limit": daily_limit,
+        "min_gap_seconds": min_gap_seconds,
+        "now": now,
+    }
+    try:
+        with conn.begin_nested():  # the caller's transaction goes on after a refusal
+            return conn.execute(_INSERT, params).scalar_one()
+    except IntegrityError as exc:
+        if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != ADDRESS_INDEX:
+            raise
+    raise SenderConfigError(
+        f"sender address {email} is already a sender account of another tenant: an address "
+        "belongs to one tenant, which receives its replies; use an address of your own "
+        "(or have the operator remove it from the tenant that has it)"
+    )
 
 
 # -- the operator's view: list, pause, resume ---------------------------------------------------
@@ -280,8 +297,14 @@ def set_sender_active(
     such sender, else (its address as stored, enrollments made due).
 
     Resuming makes the enrollments that waited only because every sender was paused due at
-    `now`, so the next pass takes them up.
+    `now`, so the next pass takes them up. An account whose address another tenant had first
+    (migration 0019) is not resumed: `SenderConfigError`.
     """
+    if active and (found := find_sender(conn, email)) and found.address_revoked_at:
+        raise SenderConfigError(
+            f"sender {found.email} cannot be resumed: another tenant had registered its "
+            "address first (a sender address belongs to one tenant); use an address of your own"
+        )
     row = conn.execute(
         _SET_ACTIVE, {"email": email.strip(), "active": active, "now": now}
     ).one_or_none()
@@ -296,7 +319,7 @@ _FIND = sa.text(
     """
     select id, email, display_name, smtp_host, smtp_port, smtp_security, smtp_username,
            smtp_password_env, daily_limit, min_gap_seconds, is_active, imap_host, imap_port,
-           imap_security, imap_username, imap_password_env, imap_folder
+           imap_security, imap_username, imap_password_env, imap_folder, address_revoked_at
     from app.sender_accounts where lower(email) = lower(:email)
     """
 )

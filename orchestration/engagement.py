@@ -59,9 +59,10 @@ def inbound_mail(
 ) -> dg.MaterializeResult:
     db = postgres.db
     since = stored_cursor(db.settings.maildir_cursor) if config.since < 0 else config.since
-    report = poll_maildir(db.app, db.settings.maildir, cursor=since)
-    if config.imap:
-        poll_imap(db.app, report=report)  # each account resumes at its own cursor (database)
+    trusted = db.settings.authserv_ids
+    report = poll_maildir(db.app, db.settings.maildir, cursor=since, authserv_ids=trusted)
+    if config.imap:  # each account resumes at its own cursor (database)
+        poll_imap(db.app, report=report, authserv_ids=trusted)
     for error in report.errors[:20]:
         context.log.warning(error)
     # The poll completed: the next starts at its cursor, or at a message that failed for a

@@ -42,6 +42,25 @@ def rows_of(table: str) -> dict[str, list[str]]:
 # -- senders ------------------------------------------------------------------------------------
 
 
+def test_sender_add_of_an_address_another_tenant_has_is_refused_without_naming_it(env):
+    """`penguin sender add sales@beta.example --tenant alpha` when beta has it: refused (it
+    would read beta's replies), naming the fix; beta's account is untouched."""
+    for tenant in ("alpha", "beta"):
+        ok(["tenant", "create", tenant], env)
+    ok(["sender", "add", "sales@beta.example", "--tenant", "beta", "--name", "Beta"], env)
+    error = refused(["sender", "add", "SALES@beta.example", "--tenant", "alpha"], env)
+    assert " ".join(error.split()) == (
+        "error: sender address sales@beta.example is already a sender account of another "
+        "tenant: an address belongs to one tenant, which receives its replies; use an address "
+        "of your own (or have the operator remove it from the tenant that has it)"
+    )
+    assert "Traceback" not in error
+    assert "sales@beta.example" not in ok(["sender", "list", "--tenant", "alpha"], env)
+    assert rows_of(ok(["sender", "list", "--tenant", "beta"], env))["sales@beta.example"][1] == (
+        "Beta"
+    )
+
+
 def test_sender_add_list_pause_and_resume(env):
     out = ok(["sender", "add", "alice@acme.example", "--name", "Alice"], env)
     assert out.strip() == (

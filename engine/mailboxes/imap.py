@@ -8,6 +8,11 @@ that stops anywhere resumes after the last message it applied; its `inbound_mess
 (`UIDVALIDITY:UID`) keeps a message from being applied twice if the cursor is ever lost. A
 folder whose UIDVALIDITY changed (recreated) is read again from its first message.
 
+Only mail addressed to the account is applied (`trust.addressed_to`: the envelope recipient
+the server stamped, else `To`/`Cc`), so a mailbox that several accounts share gives each only
+its own; the rest is passed over. An `Authentication-Results` whose authserv-id is the
+account's IMAP host (or one configured) is trusted (`engine.mailboxes.trust`).
+
 One account's trouble (an unreachable server, a refused login, a password variable not set)
 is reported and ends only that account's poll; a message no rule can read ends only itself.
 Nothing is changed in the mailbox: no flag is set, nothing is moved or deleted.
@@ -19,7 +24,7 @@ import logging
 import os
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
@@ -27,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from engine.db import tenant_transaction
-from engine.mailboxes import inbound
+from engine.mailboxes import inbound, trust
 from engine.mailboxes.classify import classify
 from engine.mailboxes.maildir import PollReport
 from engine.senders import ImapMailbox, SenderConfigError, imap_mailbox_for
@@ -46,7 +51,7 @@ _ACCOUNTS = sa.text(
            s.imap_password_env, s.imap_folder, c.uidvalidity, c.last_uid
     from app.sender_accounts s
     left join app.mailbox_cursors c on c.tenant_id = s.tenant_id and c.sender_account_id = s.id
-    where s.imap_host is not null
+    where s.imap_host is not null and s.address_revoked_at is null
     order by s.email
     """
 )
@@ -102,15 +107,18 @@ def poll_imap(
     env: Mapping[str, str] = os.environ,
     now: datetime | None = None,
     report: PollReport | None = None,
+    authserv_ids: Iterable[str] = (),
 ) -> PollReport:
-    """Apply what arrived in every IMAP mailbox of every tenant (module docstring)."""
+    """Apply what arrived in every IMAP mailbox of every tenant (module docstring);
+    `authserv_ids` besides each account's IMAP host: whose `Authentication-Results` count."""
     report = report or PollReport()
     for tenant_id, tenant in all_tenants(app):
         with tenant_transaction(app, tenant_id) as conn:
             accounts = conn.execute(_ACCOUNTS).all()
         for account in accounts:
             try:
-                _poll_account(app, tenant_id, tenant, account, env, now, report)
+                trusted = frozenset([*authserv_ids, account.imap_host])
+                _poll_account(app, tenant_id, tenant, account, env, now, report, trusted)
             except SenderConfigError as exc:
                 report.errors.append(str(exc))
             except Exception as exc:  # the server, the network, the login
@@ -129,6 +137,7 @@ def _poll_account(
     env: Mapping[str, str],
     now: datetime | None,
     report: PollReport,
+    trusted: frozenset[str],
 ) -> None:
     mailbox = imap_mailbox_for(account, tenant=tenant, env=env)
     client = _connect(mailbox)
@@ -144,7 +153,7 @@ def _poll_account(
                 data = fetched.get(uid)
                 if data is None:  # expunged meanwhile
                     continue
-                _apply(app, tenant_id, account, uidvalidity, uid, data, now, report)
+                _apply(app, tenant_id, account, uidvalidity, uid, data, now, report, trusted)
     finally:
         try:
             client.logout()
@@ -161,9 +170,9 @@ def _apply(
     data: dict,
     now: datetime | None,
     report: PollReport,
+    trusted: frozenset[str],
 ) -> None:
     report.read += 1
-    report.inbound += 1
     message = message_from_bytes(data[b"BODY[]"], policy=policy.default)
     arrived = data.get(b"INTERNALDATE")
     if isinstance(arrived, datetime):
@@ -176,6 +185,11 @@ def _apply(
         "uid": uid,
         "now": now or datetime.now(UTC),
     }
+    if not trust.addressed_to(message, account.email):  # another account's, in a shared box
+        with tenant_transaction(app, tenant_id) as conn:
+            conn.execute(_CURSOR, cursor)
+        return
+    report.inbound += 1
     try:
         classified = classify(message)
     except Exception as exc:
@@ -192,6 +206,7 @@ def _apply(
                 classified=classified,
                 sender_id=account.id,
                 received_at=received.astimezone(UTC),
+                authenticated=trust.authenticated(message, classified.sender, trusted),
             )
             (done,) = inbound.apply_many(conn, [incoming])
             conn.execute(_CURSOR, cursor)

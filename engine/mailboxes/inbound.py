@@ -7,8 +7,13 @@ messages would have one after the other.
 * **Once.** The message's row in `inbound_messages` is inserted before its effects; if the
   mailbox has it already (the same place in it, or the same Message-ID), nothing else happens.
 * **Matched** by the Message-IDs it refers to (In-Reply-To, References, a bounce's or report's
-  original), else by address: the latest message of the receiving sender account to the
-  reply's author (a bounce's or complaint's failed recipient).
+  original), else, for a reply, an auto-reply or an unsubscribe email, by address: the latest
+  message to its author (of the receiving sender account; of any of the tenant's for an
+  unsubscribe email). A bounce or complaint is matched by reference only.
+* **Trusted** as `engine.mailboxes.trust` says: a message that matches nothing records no
+  event and makes no effect (only its `inbound_messages` row, so it is read once); a reply
+  matched by address alone, unless its author is authenticated, stops no company (its event's
+  payload says `matched_by` and `authenticated`, which `engine.sequence.steps` reads).
 * **Effects** (ARCHITECTURE's engine rules): a reply or auto-reply is an event (the engine's
   next pass ends the enrollment under `stop_on_reply`; an auto-reply stops nothing); a hard
   bounce, a complaint or an unsubscribe suppresses the address in the tenant, marks the
@@ -34,16 +39,17 @@ from engine.mailboxes.classify import Classified, Kind, clean
 SOFT_BOUNCES_AS_HARD = 3
 SOFT_BOUNCE_WINDOW = timedelta(days=7)
 
-# The message each one answers: by reference (best first), else the receiving account's latest
-# message to the address. (The address is lowercased in a materialized CTE: compared as a
-# column, the stored key is an index condition under row-level security; lower() of it would
-# not be, as lower() is not leakproof.)
+# The message each one answers: by reference (best first), else the receiving account's (with
+# `any_account`, the tenant's) latest message to the address. (The address is lowercased in a
+# materialized CTE: compared as a column, the stored key is an index condition under row-level
+# security; lower() of it would not be, as lower() is not leakproof.)
 _MATCH = sa.text(
     """
     with x as materialized (
         select x.*, lower(x.address) as address_key
         from json_to_recordset(cast(:rows as json))
-            as x(i int, ids text[], address text, sender_id uuid, received_at timestamptz)
+            as x(i int, ids text[], address text, sender_id uuid, any_account boolean,
+                 received_at timestamptz)
     )
     select x.i, f.id, f.contact_id, f.campaign_id, f.step_id, f.recipient_email,
            f.recipient_key, f.rank
@@ -62,7 +68,7 @@ _MATCH = sa.text(
                     m.recipient_key, 1 as rank, 0 as position
              from app.sent_emails m
              where m.tenant_id = app.current_tenant_id() and m.recipient_key = x.address_key
-               and m.sender_account_id = x.sender_id
+               and (x.any_account or m.sender_account_id = x.sender_id)
                and m.queued_at <= x.received_at  -- answers come after sends
              order by m.queued_at desc
              limit 1)
@@ -190,6 +196,8 @@ class Incoming:
     classified: Classified
     sender_id: uuid.UUID | None
     received_at: datetime
+    #: Whether the receiving server vouches for its `From:` (`trust.authenticated`).
+    authenticated: bool = False
 
 
 class SoftBounces:
@@ -223,10 +231,7 @@ def apply_many(conn: Connection, messages: list[Incoming]) -> list[Applied | Non
     one after the other in this order; each one's outcome, None when it was applied before."""
     if not messages:
         return []
-    addresses = [
-        (m.classified.addresses[0] if m.classified.addresses else m.classified.sender)
-        for m in messages
-    ]
+    addresses = [_match_address(m.classified) for m in messages]
     found = conn.execute(
         _MATCH,
         {
@@ -237,6 +242,7 @@ def apply_many(conn: Connection, messages: list[Incoming]) -> list[Applied | Non
                         "ids": list(m.classified.refers_to),
                         "address": address or "",
                         "sender_id": str(m.sender_id) if m.sender_id else None,
+                        "any_account": m.classified.kind is Kind.UNSUBSCRIBE,
                         "received_at": m.received_at.isoformat(),
                     }
                     for i, (m, address) in enumerate(zip(messages, addresses, strict=True))
@@ -251,15 +257,11 @@ def apply_many(conn: Connection, messages: list[Incoming]) -> list[Applied | Non
     ]
     history = SoftBounces(
         conn,
-        {
-            found[i].recipient_key or addresses[i].lower()
-            for i in soft
-            if addresses[i] or found[i].id
-        },
+        {found[i].recipient_key for i in soft if found[i].id},
         min((messages[i].received_at for i in soft), default=messages[0].received_at)
         - SOFT_BOUNCE_WINDOW,
     )
-    plans = [_plan(m, found[i], addresses[i], history) for i, m in enumerate(messages)]
+    plans = [_plan(m, found[i], history) for i, m in enumerate(messages)]
     recorded = {
         (row.mailbox, row.source_key)
         for row in conn.execute(
@@ -293,29 +295,28 @@ class _Plan:
     applied: Applied
 
 
-def _plan(m: Incoming, sent: sa.Row, address: str, history: SoftBounces) -> _Plan:
-    """What applying `m` writes, given the message it matched (`sent`)."""
+def _match_address(c: Classified) -> str:
+    """The address a message may be matched by when its references match nothing: none for a
+    bounce or complaint (anyone can write one naming any address), else its author."""
+    return "" if c.kind in (Kind.BOUNCE, Kind.COMPLAINT) else c.sender
+
+
+def _plan(m: Incoming, sent: sa.Row, history: SoftBounces) -> _Plan:
+    """What applying `m` writes, given the message it matched (`sent`; module docstring)."""
     c = m.classified
     matched = sent.id is not None
     soft = c.kind is Kind.BOUNCE and not c.hard
     hard = c.hard
-    if soft and (matched or address):
-        key = sent.recipient_key if matched else address.lower()
-        hard = history.is_hard(key, sent.id, m.received_at, upto=False)
-    # Who is suppressed. A bounce or complaint is anyone's to write: it suppresses only the
-    # recipient of a message of ours it names by Message-ID, and only if it names that
-    # recipient as failed (when it names any). An unsubscribe suppresses who asked (a colleague
-    # answering a forwarded copy is not the recipient).
-    target_contact = None
+    if soft and matched:
+        hard = history.is_hard(sent.recipient_key, sent.id, m.received_at, upto=False)
+    # Who is suppressed: a bounce's or complaint's recipient of ours (only if it names that
+    # recipient as failed, when it names any); an unsubscribe email's author, if mailed.
+    address = target_contact = None
     if c.kind in (Kind.BOUNCE, Kind.COMPLAINT):
-        ours = matched and sent.rank == 0
-        named = ours and (not c.addresses or sent.recipient_email.lower() in c.addresses)
-        address = sent.recipient_email if named else None
-        target_contact = sent.contact_id if address else None
-    elif c.kind is Kind.UNSUBSCRIBE:
-        address = c.sender
-        if matched and sent.recipient_email.lower() == c.sender:
-            target_contact = sent.contact_id
+        if matched and (not c.addresses or sent.recipient_key in c.addresses):
+            address, target_contact = sent.recipient_email, sent.contact_id
+    elif c.kind is Kind.UNSUBSCRIBE and matched and sent.recipient_key == c.sender:
+        address, target_contact = c.sender, sent.contact_id
     payload = {
         "subject": _raw(m.message, "Subject")[:300],
         "from": c.sender,
@@ -324,6 +325,11 @@ def _plan(m: Incoming, sent: sa.Row, address: str, history: SoftBounces) -> _Pla
     }
     if c.kind is Kind.BOUNCE:
         payload |= {"hard": hard, "addresses": list(c.addresses)}
+    if matched:
+        payload |= {
+            "matched_by": "reference" if sent.rank == 0 else "address",
+            "authenticated": m.authenticated,
+        }
     record = {
         "mailbox": m.mailbox,
         "source_key": m.source_key,
@@ -334,8 +340,8 @@ def _plan(m: Incoming, sent: sa.Row, address: str, history: SoftBounces) -> _Pla
         "from_address": c.sender or None,
         "detail": c.detail or None,
         "at": m.received_at.isoformat(),
-        # An unmatched reply says nothing about any message or contact: no event.
-        "with_event": matched or c.kind is not Kind.REPLY,
+        # What matches none of our messages says nothing about any of them: no event.
+        "with_event": matched,
         "contact": _text(sent.contact_id),
         "campaign": _text(sent.campaign_id),
         "step": _text(sent.step_id),

@@ -3,9 +3,11 @@
 The sink keeps everything it receives in one Maildir: the engine's own messages to contacts,
 and whatever is addressed to a sender account (replies, bounces, complaints, as the demo
 audience or a test sends them). A message is inbound when one of its envelope recipients (the
-sink's `X-RcptTo`) is a sender account's address; it belongs to that account's tenant (every
-tenant that has the address, if several do). The engine's own copies are skipped: their
-recipients are contacts.
+sink's `X-RcptTo`, the last one: a sender can write its own above it, never below) is a sender
+account's address; it belongs to that account's tenant, the only one that has the address
+(migration 0019; an account that lost its address to an earlier one reads nothing). The
+engine's own copies are skipped: their recipients are contacts. What each message is trusted
+for: `engine.mailboxes.trust`.
 
 Reading is incremental. The cursor is the arrival second of the newest file read (Maildir
 file names start with it); a poll reads the files of that second again and everything newer,
@@ -21,6 +23,7 @@ import os
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -32,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from engine.db import is_transient, tenant_transaction
-from engine.mailboxes import inbound
+from engine.mailboxes import inbound, trust
 from engine.mailboxes.classify import classify
 from engine.sending import store
 from engine.tenants import all_tenants
@@ -42,7 +45,9 @@ log = logging.getLogger(__name__)
 
 _SECONDS = re.compile(r"^(\d+)\.")
 _MICROS = re.compile(r"^\d+\.M(\d+)")
-_SENDERS = sa.text("select id, lower(email) as email from app.sender_accounts")
+_SENDERS = sa.text(
+    "select id, lower(email) as email from app.sender_accounts where address_revoked_at is null"
+)
 
 
 @dataclass
@@ -152,8 +157,12 @@ def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
 CHUNK = 200
 
 
-def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
-    """Apply every inbound message of `maildir` that arrived in or after second `cursor`."""
+def poll_maildir(
+    app: Engine, maildir: Path, *, cursor: int = 0, authserv_ids: Iterable[str] = ()
+) -> PollReport:
+    """Apply every inbound message of `maildir` that arrived in or after second `cursor`;
+    `authserv_ids`: the receiving servers whose `Authentication-Results` are trusted
+    (`engine.mailboxes.trust`)."""
     report = PollReport(cursor=cursor)
     accounts = _accounts(app)
     # compat32: headers as written, parsed in a tenth of the time of the EmailMessage policy;
@@ -188,8 +197,9 @@ def poll_maildir(app: Engine, maildir: Path, *, cursor: int = 0) -> PollReport:
         except FileNotFoundError:  # moved to cur/ since it was read: arrived now, near enough
             received = datetime.now(UTC)
         name = path.name.split(":", 1)[0]
+        vouched = trust.authenticated(message, classified.sender, authserv_ids)
         waiting += [
-            (t, inbound.Incoming(f"maildir:{s}", name, message, classified, s, received))
+            (t, inbound.Incoming(f"maildir:{s}", name, message, classified, s, received, vouched))
             for t, s in owners
         ]
         if len(waiting) >= CHUNK:

@@ -54,6 +54,7 @@ from sqlalchemy.engine import Connection
 from engine.sending.store import COUNTS_AGAINST_LIMITS
 from engine.sequence import conditions, rules
 from engine.sequence.rules import CampaignState, Defer, Exit, Item, Schedule, Send, SenderState
+from engine.sequence.steps import COMPANY_STOPPING
 from engine.text import shown
 
 PASS_EVERY = timedelta(minutes=5)
@@ -817,7 +818,7 @@ _SENDERS = sa.text(
 # Enrollments still under way, with what a pass would stop them for: a contact no longer
 # active or suppressed, a reply to this campaign by it or by someone at its domain.
 _ENROLLMENTS = sa.text(
-    """
+    f"""
     select cc.contact_id, cc.current_step_id, cc.next_run_at,
            to_jsonb(ct) - 'raw_data' as contact,
            m.status as message_status,
@@ -834,7 +835,7 @@ _ENROLLMENTS = sa.text(
                select from app.email_events e
                join app.contacts other on other.id = e.contact_id
                where e.tenant_id = cc.tenant_id and e.campaign_id = cc.campaign_id
-                 and e.event_type = 'reply'
+                 and e.event_type = 'reply' and {COMPANY_STOPPING}
                  and lower(split_part(other.email, '@', 2)) = lower(split_part(ct.email, '@', 2))
            ) as company_replied
     from app.campaign_contacts cc

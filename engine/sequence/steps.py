@@ -273,21 +273,33 @@ _EXIT_STOPPED_CONTACTS = sa.text(
     """
 )
 
+#: Whether a reply event (`e`) may stop its whole company: one a mailbox matched to our message
+#: by its references, or whose author the receiving server authenticated; not one matched by
+#: its `From:` address alone, which anyone can write (engine.mailboxes.trust). Replies from
+#: elsewhere (provider events) carry no `matched_by`: they count.
+COMPANY_STOPPING = (
+    "(e.payload ->> 'matched_by' is distinct from 'address'"
+    " or e.payload ->> 'authenticated' = 'true')"
+)
+
 # A reply to a campaign stops the replying contact's enrollment (stop_on_reply contact or
 # company) and, with `company`, every enrollment of that campaign whose address has the
-# same domain. Driven from the replies, which are few.
+# same domain -- if the reply can stop a company (`COMPANY_STOPPING`). Driven from the
+# replies, which are few.
 _EXIT_REPLIED = sa.text(
     f"""
     with replies as (
-        select distinct e.campaign_id, e.contact_id, st.stop_on_reply
+        select e.campaign_id, e.contact_id, st.stop_on_reply,
+               bool_or({COMPANY_STOPPING}) as stops_company
         from app.email_events e
         join app.campaign_settings st on st.campaign_id = e.campaign_id
         where e.event_type = 'reply' and st.stop_on_reply <> 'never'
           and e.campaign_id is not null and e.contact_id is not null
+        group by e.campaign_id, e.contact_id, st.stop_on_reply
     ), domains as (
         select distinct r.campaign_id, lower(split_part(rc.email, '@', 2)) as domain
         from replies r join app.contacts rc on rc.id = r.contact_id
-        where r.stop_on_reply = 'company'
+        where r.stop_on_reply = 'company' and r.stops_company
     ), stopped as (
         select campaign_id, contact_id, true as own from replies
         union all

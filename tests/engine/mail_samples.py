@@ -5,14 +5,26 @@ Message-ID and addresses, so tests can aim them at messages the engine really se
 from __future__ import annotations
 
 
-def reply(to: str, author: str, original_id: str, *, subject: str = "Re: Quick question") -> str:
-    return f"""From: Ann Author <{author}>
+def reply(
+    to: str,
+    author: str,
+    original_id: str | None,
+    *,
+    subject: str = "Re: Quick question",
+    stamped: str = "",
+) -> str:
+    """A person's reply; `original_id` None: one that names no message (a new message, or
+    its references stripped); `stamped`: header lines a receiving server put on top."""
+    references = (
+        f"In-Reply-To: <{original_id}>\nReferences: <older@mail.example> <{original_id}>\n"
+        if original_id
+        else ""
+    )
+    return f"""{stamped}From: Ann Author <{author}>
 To: {to}
 Subject: {subject}
 Message-ID: <reply-{abs(hash((author, original_id)))}@mail.example>
-In-Reply-To: <{original_id}>
-References: <older@mail.example> <{original_id}>
-Date: Fri, 20 Nov 2026 11:00:00 +0000
+{references}Date: Fri, 20 Nov 2026 11:00:00 +0000
 Content-Type: text/plain; charset=utf-8
 
 Sounds interesting, tell me more.

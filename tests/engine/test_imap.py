@@ -175,3 +175,32 @@ def test_a_message_that_cannot_be_applied_does_not_stop_the_mailbox(
     again = poll_imap(database.app, env=ENV)
     assert again.read == 0  # moved past it, said once
     assert len(_events(database, tenant)) == 2
+
+
+def test_a_mailbox_two_accounts_share_gives_each_tenant_only_its_own_accounts_mail(
+    database, smtp_server, now, tmp_path, imap_server
+):
+    """Another tenant's account pointed at the same mailbox (the operator gave it the login)
+    reads only what is addressed to its own address, not acme's replies."""
+    acme, ids = _sent(database, smtp_server, now, tmp_path, imap_server)
+    other = seed_tenant(database, "other", now, tmp_path, enroll=False)
+    with tenant_transaction(database.app, other.tenant_id) as conn:
+        set_mailbox(
+            conn,
+            "sales@other.example",
+            host="127.0.0.1",
+            port=imap_server.port,
+            security="none",
+            username=SENDER,
+            password_env="PENGUIN_SMTP_OTHER__IMAP",
+        )
+    a = "acme0@example.com"
+    imap_server.deliver(SENDER, "imap-secret", samples.reply(SENDER, a, ids[a]))
+    mine = samples.reply("sales@other.example", "someone@else.example", None, subject="Hi")
+    imap_server.deliver(SENDER, "imap-secret", mine)
+    report = poll_imap(database.app, env={**ENV, "PENGUIN_SMTP_OTHER__IMAP": "imap-secret"})
+    assert (report.read, report.inbound, report.errors) == (4, 2, [])
+    assert _events(database, acme) == [("reply", a)]
+    with tenant_transaction(database.app, other.tenant_id) as conn:
+        read = conn.execute(sa.text("select from_address from app.inbound_messages")).all()
+    assert read == [("someone@else.example",)]

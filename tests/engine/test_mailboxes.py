@@ -14,7 +14,7 @@ from engine.campaigns import Step
 from engine.db import tenant_transaction
 from engine.mailboxes import inbound
 from engine.mailboxes.maildir import poll_maildir
-from engine.senders import SmtpServer
+from engine.senders import SenderConfigError, SmtpServer, create_sender
 from engine.sending.scheduler import send_due
 from engine.smtp_sink import SmtpSink
 from tests.conftest import free_port
@@ -194,12 +194,16 @@ def test_bounces_of_other_mtas_and_an_unsubscribe_email_match_by_reference_or_ad
     _deliver(sink, samples.qmail_bounce(SENDER, b, "not-one-of-ours@elsewhere.example"))
     _deliver(sink, samples.unsubscribe(SENDER, c))  # the mailto link: no reference at all
     report = poll_maildir(database.app, sink.maildir)
-    assert (dict(report.applied), report.unmatched) == ({"bounce": 2, "unsubscribe": 1}, 0)
-    # The qmail bounce names a message that is not ours: recorded, but it suppresses nobody
-    # (a bounce is anyone's to write).
+    assert (dict(report.applied), report.unmatched) == ({"bounce": 2, "unsubscribe": 1}, 1)
+    # The qmail bounce names a message that is not ours: read, but it records nothing (a bounce
+    # is anyone's to write); the unsubscribe email comes from an address we mailed.
     assert sorted(_query(database, tenant, "select email, reason from app.suppressions")) == [
         (a, "bounce"),
         (c, "unsubscribe"),
+    ]
+    assert sorted((e.event_type, e.recipient_email) for e in _events(database, tenant)) == [
+        ("bounce", a),
+        ("unsubscribe", c),
     ]
 
 
@@ -300,20 +304,112 @@ def test_forged_bounces_and_complaints_suppress_nobody(database, sink, now, tmp_
     assert statuses == {"active"}
 
 
-def test_an_unsubscribe_answering_a_forwarded_copy_suppresses_who_asked(
+def test_an_unsubscribe_email_from_an_address_never_mailed_suppresses_nobody(
     database, sink, now, tmp_path
 ):
+    """Its `From:` is anyone's to write: only an address this tenant has mailed can ask."""
     tenant, ids = _sent(database, sink, now, tmp_path)
     a = "acme0@example.com"
-    colleague = samples.reply(SENDER, "colleague@example.com", ids[a], subject="unsubscribe")
-    colleague = colleague.replace("In-Reply-To", "X-Was-In-Reply-To").replace("References", "X-R")
-    _deliver(sink, colleague)
-    poll_maildir(database.app, sink.maildir)
-    assert _query(database, tenant, "select email, reason from app.suppressions") == [
-        ("colleague@example.com", "unsubscribe")
-    ]
+    _deliver(sink, samples.unsubscribe(SENDER, "ceo@victim.example"))  # no contact at all
+    colleague = samples.reply(SENDER, "colleague@example.com", None, subject="unsubscribe")
+    _deliver(sink, colleague)  # a forwarded copy's reader, not mailed by us
+    report = poll_maildir(database.app, sink.maildir)
+    assert (dict(report.applied), report.unmatched, report.suppressed) == (
+        {"unsubscribe": 2},
+        2,
+        0,
+    )
+    assert _query(database, tenant, "select email from app.suppressions") == []
+    assert _events(database, tenant) == []
     statuses = dict(_query(database, tenant, "select email, status from app.contacts"))
     assert statuses[a] == "active"
+
+
+def test_a_bounce_or_complaint_naming_no_message_of_ours_records_nothing(
+    database, sink, now, tmp_path
+):
+    """Not even an event on the address's latest message: a DSN or ARF is anyone's to write,
+    and one that names no message of ours by its Message-ID says nothing about any."""
+    tenant, _ = _sent(database, sink, now, tmp_path)
+    a, b = "acme0@example.com", "acme1@example.com"
+    _deliver(sink, samples.postfix_dsn(SENDER, a, "unknown@evil.example", hard=True))
+    for n in range(3):  # nor do soft ones count towards three
+        dsn = samples.postfix_dsn(SENDER, b, f"unknown-{n}@evil.example", hard=False)
+        _deliver(sink, dsn)
+    _deliver(sink, samples.arf_complaint(SENDER, b, "unknown@evil.example"))
+    report = poll_maildir(database.app, sink.maildir)
+    assert (dict(report.applied), report.unmatched) == ({"bounce": 4, "complaint": 1}, 5)
+    assert _events(database, tenant) == []
+    assert _query(database, tenant, "select email from app.suppressions") == []
+    statuses = {r.status for r in _query(database, tenant, "select status from app.sent_emails")}
+    assert statuses == {"sent"}
+    read = _query(database, tenant, "select kind, sent_email_id from app.inbound_messages")
+    assert sorted(read) == [("bounce", None)] * 4 + [("complaint", None)]  # read once, no more
+
+
+def _exit_reasons(database, sink, tenant, now):
+    send_due(database.app, SmtpServer(sink.host, sink.port), now + timedelta(days=2))
+    return sorted(
+        str(r.exit_reason)
+        for r in _query(database, tenant, "select exit_reason from app.campaign_contacts")
+    )
+
+
+def test_a_reply_without_references_stops_its_contact_but_not_its_company(
+    database, sink, now, tmp_path
+):
+    """Matched by its `From:` alone, which anyone can forge, a reply cannot end every
+    enrollment at the company (`stop_on_reply: company`): only the replier's own."""
+    tenant, _ = _sent(database, sink, now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(sa.text("update app.campaign_settings set stop_on_reply = 'company'"))
+    _deliver(sink, samples.reply(SENDER, "acme0@example.com", None, subject="Hi"))
+    assert poll_maildir(database.app, sink.maildir).unmatched == 0  # matched by address
+    assert _exit_reasons(database, sink, tenant, now) == ["None", "None", "replied"]
+
+
+def test_a_reply_the_receiving_server_authenticated_stops_its_company_without_references(
+    database, sink, now, tmp_path
+):
+    tenant, _ = _sent(database, sink, now, tmp_path)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(sa.text("update app.campaign_settings set stop_on_reply = 'company'"))
+    stamped = "Authentication-Results: mx.acme.example; dmarc=pass header.from=example.com\n"
+    reply = samples.reply(SENDER, "acme0@example.com", None, subject="Hi", stamped=stamped)
+    _deliver(sink, reply)
+    poll_maildir(database.app, sink.maildir, authserv_ids=["mx.acme.example"])
+    assert _exit_reasons(database, sink, tenant, now) == [
+        "company replied",
+        "company replied",
+        "replied",
+    ]
+
+
+def test_a_sender_address_of_another_tenant_is_refused_and_its_mail_stays_there(
+    database, sink, now, tmp_path
+):
+    """`sender add` of an address another tenant has: refused, naming the fix and not the
+    tenant; the mail sent to that address stays the first tenant's."""
+    acme, ids = _sent(database, sink, now, tmp_path)
+    other = seed_tenant(database, "other", now, tmp_path, enroll=False)
+    with tenant_transaction(database.app, other.tenant_id) as conn:
+        with pytest.raises(SenderConfigError) as refused:
+            create_sender(conn, "Sales@ACME.example", now=now)
+        conn.execute(sa.text("select 1"))  # the caller's transaction goes on
+    assert str(refused.value) == (
+        "sender address sales@acme.example is already a sender account of another tenant: an "
+        "address belongs to one tenant, which receives its replies; use an address of your own "
+        "(or have the operator remove it from the tenant that has it)"
+    )
+    a = "acme0@example.com"
+    _deliver(sink, samples.reply(SENDER, a, ids[a]))
+    _deliver(sink, samples.unsubscribe(SENDER, "acme1@example.com"))
+    poll_maildir(database.app, sink.maildir)
+    assert _query(database, other, "select kind from app.inbound_messages") == []
+    assert _query(database, other, "select email from app.sender_accounts") == [
+        ("sales@other.example",)
+    ]
+    assert sorted(e.event_type for e in _events(database, acme)) == ["reply", "unsubscribe"]
 
 
 def test_an_addresss_messages_are_found_through_the_index_under_row_level_security(

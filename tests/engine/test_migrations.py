@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 from alembic import command
 
@@ -85,3 +87,43 @@ def test_upgrading_past_0007_refuses_enrollments_on_another_campaigns_step(datab
         )
     with pytest.raises(sa.exc.ProgrammingError, match="3 enrollment.s. stand on a step of another"):
         migrate.upgrade(database)
+
+
+def test_upgrading_past_0019_leaves_an_address_with_the_tenant_that_registered_it_first(
+    database, now
+):
+    """Before 0019 two tenants could register one sender address (the second read the first's
+    replies); the upgrade keeps the first one's, and pauses the later one for good: it reads no
+    mail and cannot be resumed."""
+    import pytest
+
+    from engine.db import tenant_transaction
+    from engine.mailboxes.maildir import _accounts
+    from engine.senders import SenderConfigError, create_sender, set_sender_active
+    from engine.tenants import create_tenant
+
+    acme, _ = create_tenant(database.owner, "acme")
+    other, _ = create_tenant(database.owner, "other")
+    with tenant_transaction(database.app, acme) as conn:
+        first = create_sender(conn, "sales@acme.example", now=now)
+    config = migrate.alembic_config()
+    with database.owner.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0018")
+    with tenant_transaction(database.app, other) as conn:
+        conn.execute(
+            sa.text(
+                "insert into app.sender_accounts (tenant_id, email, created_at) "
+                "values (app.current_tenant_id(), 'Sales@acme.example', :later)"
+            ),
+            {"later": now + timedelta(hours=1)},
+        )
+    migrate.upgrade(database)
+    state = sa.text("select is_active, address_revoked_at is not null from app.sender_accounts")
+    with tenant_transaction(database.app, acme) as conn:
+        assert conn.execute(state).all() == [(True, False)]
+    with tenant_transaction(database.app, other) as conn:
+        assert conn.execute(state).all() == [(False, True)]
+        with pytest.raises(SenderConfigError, match="cannot be resumed: another tenant"):
+            set_sender_active(conn, "sales@acme.example", True, now)
+    assert _accounts(database.app)["sales@acme.example"] == [(acme, first)]

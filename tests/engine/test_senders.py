@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +27,7 @@ from engine.senders import (
 )
 from engine.sending.messenger import Outcome, OutgoingEmail, deliver
 from engine.sending.scheduler import send_due
+from engine.tenants import create_tenant
 from tests.conftest import NOW, RecordingHandler, free_port
 from tests.factories import seed_tenant
 
@@ -256,3 +259,61 @@ def test_the_tenants_own_password_logs_in_to_its_own_local_server(database, auth
     report = send_due(database.app, SmtpServer("127.0.0.1", free_port()), NOW, env=env)
     assert report.sent == 3 and len(auth_server.messages) == 3
     assert set(auth_server.logins) == {("sales", "acme-password")}
+
+
+def _blocked_or_done(database, racer: threading.Thread) -> None:
+    """Until `racer` waits on a lock of another transaction, or has finished."""
+    deadline = time.monotonic() + 30
+    waiting = sa.text(
+        "select count(*) from pg_stat_activity "
+        "where datname = current_database() and wait_event_type = 'Lock'"
+    )
+    while racer.is_alive() and time.monotonic() < deadline:
+        with database.owner.connect() as conn:
+            if conn.execute(waiting).scalar():
+                return
+        time.sleep(0.01)
+
+
+def test_two_tenants_adding_one_address_at_once_cannot_both_have_it(database):
+    """The database decides (a unique index across tenants), so a second `sender add` that
+    runs while the first is not yet committed waits for it and is refused."""
+    acme, _ = create_tenant(database.owner, "acme")
+    other, _ = create_tenant(database.owner, "other")
+    outcome: list[str] = []
+
+    def add_in_other() -> None:
+        try:
+            with tenant_transaction(database.app, other) as conn:
+                create_sender(conn, "shared@example.com", now=NOW)
+            outcome.append("added")
+        except SenderConfigError as exc:
+            outcome.append(str(exc))
+
+    with tenant_transaction(database.app, acme) as conn:
+        create_sender(conn, "shared@example.com", now=NOW)
+        racer = threading.Thread(target=add_in_other)
+        racer.start()
+        _blocked_or_done(database, racer)
+    racer.join(timeout=30)
+    assert len(outcome) == 1 and "already a sender account of another tenant" in outcome[0]
+    assert "acme" not in outcome[0]
+    with database.owner.connect() as conn:
+        holders = conn.execute(
+            sa.text(
+                "select t.name from app.sender_accounts s join app.tenants t on t.id = s.tenant_id"
+                " where lower(s.email) = 'shared@example.com'"
+            )
+        ).scalars()
+        assert list(holders) == ["acme"]
+
+
+def test_the_demo_cannot_take_a_sender_address_another_tenant_has(database):
+    """Every way a sender account is made goes through `create_sender`, the demo's too."""
+    from engine import demo
+
+    squatter, _ = create_tenant(database.owner, "squatter")
+    with tenant_transaction(database.app, squatter) as conn:
+        create_sender(conn, "pat@penguinmails.example", now=NOW)
+    with pytest.raises(SenderConfigError, match="already a sender account of another tenant"):
+        demo.load_demo(database, NOW)
