@@ -132,7 +132,11 @@ def test_an_address_keeps_its_first_spelling_whatever_case_later_lines_use(
     assert (result.inserted, result.duplicates) == (1, 1)
     [anna] = contacts(database, tenant)
     # The first line's spelling is the one mailed; later lines still merge their fields.
-    assert (anna.email, anna.first_name, anna.last_name) == ("anna.0@prospects.example", "Anna", "Ng")
+    assert (anna.email, anna.first_name, anna.last_name) == (
+        "anna.0@prospects.example",
+        "Anna",
+        "Ng",
+    )
 
     # An existing contact keeps its spelling too, whatever the next file writes.
     again = write_csv(tmp_path / "b.csv", [["Anna.0@PROSPECTS.example", "", "", "Acme", ""]])
@@ -453,6 +457,6 @@ def test_an_internationalized_domain_is_stored_in_its_sendable_ascii_form(
     result = ingest_file(database.app, tenant, path, "l", now)
     assert (result.inserted, result.duplicates, result.rejected) == (2, 1, 0)
     assert [c.email for c in contacts(database, tenant)] == [
-        "A@xn--bcher-kva.example",  # the later line wins; the local part is kept as written
+        "a@xn--bcher-kva.example",  # the first line's spelling, its domain in ASCII
         "zoë@xn--exmple-cua.com",
     ]

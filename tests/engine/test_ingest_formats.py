@@ -196,21 +196,38 @@ def test_ragged_rows_are_rejected_and_the_rest_keep_their_line_numbers(
     assert "1 fields but the header has 3" in found[1].reason
 
 
-def test_an_unbalanced_quote_rejects_what_it_swallows_and_nothing_else(
-    database, tenant, now, tmp_path
-):
+def test_an_unbalanced_quote_rejects_only_its_own_line(database, tenant, now, tmp_path):
     rows = [f"p{i}@example.com,P{i},Co" for i in range(1, 11)]
     rows[3] = 'q@example.com,"Unclosed,Co'  # line 5 opens a quote ...
-    rows[6] = 'r@example.com,"Closed, properly",Co'  # ... that the next quote closes
+    rows[6] = 'r@example.com,"Closed, properly",Co'  # ... that a later line's quote would close
     path = tmp_path / "quotes.csv"
     path.write_text("Email,First Name,Company\n" + "\n".join(rows) + "\n")
     result = load(database, tenant, path, now)
     [reject] = rejects(database, tenant)
-    assert reject.line_number == 5 and "unbalanced quote" in reject.reason
-    assert "p5@example.com" in reject.raw_row  # the swallowed lines are in the report
-    assert result.inserted + result.rejected == result.total_rows
+    assert (reject.line_number, reject.raw_row) == (5, 'q@example.com,"Unclosed,Co')
+    assert reject.reason == (
+        "a quoted value is not closed (unbalanced quote); only this line is rejected, "
+        "and the lines after it are read on their own"
+    )
+    assert (result.total_rows, result.inserted, result.rejected) == (10, 9, 1)
     emails = {c.email for c in contacts(database, tenant)}
-    assert {"p1@example.com", "p8@example.com", "p10@example.com"} <= emails
+    assert {"p5@example.com", "r@example.com", "p10@example.com"} <= emails
+
+
+def test_quotes_left_open_to_the_end_of_the_file_reject_only_their_lines(
+    database, tenant, now, tmp_path
+):
+    rows = [f"p{i}@example.com,P{i}" for i in range(1, 9)]
+    rows[1] = 'a@example.com,"Ann'  # line 3: open to the end of the file ...
+    rows[4] = 'b@example.com,"Bob'  # line 6: ... and, once line 3 is cut, this one too
+    path = tmp_path / "open.csv"
+    path.write_bytes(("Email,Name\r\n" + "\r\n".join(rows) + "\r\n").encode())
+    result = load(database, tenant, path, now)
+    assert [(r.line_number, r.raw_row) for r in rejects(database, tenant)] == [
+        (3, 'a@example.com,"Ann'),
+        (6, 'b@example.com,"Bob'),
+    ]
+    assert (result.inserted, result.rejected) == (6, 2)
 
 
 def test_nul_bytes_are_removed(database, tenant, now, tmp_path):
