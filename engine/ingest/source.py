@@ -547,8 +547,8 @@ _NEWLINE_NAMES = {"\r\n": "CRLF", "\r": "CR", "\n": "LF"}
 def _newline_notes(found: dict[str, int]) -> list[str]:
     if len(found) < 2:
         return []
-    counts = " and ".join(f"{count:,} in {_NEWLINE_NAMES[end]}" for end, count in found.items())
-    return [f"lines end in different ways ({counts}); all were read as line ends"]
+    counts = ", ".join(f"{_NEWLINE_NAMES[end]}: {count:,}" for end, count in found.items())
+    return [f"lines end in different ways ({counts}); each was read as a line end"]
 
 
 def sniff_format(

@@ -10,6 +10,8 @@ import random
 import subprocess
 import sys
 
+import duckdb
+import polars as pl
 import pytest
 import sqlalchemy as sa
 
@@ -434,3 +436,116 @@ def test_control_characters_in_headers_are_escaped_in_errors(database, tenant, n
     assert error == message
     preview = preview_file(path)
     assert "columns found: Na\\x1b[2Jme, Ph\\x07one" in preview.problem
+
+
+# --- files as editors and spreadsheet programs write them ------------------------------------
+
+#: A CRLF export whose lines 4 and 7 were edited in a program that writes LF, and whose line 6
+#: came from an old Mac Excel (CR alone); line 5 has a field too many, line 8 one too few.
+MIXED_LINES = (
+    "Email,First Name,Company\r\n"
+    "ada@example.com,Ada,Engines\r\n"
+    "grace@example.com,Grace,Navy\r\n"
+    "alan@example.com,Alan,Bletchley\n"
+    "extra@example.com,Extra,Co,More\r\n"
+    "edsger@example.com,Edsger,Eindhoven\r"
+    "barbara@example.com,Barbara,MIT\n"
+    "short@example.com\r\n"
+    'donald@example.com,Donald,"Stanford\r\nCalifornia"\r\n'
+    "ken@example.com,Ken,Bell"
+)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp1252"])
+def test_lines_ending_in_crlf_lf_and_cr_in_one_file_all_load(
+    database, tenant, now, tmp_path, encoding
+):
+    path = tmp_path / "edited.csv"
+    path.write_bytes(MIXED_LINES.encode(encoding))
+    result = load(database, tenant, path, now)
+    assert (result.total_rows, result.inserted, result.rejected) == (9, 7, 2)
+    got = {c.email: c.company for c in contacts(database, tenant)}
+    assert got["alan@example.com"] == "Bletchley"  # an LF line between CRLF lines
+    assert got["edsger@example.com"] == "Eindhoven"  # a line ending in CR alone
+    assert got["donald@example.com"] == "Stanford\nCalifornia"  # a quoted line break
+    assert got["ken@example.com"] == "Bell"  # and a last line without an ending
+    # A bad row rejects only itself, under the line number a spreadsheet shows.
+    too_many = "the line has 4 fields but the header has 3"
+    assert [(r.line_number, r.reason) for r in rejects(database, tenant)] == [
+        (5, f"{too_many} (a value holding the delimiter needs quotes)"),
+        (8, "the line has 1 fields but the header has 3"),
+    ]
+    [note] = [n for n in result.file_format["notes"] if "lines end" in n]
+    assert note == (
+        "lines end in different ways (CRLF: 7, CR: 1, LF: 2); each was read as a line end"
+    )
+
+
+def test_a_line_ending_split_between_two_reads_is_one_line_ending(
+    database, tenant, now, tmp_path, monkeypatch
+):
+    """Files are read in chunks: a CRLF whose CR ends one chunk is still one line ending, in
+    the survey's count and in the rewritten copy, wherever the chunks fall."""
+    from engine.ingest import source
+
+    monkeypatch.setattr(source, "CHUNK_BYTES", 7)
+    path = tmp_path / "chunks.csv"
+    path.write_bytes(MIXED_LINES.encode())
+    result = load(database, tenant, path, now)
+    assert (result.total_rows, result.inserted, result.rejected) == (9, 7, 2)
+    assert [r.line_number for r in rejects(database, tenant)] == [5, 8]
+
+
+def test_an_excel_sep_line_names_the_delimiter_and_is_no_row(database, tenant, now, tmp_path):
+    path = tmp_path / "excel-de.csv"
+    path.write_bytes(
+        codecs.BOM_UTF8
+        + b"sep=;\r\nE-Mail;Vorname;Firma\r\nada@example.com;Ada;Lovelace, Byron & Co\r\n"
+        + "zoe@example.com;Zoë;Müller\r\n".encode()
+    )
+    result = load(database, tenant, path, now)
+    assert (result.inserted, result.rejected) == (2, 0)
+    assert result.file_format["columns"] == ["E-Mail", "Vorname", "Firma"]
+    assert result.file_format["delimiter"] == ";"
+    got = {c.email: (c.first_name, c.company) for c in contacts(database, tenant)}
+    assert got == {
+        "ada@example.com": ("Ada", "Lovelace, Byron & Co"),
+        "zoe@example.com": ("Zoë", "Müller"),
+    }
+    assert (
+        "the first line (sep=;) names the delimiter; it is not read as data"
+        in (result.file_format["notes"])
+    )
+
+
+def test_a_title_line_holding_a_delimiter_is_not_taken_for_the_header(
+    database, tenant, now, tmp_path
+):
+    rows = "".join(f"p{i}@example.com;P{i};Co\r\n" for i in range(30))
+    path = tmp_path / "report.csv"
+    path.write_text("Contacts, November 2026\r\n\r\nEmail;First Name;Company\r\n" + rows)
+    result = load(database, tenant, path, now)
+    assert (result.inserted, result.rejected) == (30, 0)
+    assert result.file_format["skipped_lines"] == 2
+    assert result.file_format["columns"] == ["Email", "First Name", "Company"]
+    assert "skipped 2 line(s) above the header" in result.file_format["notes"]
+
+
+@pytest.mark.parametrize(
+    "parser_error",
+    [
+        lambda: duckdb.connect().execute("select * from read_csv('/no/such/file.csv')"),
+        lambda: pl.DataFrame({"a": ["x"]}).select(pl.col("a").cast(pl.Int64)),
+    ],
+    ids=["duckdb", "polars"],
+)
+def test_a_parsers_error_reaches_the_user_as_a_plain_message_naming_the_file(parser_error):
+    from engine.ingest import _as_ingest_error
+
+    with pytest.raises((duckdb.Error, pl.exceptions.PolarsError)) as raised:
+        parser_error()
+    error = _as_ingest_error(raised.value, "leads.csv")
+    assert str(error) == (
+        "leads.csv: the file cannot be read as CSV (its quotes, delimiters or line ends do not "
+        "fit together); open it in a spreadsheet program, save it as CSV UTF-8 and upload that"
+    )
