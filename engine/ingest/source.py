@@ -6,17 +6,23 @@ hand edits. Reading happens in three steps, none of which loops over rows in Pyt
 1. **Encoding.** Byte-order marks decide UTF-8/16/32; without one, a file that decodes as
    UTF-8 is UTF-8, anything else is Windows-1252 (or Latin-1, for the five bytes
    Windows-1252 leaves undefined). A file that is mostly control characters is refused as
-   not text. Files that are not UTF-8, carry NUL bytes or have a line over
-   `MAX_LINE_BYTES` are rewritten chunk by chunk into a UTF-8 copy, so DuckDB always reads
-   clean UTF-8 with lines it can hold.
+   not text. Files that are not UTF-8, carry NUL bytes, mix line endings (CRLF, LF, CR
+   alone: a file edited in two programs) or have a line over `MAX_LINE_BYTES` are rewritten
+   chunk by chunk into a UTF-8 copy with LF line ends, so DuckDB always reads clean UTF-8
+   with one line ending and lines it can hold. Clean files, the common case, are read as
+   they are.
 2. **Dialect.** DuckDB's sniffer finds delimiter, header and leading rows to skip, with the
-   quote fixed to `"` (RFC 4180, which every exporter above writes). A sniffer that gives up
-   on a messy file is backed by a count of candidate delimiters over the first lines.
+   quote fixed to `"` (RFC 4180, which every exporter above writes). Excel's `sep=;` first
+   line names the delimiter and is skipped. A sniffer that gives up on a messy file, or
+   takes a title line holding a delimiter for the header, is backed by a count of candidate
+   delimiters over the first lines.
 3. **Rows.** DuckDB reads the file with that dialect and `store_rejects`, so malformed
    records (too many or too few fields, a quote that never closes, a line over the size
-   limit) are set aside with their line numbers instead of failing the file. A first pass
-   counts records and collects those rejects; the second streams Arrow batches, each
-   stamped with its line numbers.
+   limit) are set aside with their line numbers instead of failing the file; a line whose
+   quote never closes is cut out and the file read again, so it costs only itself. A first
+   pass counts records and collects those rejects; the second streams Arrow batches, each
+   stamped with its line numbers. DuckDB's own messages never reach the user: each reject
+   says in the file's terms what is wrong with its line.
 
 DuckDB never sees a path a user chose: it reads a path as a glob (`leads[12].csv` would load
 `leads1.csv` and `leads2.csv`) and guesses compression from the extension, so it reads
@@ -177,8 +183,9 @@ class _NewlineCounter:
 
     def feed(self, chunk: bytes) -> None:
         straddles = self._cr_at_end and chunk.startswith(b"\n")
-        self.crlf += chunk.count(b"\r\n") + straddles
-        self.cr += chunk.count(b"\r")
+        cr = chunk.count(b"\r")
+        self.crlf += (chunk.count(b"\r\n") if cr else 0) + straddles
+        self.cr += cr
         self.lf += chunk.count(b"\n")
         self._cr_at_end = chunk.endswith(b"\r")
 
@@ -678,7 +685,7 @@ class CsvScan:
 
     def _count_pass(self) -> list[tuple]:
         """Count the records and return DuckDB's rejects, one row per line: (line, kind,
-        message, raw text, holds a marker, byte position of the line)."""
+        message, raw text, holds a marker, byte position of the error)."""
         table = f"rejects_{uuid.uuid4().hex}"
         # fetchall: the rejects table is written when the query finishes, not at its first row.
         [(self.rows,)] = self.connection.execute(
@@ -688,7 +695,7 @@ class CsvScan:
             f"""
             select line, arg_min(error_type, column_idx), arg_min(error_message, column_idx),
                    arg_min(csv_line, column_idx), bool_or(error_type = 'INVALID ENCODING'),
-                   min(line_byte_position)
+                   arg_min(byte_position, column_idx)
             from {table} group by line order by line
             """
         ).fetchall()
@@ -697,19 +704,14 @@ class CsvScan:
 
     def count(self) -> int:
         found = self._count_pass()
-        # A quote that never closes makes DuckDB swallow every line up to the next quote (or
-        # the end of the file) into one reject. Such a line is cut out (a marker stands in for
-        # it, as for an over-long line) and the file read again, so it rejects only itself and
-        # the lines after it load; a line a cut uncovers may hold another, hence the passes.
+        # A quote that never closes makes DuckDB swallow the lines after it, up to the next
+        # quote, into one reject, or (past its line buffer) drop them without a word. Such a
+        # line is cut out (a marker stands in for it, as for an over-long line) and the file
+        # read again, so it rejects only itself and the lines after it load; a line a cut
+        # uncovers may hold another, hence the passes.
         for _ in range(MAX_QUOTE_PASSES):
-            runaway = [
-                (int(position), raw.lstrip("\r\n"))
-                for _, kind, _, raw, _, position in found
-                if kind == "UNQUOTED VALUE"
-                and position is not None
-                and re.search(r"[\r\n]", (raw or "").strip("\r\n"))
-            ]
-            if not runaway or not self._cut_unclosed(runaway):
+            quotes = [int(at) for _, kind, _, _, _, at in found if kind == "UNQUOTED VALUE" and at]
+            if not quotes or not self._cut_unclosed(quotes):
                 break
             found = self._count_pass()
         self.rejects = [
@@ -732,28 +734,25 @@ class CsvScan:
             schema={"line_number": pl.Int64, "raw_row": pl.String, "reason": pl.String},
         )
 
-    def _cut_unclosed(self, runaway: list[tuple[int, str]]) -> bool:
-        """Copy the file with the first physical line of each runaway record (at its byte
-        position) replaced by a marker, and read that copy from now on. False when no line
-        is where DuckDB said (nothing is changed then)."""
+    def _cut_unclosed(self, quotes: list[int]) -> bool:
+        """Copy the file with each line that opens a quote it never closes (found by the byte
+        positions DuckDB gives for its errors) replaced by a marker, and read that copy from
+        now on. False when there is no such line (nothing is changed then)."""
+        with self.path.open("rb") as source:
+            starts = {_unclosed_line(source, at) for at in quotes}
+        starts.discard(None)
+        if not starts:
+            return False
         target = self.path.with_name(f"source-{len(self.unclosed)}.csv")
-        cuts = 0
         with self.path.open("rb") as source, target.open("wb") as out:
             at = 0
-            for position, raw in sorted(runaway):
-                first = re.split(r"\r\n|\r|\n", raw, maxsplit=1)[0].encode()
-                start = _find_line(source, position, first)
-                if start is None or start < at:
-                    continue
-                at = _copy_range(source, out, at, start)
+            for start in sorted(starts):
+                _copy_range(source, out, at, start)
                 line = _read_line(source, start)
                 out.write(_marker("unclosed", len(self.unclosed)))
                 self.unclosed.append(line.decode("utf-8", errors="replace"))
-                at, cuts = start + len(line), cuts + 1
+                at = start + len(line)
             _copy_range(source, out, at, None)
-        if not cuts:
-            target.unlink()
-            return False
         self.path = target
         return True
 
@@ -802,21 +801,31 @@ _UNCLOSED = (
 )
 
 
-def _find_line(handle: BinaryIO, position: int, first: bytes) -> int | None:
-    """The offset of the line starting with `first` at DuckDB's `line_byte_position` (which
-    counts from 1 in the versions measured; from 0 is tried as well), or None."""
-    for start in (position - 1, position):
-        if start < 0:
-            continue
-        handle.seek(start)
-        if handle.read(len(first)) == first and (start == 0 or _ends_line(handle, start)):
-            return start
+def _unclosed_line(handle: BinaryIO, error_at: int) -> int | None:
+    """The offset of the line holding the quote DuckDB reports at `error_at` (its positions
+    count from 1 in the versions measured; from 0 is tried too), when that line opens a quote
+    it does not close; None otherwise (a value closed and followed by more text, `"Ann"e`,
+    is a reject of its own line already)."""
+    for quote in (error_at - 1, error_at):
+        handle.seek(max(quote, 0))
+        if quote >= 0 and handle.read(1) == b'"':
+            start = _line_start(handle, quote)
+            return start if _read_line(handle, start).count(b'"') % 2 else None
     return None
 
 
-def _ends_line(handle: BinaryIO, start: int) -> bool:
-    handle.seek(start - 1)
-    return handle.read(1) in (b"\r", b"\n")
+def _line_start(handle: BinaryIO, at: int) -> int:
+    """The offset of the first byte of the physical line holding byte `at`."""
+    end = at
+    while end > 0:
+        begin = max(0, end - 64 * 1024)
+        handle.seek(begin)
+        window = handle.read(end - begin)
+        found = max(window.rfind(b"\n"), window.rfind(b"\r"))
+        if found >= 0:
+            return begin + found + 1
+        end = begin
+    return 0
 
 
 def _read_line(handle: BinaryIO, start: int) -> bytes:
@@ -832,8 +841,8 @@ def _read_line(handle: BinaryIO, start: int) -> bytes:
     return bytes(line)
 
 
-def _copy_range(source: BinaryIO, out: BinaryIO, start: int, end: int | None) -> int:
-    """Copy bytes [start, end) of `source` (to its end when `end` is None); return `end`."""
+def _copy_range(source: BinaryIO, out: BinaryIO, start: int, end: int | None) -> None:
+    """Copy bytes [start, end) of `source` to `out` (to its end when `end` is None)."""
     source.seek(start)
     left = None if end is None else end - start
     while left is None or left > 0:
@@ -843,7 +852,6 @@ def _copy_range(source: BinaryIO, out: BinaryIO, start: int, end: int | None) ->
         out.write(chunk)
         if left is not None:
             left -= len(chunk)
-    return start if end is None else end
 
 
 #: Above this many columns DuckDB reads with one thread and a memory limit sized to the

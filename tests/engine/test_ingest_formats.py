@@ -232,6 +232,21 @@ def test_quotes_left_open_to_the_end_of_the_file_reject_only_their_lines(
     assert (result.inserted, result.rejected) == (6, 2)
 
 
+def test_a_quote_left_open_early_in_a_long_file_costs_only_its_line(
+    database, tenant, now, tmp_path
+):
+    """Past DuckDB's line buffer (1 MiB here) the lines a runaway quote swallowed were lost
+    without a reject of their own: 39,989 contacts of this file went missing."""
+    rows = [f"p{i}@example.com,P{i}" for i in range(40_000)]
+    rows[10] = 'q@example.com,"Unclosed'  # line 12
+    path = tmp_path / "long.csv"
+    path.write_text("Email,Name\n" + "\n".join(rows) + "\n")
+    result = load(database, tenant, path, now)
+    assert (result.total_rows, result.inserted, result.rejected) == (40_000, 39_999, 1)
+    [reject] = rejects(database, tenant)
+    assert (reject.line_number, reject.raw_row) == (12, 'q@example.com,"Unclosed')
+
+
 def test_nul_bytes_are_removed(database, tenant, now, tmp_path):
     path = tmp_path / "nul.csv"
     path.write_bytes(b"Email,First Name\nada@exa\x00mple.com,A\x00da\n")
