@@ -527,14 +527,14 @@ def _duckdb_newline(newline: str) -> str:
 
 
 #: The line Excel reads (and writes, in some locales) to name a file's delimiter: `sep=;`.
-_SEPARATOR_HINT = re.compile(r'\ufeff?"?sep=(.)"?[,;\t|]*', re.IGNORECASE)
+_SEPARATOR_HINT = re.compile(r'\ufeff?"?sep=([^"\r\nA-Za-z0-9])"?[,;\t|]*', re.IGNORECASE)
 
 
 def _separator_hint(lines: list[tuple[int, str]]) -> str | None:
     """The delimiter a `sep=` line on the file's first line names, if it has one."""
     if not lines or lines[0][0] != 0:
         return None
-    match = _SEPARATOR_HINT.fullmatch(lines[0][1].strip())
+    match = _SEPARATOR_HINT.fullmatch(lines[0][1].strip(" "))  # not a tab: `sep=\t` names one
     return match.group(1) if match else None
 
 
@@ -654,7 +654,7 @@ class CsvScan:
         self.batch_rows = min(BATCH_ROWS, max(MIN_BATCH_ROWS, BATCH_CELLS // width))
         _fit_to_width(connection, width)
         self.rejects: list[Reject] = []
-        #: Lines cut out for a quote that never closes (see `count`), as written.
+        #: Lines cut out for a quote that never closes (see `count`), as reported.
         self.unclosed: list[str] = []
         self.rows = 0
         self._valid_before_reject = np.zeros(0, dtype=np.int64)
@@ -750,7 +750,7 @@ class CsvScan:
                 _copy_range(source, out, at, start)
                 line = _read_line(source, start)
                 out.write(_marker("unclosed", len(self.unclosed)))
-                self.unclosed.append(line.decode("utf-8", errors="replace"))
+                self.unclosed.append(_clip(line.decode("utf-8", errors="replace")))
                 at = start + len(line)
             _copy_range(source, out, at, None)
         self.path = target
@@ -759,7 +759,7 @@ class CsvScan:
     def _reject(self, line: int, kind: str, message: str, raw: str, cut: bool) -> Reject:
         if cut and (marker := _MARKER.search(raw)) and marker.group(1) == "unclosed":
             text = self.unclosed[int(marker.group(2))]
-            return Reject(line, _clip(text), _UNCLOSED)
+            return Reject(line, text, _UNCLOSED)
         if cut and (marker := _MARKER.search(raw)):
             overlong = self.overlong[int(marker.group(2))]
             if marker.group(0) == raw.strip("?"):  # the marker stands alone on its line

@@ -511,25 +511,31 @@ def test_a_line_ending_split_between_two_reads_is_one_line_ending(
     assert [r.line_number for r in rejects(database, tenant)] == [5, 8]
 
 
-def test_an_excel_sep_line_names_the_delimiter_and_is_no_row(database, tenant, now, tmp_path):
+@pytest.mark.parametrize("delimiter", [";", "\t"], ids=["semicolon", "tab"])
+def test_an_excel_sep_line_names_the_delimiter_and_is_no_row(
+    database, tenant, now, tmp_path, delimiter
+):
+    lines = [
+        f"sep={delimiter}",
+        "E-Mail;Vorname;Firma",
+        "ada@example.com;Ada;Lovelace, Byron & Co",
+        "zoe@example.com;Zoë;Müller",
+    ]
     path = tmp_path / "excel-de.csv"
-    path.write_bytes(
-        codecs.BOM_UTF8
-        + b"sep=;\r\nE-Mail;Vorname;Firma\r\nada@example.com;Ada;Lovelace, Byron & Co\r\n"
-        + "zoe@example.com;Zoë;Müller\r\n".encode()
-    )
+    text = "\r\n".join(lines[:1] + [line.replace(";", delimiter) for line in lines[1:]])
+    path.write_bytes(codecs.BOM_UTF8 + text.encode())
     result = load(database, tenant, path, now)
     assert (result.inserted, result.rejected) == (2, 0)
     assert result.file_format["columns"] == ["E-Mail", "Vorname", "Firma"]
-    assert result.file_format["delimiter"] == ";"
+    assert result.file_format["delimiter"] == delimiter
     got = {c.email: (c.first_name, c.company) for c in contacts(database, tenant)}
     assert got == {
         "ada@example.com": ("Ada", "Lovelace, Byron & Co"),
         "zoe@example.com": ("Zoë", "Müller"),
     }
     assert (
-        "the first line (sep=;) names the delimiter; it is not read as data"
-        in (result.file_format["notes"])
+        f"the first line (sep={delimiter}) names the delimiter; it is not read as data"
+        in result.file_format["notes"]
     )
 
 
