@@ -5,7 +5,8 @@ mtime, so a second tick, or a retried run, never loads a file twice (a run hashe
 skips content already loaded into that list). The sensor only looks: the
 `uploads` multi-asset ingests the file (or, materialized by hand, every waiting file) through
 `engine.ingest`, moves it on (to `processed/`, also when its content was loaded before, or
-to `failed/`) and reports on the three tables it writes.
+to `failed/`) and reports on the three tables it writes; a run with a file that could not be
+loaded ends in failure, naming the file and why.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
@@ -178,6 +179,17 @@ def uploads(context: dg.AssetExecutionContext, config: UploadConfig, postgres: P
             ),
         },
     )
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        # After the reports above (the other files' work is committed and shown): a run whose
+        # file could not be loaded reads FAILURE, not SUCCESS. No retry: the file has moved
+        # to failed/, and a retry would find nothing and succeed.
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(outcomes)} file(s) could not be loaded: "
+            + "; ".join(f"{o.file.where}: {o.error}" for o in failed),
+            metadata={"failed_files": [str(o.moved_to) for o in failed]},
+            allow_retries=False,
+        )
 
 
 def _none_found(postgres: PostgresResource, count_sql: str, metric: str) -> dg.AssetCheckResult:

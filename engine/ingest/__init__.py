@@ -182,10 +182,16 @@ def _as_ingest_error(exc: Exception, label: str) -> IngestError:
     """`exc` as the one-line error a user sees, naming the file (`label`)."""
     if isinstance(exc, IngestError):
         return exc
+    if isinstance(exc, duckdb.Error | pl.exceptions.PolarsError):
+        # A parser's message speaks of its state machine and options, not of the file: the
+        # user gets what to do, and the original stays chained as the cause for a developer.
+        return IngestError(
+            f"{label}: the file cannot be read as CSV (its quotes, delimiters or line ends do "
+            "not fit together); open it in a spreadsheet program, save it as CSV UTF-8 and "
+            "upload that"
+        )
     first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
     detail = shown(first_line, 200) or type(exc).__name__
-    if isinstance(exc, duckdb.Error):
-        return IngestError(f"{label}: the file cannot be read as CSV ({detail})")
     if isinstance(exc, OSError):
         return IngestError(f"{label}: the file cannot be read ({detail})")
     return IngestError(

@@ -6,17 +6,23 @@ hand edits. Reading happens in three steps, none of which loops over rows in Pyt
 1. **Encoding.** Byte-order marks decide UTF-8/16/32; without one, a file that decodes as
    UTF-8 is UTF-8, anything else is Windows-1252 (or Latin-1, for the five bytes
    Windows-1252 leaves undefined). A file that is mostly control characters is refused as
-   not text. Files that are not UTF-8, carry NUL bytes or have a line over
-   `MAX_LINE_BYTES` are rewritten chunk by chunk into a UTF-8 copy, so DuckDB always reads
-   clean UTF-8 with lines it can hold.
+   not text. Files that are not UTF-8, carry NUL bytes, mix line endings (CRLF, LF, CR
+   alone: a file edited in two programs) or have a line over `MAX_LINE_BYTES` are rewritten
+   chunk by chunk into a UTF-8 copy with LF line ends, so DuckDB always reads clean UTF-8
+   with one line ending and lines it can hold. Clean files, the common case, are read as
+   they are.
 2. **Dialect.** DuckDB's sniffer finds delimiter, header and leading rows to skip, with the
-   quote fixed to `"` (RFC 4180, which every exporter above writes). A sniffer that gives up
-   on a messy file is backed by a count of candidate delimiters over the first lines.
+   quote fixed to `"` (RFC 4180, which every exporter above writes). Excel's `sep=;` first
+   line names the delimiter and is skipped. A sniffer that gives up on a messy file, or
+   takes a title line holding a delimiter for the header, is backed by a count of candidate
+   delimiters over the first lines.
 3. **Rows.** DuckDB reads the file with that dialect and `store_rejects`, so malformed
    records (too many or too few fields, a quote that never closes, a line over the size
-   limit) are set aside with their line numbers instead of failing the file. A first pass
-   counts records and collects those rejects; the second streams Arrow batches, each
-   stamped with its line numbers.
+   limit) are set aside with their line numbers instead of failing the file; a line whose
+   quote never closes is cut out and the file read again, so it costs only itself. A first
+   pass counts records and collects those rejects; the second streams Arrow batches, each
+   stamped with its line numbers. DuckDB's own messages never reach the user: each reject
+   says in the file's terms what is wrong with its line.
 
 DuckDB never sees a path a user chose: it reads a path as a glob (`leads[12].csv` would load
 `leads1.csv` and `leads2.csv`) and guesses compression from the extension, so it reads
@@ -39,6 +45,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import numpy as np
@@ -163,6 +170,31 @@ class _LineMeter:
         return max(self.longest, self._open)
 
 
+class _NewlineCounter:
+    """How many lines of a byte stream end in CRLF, in CR alone and in LF alone.
+
+    A file edited in two programs mixes them (a CRLF export with lines added in an editor that
+    writes LF), and DuckDB reads one convention per file: such a file is rewritten with LF
+    throughout. `bytes.count` runs in C, so counting costs a fraction of the survey's read."""
+
+    def __init__(self) -> None:
+        self.crlf = self.cr = self.lf = 0
+        self._cr_at_end = False  # the last chunk ended in CR: a CRLF may straddle chunks
+
+    def feed(self, chunk: bytes) -> None:
+        straddles = self._cr_at_end and chunk.startswith(b"\n")
+        cr = chunk.count(b"\r")
+        self.crlf += (chunk.count(b"\r\n") if cr else 0) + straddles
+        self.cr += cr
+        self.lf += chunk.count(b"\n")
+        self._cr_at_end = chunk.endswith(b"\r")
+
+    def conventions(self) -> dict[str, int]:
+        """{line ending: lines ending so}, for the conventions the stream uses."""
+        found = {"\r\n": self.crlf, "\r": self.cr - self.crlf, "\n": self.lf - self.crlf}
+        return {ending: count for ending, count in found.items() if count}
+
+
 @dataclass(frozen=True)
 class Survey:
     """What one pass over a file's bytes tells: enough to decide how to read it."""
@@ -173,13 +205,19 @@ class Survey:
     utf8: bool  # the whole file decodes as UTF-8
     has_nul: bool
     longest_line: int  # in bytes, as stored
+    #: {line ending: how many lines end so}: one key for a file written by one program.
+    newlines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mixed_newlines(self) -> bool:
+        return len(self.newlines) > 1
 
 
 def survey(path: Path) -> Survey:
     """Hash, size, UTF-8 validity, NUL bytes and longest line of `path`, in one read."""
     digest, size, head = hashlib.sha256(), 0, b""
     decoder: codecs.IncrementalDecoder | None = codecs.getincrementaldecoder("utf-8")()
-    meter, has_nul = _LineMeter(), False
+    meter, newlines, has_nul = _LineMeter(), _NewlineCounter(), False
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
@@ -187,6 +225,7 @@ def survey(path: Path) -> Survey:
             head = head or chunk[: 64 * 1024]
             has_nul = has_nul or b"\x00" in chunk
             meter.feed(chunk)
+            newlines.feed(chunk)
             if decoder is not None:
                 try:
                     decoder.decode(chunk)
@@ -197,7 +236,15 @@ def survey(path: Path) -> Survey:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             decoder = None
-    return Survey(digest.hexdigest(), size, head, decoder is not None, has_nul, meter.result())
+    return Survey(
+        digest.hexdigest(),
+        size,
+        head,
+        decoder is not None,
+        has_nul,
+        meter.result(),
+        newlines.conventions(),
+    )
 
 
 @dataclass(frozen=True)
@@ -221,11 +268,11 @@ class Overlong:
 #: record holding them (`INVALID ENCODING`) under its own line number whatever the dialect
 #: and the number of columns, and the rest of the file keeps its numbering. (The file DuckDB
 #: reads is otherwise valid UTF-8, so no other record is rejected that way.)
-_OVERLONG = re.compile(r"penguin:overlong:(\d+)")
+_MARKER = re.compile(r"penguin:(overlong|unclosed):(\d+)")
 
 
-def _overlong_marker(index: int) -> bytes:
-    return b"\xff" + f"penguin:overlong:{index}".encode() + b"\xff"
+def _marker(kind: str, index: int) -> bytes:
+    return b"\xff" + f"penguin:{kind}:{index}".encode() + b"\xff"
 
 
 def _size(size: int) -> str:
@@ -265,7 +312,7 @@ class _LineCutter:
         head = self._head.decode("utf-8", errors="ignore")[:MAX_REJECT_TEXT]
         self.cut.append(Overlong(self._dropped, head))
         self._dropped = None
-        return _overlong_marker(len(self.cut) - 1)
+        return _marker("overlong", len(self.cut) - 1)
 
     def feed(self, chunk: bytes) -> bytes:
         ends = _line_ends(chunk)
@@ -282,16 +329,31 @@ class _LineCutter:
         return self._close()
 
 
+class _NewlineNormalizer:
+    """Text with every line ending (CRLF, CR, LF, mixed as they come) as LF, chunk by chunk:
+    a CR at a chunk's end waits for the next chunk, which may start with its LF."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, text: str, final: bool) -> str:
+        text, self._held = self._held + text, ""
+        if not final and text.endswith("\r"):
+            text, self._held = text[:-1], "\r"
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _rewrite(path: Path, encoding: str, target: Path) -> tuple[int, tuple[Overlong, ...]]:
-    """Write `path` as UTF-8 to `target`, without NUL characters (PostgreSQL text has none)
-    and without lines over `MAX_LINE_BYTES`; return the longest line written, in bytes, and
-    the lines cut out."""
+    """Write `path` as UTF-8 to `target`, with LF line endings, without NUL characters
+    (PostgreSQL text has none) and without lines over `MAX_LINE_BYTES`; return the longest
+    line written, in bytes, and the lines cut out. Streams: memory stays at a few chunks."""
     decoder = codecs.getincrementaldecoder(encoding)()
-    meter, cutter = _LineMeter(), _LineCutter()
+    meter, cutter, newlines = _LineMeter(), _LineCutter(), _NewlineNormalizer()
     with path.open("rb") as source, target.open("wb") as out:
         while True:
             chunk = source.read(CHUNK_BYTES)
             text = decoder.decode(chunk, final=not chunk).replace("\x00", "")
+            text = newlines.feed(text, final=not chunk)
             data = cutter.feed(text.encode("utf-8")) if chunk else cutter.finish()
             meter.feed(data)
             out.write(data)
@@ -309,6 +371,10 @@ class Readable:
     longest_line: int
     #: Lines cut out for their length; each stands as a marker that DuckDB rejects.
     overlong: tuple[Overlong, ...] = ()
+    #: The line ending DuckDB reads: the file's own, or LF in a rewritten copy.
+    newline: str = "\n"
+    #: {line ending: lines} of the upload, as the survey found them.
+    found_newlines: dict[str, int] = field(default_factory=dict)
 
 
 def _control_share(head: bytes, encoding: str) -> float:
@@ -342,17 +408,20 @@ def to_utf8(path: Path, surveyed: Survey, workdir: Path, name: str | None = None
             "characters); upload the contacts as a CSV text file"
         )
     target = workdir / "source.csv"
+    found = surveyed.newlines
     if encoding in ("utf-8-sig", None) and surveyed.utf8:
         encoding = encoding or "utf-8"
-        if not surveyed.has_nul and surveyed.longest_line <= MAX_LINE_BYTES:
+        clean = not surveyed.has_nul and not surveyed.mixed_newlines
+        if clean and surveyed.longest_line <= MAX_LINE_BYTES:  # the common case: read as is
             _link(path, target)
-            return Readable(target, encoding, False, surveyed.longest_line)
+            newline = next(iter(found), "\n")
+            return Readable(target, encoding, False, surveyed.longest_line, (), newline, found)
         longest, cut = _rewrite(path, encoding, target)
-        return Readable(target, encoding, surveyed.has_nul, longest, cut)
+        return Readable(target, encoding, surveyed.has_nul, longest, cut, "\n", found)
     if encoding is None:
         try:
             longest, cut = _rewrite(path, "cp1252", target)
-            return Readable(target, "windows-1252", True, longest, cut)
+            return Readable(target, "windows-1252", True, longest, cut, "\n", found)
         except UnicodeDecodeError:
             encoding = "latin-1"  # the bytes Windows-1252 leaves undefined: Latin-1 has them
     try:
@@ -362,7 +431,9 @@ def to_utf8(path: Path, surveyed: Survey, workdir: Path, name: str | None = None
             f"{name}: starts like {encoding} but byte {exc.start} of a chunk cannot be "
             f"decoded ({exc.reason}); save the file again as UTF-8"
         ) from None
-    return Readable(target, encoding.removesuffix("-sig"), True, longest, cut)
+    # The survey counted bytes, which in UTF-16 and UTF-32 are no line ends: not recorded.
+    found = found if encoding in ("cp1252", "latin-1") else {}
+    return Readable(target, encoding.removesuffix("-sig"), True, longest, cut, "\n", found)
 
 
 def _link(path: Path, target: Path) -> None:
@@ -391,12 +462,14 @@ def _count_outside_quotes(line: str, delimiter: str) -> int:
     return sum(part.count(delimiter) for part in line.split('"')[0::2])
 
 
-def _delimiter_by_counting(lines: list[tuple[int, str]]) -> tuple[str, int, int] | None:
-    """The delimiter whose per-line count is most consistent, the physical index of the
-    first line that has that count (lines above it are titles, not the header), and the
-    count."""
+def _delimiter_by_counting(
+    lines: list[tuple[int, str]], delimiters: tuple[str, ...] = DELIMITERS
+) -> tuple[str, int, int] | None:
+    """The delimiter (of `delimiters`) whose per-line count is most consistent, the physical
+    index of the first line that has that count (lines above it are titles, not the header),
+    and the count."""
     best: tuple[tuple[int, int], str, int] | None = None
-    for delimiter in DELIMITERS:
+    for delimiter in delimiters:
         counts = [_count_outside_quotes(line, delimiter) for _, line in lines]
         common = Counter(c for c in counts if c > 0).most_common(1)
         if not common:
@@ -410,26 +483,59 @@ def _delimiter_by_counting(lines: list[tuple[int, str]]) -> tuple[str, int, int]
     return best[1], best[2], best[0][1]
 
 
-def _sniff(connection: duckdb.DuckDBPyConnection, path: Path) -> dict | None:
+def _misreads(dialect: dict, lines: list[tuple[int, str]], counted: tuple[str, int, int]) -> bool:
+    """Whether the sniffer's dialect would reject most lines below its header where counting
+    finds another delimiter or header line: what happens when a title line holding a
+    delimiter ("Contacts, November") is taken for the header."""
+    if (dialect["delimiter"], dialect["skip"]) == counted[:2]:
+        return False
+    width, below = len(dialect["columns"]), [line for i, line in lines if i > dialect["skip"]]
+    fitting = sum(_count_outside_quotes(line, dialect["delimiter"]) == width - 1 for line in below)
+    return fitting * 2 < len(below)
+
+
+def _sniff(
+    connection: duckdb.DuckDBPyConnection, path: Path, newline: str, hint: str | None
+) -> dict | None:
+    """DuckDB's guess at the dialect, reading lines that end in `newline`; with a spreadsheet's
+    `sep=` line (`hint` its delimiter), the delimiter is the hint's and the line is skipped."""
+    given = ", delim := $delim, skip := 1" if hint else ""
+    parameters = {"path": str(path), "newline": _duckdb_newline(newline)}
     try:
         row = connection.execute(
-            "select Delimiter, NewLineDelimiter, HasHeader, SkipRows, Columns "
+            "select Delimiter, HasHeader, SkipRows, Columns "
             "from sniff_csv($path, quote := '\"', escape := '\"', ignore_errors := true, "
-            "compression := 'none')",
-            {"path": str(path)},
+            f"compression := 'none', new_line := $newline{given})",
+            parameters | ({"delim": hint} if hint else {}),
         ).fetchall()[0]  # fetchall: a fetchone result would keep the connection busy
     except duckdb.Error:
         return None
     if row is None:
         return None
-    delimiter, newline, has_header, skip, columns = row
+    delimiter, has_header, skip, columns = row
     return {
         "delimiter": delimiter,
-        "newline": newline.replace("\\n", "\n").replace("\\r", "\r"),
         "has_header": bool(has_header),
         "skip": int(skip),
         "columns": tuple(column["name"] for column in columns),
     }
+
+
+def _duckdb_newline(newline: str) -> str:
+    """A line ending as DuckDB's `new_line` option spells it."""
+    return newline.replace("\r", "\\r").replace("\n", "\\n")
+
+
+#: The line Excel reads (and writes, in some locales) to name a file's delimiter: `sep=;`.
+_SEPARATOR_HINT = re.compile(r'\ufeff?"?sep=([^"\r\nA-Za-z0-9])"?[,;\t|]*', re.IGNORECASE)
+
+
+def _separator_hint(lines: list[tuple[int, str]]) -> str | None:
+    """The delimiter a `sep=` line on the file's first line names, if it has one."""
+    if not lines or lines[0][0] != 0:
+        return None
+    match = _SEPARATOR_HINT.fullmatch(lines[0][1].strip(" "))  # not a tab: `sep=\t` names one
+    return match.group(1) if match else None
 
 
 def _first_record(text: str, delimiter: str, skip: int) -> list[str]:
@@ -442,8 +548,14 @@ def _first_record(text: str, delimiter: str, skip: int) -> list[str]:
         return []
 
 
-def _newline(text: str) -> str:
-    return "\r\n" if "\r\n" in text else "\r" if "\r" in text and "\n" not in text else "\n"
+_NEWLINE_NAMES = {"\r\n": "CRLF", "\r": "CR", "\n": "LF"}
+
+
+def _newline_notes(found: dict[str, int]) -> list[str]:
+    if len(found) < 2:
+        return []
+    counts = ", ".join(f"{_NEWLINE_NAMES[end]}: {count:,}" for end, count in found.items())
+    return [f"lines end in different ways ({counts}); each was read as a line end"]
 
 
 def sniff_format(
@@ -454,25 +566,24 @@ def sniff_format(
     lines = _physical_lines(text)
     if not lines:
         raise IngestError(f"{name}: the file has no text in it, only blank lines")
-    counted = _delimiter_by_counting(lines)
+    hint = _separator_hint(lines)
+    counted = _delimiter_by_counting(lines[1:] if hint else lines, (hint,) if hint else DELIMITERS)
     if counted is not None:
         _check_width(counted[2] + 1, name)  # before DuckDB reserves memory for every column
-    dialect = _sniff(connection, path)
-    notes: list[str] = []
-    if dialect is None or (len(dialect["columns"]) == 1 and counted is not None):
-        # The sniffer gave up on a messy file, or saw one column where the lines show a
-        # delimiter: trust the count of delimiters per line.
+    dialect = _sniff(connection, path, readable.newline, hint)
+    notes = _newline_notes(readable.found_newlines)
+    if hint:
+        notes.append(f"the first line (sep={hint}) names the delimiter; it is not read as data")
+    if dialect is None or (
+        counted is not None and (len(dialect["columns"]) == 1 or _misreads(dialect, lines, counted))
+    ):
+        # The sniffer gave up on a messy file, saw one column where the lines show a
+        # delimiter, or took a title line for the header: trust the count of delimiters.
         if counted is None:
             raise IngestError(f"{name}: cannot tell how the file's fields are separated")
         delimiter, skip, _ = counted
-        dialect = {
-            "delimiter": delimiter,
-            "newline": _newline(text),
-            "has_header": True,
-            "skip": skip,
-            "columns": (),
-        }
-    if dialect["skip"]:
+        dialect = {"delimiter": delimiter, "has_header": True, "skip": skip, "columns": ()}
+    if dialect["skip"] > (1 if hint else 0):
         notes.append(f"skipped {dialect['skip']} line(s) above the header")
     first = _first_record(text, dialect["delimiter"], dialect["skip"])
     has_header = not any(_EMAIL_LIKE.fullmatch(cell.strip()) for cell in first)
@@ -492,7 +603,7 @@ def sniff_format(
         has_header=has_header,
         skipped_lines=dialect["skip"],
         columns=tuple(columns),
-        newline=dialect["newline"],
+        newline=readable.newline,
         transcoded=readable.transcoded,
         notes=tuple(notes),
     )
@@ -543,6 +654,8 @@ class CsvScan:
         self.batch_rows = min(BATCH_ROWS, max(MIN_BATCH_ROWS, BATCH_CELLS // width))
         _fit_to_width(connection, width)
         self.rejects: list[Reject] = []
+        #: Lines cut out for a quote that never closes (see `count`), as reported.
+        self.unclosed: list[str] = []
         self.rows = 0
         self._valid_before_reject = np.zeros(0, dtype=np.int64)
         self._first_line = fmt.skipped_lines + (2 if fmt.has_header else 1)
@@ -565,12 +678,14 @@ class CsvScan:
         return {
             "path": str(self.path),
             "delim": self.format.delimiter,
-            "newline": self.format.newline.replace("\r", "\\r").replace("\n", "\\n"),
+            "newline": _duckdb_newline(self.format.newline),
             "header": self.format.has_header,
             "skip": self.format.skipped_lines,
         }
 
-    def count(self) -> int:
+    def _count_pass(self) -> list[tuple]:
+        """Count the records and return DuckDB's rejects, one row per line: (line, kind,
+        message, raw text, holds a marker, byte position of the error)."""
         table = f"rejects_{uuid.uuid4().hex}"
         # fetchall: the rejects table is written when the query finishes, not at its first row.
         [(self.rows,)] = self.connection.execute(
@@ -579,14 +694,29 @@ class CsvScan:
         found = self.connection.execute(
             f"""
             select line, arg_min(error_type, column_idx), arg_min(error_message, column_idx),
-                   arg_min(csv_line, column_idx), bool_or(error_type = 'INVALID ENCODING')
+                   arg_min(csv_line, column_idx), bool_or(error_type = 'INVALID ENCODING'),
+                   arg_min(byte_position, column_idx)
             from {table} group by line order by line
             """
         ).fetchall()
         self.connection.execute(f"drop table {table}; drop table {table}_scans")
+        return found
+
+    def count(self) -> int:
+        found = self._count_pass()
+        # A quote that never closes makes DuckDB swallow the lines after it, up to the next
+        # quote, into one reject, or (past its line buffer) drop them without a word. Such a
+        # line is cut out (a marker stands in for it, as for an over-long line) and the file
+        # read again, so it rejects only itself and the lines after it load; a line a cut
+        # uncovers may hold another, hence the passes.
+        for _ in range(MAX_QUOTE_PASSES):
+            quotes = [int(at) for _, kind, _, _, _, at in found if kind == "UNQUOTED VALUE" and at]
+            if not quotes or not self._cut_unclosed(quotes):
+                break
+            found = self._count_pass()
         self.rejects = [
             self._reject(int(line), kind, message, (raw or "").lstrip("\r\n"), cut)
-            for line, kind, message, raw, cut in found
+            for line, kind, message, raw, cut, _ in found
             if (raw or "").strip()  # a blank line is no record, not a reject
         ]
         lines = np.array([int(row[0]) for row in found], dtype=np.int64)
@@ -604,9 +734,34 @@ class CsvScan:
             schema={"line_number": pl.Int64, "raw_row": pl.String, "reason": pl.String},
         )
 
+    def _cut_unclosed(self, quotes: list[int]) -> bool:
+        """Copy the file with each line that opens a quote it never closes (found by the byte
+        positions DuckDB gives for its errors) replaced by a marker, and read that copy from
+        now on. False when there is no such line (nothing is changed then)."""
+        with self.path.open("rb") as source:
+            starts = {_unclosed_line(source, at) for at in quotes}
+        starts.discard(None)
+        if not starts:
+            return False
+        target = self.path.with_name(f"source-{len(self.unclosed)}.csv")
+        with self.path.open("rb") as source, target.open("wb") as out:
+            at = 0
+            for start in sorted(starts):
+                _copy_range(source, out, at, start)
+                line = _read_line(source, start)
+                out.write(_marker("unclosed", len(self.unclosed)))
+                self.unclosed.append(_clip(line.decode("utf-8", errors="replace")))
+                at = start + len(line)
+            _copy_range(source, out, at, None)
+        self.path = target
+        return True
+
     def _reject(self, line: int, kind: str, message: str, raw: str, cut: bool) -> Reject:
-        if cut and (marker := _OVERLONG.search(raw)):
-            overlong = self.overlong[int(marker.group(1))]
+        if cut and (marker := _MARKER.search(raw)) and marker.group(1) == "unclosed":
+            text = self.unclosed[int(marker.group(2))]
+            return Reject(line, text, _UNCLOSED)
+        if cut and (marker := _MARKER.search(raw)):
+            overlong = self.overlong[int(marker.group(2))]
             if marker.group(0) == raw.strip("?"):  # the marker stands alone on its line
                 return Reject(line, overlong.raw_row(), overlong.reason(line))
             # A quoted value spanning lines holds it: the line read is the record's first.
@@ -635,6 +790,68 @@ class CsvScan:
             done += frame.height
             yield frame
         self.connection.execute(f"drop table if exists {table}; drop table if exists {table}_scans")
+
+
+#: Passes over a file cutting out lines whose quote never closes (each pass reads the file
+#: once more; the lines a pass uncovers rarely hold another such quote).
+MAX_QUOTE_PASSES = 3
+_UNCLOSED = (
+    "a quoted value is not closed (unbalanced quote); only this line is rejected, "
+    "and the lines after it are read on their own"
+)
+
+
+def _unclosed_line(handle: BinaryIO, error_at: int) -> int | None:
+    """The offset of the line holding the quote DuckDB reports at `error_at` (its positions
+    count from 1 in the versions measured; from 0 is tried too), when that line opens a quote
+    it does not close; None otherwise (a value closed and followed by more text, `"Ann"e`,
+    is a reject of its own line already)."""
+    for quote in (error_at - 1, error_at):
+        handle.seek(max(quote, 0))
+        if quote >= 0 and handle.read(1) == b'"':
+            start = _line_start(handle, quote)
+            return start if _read_line(handle, start).count(b'"') % 2 else None
+    return None
+
+
+def _line_start(handle: BinaryIO, at: int) -> int:
+    """The offset of the first byte of the physical line holding byte `at`."""
+    end = at
+    while end > 0:
+        begin = max(0, end - 64 * 1024)
+        handle.seek(begin)
+        window = handle.read(end - begin)
+        found = max(window.rfind(b"\n"), window.rfind(b"\r"))
+        if found >= 0:
+            return begin + found + 1
+        end = begin
+    return 0
+
+
+def _read_line(handle: BinaryIO, start: int) -> bytes:
+    """The physical line at `start`, without its line end (bounded: lines over
+    `MAX_LINE_BYTES` were cut before DuckDB read the file)."""
+    handle.seek(start)
+    line = bytearray()
+    while chunk := handle.read(64 * 1024):
+        end = re.search(rb"[\r\n]", chunk)
+        if end:
+            return bytes(line + chunk[: end.start()])
+        line += chunk
+    return bytes(line)
+
+
+def _copy_range(source: BinaryIO, out: BinaryIO, start: int, end: int | None) -> None:
+    """Copy bytes [start, end) of `source` to `out` (to its end when `end` is None)."""
+    source.seek(start)
+    left = None if end is None else end - start
+    while left is None or left > 0:
+        chunk = source.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+        if not chunk:
+            break
+        out.write(chunk)
+        if left is not None:
+            left -= len(chunk)
 
 
 #: Above this many columns DuckDB reads with one thread and a memory limit sized to the
@@ -691,7 +908,19 @@ def _reason(kind: str, message: str, raw: str, delimiter: str) -> str:
         spans = raw.count("\n") + 1
         swallowed = f"; it runs over {spans} lines, which are rejected with it" if spans > 1 else ""
         return f"a quoted value is not closed properly (unbalanced quote){swallowed}"
-    return f"{kind.lower()}: {shown(message, 200)}"
+    # The parser's own message names its options and internals, not the user's file: the
+    # rest say what is wrong with the line in the file's terms.
+    return _PLAIN_REASONS.get(
+        kind, "the line cannot be read as CSV (check its quotes and delimiters)"
+    )
+
+
+_PLAIN_REASONS = {
+    "LINE SIZE OVER MAXIMUM": "the line is too long to be read",
+    "INVALID ENCODING": "the line holds bytes that are not text",
+    "INVALID UNICODE": "the line holds bytes that are not text",
+    "CAST ERROR": "a value in the line cannot be read as text",
+}
 
 
 def open_duckdb(workdir: Path) -> duckdb.DuckDBPyConnection:

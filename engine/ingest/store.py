@@ -144,7 +144,9 @@ def _last_value(column: str) -> str:
 
 # One row per address (as PostgreSQL compares them: the unique index is on lower(email)).
 # An address on several lines merges as if the lines were applied in order: each field and
-# each attribute takes its last non-empty value. Only repeated addresses pay for that.
+# each attribute takes its last non-empty value, while the address keeps the spelling of its
+# first line (as an existing contact keeps its own: `_UPDATE` never rewrites `email`), so a
+# later `ANNA@Example.com` changes nobody's address. Only repeated addresses pay for that.
 # Each address is matched with the tenant's contact, if there is one, and whether the file
 # changes it: existing contacts keep their status (a suppressed address stays suppressed)
 # and any field the file leaves empty.
@@ -163,7 +165,7 @@ _DEDUPLICATE = sa.text(
         where a.value <> 'null'::jsonb
         group by r.key
     ), merged as (
-        select key, (array_agg(email order by line_number desc))[1] as email,
+        select key, (array_agg(email order by line_number))[1] as email,
                bool_or(is_role_address) as is_role_address,
                {", ".join(_last_value(f) for f in _FIELDS)},
                (array_agg(raw_data order by line_number desc))[1] as raw_data

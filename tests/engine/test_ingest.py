@@ -118,6 +118,33 @@ def test_addresses_differing_only_in_case_are_one_contact_with_fields_merged(
     assert john.attributes == {"Plan": "a"}
 
 
+def test_an_address_keeps_its_first_spelling_whatever_case_later_lines_use(
+    database, tenant, now, tmp_path
+):
+    path = write_csv(
+        tmp_path / "a.csv",
+        [
+            ["anna.0@prospects.example", "Anna", "", "", ""],
+            ["ANNA.0@Prospects.example", "", "Ng", "", ""],
+        ],
+    )
+    result = ingest_file(database.app, tenant, path, "l", now)
+    assert (result.inserted, result.duplicates) == (1, 1)
+    [anna] = contacts(database, tenant)
+    # The first line's spelling is the one mailed; later lines still merge their fields.
+    assert (anna.email, anna.first_name, anna.last_name) == (
+        "anna.0@prospects.example",
+        "Anna",
+        "Ng",
+    )
+
+    # An existing contact keeps its spelling too, whatever the next file writes.
+    again = write_csv(tmp_path / "b.csv", [["Anna.0@PROSPECTS.example", "", "", "Acme", ""]])
+    assert ingest_file(database.app, tenant, again, "l", now).updated == 1
+    [anna] = contacts(database, tenant)
+    assert (anna.email, anna.company) == ("anna.0@prospects.example", "Acme")
+
+
 def test_invalid_addresses_are_rejected_with_their_line_and_reason(database, tenant, now, tmp_path):
     path = write_csv(
         tmp_path / "mixed.csv",
@@ -430,6 +457,6 @@ def test_an_internationalized_domain_is_stored_in_its_sendable_ascii_form(
     result = ingest_file(database.app, tenant, path, "l", now)
     assert (result.inserted, result.duplicates, result.rejected) == (2, 1, 0)
     assert [c.email for c in contacts(database, tenant)] == [
-        "A@xn--bcher-kva.example",  # the later line wins; the local part is kept as written
+        "a@xn--bcher-kva.example",  # the first line's spelling, its domain in ASCII
         "zoë@xn--exmple-cua.com",
     ]

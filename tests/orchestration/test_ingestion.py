@@ -42,7 +42,14 @@ def _run(database, instance, path):
         instance=instance,
         run_config=dg.RunConfig(ops={"uploads": ingestion.UploadConfig(path=path)}),
         selection=["upload_batches", "contacts", "contact_lists"],
+        raise_on_error=False,
     )
+
+
+def _failure(result) -> str:
+    """The message of the uploads step's failure."""
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.user_failure_data.description
 
 
 def test_a_dropped_file_is_requested_once_and_loaded_once(database, tmp_path):
@@ -93,7 +100,7 @@ def test_a_dropped_file_is_requested_once_and_loaded_once(database, tmp_path):
         assert batches == [("completed",)]
 
 
-def test_the_sensor_only_requests_and_a_file_with_broken_instructions_fails_in_its_run(
+def test_the_sensor_only_requests_and_a_file_with_broken_instructions_fails_its_run(
     database, tmp_path
 ):
     uploads = database.settings.uploads
@@ -120,9 +127,12 @@ def test_the_sensor_only_requests_and_a_file_with_broken_instructions_fails_in_i
         assert paths == ["default/l/a.csv", "default/l/b.csv"]
         assert good.exists() and bad.exists()  # the tick moved nothing
 
-        assert _run(database, instance, "default/l/b.csv").success
+        result = _run(database, instance, "default/l/b.csv")
+        assert not result.success  # the run of a file that failed reads FAILURE
         [failed] = (uploads / "failed" / "default" / "l").glob("*b.csv")
         reason = failed.with_name(failed.name + ".error.txt").read_text()
         assert ".b.csv.upload.json, the instructions beside the file, is not valid JSON" in reason
+        assert _failure(result).startswith("1 of 1 file(s) could not be loaded: default/l/b.csv: ")
+        assert "is not valid JSON" in _failure(result)
         assert good.exists()
         assert _run(database, instance, "default/l/a.csv").success and not good.exists()
