@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -739,6 +740,25 @@ def events_rejects(
     else:
         output.write_text(safe_csv(frame), encoding="utf-8")
         console.print(f"wrote {frame.height:,} rejected record(s) to {output}")
+
+
+def _unwrap_help(group: typer.Typer) -> None:
+    """Every command's help as paragraphs of one line each, for rich to wrap at word boundaries
+    at the terminal's width.
+
+    Docstrings are wrapped at the source's line length; typer's rich commands panel (0.29) keeps
+    those line breaks, and a command's own help keeps them after its first paragraph, so a line
+    broke mid-sentence wherever the source did. A blank line still separates paragraphs.
+    """
+    for command in group.registered_commands:
+        text = command.help or inspect.getdoc(command.callback) or ""
+        command.help = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _unwrap_help(sub.typer_instance)
+
+
+_unwrap_help(app)
 
 
 def main() -> None:

@@ -357,3 +357,25 @@ def test_generate_writes_a_dataset_and_refuses_a_seed_used_before(env):
     assert again.returncode == 2 and "tenants gen-11-* exist already" in again.stderr
     bad = run_penguin(["generate", "--days", "0"], env)
     assert bad.returncode == 2 and "--days must be at least 1" in bad.stderr
+
+
+def test_help_wraps_every_command_description_at_word_boundaries_only():
+    """Each command's description in its group's help is its docstring's first paragraph, line
+    breaks of the source removed: on a terminal wide enough it stands on one line."""
+    import click
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    root = get_command(app)
+    groups: list[tuple[list[str], click.Group]] = [([], root)]
+    for name, command in root.commands.items():
+        if isinstance(command, click.Group):
+            groups.append(([name], command))
+    for path, group in groups:
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).output
+        lines = [" ".join(line.strip("│ ").split()) for line in shown.splitlines()]
+        for name, command in group.commands.items():
+            first = " ".join((command.help or "").split("\n\n")[0].split())
+            assert any(line == f"{name} {first}" for line in lines), (path, name, shown)
