@@ -48,6 +48,7 @@ from engine.ingest.store import MAX_LIST_NAME, ensure_list
 from engine.sending.store import COUNTS_AGAINST_LIMITS
 from engine.sequence import conditions, rules
 from engine.templates import CONTACT_FIELDS, TemplateRenderError, check_syntax, variable_name
+from engine.tenants import current_tenant_name, penguin_command
 from engine.text import shown
 
 #: A campaign file larger than this is refused before it is parsed.
@@ -1072,10 +1073,11 @@ def check(conn: Connection, spec: CampaignSpec) -> CheckResult:
             problems.add(
                 where,
                 f"sender account {shown(address)} does not exist in this tenant; add it with "
-                f"`penguin sender add {shown(address)}`",
+                f"`{penguin_command(f'sender add {shown(address)}', current_tenant_name(conn))}`",
             )
         elif not row.is_active:
-            notes.append(f"sender account {shown(address)} is paused (penguin sender resume)")
+            resume = penguin_command(f"sender resume {shown(address)}", current_tenant_name(conn))
+            notes.append(f"sender account {shown(address)} is paused ({resume})")
     list_id = conn.execute(_LIST_ID, {"name": data["list"]}).scalar()
     list_name = shown(data["list"])
     if list_id is None:
@@ -1343,20 +1345,22 @@ def apply(conn: Connection, spec: CampaignSpec, now: datetime) -> ApplyResult:
         problems.add(
             "",
             f"campaign {name} is completed and takes no changes; copy it with "
-            f"`penguin campaign clone {name} NEW_NAME` and apply to the copy",
+            f"`{penguin_command(f'campaign clone {name} NEW_NAME', current_tenant_name(conn))}` "
+            "and apply to the copy",
         )
     elif status in ("active", "scheduled"):
+        pause = penguin_command(f"campaign pause {name}", current_tenant_name(conn))
         if steps_changed:
             problems.add(
                 "steps",
                 f"campaign {name} is {status}: its steps cannot change while it runs; "
-                f"pause it first: penguin campaign pause {name}",
+                f"pause it first: {pause}",
             )
         if old is not None and old.get("list") != data["list"]:
             problems.add(
                 "list",
                 f"campaign {name} is {status}: its list cannot change while it runs; "
-                f"pause it first: penguin campaign pause {name}",
+                f"pause it first: {pause}",
             )
     if problems.lines:
         raise CampaignFileError(problems.lines, spec.source)
@@ -1592,7 +1596,10 @@ def _stored(conn: Connection, name: str) -> sa.Row:
     row = conn.execute(_SPEC_BY_NAME, {"name": name}).one_or_none()
     if row is None:
         raise CampaignFileError(
-            [f"no campaign named {shown(name)!r} in this tenant; see `penguin campaign list`"]
+            [
+                f"no campaign named {shown(name)!r} in this tenant; "
+                f"see `{penguin_command('campaign list', current_tenant_name(conn))}`"
+            ]
         )
     if row.spec is None:
         raise CampaignFileError(
@@ -1691,7 +1698,8 @@ def _decide(
         comment = _text(comment, "--comment", problems, limit=MAX_COMMENT)
     row = conn.execute(_CAMPAIGN_BY_NAME, {"name": name}).one_or_none()
     if row is None:
-        problems.add("", "no such campaign in this tenant; see `penguin campaign list`")
+        listing = penguin_command("campaign list", current_tenant_name(conn))
+        problems.add("", f"no such campaign in this tenant; see `{listing}`")
     elif row.spec_sha256 is None:
         problems.add(
             "", "has no definition applied from a file, so there is nothing to approve; apply one"
@@ -1730,7 +1738,7 @@ def approval_state(conn: Connection, campaign_id: uuid.UUID) -> tuple[bool, str]
     if not row.approval_required:
         return True, "approval is not required"
     name = shown(row.name)
-    how = f"penguin campaign approve {name} --by WHO"
+    how = penguin_command(f"campaign approve {name} --by WHO", current_tenant_name(conn))
     if row.spec_sha256 is None:
         return (
             False,

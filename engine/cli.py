@@ -17,7 +17,7 @@ from engine.cli_campaigns import campaign_app, sender_app
 from engine.config import ConfigError, Settings
 from engine.db import Database, OwnerUnavailableError, connection_parts
 from engine.embedded import start_embedded_postgres, stop_kept_server
-from engine.tenants import DEFAULT_TENANT, all_tenants, create_tenant
+from engine.tenants import DEFAULT_TENANT, all_tenants, create_tenant, penguin_command
 
 app = typer.Typer(
     help="PenguinMails Pipeline: self-hosted, analytics-first email outreach.",
@@ -427,10 +427,10 @@ def upload(
             f"(batch {result.batch_id}); nothing changed. Use --force to load it again."
         )
         return
-    _print_result(result)
+    _print_result(result, tenant)
 
 
-def _print_result(result) -> None:
+def _print_result(result, tenant: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -458,7 +458,8 @@ def _print_result(result) -> None:
     console.print(table)
     if result.rejected:
         console.print(
-            f"see the rejects with: penguin uploads rejects {result.batch_id} -o rejects.csv"
+            "see the rejects with: "
+            + penguin_command(f"uploads rejects {result.batch_id} -o rejects.csv", tenant)
         )
 
 
@@ -535,7 +536,7 @@ def uploads_rejects(
             lambda: batches_by_prefix(conn, batch),
             batch,
             f"tenant {tenant} has no upload batch",
-            "penguin uploads list",
+            penguin_command("uploads list", tenant),
             lambda r: f"{escape(shown(r.file_name))} → {escape(shown(r.list_name or ''))}",
         )
         frame = rejects_frame(conn, row.id)
@@ -622,10 +623,10 @@ def events_import(
             "Use --force to import it again."
         )
         return
-    _print_import(result)
+    _print_import(result, tenant)
 
 
-def _print_import(result) -> None:
+def _print_import(result, tenant: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -650,7 +651,8 @@ def _print_import(result) -> None:
     console.print(table)
     if result.rejected:
         console.print(
-            f"see the rejects with: penguin events rejects {result.import_id} -o rejects.csv"
+            "see the rejects with: "
+            + penguin_command(f"events rejects {result.import_id} -o rejects.csv", tenant)
         )
 
 
@@ -726,7 +728,7 @@ def events_rejects(
             lambda: imports_by_prefix(conn, import_id),
             import_id,
             f"tenant {tenant} has no event import",
-            "penguin events list",
+            penguin_command("events list", tenant),
             lambda r: f"{escape(shown(r.file_name))} ({r.provider})",
             noun="import id",
         )

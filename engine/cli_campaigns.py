@@ -537,6 +537,7 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
     from engine.cli import _database, _tenant, console
     from engine.db import tenant_transaction
     from engine.senders import set_sender_active
+    from engine.tenants import penguin_command
     from engine.text import shown
 
     db = _database()
@@ -544,7 +545,8 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
         found = set_sender_active(conn, email, active, _now())
     if found is None:
         raise _fail(
-            f"tenant {tenant} has no sender account {shown(email)}; see `penguin sender list`"
+            f"tenant {tenant} has no sender account {shown(email)}; "
+            f"see `{penguin_command('sender list', tenant)}`"
         )
     email, redue = found
     if active:
@@ -554,7 +556,7 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
         console.print(
             Text(
                 f"paused sender {shown(email)}: nothing goes out from it until "
-                f"`penguin sender resume {shown(email)}`"
+                f"`{penguin_command(f'sender resume {shown(email)}', tenant)}`"
             )
         )
 

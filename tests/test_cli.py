@@ -359,6 +359,26 @@ def test_generate_writes_a_dataset_and_refuses_a_seed_used_before(env):
     assert bad.returncode == 2 and "--days must be at least 1" in bad.stderr
 
 
+def test_hints_after_a_tenants_upload_carry_its_tenant(env, tmp_path):
+    from tests.factories import write_csv
+
+    assert run(["tenant", "create", "scratch"], env).returncode == 0
+    path = write_csv(tmp_path / "leads.csv", [["ok@example.com"], ["=bad"]], header=["email"])
+    result = run(["upload", str(path), "--list", "leads", "--tenant", "scratch"], env)
+    assert result.returncode == 0, result.stderr
+    [hint] = [line for line in result.stdout.splitlines() if line.startswith("see the rejects")]
+    batch = result.stdout.split()[1].rstrip(":")
+    command = f"penguin uploads rejects {batch} -o rejects.csv --tenant scratch"
+    assert hint == f"see the rejects with: {command}"
+    done = run([*shlex.split(command)[1:]], env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "=bad" in (tmp_path / "rejects.csv").read_text()
+
+    unknown = run(["uploads", "rejects", "abcd", "--tenant", "scratch"], env)
+    assert unknown.returncode == 2
+    assert "see `penguin uploads list --tenant scratch`" in unknown.stderr
+
+
 def test_help_wraps_every_command_description_at_word_boundaries_only():
     """Each command's description in its group's help is its docstring's first paragraph, line
     breaks of the source removed: on a terminal wide enough it stands on one line."""

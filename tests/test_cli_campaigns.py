@@ -371,3 +371,18 @@ def test_a_campaign_launches_pauses_resumes_and_reports_from_the_cli(env, tmp_pa
     assert ok(["campaign", "resume", "launchy"], env).strip() == "campaign launchy is active"
     assert "no campaign named 'nope'" in refused(["campaign", "status", "nope"], env)
     assert "--days" in refused(["campaign", "forecast", "launchy", "--days", "0"], env)
+
+
+def test_hints_naming_a_command_carry_the_tenant_it_was_run_for(env):
+    ok(["tenant", "create", "scratch"], env)
+    ok(["sender", "add", "bob@acme.example", "--tenant", "scratch"], env)
+    out = ok(["sender", "pause", "bob@acme.example", "--tenant", "scratch"], env)
+    assert "`penguin sender resume bob@acme.example --tenant scratch`" in out
+    assert "see `penguin sender list --tenant scratch`" in refused(
+        ["sender", "pause", "nobody@acme.example", "--tenant", "scratch"], env
+    )
+    assert "`penguin sender add alice@acme.example --tenant scratch`" in refused(
+        ["campaign", "apply", str(EXAMPLE), "--tenant", "scratch"], env
+    )
+    # The default tenant's hints stay as short as its commands.
+    assert "see `penguin sender list`" in refused(["sender", "pause", "nobody@x.example"], env)
