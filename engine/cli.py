@@ -328,8 +328,11 @@ def send(
 ) -> None:
     """Run one engine pass, as send_due_job does: enroll new list members, move wait,
     condition and action steps on, and send the due emails under their throttles."""
+    from rich.text import Text
+
     from engine.senders import SmtpServer
     from engine.sending.scheduler import Config, send_due
+    from engine.sequence import rules
     from engine.tracking.links import tracking_for
 
     at = _parse_now(now)
@@ -340,8 +343,12 @@ def send(
     config = Config(tracking=tracking_for(settings))
     report = send_due(db.app, sink, at, config=config, tenants=only, dry_run=dry_run)
     _print_pass(report, at, dry_run)
+    # Text, not markup: reasons hold brackets ("[Errno 111]") that rich would take for tags.
+    delay = int(rules.SERVER_DOWN_DELAY.total_seconds() // 60)
+    for reason, count in report.servers_down.items():
+        err.print(Text(f"{count:,} deferred {delay} minutes: {reason}", style="yellow"))
     for line in report.errors:
-        err.print(f"[yellow]{line}[/]")
+        err.print(Text(line, style="yellow"))
 
 
 def _print_pass(report, at: datetime, dry_run: bool) -> None:

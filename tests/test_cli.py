@@ -379,6 +379,33 @@ def test_hints_after_a_tenants_upload_carry_its_tenant(env, tmp_path):
     assert "see `penguin uploads list --tenant scratch`" in unknown.stderr
 
 
+def test_a_send_with_the_sink_not_running_names_its_host_port_and_what_to_check(
+    database, env, now, tmp_path
+):
+    import sqlalchemy as sa
+
+    from engine.db import tenant_transaction
+    from tests.conftest import free_port
+    from tests.factories import seed_tenant
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    port = free_port()  # nothing listens there: PENGUIN_SMTP_SINK_PORT not what `up` used
+    result = run(
+        ["send", "--tenant", "acme", "--now", now.isoformat()],
+        {**env, "PENGUIN_SMTP_SINK_PORT": str(port)},
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "deferred" in line]
+    assert line.startswith(f"3 deferred 15 minutes: 127.0.0.1:{port} is down: ")
+    assert line.endswith(
+        "that is the local SMTP sink: check that `penguin up` is running and that "
+        f"PENGUIN_SMTP_SINK_PORT ({port} here) is the port it listens on"
+    )
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        recorded = conn.execute(sa.text("select last_error from app.sent_emails")).scalars()
+        assert set(recorded) == {line.split(": ", 1)[1]}
+
+
 def test_help_wraps_every_command_description_at_word_boundaries_only():
     """Each command's description in its group's help is its docstring's first paragraph, line
     breaks of the source removed: on a terminal wide enough it stands on one line."""

@@ -21,6 +21,7 @@ conversations under way in doubt (`unknown`, never resent).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import os
@@ -101,6 +102,9 @@ class SendReport:
     #: Dry runs: messages the pass would have sent.
     would_send: int = 0
     deferred: Counter[str] = field(default_factory=Counter)
+    #: Messages deferred because their server could not be reached, by the reason (which names
+    #: the host and port, and what to check).
+    servers_down: Counter[str] = field(default_factory=Counter)
     exited: Counter[str] = field(default_factory=Counter)
     campaigns_activated: int = 0
     campaigns_completed: int = 0
@@ -112,6 +116,7 @@ class SendReport:
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, name, getattr(self, name) + value)
         self.deferred.update(other.deferred)
+        self.servers_down.update(other.servers_down)
         self.exited.update(other.exited)
         self.errors.extend(other.errors)
 
@@ -124,6 +129,7 @@ class SendReport:
         counts["exited"] = sum(self.exited.values())
         counts["deferred_by_reason"] = dict(sorted(self.deferred.items()))
         counts["exited_by_reason"] = dict(sorted(self.exited.items()))
+        counts["servers_down"] = dict(sorted(self.servers_down.items()))
         return counts
 
 
@@ -848,9 +854,30 @@ def _job(
         return marked
 
     async def after(delivery: Delivery) -> None:
+        if delivery.outcome is Outcome.SERVER_DOWN:
+            response = f"{delivery.response}; {_what_to_check(run, server, item)}"
+            delivery = dataclasses.replace(delivery, response=response)
         ledger.post(_Settle(item, delivery, marked))
 
     return SendJob(server, _email(item, now), before, after)
+
+
+def _what_to_check(run: _Run, server: SmtpServer, item: _Work) -> str:
+    """What a person should look at when `server` cannot be reached (said with the host and
+    port in the message's recorded response and in the pass's report).
+
+    The local sink belongs to `penguin up`; a command run in another shell reaches it only with
+    the same PENGUIN_SMTP_SINK_PORT. Any other server is the sender account's own.
+    """
+    if server == run.sink:
+        return (
+            f"that is the local SMTP sink: check that `penguin up` is running and that "
+            f"PENGUIN_SMTP_SINK_PORT ({server.port} here) is the port it listens on"
+        )
+    return (
+        f"check sender {item.sender.email}'s SMTP host and port (`penguin sender list`) and "
+        "that the server accepts connections"
+    )
 
 
 def _settle_unsent(
@@ -950,6 +977,7 @@ def _record(
         store.reschedule(conn, row.enrollment_id, values["next_attempt_at"], now, worker, reason)
         if down:
             report.deferred[rules.SERVER_DOWN] += 1
+            report.servers_down[delivery.response] += 1
     else:
         if settlement.enrollment == "bounce":
             conn.execute(

@@ -253,6 +253,26 @@ def _use_own_smtp_server(database, tenant, smtp_server, password_env=None):
         )
 
 
+def test_a_senders_own_server_that_is_down_is_named_with_what_to_check(
+    database, smtp_server, now, tmp_path
+):
+    from engine.senders import SmtpServer
+    from tests.conftest import free_port
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    down = SmtpServer("127.0.0.1", free_port())
+    _use_own_smtp_server(database, tenant, down)
+    report = send_due(database.app, smtp_server.server(), now)
+    [(reason, count)] = report.servers_down.items()
+    assert count == 3 and reason.startswith(f"127.0.0.1:{down.port} is down: ")
+    assert reason.endswith(
+        "check sender sales@acme.example's SMTP host and port (`penguin sender list`) and that "
+        "the server accepts connections"
+    )
+    assert {m.last_error for m in _messages(database, tenant)} == {reason}
+    assert report.as_dict()["servers_down"] == {reason: 3}
+
+
 def test_sender_with_its_own_smtp_server_does_not_use_the_sink(
     database, smtp_server, now, tmp_path
 ):
