@@ -45,7 +45,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy.engine import Connection
 
 from engine.ingest.store import MAX_LIST_NAME, ensure_list
-from engine.sending.store import COUNTS_AGAINST_LIMITS
+from engine.sending.store import campaign_sends_today
 from engine.sequence import conditions, rules
 from engine.templates import CONTACT_FIELDS, TemplateRenderError, check_syntax, variable_name
 from engine.tenants import current_tenant_name, penguin_command
@@ -1765,29 +1765,16 @@ def approval_state(conn: Connection, campaign_id: uuid.UUID) -> tuple[bool, str]
 
 # -- the list of campaigns ------------------------------------------------------------------------
 
-# Sends today: the campaign's messages queued in its local (campaign time zone) day, except
-# those that failed before any SMTP conversation -- the rule of the campaign daily limit.
+# Sends today: `campaign_sends_today`, the rule of the campaign daily limit.
 _CAMPAIGNS = sa.text(
-    f"""
-    select c.id, c.name, c.status, l.name as list_name, st.daily_limit,
+    """
+    select c.id, c.name, c.status, c.timezone, l.name as list_name, st.daily_limit,
            (select count(*) from app.campaign_steps s
             where s.campaign_id = c.id and s.removed_at is null) as steps,
-           (select count(*) from app.campaign_contacts cc where cc.campaign_id = c.id) as enrolled,
-           (select count(*) from app.sent_emails m
-            where m.tenant_id = c.tenant_id and m.campaign_id = c.id
-              and m.queued_at >= d.day_start and m.queued_at < d.day_end
-              and {COUNTS_AGAINST_LIMITS}) as sent_today
+           (select count(*) from app.campaign_contacts cc where cc.campaign_id = c.id) as enrolled
     from app.campaigns c
     left join app.contact_lists l on l.id = c.list_id
     left join app.campaign_settings st on st.campaign_id = c.id
-    cross join lateral (
-        select date_trunc('day', cast(:now as timestamptz) at time zone c.timezone) as local_day
-    ) t
-    -- local midnight to local midnight: 23 or 25 hours on a day the clocks change
-    cross join lateral (
-        select t.local_day at time zone c.timezone as day_start,
-               (t.local_day + interval '1 day') at time zone c.timezone as day_end
-    ) d
     order by c.name
     """
 )
@@ -1807,6 +1794,8 @@ class CampaignRow:
 
 def list_campaigns(conn: Connection, now: datetime) -> list[CampaignRow]:
     """The tenant's campaigns with their step count, enrollments and sends today."""
+    rows = conn.execute(_CAMPAIGNS).all()
+    sent = campaign_sends_today(conn, {row.id: row.timezone for row in rows}, now)
     return [
         CampaignRow(
             row.id,
@@ -1815,8 +1804,8 @@ def list_campaigns(conn: Connection, now: datetime) -> list[CampaignRow]:
             row.list_name,
             row.steps,
             row.enrolled,
-            row.sent_today,
+            sent[row.id],
             row.daily_limit,
         )
-        for row in conn.execute(_CAMPAIGNS, {"now": now})
+        for row in rows
     ]

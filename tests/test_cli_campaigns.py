@@ -386,3 +386,24 @@ def test_hints_naming_a_command_carry_the_tenant_it_was_run_for(env):
     )
     # The default tenant's hints stay as short as its commands.
     assert "see `penguin sender list`" in refused(["sender", "pause", "nobody@x.example"], env)
+
+
+def test_campaign_status_and_list_count_the_same_days_sends(env, database, smtp_server, tmp_path):
+    """"Sent today" is the campaign's messages of its local day: a pass run as if it were
+    tomorrow (`penguin send --now`) queues tomorrow's, which neither command counts today."""
+    from datetime import timedelta
+
+    from engine.sending.scheduler import send_due
+    from tests.factories import people, seed_tenant
+
+    tenant = seed_tenant(database, "acme", NOW, tmp_path, rows=people("acme", 5))
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(sa.text("update app.campaign_settings set daily_limit = 3"))
+    assert send_due(database.app, smtp_server.server(), NOW).sent == 3
+    assert send_due(database.app, smtp_server.server(), NOW + timedelta(days=1)).sent == 2
+
+    for day, sent in ((NOW, 3), (NOW + timedelta(days=1), 2)):
+        at = ["--now", day.isoformat(), "--tenant", "acme"]
+        status = ok(["campaign", "status", "acme outreach", *at], env)
+        assert f"sent today {sent} / 3 (UTC day)" in status
+        assert rows_of(ok(["campaign", "list", *at], env))["acme outreach"][5] == f"{sent} / 3"

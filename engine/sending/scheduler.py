@@ -301,7 +301,12 @@ def _claim(
         else {}
     )
 
-    campaign_states = {cid: _campaign_state(c, now) for cid, c in campaigns.items()}
+    sent_today = store.campaign_sends_today(
+        conn, {cid: c.timezone for cid, c in campaigns.items()}, now
+    )
+    campaign_states = {
+        cid: _campaign_state(c, sent_today[cid], now) for cid, c in campaigns.items()
+    }
     sender_states = {sid: _sender_state(s, now) for sid, s in senders.items()}
 
     defers: list[tuple[uuid.UUID, datetime, str]] = []
@@ -419,7 +424,7 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
     return [[r[i] for r in rows] for i in range(width)]
 
 
-def _campaign_state(c: sa.Row, now: datetime) -> rules.CampaignState:
+def _campaign_state(c: sa.Row, sent_today: int, now: datetime) -> rules.CampaignState:
     tz = rules.campaign_timezone(c.timezone)
     schedule = rules.Schedule(
         tz=tz,
@@ -430,7 +435,7 @@ def _campaign_state(c: sa.Row, now: datetime) -> rules.CampaignState:
         daily_limit=c.daily_limit,
     )
     return rules.CampaignState(
-        c.id, schedule, tuple(c.senders), rules.local_day(now, tz), c.sent_today
+        c.id, schedule, tuple(c.senders), rules.local_day(now, tz), sent_today
     )
 
 

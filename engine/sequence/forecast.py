@@ -51,7 +51,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import Connection
 
-from engine.sending.store import COUNTS_AGAINST_LIMITS
+from engine.sending.store import COUNTS_AGAINST_LIMITS, campaign_sends_today
 from engine.sequence import conditions, rules
 from engine.sequence.rules import CampaignState, Defer, Exit, Item, Schedule, Send, SenderState
 from engine.text import shown
@@ -771,13 +771,6 @@ _CAMPAIGN = sa.text(
 )
 _CAMPAIGN_NAMED = sa.text("select id from app.campaigns where name = :name")
 # Every message counts except one that failed before any SMTP conversation (as the engine).
-_CAMPAIGN_SENT = sa.text(
-    f"""
-    select count(*) from app.sent_emails m
-    where m.campaign_id = :id and m.queued_at >= :day_start and m.queued_at < :day_end
-      and {COUNTS_AGAINST_LIMITS}
-    """
-)
 _STEPS = sa.text(
     """
     select s.id, s.key, s.step_type, s.removed_at, s.next_step_id, s.true_next_step_id,
@@ -965,10 +958,7 @@ def load(
         )
     except ValueError as exc:
         raise ForecastError(f"campaign {shown(row.name)}: {exc}") from exc
-    day_start, day_end = rules.day_bounds(rules.local_day(now, tz), tz)
-    sent_today = conn.execute(
-        _CAMPAIGN_SENT, {"id": campaign_id, "day_start": day_start, "day_end": day_end}
-    ).scalar_one()
+    sent_today = campaign_sends_today(conn, {campaign_id: row.timezone}, now)[campaign_id]
 
     step_rows = conn.execute(_STEPS, {"id": campaign_id}).all()
     live = [s for s in step_rows if s.removed_at is None]
