@@ -39,12 +39,13 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import sqlalchemy as sa
 import yaml
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy.engine import Connection
 
 from engine.ingest.store import MAX_LIST_NAME, ensure_list
+from engine.senders import our_address
 from engine.sending.store import campaign_sends_today
 from engine.sequence import conditions, rules
 from engine.templates import CONTACT_FIELDS, TemplateRenderError, check_syntax, variable_name
@@ -400,14 +401,13 @@ def _text(
 def _address(
     value: object, where: str, problems: _Problems, *, optional: bool = False
 ) -> str | None:
-    """An email address, normalized as `create_sender` stores it (the domain lower-cased)."""
+    """An address of ours, by the rule and in the form of sender accounts (`our_address`)."""
     text = _text(value, where, problems, optional=optional, one_line=True, limit=320)
     if text is None:
         return None
     try:
-        # `test_environment` admits the reserved .test domain the issue's example uses;
-        # whether the address is a sender account is the database's question (`check`).
-        return validate_email(text, check_deliverability=False, test_environment=True).normalized
+        # Whether the address is a sender account is the database's question (`check`).
+        return our_address(text)
     except EmailNotValidError as exc:
         problems.add(where, f"{shown(text, 80)!r} is not a valid address: {exc}")
         return None

@@ -407,3 +407,21 @@ def test_campaign_status_and_list_count_the_same_days_sends(env, database, smtp_
         status = ok(["campaign", "status", "acme outreach", *at], env)
         assert f"sent today {sent} / 3 (UTC day)" in status
         assert rows_of(ok(["campaign", "list", *at], env))["acme outreach"][5] == f"{sent} / 3"
+
+
+def test_sender_accounts_and_campaign_files_take_addresses_by_one_rule(env, tmp_path):
+    """`.test` (reserved for testing) is accepted by both, as the demo and tests use it; the
+    other special-use domains by neither, with email-validator's reason."""
+    out = ok(["sender", "add", "sales@Acme.TEST"], env)
+    assert out.startswith("added sender sales@acme.test via the local sink")
+    campaign = tmp_path / "c.yaml"
+    campaign.write_text(
+        "name: c\nlist: l\nsenders: [sales@acme.test]\nreply_to: help@acme.test\n"
+        "steps:\n  - id: a\n    email: {subject: s, text: t}\n"
+    )
+    assert "created campaign c (draft)" in ok(["campaign", "apply", str(campaign)], env)
+
+    reason = "is a special-use or reserved name that cannot be used with email"
+    assert reason in refused(["sender", "add", "sales@acme.local"], env)
+    campaign.write_text(campaign.read_text().replace("help@acme.test", "help@acme.local"))
+    assert reason in refused(["campaign", "apply", str(campaign)], env)
