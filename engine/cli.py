@@ -289,6 +289,12 @@ def demo() -> None:
     db = _database(migrated=False)
     migrate.upgrade(db)
     info = demo_data.load_demo(db, datetime.now(UTC))
+    if info.csv_path is None:
+        console.print(
+            f"demo tenant {demo_data.DEMO_TENANT!r} was loaded before; its data is left as it "
+            "is (the sample CSV is not loaded again)"
+        )
+        return
     console.print(
         f"demo tenant {demo_data.DEMO_TENANT!r} ready; {info.csv_path} waits in the "
         "uploads inbox, where `penguin up`'s upload_inbox_sensor picks it up"

@@ -560,6 +560,12 @@ class Stack:
 
         with self.console.status("Loading the demo tenant…"):
             info = demo.load_demo(db, datetime.now(UTC))
+        if info.csv_path is None:
+            self.console.print(
+                f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}' loaded by an earlier "
+                "start: left as it is (its CSV is not loaded or sent again)"
+            )
+            return
         self.console.print(
             f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}', campaign "
             f"'{demo.DEMO_CAMPAIGN}'; {info.csv_path.name} dropped into the uploads inbox"
