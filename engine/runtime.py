@@ -575,8 +575,8 @@ class Stack:
             f"[bold cyan]http://127.0.0.1:{self.settings.dagster_port}/runs[/]"
         )
         self.console.print(
-            "  Audience     simulated recipients open, click, reply and bounce as the mail "
-            f"arrives (log: {self.settings.logs / 'demo-audience.log'})"
+            "  Audience     simulated recipients open, click, reply, unsubscribe, bounce and "
+            f"complain as the mail arrives (log: {self.settings.logs / 'demo-audience.log'})"
         )
 
     def _wait_healthy(self, children: list[Child], timeout: float) -> None:
