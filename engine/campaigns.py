@@ -24,6 +24,7 @@ from engine.templates import (
     check_syntax,
     contact_context,
 )
+from engine.tenants import current_tenant_name, penguin_command
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ _LINK_STEPS = sa.text(
 )
 _CAMPAIGN = sa.text(
     """
-    select c.id, c.status, c.list_id, c.approval_required,
+    select c.id, c.name, c.status, c.list_id, c.approval_required,
            exists (select from app.campaign_senders cs where cs.campaign_id = c.id) as has_sender
     from app.campaigns c where c.id = :id
     """
@@ -352,7 +353,8 @@ def launch_campaign(
     if campaign is None:
         raise CampaignError(f"no campaign with id {campaign_id}")
     if campaign.status != "draft":
-        hint = " (penguin campaign resume)" if campaign.status == "paused" else ""
+        resume = penguin_command(f"campaign resume {campaign.name}", current_tenant_name(conn))
+        hint = f" ({resume})" if campaign.status == "paused" else ""
         raise CampaignError(
             f"the campaign is {campaign.status}; only a draft can be launched{hint}"
         )

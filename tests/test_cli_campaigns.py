@@ -384,12 +384,15 @@ def test_hints_naming_a_command_carry_the_tenant_it_was_run_for(env):
     assert "`penguin sender add alice@acme.example --tenant scratch`" in refused(
         ["campaign", "apply", str(EXAMPLE), "--tenant", "scratch"], env
     )
+    assert "see `penguin campaign list --tenant scratch`" in refused(
+        ["campaign", "forecast", "ghost", "--tenant", "scratch"], env
+    )
     # The default tenant's hints stay as short as its commands.
     assert "see `penguin sender list`" in refused(["sender", "pause", "nobody@x.example"], env)
 
 
 def test_campaign_status_and_list_count_the_same_days_sends(env, database, smtp_server, tmp_path):
-    """"Sent today" is the campaign's messages of its local day: a pass run as if it were
+    """A campaign's "sent today" is its messages of its local day: a pass run as if it were
     tomorrow (`penguin send --now`) queues tomorrow's, which neither command counts today."""
     from datetime import timedelta
 

@@ -58,7 +58,7 @@ from engine.templates import (
     TemplateRenderError,
     contact_context,
 )
-from engine.tenants import all_tenants
+from engine.tenants import all_tenants, penguin_command
 from engine.tracking.links import Tracking, decorate, template_links
 
 
@@ -594,7 +594,7 @@ def _deliver(
         if server is None:
             _settle_unsent(run, ledger.tenant_id, item, now, reason)
             continue
-        jobs.append(_job(run, ledger.group, item, server, now, skipped))
+        jobs.append(_job(run, ledger.group, item, server, tenant, now, skipped))
     if jobs:
         errors: list[BaseException] = []
         try:
@@ -845,6 +845,7 @@ def _job(
     ledger: Group[_Entry, _Marked | None],
     item: _Work,
     server: SmtpServer,
+    tenant: str,
     now: datetime,
     skipped: list[_Work],
 ) -> SendJob:
@@ -860,14 +861,14 @@ def _job(
 
     async def after(delivery: Delivery) -> None:
         if delivery.outcome is Outcome.SERVER_DOWN:
-            response = f"{delivery.response}; {_what_to_check(run, server, item)}"
+            response = f"{delivery.response}; {_what_to_check(run, server, item, tenant)}"
             delivery = dataclasses.replace(delivery, response=response)
         ledger.post(_Settle(item, delivery, marked))
 
     return SendJob(server, _email(item, now), before, after)
 
 
-def _what_to_check(run: _Run, server: SmtpServer, item: _Work) -> str:
+def _what_to_check(run: _Run, server: SmtpServer, item: _Work, tenant: str) -> str:
     """What a person should look at when `server` cannot be reached (said with the host and
     port in the message's recorded response and in the pass's report).
 
@@ -880,7 +881,8 @@ def _what_to_check(run: _Run, server: SmtpServer, item: _Work) -> str:
             f"PENGUIN_SMTP_SINK_PORT ({server.port} here) is the port it listens on"
         )
     return (
-        f"check sender {item.sender.email}'s SMTP host and port (`penguin sender list`) and "
+        f"check sender {item.sender.email}'s SMTP host and port "
+        f"(`{penguin_command('sender list', tenant)}`) and "
         "that the server accepts connections"
     )
 

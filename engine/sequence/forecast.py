@@ -54,6 +54,7 @@ from sqlalchemy.engine import Connection
 from engine.sending.store import COUNTS_AGAINST_LIMITS, campaign_sends_today
 from engine.sequence import conditions, rules
 from engine.sequence.rules import CampaignState, Defer, Exit, Item, Schedule, Send, SenderState
+from engine.tenants import current_tenant_name, penguin_command
 from engine.text import shown
 
 PASS_EVERY = timedelta(minutes=5)
@@ -906,7 +907,8 @@ def forecast_named(
     """`forecast` of the tenant's campaign called `name` (ForecastError if there is none)."""
     campaign_id = conn.execute(_CAMPAIGN_NAMED, {"name": name}).scalar()
     if campaign_id is None:
-        raise ForecastError(f"no campaign named {shown(name)!r} (see `penguin campaign list`)")
+        listing = penguin_command("campaign list", current_tenant_name(conn))
+        raise ForecastError(f"no campaign named {shown(name)!r} (see `{listing}`)")
     return forecast(conn, campaign_id, now, days, pass_every, batch_size)
 
 

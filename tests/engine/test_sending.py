@@ -295,8 +295,8 @@ def test_a_senders_own_server_that_is_down_is_named_with_what_to_check(
     [(reason, count)] = report.servers_down.items()
     assert count == 3 and reason.startswith(f"127.0.0.1:{down.port} is down: ")
     assert reason.endswith(
-        "check sender sales@acme.example's SMTP host and port (`penguin sender list`) and that "
-        "the server accepts connections"
+        "check sender sales@acme.example's SMTP host and port "
+        "(`penguin sender list --tenant acme`) and that the server accepts connections"
     )
     assert {m.last_error for m in _messages(database, tenant)} == {reason}
     assert report.as_dict()["servers_down"] == {reason: 3}
