@@ -1,5 +1,5 @@
 """A live demo audience for `penguin up --demo`: simulated recipients who open, click, reply,
-answer out of office, bounce and unsubscribe, through the real paths.
+answer out of office, bounce, unsubscribe and complain, through the real paths.
 
 It reads what the engine sent from the local sink's Maildir (messages whose envelope recipient
 is at `DOMAIN`, where the demo's contacts live) and decides once per message, from its
@@ -11,12 +11,15 @@ Message-ID, what its recipient does; then, when each action is due:
 * **clicks** follow one of the message's tracked links (the redirect is not followed: the demo
   sites do not exist);
 * **unsubscribes** post the RFC 8058 one-click form to the message's List-Unsubscribe link;
-* **replies**, **auto-replies** (out of office) and **bounces** (an RFC 3464 DSN, 5.1.1) are real
-  emails over SMTP into the sink, addressed to the sender account, where the mailbox sensor
-  applies them.
+* **replies**, **auto-replies** (out of office), **bounces** (an RFC 3464 DSN, 5.1.1) and
+  **complaints** (an RFC 5965 ARF report, as a mailbox provider's feedback loop sends it) are
+  real emails over SMTP into the sink, addressed to the sender account, where the mailbox
+  sensor applies them.
 
-`RATES` are shares of messages (clicks, replies and unsubscribes come after an open; a bounced
-message does nothing else). Delays are compressed for a demo (seconds to minutes after
+`RATES` are shares of messages (clicks, replies, unsubscribes and complaints come after an open;
+a bounced message does nothing else). A few recipients are `SCRIPTED` instead: whatever the
+rates draw, a demo of any size shows each outcome at least once (`engine.demo` puts them in its
+sample CSV). Delays are compressed for a demo (seconds to minutes after
 arrival, times `pace`); every human action comes at least `HUMAN_AFTER` after arrival, so the
 tracking server's "too soon" rule never mistakes it for a machine.
 
@@ -43,7 +46,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -69,6 +72,30 @@ REPLIES = (
     "Thanks for reaching out, let's talk next week.",
     "Not for us right now, but keep me posted.",
 )
+#: Recipients whose actions are fixed, not drawn: each outcome the dashboards show (open, click,
+#: reply, unsubscribe, bounce, complaint) happens at least once in every demo, by the same real
+#: paths as the drawn ones. Keyed by address (engine.demo writes these contacts first).
+SCRIPTED: dict[str, tuple[str, ...]] = {
+    f"grace.hopper@{DOMAIN}": ("machine_open", "open", "click"),
+    f"alan.turing@{DOMAIN}": ("open", "reply"),
+    f"barbara.liskov@{DOMAIN}": ("open", "click", "unsubscribe"),
+    f"ken.thompson@{DOMAIN}": ("bounce",),
+    f"radia.perlman@{DOMAIN}": ("open", "complaint"),
+    f"frances.allen@{DOMAIN}": ("auto_reply",),
+}
+#: When each scripted action comes: seconds after arrival, times the pace; a person's actions
+#: after `HUMAN_AFTER` as well, and clicks and answers after the open.
+_SCRIPTED_DELAY = {
+    "machine_open": 1.0,
+    "bounce": 4.0,
+    "auto_reply": 6.0,
+    "open": 4.0,
+    "click": 12.0,
+    "unsubscribe": 22.0,
+    "reply": 32.0,
+    "complaint": 32.0,
+}
+_HUMAN = frozenset({"open", "click", "unsubscribe", "reply", "complaint"})
 _TRACKED = re.compile(r"""https?://[^\s"'<>]+/([oc])/[A-Za-z0-9_.\-]+""")
 _UNSUBSCRIBE = re.compile(r"<(https?://[^>]+/u/[^>]+)>")
 
@@ -84,11 +111,12 @@ class Rates:
     auto_reply: float = 0.01
     bounce: float = 0.02
     unsubscribe: float = 0.003
+    complaint: float = 0.001
     #: Messages whose image a privacy proxy fetches on arrival.
     machine_open: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("click", "reply", "unsubscribe"):
+        for name in ("click", "reply", "unsubscribe", "complaint"):
             if getattr(self, name) > self.open:
                 raise ValueError(f"{name} ({getattr(self, name)}) cannot exceed open ({self.open})")
 
@@ -168,8 +196,16 @@ def _outgoing(
     )
 
 
-def plan(message: Outgoing, rates: Rates = RATES, pace: float = 1.0) -> list[Action]:
-    """What the message's recipient does, and when: the same for the same Message-ID."""
+def plan(
+    message: Outgoing,
+    rates: Rates = RATES,
+    pace: float = 1.0,
+    scripted: Mapping[str, tuple[str, ...]] = SCRIPTED,
+) -> list[Action]:
+    """What the message's recipient does, and when: the same for the same Message-ID (its
+    `scripted` actions, for a recipient who has them)."""
+    if message.recipient in scripted:
+        return _scripted(message, scripted[message.recipient], pace)
     seed = int.from_bytes(hashlib.sha256(message.message_id.encode()).digest()[:8], "big")
     rng = random.Random(seed)
     at = message.arrived
@@ -194,7 +230,29 @@ def plan(message: Outgoing, rates: Rates = RATES, pace: float = 1.0) -> list[Act
             actions.append(Action(later(30, 180, opened), message.message_id, "reply"))
         if message.unsubscribe and rng.random() < rates.unsubscribe / rates.open:
             actions.append(Action(later(10, 90, opened), message.message_id, "unsubscribe"))
+        if rng.random() < rates.complaint / rates.open:
+            actions.append(Action(later(60, 240, opened), message.message_id, "complaint"))
     return actions
+
+
+def _scripted(message: Outgoing, kinds: tuple[str, ...], pace: float) -> list[Action]:
+    """A scripted recipient's actions; those its message cannot carry (no pixel, no links, no
+    unsubscribe link to the tracking server) are left out, as for drawn ones."""
+    possible = {
+        "open": message.pixel is not None,
+        "machine_open": message.pixel is not None,
+        "click": bool(message.links),
+        "unsubscribe": message.unsubscribe is not None,
+    }
+    return [
+        Action(
+            message.arrived + (HUMAN_AFTER if kind in _HUMAN else 0) + pace * _SCRIPTED_DELAY[kind],
+            message.message_id,
+            kind,
+        )
+        for kind in kinds
+        if possible.get(kind, True)
+    ]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -228,6 +286,7 @@ class Audience:
         *,
         rates: Rates = RATES,
         pace: float = 1.0,
+        scripted: Mapping[str, tuple[str, ...]] = SCRIPTED,
         domain: str = DOMAIN,
         tracking_url: str = "",
         clock: Callable[[], float] = time.time,
@@ -241,6 +300,7 @@ class Audience:
             domain,
             clock,
         )
+        self.scripted = scripted
         self.done: dict[str, list[str]] = self._load()
         self.messages: dict[str, Outgoing] = {}
         self.seen: set[str] = set()
@@ -277,7 +337,7 @@ class Audience:
             self.messages[message.message_id] = message
             found += 1
             done = set(self.done.get(message.message_id, ()))
-            for action in plan(message, self.rates, self.pace):
+            for action in plan(message, self.rates, self.pace, self.scripted):
                 if action.kind not in done:
                     heapq.heappush(self.due, action)
         return found
@@ -330,6 +390,8 @@ class Audience:
         answer_id = make_msgid(kind.replace("_", "-"), domain=self.domain)
         if kind == "bounce":
             return _dsn(message, self.domain, date, answer_id), ""
+        if kind == "complaint":
+            return _arf(message, self.domain, date, answer_id), f"fbl@mx.{self.domain}"
         answer = EmailMessage()
         answer["From"] = message.recipient
         answer["To"] = message.sender
@@ -393,6 +455,44 @@ Subject: {message.subject}
 Message-ID: <{message.message_id}>
 
 --DSN-BOUNDARY--
+"""
+
+
+def _arf(message: Outgoing, domain: str, date: str, report_id: str) -> str:
+    """An RFC 5965 abuse report, as a mailbox provider's feedback loop sends it: the recipient
+    marked the message as spam."""
+    return f"""From: Feedback Loop <fbl@mx.{domain}>
+To: {message.sender}
+Subject: FW: {message.subject}
+Message-ID: {report_id}
+Date: {date}
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="ARF-BOUNDARY"
+
+--ARF-BOUNDARY
+Content-Type: text/plain; charset=us-ascii
+
+This is an email abuse report for a message sent to <{message.recipient}>.
+
+--ARF-BOUNDARY
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: PenguinMailsDemo/1.0
+Version: 1
+Original-Mail-From: <{message.sender}>
+Original-Rcpt-To: <{message.recipient}>
+Arrival-Date: {date}
+
+--ARF-BOUNDARY
+Content-Type: text/rfc822-headers
+
+From: {message.sender}
+To: {message.recipient}
+Subject: {message.subject}
+Message-ID: <{message.message_id}>
+
+--ARF-BOUNDARY--
 """
 
 

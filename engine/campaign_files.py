@@ -39,15 +39,17 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import sqlalchemy as sa
 import yaml
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy.engine import Connection
 
 from engine.ingest.store import MAX_LIST_NAME, ensure_list
-from engine.sending.store import COUNTS_AGAINST_LIMITS
+from engine.senders import our_address
+from engine.sending.store import campaign_sends_today
 from engine.sequence import conditions, rules
 from engine.templates import CONTACT_FIELDS, TemplateRenderError, check_syntax, variable_name
+from engine.tenants import current_tenant_name, penguin_command
 from engine.text import shown
 
 #: A campaign file larger than this is refused before it is parsed.
@@ -399,14 +401,13 @@ def _text(
 def _address(
     value: object, where: str, problems: _Problems, *, optional: bool = False
 ) -> str | None:
-    """An email address, normalized as `create_sender` stores it (the domain lower-cased)."""
+    """An address of ours, by the rule and in the form of sender accounts (`our_address`)."""
     text = _text(value, where, problems, optional=optional, one_line=True, limit=320)
     if text is None:
         return None
     try:
-        # `test_environment` admits the reserved .test domain the issue's example uses;
-        # whether the address is a sender account is the database's question (`check`).
-        return validate_email(text, check_deliverability=False, test_environment=True).normalized
+        # Whether the address is a sender account is the database's question (`check`).
+        return our_address(text)
     except EmailNotValidError as exc:
         problems.add(where, f"{shown(text, 80)!r} is not a valid address: {exc}")
         return None
@@ -1072,10 +1073,11 @@ def check(conn: Connection, spec: CampaignSpec) -> CheckResult:
             problems.add(
                 where,
                 f"sender account {shown(address)} does not exist in this tenant; add it with "
-                f"`penguin sender add {shown(address)}`",
+                f"`{penguin_command(f'sender add {shown(address)}', current_tenant_name(conn))}`",
             )
         elif not row.is_active:
-            notes.append(f"sender account {shown(address)} is paused (penguin sender resume)")
+            resume = penguin_command(f"sender resume {shown(address)}", current_tenant_name(conn))
+            notes.append(f"sender account {shown(address)} is paused ({resume})")
     list_id = conn.execute(_LIST_ID, {"name": data["list"]}).scalar()
     list_name = shown(data["list"])
     if list_id is None:
@@ -1343,20 +1345,22 @@ def apply(conn: Connection, spec: CampaignSpec, now: datetime) -> ApplyResult:
         problems.add(
             "",
             f"campaign {name} is completed and takes no changes; copy it with "
-            f"`penguin campaign clone {name} NEW_NAME` and apply to the copy",
+            f"`{penguin_command(f'campaign clone {name} NEW_NAME', current_tenant_name(conn))}` "
+            "and apply to the copy",
         )
     elif status in ("active", "scheduled"):
+        pause = penguin_command(f"campaign pause {name}", current_tenant_name(conn))
         if steps_changed:
             problems.add(
                 "steps",
                 f"campaign {name} is {status}: its steps cannot change while it runs; "
-                f"pause it first: penguin campaign pause {name}",
+                f"pause it first: {pause}",
             )
         if old is not None and old.get("list") != data["list"]:
             problems.add(
                 "list",
                 f"campaign {name} is {status}: its list cannot change while it runs; "
-                f"pause it first: penguin campaign pause {name}",
+                f"pause it first: {pause}",
             )
     if problems.lines:
         raise CampaignFileError(problems.lines, spec.source)
@@ -1592,7 +1596,10 @@ def _stored(conn: Connection, name: str) -> sa.Row:
     row = conn.execute(_SPEC_BY_NAME, {"name": name}).one_or_none()
     if row is None:
         raise CampaignFileError(
-            [f"no campaign named {shown(name)!r} in this tenant; see `penguin campaign list`"]
+            [
+                f"no campaign named {shown(name)!r} in this tenant; "
+                f"see `{penguin_command('campaign list', current_tenant_name(conn))}`"
+            ]
         )
     if row.spec is None:
         raise CampaignFileError(
@@ -1691,7 +1698,8 @@ def _decide(
         comment = _text(comment, "--comment", problems, limit=MAX_COMMENT)
     row = conn.execute(_CAMPAIGN_BY_NAME, {"name": name}).one_or_none()
     if row is None:
-        problems.add("", "no such campaign in this tenant; see `penguin campaign list`")
+        listing = penguin_command("campaign list", current_tenant_name(conn))
+        problems.add("", f"no such campaign in this tenant; see `{listing}`")
     elif row.spec_sha256 is None:
         problems.add(
             "", "has no definition applied from a file, so there is nothing to approve; apply one"
@@ -1730,7 +1738,7 @@ def approval_state(conn: Connection, campaign_id: uuid.UUID) -> tuple[bool, str]
     if not row.approval_required:
         return True, "approval is not required"
     name = shown(row.name)
-    how = f"penguin campaign approve {name} --by WHO"
+    how = penguin_command(f"campaign approve {name} --by WHO", current_tenant_name(conn))
     if row.spec_sha256 is None:
         return (
             False,
@@ -1757,29 +1765,16 @@ def approval_state(conn: Connection, campaign_id: uuid.UUID) -> tuple[bool, str]
 
 # -- the list of campaigns ------------------------------------------------------------------------
 
-# Sends today: the campaign's messages queued in its local (campaign time zone) day, except
-# those that failed before any SMTP conversation -- the rule of the campaign daily limit.
+# Sends today: `campaign_sends_today`, the rule of the campaign daily limit.
 _CAMPAIGNS = sa.text(
-    f"""
-    select c.id, c.name, c.status, l.name as list_name, st.daily_limit,
+    """
+    select c.id, c.name, c.status, c.timezone, l.name as list_name, st.daily_limit,
            (select count(*) from app.campaign_steps s
             where s.campaign_id = c.id and s.removed_at is null) as steps,
-           (select count(*) from app.campaign_contacts cc where cc.campaign_id = c.id) as enrolled,
-           (select count(*) from app.sent_emails m
-            where m.tenant_id = c.tenant_id and m.campaign_id = c.id
-              and m.queued_at >= d.day_start and m.queued_at < d.day_end
-              and {COUNTS_AGAINST_LIMITS}) as sent_today
+           (select count(*) from app.campaign_contacts cc where cc.campaign_id = c.id) as enrolled
     from app.campaigns c
     left join app.contact_lists l on l.id = c.list_id
     left join app.campaign_settings st on st.campaign_id = c.id
-    cross join lateral (
-        select date_trunc('day', cast(:now as timestamptz) at time zone c.timezone) as local_day
-    ) t
-    -- local midnight to local midnight: 23 or 25 hours on a day the clocks change
-    cross join lateral (
-        select t.local_day at time zone c.timezone as day_start,
-               (t.local_day + interval '1 day') at time zone c.timezone as day_end
-    ) d
     order by c.name
     """
 )
@@ -1799,6 +1794,8 @@ class CampaignRow:
 
 def list_campaigns(conn: Connection, now: datetime) -> list[CampaignRow]:
     """The tenant's campaigns with their step count, enrollments and sends today."""
+    rows = conn.execute(_CAMPAIGNS).all()
+    sent = campaign_sends_today(conn, {row.id: row.timezone for row in rows}, now)
     return [
         CampaignRow(
             row.id,
@@ -1807,8 +1804,8 @@ def list_campaigns(conn: Connection, now: datetime) -> list[CampaignRow]:
             row.list_name,
             row.steps,
             row.enrolled,
-            row.sent_today,
+            sent[row.id],
             row.daily_limit,
         )
-        for row in conn.execute(_CAMPAIGNS, {"now": now})
+        for row in rows
     ]

@@ -24,6 +24,7 @@ from engine.templates import (
     check_syntax,
     contact_context,
 )
+from engine.tenants import current_tenant_name, penguin_command
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ _LINK_STEPS = sa.text(
 )
 _CAMPAIGN = sa.text(
     """
-    select c.id, c.status, c.list_id, c.approval_required,
+    select c.id, c.name, c.status, c.list_id, c.approval_required,
            exists (select from app.campaign_senders cs where cs.campaign_id = c.id) as has_sender
     from app.campaigns c where c.id = :id
     """
@@ -352,7 +353,8 @@ def launch_campaign(
     if campaign is None:
         raise CampaignError(f"no campaign with id {campaign_id}")
     if campaign.status != "draft":
-        hint = " (penguin campaign resume)" if campaign.status == "paused" else ""
+        resume = penguin_command(f"campaign resume {campaign.name}", current_tenant_name(conn))
+        hint = f" ({resume})" if campaign.status == "paused" else ""
         raise CampaignError(
             f"the campaign is {campaign.status}; only a draft can be launched{hint}"
         )
@@ -422,12 +424,8 @@ _STATUS_STEPS = sa.text(
     """
 )
 _STATUS_TOTALS = sa.text(
-    f"""
+    """
     select c.name, c.status, c.timezone, st.daily_limit,
-           (select count(*) from app.sent_emails m
-            where m.tenant_id = c.tenant_id and m.campaign_id = c.id
-              and m.queued_at >= {store.CAMPAIGN_DAY_START}
-              and {store.COUNTS_AGAINST_LIMITS}) as sent_today,
            (select min(cc.next_run_at) from app.campaign_contacts cc
             where cc.campaign_id = c.id and cc.status in ('enrolled', 'active')) as next_due
     from app.campaigns c join app.campaign_settings st on st.campaign_id = c.id
@@ -449,7 +447,7 @@ _STATUS_SENDERS = sa.text(
     select sa.email, sa.daily_limit, sa.is_active,
            (select count(*) from app.sent_emails m
             where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
-              and m.queued_at >= {store.SENDER_DAY_START}
+              and {store.ON_SENDER_DAY}
               and {store.COUNTS_AGAINST_LIMITS}) as sent_today
     from app.campaign_senders cs join app.sender_accounts sa on sa.id = cs.sender_account_id
     where cs.campaign_id = :id
@@ -484,7 +482,9 @@ def campaign_status(conn: Connection, campaign_id: uuid.UUID, now: datetime) -> 
         status=totals.status,
         timezone=totals.timezone,
         daily_limit=totals.daily_limit,
-        sent_today=totals.sent_today,
+        sent_today=store.campaign_sends_today(conn, {campaign_id: totals.timezone}, now)[
+            campaign_id
+        ],
         next_due=totals.next_due,
         steps=[
             (r.key, r.step_type, r.status, r.enrollments)

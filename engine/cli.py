@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from engine.cli_campaigns import campaign_app, sender_app
 from engine.config import ConfigError, Settings
 from engine.db import Database, OwnerUnavailableError, connection_parts
 from engine.embedded import start_embedded_postgres, stop_kept_server
-from engine.tenants import DEFAULT_TENANT, all_tenants, create_tenant
+from engine.tenants import DEFAULT_TENANT, all_tenants, create_tenant, penguin_command
 
 app = typer.Typer(
     help="PenguinMails Pipeline: self-hosted, analytics-first email outreach.",
@@ -296,6 +297,12 @@ def demo() -> None:
     except SenderConfigError as exc:  # its sender's address is another tenant's
         err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         raise typer.Exit(2) from None
+    if info.csv_path is None:
+        console.print(
+            f"demo tenant {demo_data.DEMO_TENANT!r} was loaded before; its data is left as it "
+            "is (the sample CSV is not loaded again)"
+        )
+        return
     console.print(
         f"demo tenant {demo_data.DEMO_TENANT!r} ready; {info.csv_path} waits in the "
         "uploads inbox, where `penguin up`'s upload_inbox_sensor picks it up"
@@ -335,8 +342,11 @@ def send(
 ) -> None:
     """Run one engine pass, as send_due_job does: enroll new list members, move wait,
     condition and action steps on, and send the due emails under their throttles."""
+    from rich.text import Text
+
     from engine.senders import SmtpServer
     from engine.sending.scheduler import Config, send_due
+    from engine.sequence import rules
     from engine.tracking.links import tracking_for
 
     at = _parse_now(now)
@@ -347,8 +357,12 @@ def send(
     config = Config(tracking=tracking_for(settings))
     report = send_due(db.app, sink, at, config=config, tenants=only, dry_run=dry_run)
     _print_pass(report, at, dry_run)
+    # Text, not markup: reasons hold brackets ("[Errno 111]") that rich would take for tags.
+    delay = int(rules.SERVER_DOWN_DELAY.total_seconds() // 60)
+    for reason, count in report.servers_down.items():
+        err.print(Text(f"{count:,} deferred {delay} minutes: {reason}", style="yellow"))
     for line in report.errors:
-        err.print(f"[yellow]{line}[/]")
+        err.print(Text(line, style="yellow"))
 
 
 def _print_pass(report, at: datetime, dry_run: bool) -> None:
@@ -434,10 +448,10 @@ def upload(
             f"(batch {result.batch_id}); nothing changed. Use --force to load it again."
         )
         return
-    _print_result(result)
+    _print_result(result, tenant)
 
 
-def _print_result(result) -> None:
+def _print_result(result, tenant: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -465,7 +479,8 @@ def _print_result(result) -> None:
     console.print(table)
     if result.rejected:
         console.print(
-            f"see the rejects with: penguin uploads rejects {result.batch_id} -o rejects.csv"
+            "see the rejects with: "
+            + penguin_command(f"uploads rejects {result.batch_id} -o rejects.csv", tenant)
         )
 
 
@@ -542,7 +557,7 @@ def uploads_rejects(
             lambda: batches_by_prefix(conn, batch),
             batch,
             f"tenant {tenant} has no upload batch",
-            "penguin uploads list",
+            penguin_command("uploads list", tenant),
             lambda r: f"{escape(shown(r.file_name))} → {escape(shown(r.list_name or ''))}",
         )
         frame = rejects_frame(conn, row.id)
@@ -629,10 +644,10 @@ def events_import(
             "Use --force to import it again."
         )
         return
-    _print_import(result)
+    _print_import(result, tenant)
 
 
-def _print_import(result) -> None:
+def _print_import(result, tenant: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -657,7 +672,8 @@ def _print_import(result) -> None:
     console.print(table)
     if result.rejected:
         console.print(
-            f"see the rejects with: penguin events rejects {result.import_id} -o rejects.csv"
+            "see the rejects with: "
+            + penguin_command(f"events rejects {result.import_id} -o rejects.csv", tenant)
         )
 
 
@@ -733,7 +749,7 @@ def events_rejects(
             lambda: imports_by_prefix(conn, import_id),
             import_id,
             f"tenant {tenant} has no event import",
-            "penguin events list",
+            penguin_command("events list", tenant),
             lambda r: f"{escape(shown(r.file_name))} ({r.provider})",
             noun="import id",
         )
@@ -747,6 +763,25 @@ def events_rejects(
     else:
         output.write_text(safe_csv(frame), encoding="utf-8")
         console.print(f"wrote {frame.height:,} rejected record(s) to {output}")
+
+
+def _unwrap_help(group: typer.Typer) -> None:
+    """Every command's help as paragraphs of one line each, for rich to wrap at word boundaries
+    at the terminal's width.
+
+    Docstrings are wrapped at the source's line length; typer's rich commands panel (0.29) keeps
+    those line breaks, and a command's own help keeps them after its first paragraph, so a line
+    broke mid-sentence wherever the source did. A blank line still separates paragraphs.
+    """
+    for command in group.registered_commands:
+        text = command.help or inspect.getdoc(command.callback) or ""
+        command.help = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _unwrap_help(sub.typer_instance)
+
+
+_unwrap_help(app)
 
 
 def main() -> None:

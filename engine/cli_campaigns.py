@@ -33,6 +33,11 @@ sender_app = typer.Typer(help="Sender accounts: who mail goes out as.", no_args_
 
 TenantOption = Annotated[str, typer.Option("--tenant", "-t", help="Tenant to act on.")]
 
+NowOption = Annotated[
+    str | None,
+    typer.Option("--now", help="As if it were this time (ISO 8601; UTC without an offset)."),
+]
+
 
 class Security(StrEnum):
     none = "none"
@@ -134,18 +139,19 @@ def campaign_export(
 
 
 @campaign_app.command("list")
-def campaign_list(tenant: TenantOption = DEFAULT_TENANT) -> None:
-    """The tenant's campaigns: status, list, steps, enrollments and sends today."""
+def campaign_list(now: NowOption = None, tenant: TenantOption = DEFAULT_TENANT) -> None:
+    """The tenant's campaigns: status, list, steps, enrollments and sends today (each campaign's
+    local day, as `campaign status` and the daily limit count it)."""
     from rich.table import Table
 
     from engine.campaign_files import list_campaigns
-    from engine.cli import _database, _tenant, console
+    from engine.cli import _database, _parse_now, _tenant, console
     from engine.db import tenant_transaction
     from engine.text import shown
 
     db = _database()
     with tenant_transaction(db.app, _tenant(db, tenant)) as conn:
-        rows = list_campaigns(conn, _now())
+        rows = list_campaigns(conn, _parse_now(now))
     table = Table("campaign", "status", "list", "steps", "enrolled", "sent today")
     for row in rows:
         limit = f" / {row.daily_limit:,}" if row.daily_limit is not None else ""
@@ -235,10 +241,6 @@ def _decide(name: str, action: str, by: str, comment: str | None, tenant: str) -
 # -- lifecycle ------------------------------------------------------------------------------------
 
 NameArgument = Annotated[str, typer.Argument(help="Campaign name.", show_default=False)]
-NowOption = Annotated[
-    str | None,
-    typer.Option("--now", help="As if it were this time (ISO 8601; UTC without an offset)."),
-]
 
 
 def _lifecycle(name: str, tenant: str, act) -> str:
@@ -537,6 +539,7 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
     from engine.cli import _database, _tenant, console
     from engine.db import tenant_transaction
     from engine.senders import SenderConfigError, set_sender_active
+    from engine.tenants import penguin_command
     from engine.text import shown
 
     db = _database()
@@ -547,7 +550,8 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
         raise _fail(str(exc)) from None
     if found is None:
         raise _fail(
-            f"tenant {tenant} has no sender account {shown(email)}; see `penguin sender list`"
+            f"tenant {tenant} has no sender account {shown(email)}; "
+            f"see `{penguin_command('sender list', tenant)}`"
         )
     email, redue = found
     if active:
@@ -557,7 +561,7 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
         console.print(
             Text(
                 f"paused sender {shown(email)}: nothing goes out from it until "
-                f"`penguin sender resume {shown(email)}`"
+                f"`{penguin_command(f'sender resume {shown(email)}', tenant)}`"
             )
         )
 

@@ -1,7 +1,12 @@
 """Demo data for `penguin up --demo`: a tenant, a sender, a sample CSV and a campaign.
 
 Loading is idempotent: running it twice leaves one tenant, one sender, one campaign, and the
-same contacts (the CSV merges into them).
+same contacts. The CSV is dropped into the uploads inbox once: a later start on the same
+`PENGUIN_HOME` finds it uploaded (or still waiting there) and leaves the demo data as it is, so
+no second batch and no second round of sends.
+
+The CSV's first contacts are the audience's scripted recipients (`engine.audience.SCRIPTED`):
+every demo shows an open, a click, a reply, an unsubscribe, a bounce and a complaint.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from engine import inbox
+from engine.audience import SCRIPTED
 from engine.campaigns import Step, create_campaign, launch_campaign
 from engine.db import Database, tenant_transaction
 from engine.senders import create_sender
@@ -46,11 +52,13 @@ TITLES = ["CTO", "Head of Data", "VP Engineering", "Data Engineer", "Founder"]
 class DemoInfo:
     tenant_id: uuid.UUID
     campaign_id: uuid.UUID
-    csv_path: Path
+    #: The CSV dropped into the uploads inbox now; None when an earlier load dropped it.
+    csv_path: Path | None
 
 
 def write_sample_csv(path: Path, rows: int = 40, seed: int = 7) -> Path:
-    """A CSV like a CRM export: mixed header names, one bad address, one duplicate."""
+    """A CSV like a CRM export: mixed header names, one bad address, one duplicate; its first
+    rows are the audience's scripted recipients, then random people up to `rows`."""
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -67,9 +75,12 @@ def write_sample_csv(path: Path, rows: int = 40, seed: int = 7) -> Path:
             ]
         )
         emails = []
-        for i in range(rows):
+        people = [(a, *a.split("@")[0].split(".")) for a in SCRIPTED]
+        for i in range(len(people), rows):
             first, last = rng.choice(FIRST), rng.choice(LAST)
-            email = f"{first}.{last}.{i}@customers.example".lower()
+            people.append((f"{first}.{last}.{i}@customers.example".lower(), first, last))
+        for email, first, last in people:
+            first, last = first.title(), last.title()
             emails.append(email)
             writer.writerow(
                 [
@@ -84,14 +95,17 @@ def write_sample_csv(path: Path, rows: int = 40, seed: int = 7) -> Path:
             )
         writer.writerow(["not-an-address", "Broken", "Row", "Nowhere", "", "", ""])
         # The first address again, in capitals: merged into the same contact.
-        writer.writerow([emails[0].upper(), "", "", "", "Countess", "GB", "Emperor"])
+        writer.writerow([emails[0].upper(), "", "", "", "Rear Admiral", "US", "Emperor"])
     return path
 
 
 _CAMPAIGN_ID = sa.text("select id, status from app.campaigns where name = :name")
+_UPLOADED = sa.text("select exists (select from app.upload_batches)")
 
 
 def load_demo(db: Database, now: datetime) -> DemoInfo:
+    """The demo tenant, sender and launched campaign, and (the first time only) the sample CSV
+    in the uploads inbox, where the upload sensor loads, enrolls and sends it."""
     tenant, _ = create_tenant(db.owner, DEMO_TENANT)
     with tenant_transaction(db.app, tenant) as conn:
         sender = create_sender(
@@ -136,6 +150,17 @@ def load_demo(db: Database, now: datetime) -> DemoInfo:
             launch_campaign(conn, campaign, now)
         else:
             campaign = existing.id
+        uploaded = conn.execute(_UPLOADED).scalar_one()
+    waiting = inbox.inbox_path(db.settings.uploads) / DEMO_TENANT / DEMO_LIST
+    if uploaded or any(not p.name.startswith(".") for p in _files(waiting)):
+        return DemoInfo(tenant_id=tenant, campaign_id=campaign, csv_path=None)
     sample = write_sample_csv(db.settings.home / "demo" / "sample-prospects.csv")
     dropped = inbox.drop(db.settings.uploads, sample, DEMO_TENANT, DEMO_LIST)
     return DemoInfo(tenant_id=tenant, campaign_id=campaign, csv_path=dropped)
+
+
+def _files(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []

@@ -563,9 +563,20 @@ class Stack:
         the upload sensor starts the run that ingests, enrolls, sends and rebuilds the marts,
         while the UIs already answer."""
         from engine import demo
+        from engine.senders import SenderConfigError
 
-        with self.console.status("Loading the demo tenant…"):
-            info = demo.load_demo(db, datetime.now(UTC))
+        try:
+            with self.console.status("Loading the demo tenant…"):
+                info = demo.load_demo(db, datetime.now(UTC))
+        except SenderConfigError as exc:  # its sender's address is another tenant's
+            self.console.print(f"[yellow]![/] Demo data   not loaded: {escape(str(exc))}")
+            return
+        if info.csv_path is None:
+            self.console.print(
+                f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}' loaded by an earlier "
+                "start: left as it is (its CSV is not loaded or sent again)"
+            )
+            return
         self.console.print(
             f"[green]✓[/] Demo data   tenant '{demo.DEMO_TENANT}', campaign "
             f"'{demo.DEMO_CAMPAIGN}'; {info.csv_path.name} dropped into the uploads inbox"
@@ -575,8 +586,8 @@ class Stack:
             f"[bold cyan]http://127.0.0.1:{self.settings.dagster_port}/runs[/]"
         )
         self.console.print(
-            "  Audience     simulated recipients open, click, reply and bounce as the mail "
-            f"arrives (log: {self.settings.logs / 'demo-audience.log'})"
+            "  Audience     simulated recipients open, click, reply, unsubscribe, bounce and "
+            f"complain as the mail arrives (log: {self.settings.logs / 'demo-audience.log'})"
         )
 
     def _wait_healthy(self, children: list[Child], timeout: float) -> None:

@@ -66,6 +66,23 @@ def tenant_id(engine: Engine, name: str) -> uuid.UUID:
     return found
 
 
+def penguin_command(args: str, tenant: str) -> str:
+    """`penguin ARGS` as a hint of what to run next, for `tenant`: with its `--tenant` unless it
+    is the default one, so that a hint copied from a command run for one tenant acts on that
+    tenant, not on the default. Every hint naming a follow-up command is built here."""
+    if tenant == DEFAULT_TENANT:
+        return f"penguin {args}"
+    return f"penguin {args} --tenant {tenant}"
+
+
+_CURRENT_NAME = sa.text("select name from app.tenants where id = app.current_tenant_id()")
+
+
+def current_tenant_name(conn: sa.Connection) -> str:
+    """The name of the tenant `conn`'s transaction is fixed to (`db.tenant_transaction`)."""
+    return conn.execute(_CURRENT_NAME).scalar_one()
+
+
 def all_tenants(engine: Engine) -> list[tuple[uuid.UUID, str]]:
     with engine.connect() as conn:
         return [(row.id, row.name) for row in conn.execute(_ALL)]

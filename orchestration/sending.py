@@ -74,6 +74,8 @@ def sent_emails(
         clock=utcnow,
         on_batch=lambda r: context.log.info(f"progress: {r.as_dict()}"),
     )
+    for reason, count in report.servers_down.items():
+        context.log.warning(f"{count} message(s) deferred: {reason}")
     for error in report.errors[:20]:
         context.log.warning(error)
     return dg.MaterializeResult(metadata=pass_metadata(report))

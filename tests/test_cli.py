@@ -357,3 +357,72 @@ def test_generate_writes_a_dataset_and_refuses_a_seed_used_before(env):
     assert again.returncode == 2 and "tenants gen-11-* exist already" in again.stderr
     bad = run_penguin(["generate", "--days", "0"], env)
     assert bad.returncode == 2 and "--days must be at least 1" in bad.stderr
+
+
+def test_hints_after_a_tenants_upload_carry_its_tenant(env, tmp_path):
+    from tests.factories import write_csv
+
+    assert run(["tenant", "create", "scratch"], env).returncode == 0
+    path = write_csv(tmp_path / "leads.csv", [["ok@example.com"], ["=bad"]], header=["email"])
+    result = run(["upload", str(path), "--list", "leads", "--tenant", "scratch"], env)
+    assert result.returncode == 0, result.stderr
+    [hint] = [line for line in result.stdout.splitlines() if line.startswith("see the rejects")]
+    batch = result.stdout.split()[1].rstrip(":")
+    command = f"penguin uploads rejects {batch} -o rejects.csv --tenant scratch"
+    assert hint == f"see the rejects with: {command}"
+    done = run([*shlex.split(command)[1:]], env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "=bad" in (tmp_path / "rejects.csv").read_text()
+
+    unknown = run(["uploads", "rejects", "abcd", "--tenant", "scratch"], env)
+    assert unknown.returncode == 2
+    assert "see `penguin uploads list --tenant scratch`" in unknown.stderr
+
+
+def test_a_send_with_the_sink_not_running_names_its_host_port_and_what_to_check(
+    database, env, now, tmp_path
+):
+    import sqlalchemy as sa
+
+    from engine.db import tenant_transaction
+    from tests.conftest import free_port
+    from tests.factories import seed_tenant
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    port = free_port()  # nothing listens there: PENGUIN_SMTP_SINK_PORT not what `up` used
+    result = run(
+        ["send", "--tenant", "acme", "--now", now.isoformat()],
+        {**env, "PENGUIN_SMTP_SINK_PORT": str(port)},
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "deferred" in line]
+    assert line.startswith(f"3 deferred 15 minutes: 127.0.0.1:{port} is down: ")
+    assert line.endswith(
+        "that is the local SMTP sink: check that `penguin up` is running and that "
+        f"PENGUIN_SMTP_SINK_PORT ({port} here) is the port it listens on"
+    )
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        recorded = conn.execute(sa.text("select last_error from app.sent_emails")).scalars()
+        assert set(recorded) == {line.split(": ", 1)[1]}
+
+
+def test_help_wraps_every_command_description_at_word_boundaries_only():
+    """Each command's description in its group's help is its docstring's first paragraph, line
+    breaks of the source removed: on a terminal wide enough it stands on one line."""
+    import click
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    root = get_command(app)
+    groups: list[tuple[list[str], click.Group]] = [([], root)]
+    for name, command in root.commands.items():
+        if isinstance(command, click.Group):
+            groups.append(([name], command))
+    for path, group in groups:
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).output
+        lines = [" ".join(line.strip("│ ").split()) for line in shown.splitlines()]
+        for name, command in group.commands.items():
+            first = " ".join((command.help or "").split("\n\n")[0].split())
+            assert any(line == f"{name} {first}" for line in lines), (path, name, shown)

@@ -390,3 +390,60 @@ def test_a_campaign_launches_pauses_resumes_and_reports_from_the_cli(env, tmp_pa
     assert ok(["campaign", "resume", "launchy"], env).strip() == "campaign launchy is active"
     assert "no campaign named 'nope'" in refused(["campaign", "status", "nope"], env)
     assert "--days" in refused(["campaign", "forecast", "launchy", "--days", "0"], env)
+
+
+def test_hints_naming_a_command_carry_the_tenant_it_was_run_for(env):
+    ok(["tenant", "create", "scratch"], env)
+    ok(["sender", "add", "bob@acme.example", "--tenant", "scratch"], env)
+    out = ok(["sender", "pause", "bob@acme.example", "--tenant", "scratch"], env)
+    assert "`penguin sender resume bob@acme.example --tenant scratch`" in out
+    assert "see `penguin sender list --tenant scratch`" in refused(
+        ["sender", "pause", "nobody@acme.example", "--tenant", "scratch"], env
+    )
+    assert "`penguin sender add alice@acme.example --tenant scratch`" in refused(
+        ["campaign", "apply", str(EXAMPLE), "--tenant", "scratch"], env
+    )
+    assert "see `penguin campaign list --tenant scratch`" in refused(
+        ["campaign", "forecast", "ghost", "--tenant", "scratch"], env
+    )
+    # The default tenant's hints stay as short as its commands.
+    assert "see `penguin sender list`" in refused(["sender", "pause", "nobody@x.example"], env)
+
+
+def test_campaign_status_and_list_count_the_same_days_sends(env, database, smtp_server, tmp_path):
+    """A campaign's "sent today" is its messages of its local day: a pass run as if it were
+    tomorrow (`penguin send --now`) queues tomorrow's, which neither command counts today."""
+    from datetime import timedelta
+
+    from engine.sending.scheduler import send_due
+    from tests.factories import people, seed_tenant
+
+    tenant = seed_tenant(database, "acme", NOW, tmp_path, rows=people("acme", 5))
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(sa.text("update app.campaign_settings set daily_limit = 3"))
+    assert send_due(database.app, smtp_server.server(), NOW).sent == 3
+    assert send_due(database.app, smtp_server.server(), NOW + timedelta(days=1)).sent == 2
+
+    for day, sent in ((NOW, 3), (NOW + timedelta(days=1), 2)):
+        at = ["--now", day.isoformat(), "--tenant", "acme"]
+        status = ok(["campaign", "status", "acme outreach", *at], env)
+        assert f"sent today {sent} / 3 (UTC day)" in status
+        assert rows_of(ok(["campaign", "list", *at], env))["acme outreach"][5] == f"{sent} / 3"
+
+
+def test_sender_accounts_and_campaign_files_take_addresses_by_one_rule(env, tmp_path):
+    """`.test` (reserved for testing) is accepted by both, as the demo and tests use it; the
+    other special-use domains by neither, with email-validator's reason."""
+    out = ok(["sender", "add", "sales@Acme.TEST"], env)
+    assert out.startswith("added sender sales@acme.test via the local sink")
+    campaign = tmp_path / "c.yaml"
+    campaign.write_text(
+        "name: c\nlist: l\nsenders: [sales@acme.test]\nreply_to: help@acme.test\n"
+        "steps:\n  - id: a\n    email: {subject: s, text: t}\n"
+    )
+    assert "created campaign c (draft)" in ok(["campaign", "apply", str(campaign)], env)
+
+    reason = "is a special-use or reserved name that cannot be used with email"
+    assert reason in refused(["sender", "add", "sales@acme.local"], env)
+    campaign.write_text(campaign.read_text().replace("help@acme.test", "help@acme.local"))
+    assert reason in refused(["campaign", "apply", str(campaign)], env)

@@ -21,6 +21,7 @@ conversations under way in doubt (`unknown`, never resent).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import os
@@ -57,7 +58,7 @@ from engine.templates import (
     TemplateRenderError,
     contact_context,
 )
-from engine.tenants import all_tenants
+from engine.tenants import all_tenants, penguin_command
 from engine.tracking.links import Tracking, decorate, template_links
 
 
@@ -101,6 +102,9 @@ class SendReport:
     #: Dry runs: messages the pass would have sent.
     would_send: int = 0
     deferred: Counter[str] = field(default_factory=Counter)
+    #: Messages deferred because their server could not be reached, by the reason (which names
+    #: the host and port, and what to check).
+    servers_down: Counter[str] = field(default_factory=Counter)
     exited: Counter[str] = field(default_factory=Counter)
     campaigns_activated: int = 0
     campaigns_completed: int = 0
@@ -112,6 +116,7 @@ class SendReport:
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, name, getattr(self, name) + value)
         self.deferred.update(other.deferred)
+        self.servers_down.update(other.servers_down)
         self.exited.update(other.exited)
         self.errors.extend(other.errors)
 
@@ -124,6 +129,7 @@ class SendReport:
         counts["exited"] = sum(self.exited.values())
         counts["deferred_by_reason"] = dict(sorted(self.deferred.items()))
         counts["exited_by_reason"] = dict(sorted(self.exited.items()))
+        counts["servers_down"] = dict(sorted(self.servers_down.items()))
         return counts
 
 
@@ -295,7 +301,12 @@ def _claim(
         else {}
     )
 
-    campaign_states = {cid: _campaign_state(c, now) for cid, c in campaigns.items()}
+    sent_today = store.campaign_sends_today(
+        conn, {cid: c.timezone for cid, c in campaigns.items()}, now
+    )
+    campaign_states = {
+        cid: _campaign_state(c, sent_today[cid], now) for cid, c in campaigns.items()
+    }
     sender_states = {sid: _sender_state(s, now) for sid, s in senders.items()}
 
     defers: list[tuple[uuid.UUID, datetime, str]] = []
@@ -413,7 +424,7 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
     return [[r[i] for r in rows] for i in range(width)]
 
 
-def _campaign_state(c: sa.Row, now: datetime) -> rules.CampaignState:
+def _campaign_state(c: sa.Row, sent_today: int, now: datetime) -> rules.CampaignState:
     tz = rules.campaign_timezone(c.timezone)
     schedule = rules.Schedule(
         tz=tz,
@@ -424,7 +435,7 @@ def _campaign_state(c: sa.Row, now: datetime) -> rules.CampaignState:
         daily_limit=c.daily_limit,
     )
     return rules.CampaignState(
-        c.id, schedule, tuple(c.senders), rules.local_day(now, tz), c.sent_today
+        c.id, schedule, tuple(c.senders), rules.local_day(now, tz), sent_today
     )
 
 
@@ -583,7 +594,7 @@ def _deliver(
         if server is None:
             _settle_unsent(run, ledger.tenant_id, item, now, reason)
             continue
-        jobs.append(_job(run, ledger.group, item, server, now, skipped))
+        jobs.append(_job(run, ledger.group, item, server, tenant, now, skipped))
     if jobs:
         errors: list[BaseException] = []
         try:
@@ -834,6 +845,7 @@ def _job(
     ledger: Group[_Entry, _Marked | None],
     item: _Work,
     server: SmtpServer,
+    tenant: str,
     now: datetime,
     skipped: list[_Work],
 ) -> SendJob:
@@ -848,9 +860,31 @@ def _job(
         return marked
 
     async def after(delivery: Delivery) -> None:
+        if delivery.outcome is Outcome.SERVER_DOWN:
+            response = f"{delivery.response}; {_what_to_check(run, server, item, tenant)}"
+            delivery = dataclasses.replace(delivery, response=response)
         ledger.post(_Settle(item, delivery, marked))
 
     return SendJob(server, _email(item, now), before, after)
+
+
+def _what_to_check(run: _Run, server: SmtpServer, item: _Work, tenant: str) -> str:
+    """What a person should look at when `server` cannot be reached (said with the host and
+    port in the message's recorded response and in the pass's report).
+
+    The local sink belongs to `penguin up`; a command run in another shell reaches it only with
+    the same PENGUIN_SMTP_SINK_PORT. Any other server is the sender account's own.
+    """
+    if server == run.sink:
+        return (
+            f"that is the local SMTP sink: check that `penguin up` is running and that "
+            f"PENGUIN_SMTP_SINK_PORT ({server.port} here) is the port it listens on"
+        )
+    return (
+        f"check sender {item.sender.email}'s SMTP host and port "
+        f"(`{penguin_command('sender list', tenant)}`) and "
+        "that the server accepts connections"
+    )
 
 
 def _settle_unsent(
@@ -950,6 +984,7 @@ def _record(
         store.reschedule(conn, row.enrollment_id, values["next_attempt_at"], now, worker, reason)
         if down:
             report.deferred[rules.SERVER_DOWN] += 1
+            report.servers_down[delivery.response] += 1
     else:
         if settlement.enrollment == "bounce":
             conn.execute(

@@ -16,24 +16,65 @@ What must hold:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from engine.sequence import rules
+
 #: Whether message `m` takes a daily limit's count: every row from the moment it is queued,
 #: except one that failed before any SMTP conversation (engine.sequence.rules). Every count
 #: against a limit -- the engine's, the forecast's, `status` and `list` -- uses this.
 COUNTS_AGAINST_LIMITS = "not (m.status = 'failed' and m.attempts = 0)"
-#: Where today began for campaign `c`: local midnight in its time zone (`:now`'s day there).
-CAMPAIGN_DAY_START = (
-    "(date_trunc('day', cast(:now as timestamptz) at time zone c.timezone) at time zone c.timezone)"
+#: Whether message `m` was queued on `:now`'s UTC day, a sender's day: from its midnight to the
+#: next, so that messages stamped later (a pass run with a later `--now`) are not today's.
+ON_SENDER_DAY = (
+    "m.queued_at >= (date_trunc('day', cast(:now as timestamptz) at time zone 'UTC') at time "
+    "zone 'UTC') and m.queued_at < (date_trunc('day', cast(:now as timestamptz) at time zone "
+    "'UTC') at time zone 'UTC') + interval '1 day'"
 )
-#: Where today began for a sender: UTC midnight of `:now`.
-SENDER_DAY_START = (
-    "(date_trunc('day', cast(:now as timestamptz) at time zone 'UTC') at time zone 'UTC')"
+#: Each campaign's messages of one local day that count against its daily limit (`:ids`, with
+#: the day's UTC bounds in `:starts` and `:ends`).
+_CAMPAIGN_SENDS = sa.text(
+    f"""
+    select d.id, (
+        select count(*) from app.sent_emails m
+        where m.tenant_id = app.current_tenant_id() and m.campaign_id = d.id
+          and m.queued_at >= d.day_start and m.queued_at < d.day_end
+          and {COUNTS_AGAINST_LIMITS}
+    ) as sent
+    from unnest(
+        cast(:ids as uuid[]), cast(:starts as timestamptz[]), cast(:ends as timestamptz[])
+    ) as d(id, day_start, day_end)
+    """
 )
+
+
+def campaign_sends_today(
+    conn: Connection, timezones: Mapping[uuid.UUID, str | None], now: datetime
+) -> dict[uuid.UUID, int]:
+    """Each campaign's "sent today" (campaign id → its time zone's name; in the caller's tenant
+    transaction): its messages queued on `now`'s local day in the campaign's time zone
+    (`rules.campaign_timezone`: UTC when the name is not a zone), from local midnight to the
+    next (23 or 25 hours on a day the clocks change), that count against limits.
+
+    The one definition: the engine's campaign daily limit, `campaign status`, `campaign list`
+    and the forecast all count with it, so they agree whatever `now` earlier passes used.
+    """
+    ids, starts, ends = [], [], []
+    for campaign_id, name in timezones.items():
+        tz = rules.campaign_timezone(name)
+        start, end = rules.day_bounds(rules.local_day(now, tz), tz)
+        ids.append(campaign_id)
+        starts.append(start)
+        ends.append(end)
+    if not ids:
+        return {}
+    params = {"ids": ids, "starts": starts, "ends": ends}
+    return {row.id: row.sent for row in conn.execute(_CAMPAIGN_SENDS, params)}
+
 
 #: Due enrollments standing on an email step, oldest first, locked for this transaction.
 CLAIM = sa.text(
@@ -79,18 +120,13 @@ CLAIM = sa.text(
     """
 )
 
-#: The campaigns of a claimed batch, locked so that two claimers count their limits in turn,
-#: with the messages each queued on its local day so far.
+#: The campaigns of a claimed batch, locked so that two claimers count their limits in turn
+#: (`campaign_sends_today`, once they are locked).
 CAMPAIGNS = sa.text(
-    f"""
+    """
     select c.id, c.name, c.timezone, c.send_strategy, c.start_at, c.end_at, c.from_name,
            c.reply_to, st.send_window_start, st.send_window_end, st.send_days, st.daily_limit,
            st.track_opens, st.track_clicks,
-           (
-               select count(*) from app.sent_emails m
-               where m.tenant_id = c.tenant_id and m.campaign_id = c.id
-                 and m.queued_at >= {CAMPAIGN_DAY_START} and {COUNTS_AGAINST_LIMITS}
-           ) as sent_today,
            array(
                select cs.sender_account_id from app.campaign_senders cs
                where cs.campaign_id = c.id order by cs.position
@@ -113,7 +149,7 @@ SENDERS = sa.text(
            (
                select count(*) from app.sent_emails m
                where m.tenant_id = sa.tenant_id and m.sender_account_id = sa.id
-                 and m.queued_at >= {SENDER_DAY_START} and {COUNTS_AGAINST_LIMITS}
+                 and {ON_SENDER_DAY} and {COUNTS_AGAINST_LIMITS}
            ) as sent_today,
            (
                select max(m.queued_at) from app.sent_emails m

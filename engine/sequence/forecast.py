@@ -51,10 +51,11 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import Connection
 
-from engine.sending.store import COUNTS_AGAINST_LIMITS
+from engine.sending.store import COUNTS_AGAINST_LIMITS, campaign_sends_today
 from engine.sequence import conditions, rules
 from engine.sequence.rules import CampaignState, Defer, Exit, Item, Schedule, Send, SenderState
 from engine.sequence.steps import COMPANY_STOPPING
+from engine.tenants import current_tenant_name, penguin_command
 from engine.text import shown
 
 PASS_EVERY = timedelta(minutes=5)
@@ -772,13 +773,6 @@ _CAMPAIGN = sa.text(
 )
 _CAMPAIGN_NAMED = sa.text("select id from app.campaigns where name = :name")
 # Every message counts except one that failed before any SMTP conversation (as the engine).
-_CAMPAIGN_SENT = sa.text(
-    f"""
-    select count(*) from app.sent_emails m
-    where m.campaign_id = :id and m.queued_at >= :day_start and m.queued_at < :day_end
-      and {COUNTS_AGAINST_LIMITS}
-    """
-)
 _STEPS = sa.text(
     """
     select s.id, s.key, s.step_type, s.removed_at, s.next_step_id, s.true_next_step_id,
@@ -914,7 +908,8 @@ def forecast_named(
     """`forecast` of the tenant's campaign called `name` (ForecastError if there is none)."""
     campaign_id = conn.execute(_CAMPAIGN_NAMED, {"name": name}).scalar()
     if campaign_id is None:
-        raise ForecastError(f"no campaign named {shown(name)!r} (see `penguin campaign list`)")
+        listing = penguin_command("campaign list", current_tenant_name(conn))
+        raise ForecastError(f"no campaign named {shown(name)!r} (see `{listing}`)")
     return forecast(conn, campaign_id, now, days, pass_every, batch_size)
 
 
@@ -966,10 +961,7 @@ def load(
         )
     except ValueError as exc:
         raise ForecastError(f"campaign {shown(row.name)}: {exc}") from exc
-    day_start, day_end = rules.day_bounds(rules.local_day(now, tz), tz)
-    sent_today = conn.execute(
-        _CAMPAIGN_SENT, {"id": campaign_id, "day_start": day_start, "day_end": day_end}
-    ).scalar_one()
+    sent_today = campaign_sends_today(conn, {campaign_id: row.timezone}, now)[campaign_id]
 
     step_rows = conn.execute(_STEPS, {"id": campaign_id}).all()
     live = [s for s in step_rows if s.removed_at is None]

@@ -174,3 +174,103 @@ def test_a_message_the_audience_cannot_read_is_skipped_not_fatal(tmp_path):
     assert read_outgoing(mail / "1.bad") is None
     audience = Audience(mail.parent, "127.0.0.1", 1, tmp_path / "state.json")
     assert audience.scan() == 0
+
+
+def test_the_demo_shows_every_outcome_whatever_the_rates_draw(database, now, tmp_path):
+    """The demo's scripted recipients open, click, reply, unsubscribe, bounce and complain
+    through the real paths, even when the rates draw nothing at all."""
+    from engine import demo
+    from engine.inbox import process_inbox
+
+    server = _start(database, now)
+    try:
+        with SmtpSink(tmp_path / "maildir", port=free_port()) as sink:
+            info = demo.load_demo(database, now)
+            [outcome] = process_inbox(database.app, database.settings.uploads, now)
+            assert outcome.result is not None and outcome.result.inserted == 40
+            config = Config(tracking=server.tracking)
+            smtp = SmtpServer(sink.host, sink.port)
+            assert send_due(database.app, smtp, now, config=config).sent == 40
+            nothing_drawn = Rates(
+                open=0,
+                click=0,
+                reply=0,
+                auto_reply=0,
+                bounce=0,
+                unsubscribe=0,
+                machine_open=0,
+                complaint=0,
+            )
+            audience = Audience(
+                sink.maildir,
+                sink.host,
+                sink.port,
+                tmp_path / "audience.json",
+                rates=nothing_drawn,
+                tracking_url=server.tracking.public_url,
+                clock=lambda: time.time() + 3600,
+            )
+            assert audience.scan() == 40
+            results = audience.act_due()
+            assert {o for a, o in results if a.kind in ("open", "click", "unsubscribe")} <= {
+                "HTTP 200",
+                "HTTP 302",
+            }
+            server.flushed()
+            report = poll_maildir(database.app, sink.maildir)
+            assert dict(report.applied) == {
+                "reply": 1,
+                "auto_reply": 1,
+                "bounce": 1,
+                "complaint": 1,
+            }
+    finally:
+        server.stop()
+    events = _query(
+        database,
+        info,
+        "select e.event_type, e.is_machine from app.email_events e",
+    )
+    assert Counter((e.event_type, e.is_machine) for e in events) == {
+        ("open", True): 1,
+        ("open", False): 4,
+        ("click", False): 2,
+        ("reply", False): 1,
+        ("auto_reply", False): 1,
+        ("unsubscribe", False): 1,
+        ("bounce", False): 1,
+        ("complaint", False): 1,
+    }
+    suppressed = _query(
+        database,
+        info,
+        "select email, reason from app.suppressions order by email",
+    )
+    assert [tuple(s) for s in suppressed] == [
+        ("barbara.liskov@customers.example", "unsubscribe"),
+        ("ken.thompson@customers.example", "bounce"),
+        ("radia.perlman@customers.example", "complaint"),
+    ]
+
+
+def test_loading_the_demo_again_leaves_its_data_as_it_is(database, now):
+    """A second `penguin up --demo` on the same PENGUIN_HOME: no second CSV in the inbox,
+    whether the first is still waiting there or already loaded."""
+    from engine import demo
+    from engine.inbox import pending_files, process_inbox
+
+    uploads = database.settings.uploads
+    first = demo.load_demo(database, now)
+    assert first.csv_path is not None
+    again = demo.load_demo(database, now)
+    assert again == demo.DemoInfo(first.tenant_id, first.campaign_id, None)
+    assert len(list(pending_files(uploads, now_timestamp=time.time() + 60))) == 1
+    [loaded] = process_inbox(database.app, uploads, now)
+    assert demo.load_demo(database, now).csv_path is None
+    assert list(pending_files(uploads, now_timestamp=time.time() + 60)) == []
+    batches = _query(
+        database,
+        first,
+        "select id from app.upload_batches",
+    )
+    assert [b.id for b in batches] == [loaded.result.batch_id]

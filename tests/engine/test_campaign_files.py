@@ -707,12 +707,12 @@ def test_changed_steps_of_a_running_campaign_are_refused_with_the_command_to_pau
     data["steps"][0]["email"]["subject"] = "Changed"
     assert refusal(database, acme, data) == [
         f"<text>: steps: campaign q4 is {status}: its steps cannot change while it runs; "
-        "pause it first: penguin campaign pause q4"
+        "pause it first: penguin campaign pause q4 --tenant acme"
     ]
     moved = refusal(database, acme, campaign(list="other list"))
     assert moved == [
         f"<text>: list: campaign q4 is {status}: its list cannot change while it runs; "
-        "pause it first: penguin campaign pause q4"
+        "pause it first: penguin campaign pause q4 --tenant acme"
     ]
 
 
@@ -776,7 +776,7 @@ def test_a_completed_campaign_takes_no_change_and_says_to_clone_it(database, acm
     set_status(database, acme, "q4", "completed")
     assert refusal(database, acme, campaign(description="again")) == [
         "<text>: campaign q4 is completed and takes no changes; copy it with "
-        "`penguin campaign clone q4 NEW_NAME` and apply to the copy"
+        "`penguin campaign clone q4 NEW_NAME --tenant acme` and apply to the copy"
     ]
 
 
@@ -788,9 +788,9 @@ def test_a_sender_of_another_tenant_does_not_exist(database, acme):
     data["steps"][0]["email"]["sender"] = "nobody@acme.example"
     assert refusal(database, acme, data) == [
         "<text>: senders[#2]: sender account sales@globex.example does not exist in this "
-        "tenant; add it with `penguin sender add sales@globex.example`",
+        "tenant; add it with `penguin sender add sales@globex.example --tenant acme`",
         "<text>: steps[intro].email.sender: sender account nobody@acme.example does not exist "
-        "in this tenant; add it with `penguin sender add nobody@acme.example`",
+        "in this tenant; add it with `penguin sender add nobody@acme.example --tenant acme`",
     ]
 
 
@@ -867,7 +867,8 @@ def test_a_paused_sender_is_a_note(database, acme):
         set_sender_active(conn, BOB, False, NOW)
     result = apply(database, acme, campaign(senders=[SENDER, BOB]))
     assert result.notes[0] == (
-        "<text>: sender account bob@acme.example is paused (penguin sender resume)"
+        "<text>: sender account bob@acme.example is paused "
+        "(penguin sender resume bob@acme.example --tenant acme)"
     )
 
 
@@ -902,7 +903,7 @@ def test_export_names_an_unknown_or_pre_file_campaign(database, acme):
         with pytest.raises(CampaignFileError) as old:
             cf.export(conn, "old")
     assert unknown.value.problems == [
-        "no campaign named 'ghost' in this tenant; see `penguin campaign list`"
+        "no campaign named 'ghost' in this tenant; see `penguin campaign list --tenant acme`"
     ]
     assert old.value.problems == [
         "campaign old was made before campaign files and has no stored definition; write a "
@@ -949,7 +950,7 @@ def test_approval_is_for_the_definition_as_applied(database, acme):
         assert cf.approval_state(conn, cid) == (
             False,
             "approval is required and nobody has approved it yet; "
-            "penguin campaign approve q4 --by WHO",
+            "penguin campaign approve q4 --by WHO --tenant acme",
         )
         decision = cf.approve(conn, "q4", "compliance@acme.example", NOW, "fine")
         assert (decision.status, decision.spec_sha256, decision.note) == (
@@ -966,14 +967,14 @@ def test_approval_is_for_the_definition_as_applied(database, acme):
         assert cf.approval_state(conn, cid) == (
             False,
             "approval is required: the definition changed since the last decision (approved by "
-            "compliance@acme.example); penguin campaign approve q4 --by WHO",
+            "compliance@acme.example); penguin campaign approve q4 --by WHO --tenant acme",
         )
         later = NOW + timedelta(hours=1)
         cf.reject(conn, "q4", "legal", "no discounts in the subject", later)
         assert cf.approval_state(conn, cid) == (
             False,
             "rejected by legal at 2026-11-20 11:00 UTC: no discounts in the subject; change the "
-            "file, apply it, then penguin campaign approve q4 --by WHO",
+            "file, apply it, then penguin campaign approve q4 --by WHO --tenant acme",
         )
         cf.approve(conn, "q4", "legal", later + timedelta(minutes=5))
         assert cf.approval_state(conn, cid)[0] is True
@@ -1006,7 +1007,8 @@ def test_a_campaign_without_required_approval_is_approved_and_an_approval_says_s
         (lambda conn: cf.approve(conn, "q4", "", NOW), "campaign q4: --by: must not be empty"),
         (
             lambda conn: cf.approve(conn, "ghost", "me", NOW),
-            "campaign ghost: no such campaign in this tenant; see `penguin campaign list`",
+            "campaign ghost: no such campaign in this tenant; "
+            "see `penguin campaign list --tenant acme`",
         ),
     ],
 )

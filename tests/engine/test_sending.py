@@ -11,7 +11,7 @@ from engine.campaigns import Step
 from engine.db import tenant_transaction
 from engine.sending import store
 from engine.sending.scheduler import Config, send_due
-from tests.factories import seed_tenant
+from tests.factories import people, seed_tenant
 
 
 def _messages(database, tenant):
@@ -251,6 +251,55 @@ def _use_own_smtp_server(database, tenant, smtp_server, password_env=None):
                 "env": password_env,
             },
         )
+
+
+def test_messages_stamped_on_a_later_day_do_not_count_against_todays_campaign_limit(
+    database, smtp_server, now, tmp_path
+):
+    from engine.senders import create_sender
+
+    tenant = seed_tenant(database, "acme", now, tmp_path, rows=people("acme", 5))
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        conn.execute(sa.text("update app.campaign_settings set daily_limit = 3"))
+    # A pass run as if it were tomorrow (`penguin send --now`, a clock ahead) uses that day's
+    # limit; the two it could not send wait for the day after.
+    assert send_due(database.app, smtp_server.server(), now + timedelta(days=1)).sent == 3
+    # Due today after all (a worker whose clock is right), from a sender of its own (the first
+    # one's last message is tomorrow's): today's campaign limit is untouched.
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        other = create_sender(conn, "other@acme.example", "Other", min_gap_seconds=0, now=now)
+        conn.execute(
+            sa.text("update app.campaign_senders set sender_account_id = :id"), {"id": other}
+        )
+        conn.execute(
+            sa.text(
+                "update app.campaign_contacts set next_run_at = :now, wait_reason = null "
+                "where status in ('enrolled', 'active')"
+            ),
+            {"now": now},
+        )
+    report = send_due(database.app, smtp_server.server(), now)
+    assert (report.sent, report.deferred["campaign limit"]) == (2, 0), report
+
+
+def test_a_senders_own_server_that_is_down_is_named_with_what_to_check(
+    database, smtp_server, now, tmp_path
+):
+    from engine.senders import SmtpServer
+    from tests.conftest import free_port
+
+    tenant = seed_tenant(database, "acme", now, tmp_path)
+    down = SmtpServer("127.0.0.1", free_port())
+    _use_own_smtp_server(database, tenant, down)
+    report = send_due(database.app, smtp_server.server(), now)
+    [(reason, count)] = report.servers_down.items()
+    assert count == 3 and reason.startswith(f"127.0.0.1:{down.port} is down: ")
+    assert reason.endswith(
+        "check sender sales@acme.example's SMTP host and port "
+        "(`penguin sender list --tenant acme`) and that the server accepts connections"
+    )
+    assert {m.last_error for m in _messages(database, tenant)} == {reason}
+    assert report.as_dict()["servers_down"] == {reason: 3}
 
 
 def test_sender_with_its_own_smtp_server_does_not_use_the_sink(
