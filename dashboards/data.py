@@ -15,9 +15,9 @@ import sqlalchemy as sa
 import streamlit as st
 from sqlalchemy.exc import ProgrammingError
 
+from dashboards.ui import csv_text
 from engine.config import Settings
 from engine.db import Database
-from engine.ingest.rejects import safe_csv
 
 MARTS = "analytics_marts"
 
@@ -563,8 +563,8 @@ def upload_rejects(tenant: str, batch_id: str, limit: int | None = None) -> pl.D
 
 
 def upload_rejects_csv(tenant: str, batch_id: str) -> str:
-    """The batch's rejects as CSV a spreadsheet opens safely (formulas neutralized)."""
-    return safe_csv(upload_rejects(tenant, batch_id))
+    """The batch's rejects as the page's download has them (`ui.csv_text`)."""
+    return csv_text(upload_rejects(tenant, batch_id))
 
 
 def pick_tenant(names: Callable[[], list[str]], none_yet: str) -> str:

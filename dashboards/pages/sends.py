@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
-from dashboards import charts, data
+from dashboards import charts, data, ui
 
 st.title("Sends")
 st.caption("Messages per campaign and day, from the `campaign_daily` mart.")
@@ -65,9 +65,4 @@ st.dataframe(
         "click_rate": st.column_config.NumberColumn("Click rate", format="percent"),
     },
 )
-st.download_button(
-    "Download CSV",
-    frame.write_csv(),
-    file_name=f"sends-{tenant}-{start}-{end}.csv",
-    mime="text/csv",
-)
+ui.download(frame, f"sends-{tenant}-{start}-{end}")
