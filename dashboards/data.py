@@ -205,8 +205,9 @@ CAMPAIGNS = sa.text(
 STEP_FUNNEL = sa.text(
     f"""
     select step_key, step_name, step_order, step_type, has_variants, is_removed, yes_step_key,
-           no_step_key, enrolled, reached, moved_on, completed, exited, took_yes, took_no,
-           standing, sent, opened, clicked, replied
+           no_step_key, enrolled, reached, reached_share as of_enrolled, moved_on,
+           moved_on_share as went_on, completed, exited, took_yes, took_no, standing, sent,
+           delivered, opened, open_rate, clicked, click_rate, replied, reply_rate
     from {MARTS}.step_funnel
     where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
       and (not is_removed or reached > 0)
