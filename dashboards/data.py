@@ -15,9 +15,9 @@ import sqlalchemy as sa
 import streamlit as st
 from sqlalchemy.exc import ProgrammingError
 
+from dashboards.ui import csv_text
 from engine.config import Settings
 from engine.db import Database
-from engine.ingest.rejects import safe_csv
 
 MARTS = "analytics_marts"
 
@@ -34,7 +34,6 @@ CAMPAIGN_DAILY = sa.text(
     order by send_date, campaign_name
     """
 )
-
 
 # What the marts hold: the newest change of a message or event they include, and when dbt built
 # them (a page says "data as of" from this, not from the clock).
@@ -117,9 +116,8 @@ FILTERED = """
          or sender_account_id = any(cast(:sender_ids as uuid[])))
 """
 
-#: The metrics of a group of daily rows: counts summed, rates recomputed from the sums (never
-#: an average of rates), null when the denominator is 0, as marts.yml defines them.
-METRICS = """
+#: The counts of a group of daily rows, summed (0 when there are none).
+COUNTS = """
     coalesce(sum(sent), 0)::bigint as sent,
     coalesce(sum(delivered), 0)::bigint as delivered,
     coalesce(sum(bounced_hard), 0)::bigint as bounced_hard,
@@ -130,42 +128,69 @@ METRICS = """
     coalesce(sum(unsubscribes), 0)::bigint as unsubscribes,
     coalesce(sum(complaints), 0)::bigint as complaints,
     coalesce(sum(machine_opens), 0)::bigint as machine_opens,
-    coalesce(sum(total_opens), 0)::bigint as total_opens,
-    sum(machine_opens)::float8 / nullif(sum(machine_opens) + sum(total_opens), 0)
-        as machine_open_share,
-    sum(delivered)::float8 / nullif(sum(sent), 0) as delivery_rate,
-    (sum(bounced_hard) + sum(bounced_soft))::float8 / nullif(sum(sent), 0) as bounce_rate,
-    sum(unique_opens)::float8 / nullif(sum(delivered), 0) as open_rate,
-    sum(unique_clicks)::float8 / nullif(sum(delivered), 0) as click_rate,
-    sum(replies)::float8 / nullif(sum(delivered), 0) as reply_rate,
-    sum(unsubscribes)::float8 / nullif(sum(delivered), 0) as unsubscribe_rate,
-    sum(complaints)::float8 / nullif(sum(delivered), 0) as complaint_rate
+    coalesce(sum(total_opens), 0)::bigint as total_opens
 """
 
-TOTALS = sa.text(f"select {METRICS} from {MARTS}.campaign_sender_daily where {FILTERED}")
+#: The rates of `counts` (rows of COUNTS), joined beside them: the marts' function, whose one
+#: definition the daily marts render too (dbt_project/macros/metric_rates.sql). No page divides
+#: counts itself.
+RATES = f"""
+    cross join lateral {MARTS}.metric_rates(
+        counts.sent, counts.delivered, counts.bounced_hard, counts.bounced_soft,
+        counts.unique_opens, counts.unique_clicks, counts.replies, counts.unsubscribes,
+        counts.complaints, counts.machine_opens, counts.total_opens
+    ) as rates
+"""
+
+
+def _metrics(grouped: str) -> str:
+    """`grouped` (a select of COUNTS and its group's columns) with the rates of each row."""
+    return f"select counts.*, rates.* from ({grouped}) as counts {RATES}"
+
+
+TOTALS = sa.text(_metrics(f"select {COUNTS} from {MARTS}.campaign_sender_daily where {FILTERED}"))
 DAILY = sa.text(
-    f"""
-    select send_date as day, {METRICS}
-    from {MARTS}.campaign_sender_daily where {FILTERED}
-    group by send_date order by send_date
-    """
+    _metrics(
+        f"""
+        select send_date as day, {COUNTS}
+        from {MARTS}.campaign_sender_daily where {FILTERED}
+        group by send_date
+        """
+    )
+    + " order by day"
 )
 PER_CAMPAIGN = sa.text(
+    _metrics(
+        f"""
+        select campaign_id::text as campaign_id, max(campaign_name) as campaign_name, {COUNTS}
+        from {MARTS}.campaign_sender_daily where {FILTERED}
+        group by campaign_id
+        """
+    )
+)
+
+
+#: The Sends page's headline figures: the tenant's messages sent start..end, with their rates.
+CAMPAIGN_DAILY_TOTALS = sa.text(
+    _metrics(
+        f"""
+        select {COUNTS} from {MARTS}.campaign_daily
+        where tenant_name = :tenant and send_date between :start and :end
+        """
+    )
+)
+
+
+_CAMPAIGN_PERIOD = _metrics(
     f"""
-    select campaign_id::text as campaign_id, max(campaign_name) as campaign_name, {METRICS}
+    select campaign_id as period_campaign_id, {COUNTS}
     from {MARTS}.campaign_sender_daily where {FILTERED}
     group by campaign_id
     """
 )
-
-
 CAMPAIGNS = sa.text(
     f"""
-    with period as (
-        select campaign_id as period_campaign_id, {METRICS}
-        from {MARTS}.campaign_sender_daily where {FILTERED}
-        group by campaign_id
-    )
+    with period as ({_CAMPAIGN_PERIOD})
     select campaigns.campaign_id::text as campaign_id, campaigns.campaign_name,
            campaigns.campaign_status, campaigns.launched_at, campaigns.completed_at,
            campaigns.steps, campaigns.daily_limit, period.*
@@ -180,8 +205,9 @@ CAMPAIGNS = sa.text(
 STEP_FUNNEL = sa.text(
     f"""
     select step_key, step_name, step_order, step_type, has_variants, is_removed, yes_step_key,
-           no_step_key, enrolled, reached, moved_on, completed, exited, took_yes, took_no,
-           standing, sent, opened, clicked, replied
+           no_step_key, enrolled, reached, reached_share as of_enrolled, moved_on,
+           moved_on_share as went_on, completed, exited, took_yes, took_no, standing, sent,
+           delivered, opened, open_rate, clicked, click_rate, replied, reply_rate
     from {MARTS}.step_funnel
     where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
       and (not is_removed or reached > 0)
@@ -197,14 +223,16 @@ STEP_EXITS = sa.text(
     """
 )
 STEP_VARIANTS = sa.text(
-    f"""
-    select step_key, min(step_order) as step_order, variant, {METRICS}
-    from {MARTS}.step_variant_daily
-    where tenant_id = cast(:tenant_id as uuid) and send_date between :start and :end
-      and campaign_id = cast(:campaign_id as uuid) and variant is not null
-    group by step_key, variant
-    order by 2, step_key, variant
-    """
+    _metrics(
+        f"""
+        select step_key, min(step_order) as step_order, variant, {COUNTS}
+        from {MARTS}.step_variant_daily
+        where tenant_id = cast(:tenant_id as uuid) and send_date between :start and :end
+          and campaign_id = cast(:campaign_id as uuid) and variant is not null
+        group by step_key, variant
+        """
+    )
+    + " order by step_order, step_key, variant"
 )
 CAMPAIGN_SETTINGS = sa.text(
     f"""
@@ -235,6 +263,10 @@ CAMPAIGN_FORECAST_DAILY = sa.text(
     """
 )
 
+_SENDER_PERIOD = _metrics(
+    f"select sender_account_id as period_sender_id, {COUNTS} from filtered "
+    "group by sender_account_id"
+)
 #: Each sender's volume against its daily limit, bounce and reply rates (the campaign filter
 #: applies through campaign_sender_daily).
 SENDERS = sa.text(
@@ -246,10 +278,7 @@ SENDERS = sa.text(
         select sender_account_id, send_date, sum(sent) as sent
         from filtered group by sender_account_id, send_date
     ),
-    period as (
-        select sender_account_id as period_sender_id, {METRICS}
-        from filtered group by sender_account_id
-    ),
+    period as ({_SENDER_PERIOD}),
     peaks as (
         select sender_account_id as peak_sender_id,
                max(sent)::bigint as busiest_day_sent,
@@ -276,16 +305,17 @@ SENDERS = sa.text(
 #: The recipient domains with the most messages in the period (recipient_domain_daily has no
 #: campaign or sender: those filters do not apply to it).
 DOMAINS = sa.text(
-    f"""
-    select recipient_domain, {METRICS},
-           sum(machine_opens)::float8 / nullif(sum(machine_opens) + sum(total_opens), 0)
-               as machine_open_share
-    from {MARTS}.recipient_domain_daily
-    where tenant_id = cast(:tenant_id as uuid) and send_date between :start and :end
-    group by recipient_domain
-    order by sum(sent) desc, recipient_domain
-    limit :limit
-    """
+    _metrics(
+        f"""
+        select recipient_domain, {COUNTS}
+        from {MARTS}.recipient_domain_daily
+        where tenant_id = cast(:tenant_id as uuid) and send_date between :start and :end
+        group by recipient_domain
+        order by sum(sent) desc, recipient_domain
+        limit :limit
+        """
+    )
+    + " order by sent desc, recipient_domain"
 )
 
 
@@ -518,6 +548,12 @@ def campaign_daily(tenant: str, start: date, end: date) -> pl.DataFrame:
 
 
 @st.cache_data(ttl=60, show_spinner=False)
+def campaign_daily_totals(tenant: str, start: date, end: date) -> dict[str, float | int | None]:
+    """The metrics of the tenant's messages sent `start`..`end`, one mapping."""
+    return _read(CAMPAIGN_DAILY_TOTALS, tenant=tenant, start=start, end=end).row(0, named=True)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
 def data_as_of() -> tuple[datetime | None, datetime | None]:
     """(the newest change the marts include, when they were built); Nones when empty."""
     row = _read(DATA_AS_OF).row(0)
@@ -563,8 +599,8 @@ def upload_rejects(tenant: str, batch_id: str, limit: int | None = None) -> pl.D
 
 
 def upload_rejects_csv(tenant: str, batch_id: str) -> str:
-    """The batch's rejects as CSV a spreadsheet opens safely (formulas neutralized)."""
-    return safe_csv(upload_rejects(tenant, batch_id))
+    """The batch's rejects as the page's download has them (`ui.csv_text`)."""
+    return csv_text(upload_rejects(tenant, batch_id))
 
 
 def pick_tenant(names: Callable[[], list[str]], none_yet: str) -> str:

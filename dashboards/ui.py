@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import polars as pl
 import streamlit as st
@@ -79,11 +79,20 @@ def csv_text(frame: pl.DataFrame) -> str:
     return safe_csv(flat)
 
 
-def download(frame: pl.DataFrame, name: str, *, key: str | None = None) -> None:
-    """A "Download CSV" button for `frame` (`csv_text`)."""
-    st.download_button(
-        "Download CSV", csv_text(frame), file_name=f"{name}.csv", mime="text/csv", key=key
-    )
+def download(
+    frame: pl.DataFrame | Callable[[], pl.DataFrame],
+    name: str,
+    *,
+    label: str = "Download CSV",
+    tip: str | None = None,
+    key: str | None = None,
+) -> None:
+    """A download button for `frame` as `name`.csv, through `csv_text`: the one way a page
+    offers a CSV (tests/dashboards/test_ui.py holds every page to it). `frame` may be a
+    function, called only when the button is clicked (a download too big to make on every
+    rerun); `tip` is the button's tooltip."""
+    data = (lambda: csv_text(frame())) if callable(frame) else csv_text(frame)
+    st.download_button(label, data, file_name=f"{name}.csv", mime="text/csv", help=tip, key=key)
 
 
 #: Column formats of the metric tables.

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
-from dashboards import charts, data
+from dashboards import charts, data, ui
 
 st.title("Sends")
 st.caption("Messages per campaign and day, from the `campaign_daily` mart.")
@@ -24,17 +24,14 @@ if frame.is_empty():
     st.info(f"No sends for tenant {tenant} between {start} and {end}.")
     st.stop()
 
-# Headline figures
-sent = int(frame["sent"].sum())
-bounced = int(frame["bounced_hard"].sum() + frame["bounced_soft"].sum())
-delivered = int(frame["delivered"].sum())
-opened = int(frame["unique_opens"].sum())
+# Headline figures (the rates as the marts define them, over the range's sums)
+totals = data.campaign_daily_totals(tenant, start, end)
 sent_today = int(frame.filter(frame["day"] == today)["sent"].sum())
 left, middle, right, last = st.columns(4)
-left.metric("Sent today", f"{sent_today:,}")
-middle.metric("Sent in range", f"{sent:,}")
-right.metric("Bounce rate", f"{bounced / sent:.1%}" if sent else "–")
-last.metric("Open rate", f"{opened / delivered:.1%}" if delivered else "–")
+left.metric("Sent today", ui.count(sent_today))
+middle.metric("Sent in range", ui.count(totals["sent"]))
+right.metric("Bounce rate", ui.percent(totals["bounce_rate"]))
+last.metric("Open rate", ui.percent(totals["open_rate"]))
 
 # Chart
 st.altair_chart(charts.daily_sends(frame, start, end), width="stretch")
@@ -65,9 +62,4 @@ st.dataframe(
         "click_rate": st.column_config.NumberColumn("Click rate", format="percent"),
     },
 )
-st.download_button(
-    "Download CSV",
-    frame.write_csv(),
-    file_name=f"sends-{tenant}-{start}-{end}.csv",
-    mime="text/csv",
-)
+ui.download(frame, f"sends-{tenant}-{start}-{end}")

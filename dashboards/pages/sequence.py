@@ -3,7 +3,6 @@ reached each step and went on, the split at each condition, who left early and w
 comparison of steps with variants. The funnel covers the campaign's whole life (the engine's
 step history); the A/B figures, the messages sent in the sidebar's period."""
 
-import polars as pl
 import streamlit as st
 
 from dashboards import charts, data, filters, ui
@@ -48,13 +47,7 @@ st.caption(
     "Enrollments that reached each step, over the campaign's whole life; the label is their "
     "share of the enrolled. A step visited again after a wait counts each visit."
 )
-table = funnel.with_columns(
-    (pl.col("reached") / pl.col("enrolled").replace(0, None)).alias("of_enrolled"),
-    (pl.col("moved_on") / pl.col("reached").replace(0, None)).alias("went_on"),
-    (pl.col("opened") / pl.col("sent").replace(0, None)).alias("open_share"),
-    (pl.col("clicked") / pl.col("sent").replace(0, None)).alias("click_share"),
-    (pl.col("replied") / pl.col("sent").replace(0, None)).alias("reply_share"),
-)
+table = funnel  # its shares and rates as the marts define them (step_funnel)
 st.altair_chart(charts.step_funnel(table), width="stretch")
 table = table.select(
     "step_order",
@@ -67,12 +60,13 @@ table = table.select(
     "exited",
     "standing",
     "sent",
+    "delivered",
     "opened",
-    "open_share",
+    "open_rate",
     "clicked",
-    "click_share",
+    "click_rate",
     "replied",
-    "reply_share",
+    "reply_rate",
 )
 count = {"format": "localized"}
 st.dataframe(
@@ -90,15 +84,19 @@ st.dataframe(
         "exited": st.column_config.NumberColumn("Exited", **count),
         "standing": st.column_config.NumberColumn("Still here", **count),
         "sent": st.column_config.NumberColumn("Sent", **count),
+        "delivered": st.column_config.NumberColumn("Delivered", **count),
         "opened": st.column_config.NumberColumn("Opened", **count),
-        "open_share": st.column_config.NumberColumn("Open rate", format="percent"),
+        "open_rate": st.column_config.NumberColumn("Open rate", format="percent"),
         "clicked": st.column_config.NumberColumn("Clicked", **count),
-        "click_share": st.column_config.NumberColumn("Click rate", format="percent"),
+        "click_rate": st.column_config.NumberColumn("Click rate", format="percent"),
         "replied": st.column_config.NumberColumn("Replied", **count),
-        "reply_share": st.column_config.NumberColumn("Reply rate", format="percent"),
+        "reply_rate": st.column_config.NumberColumn("Reply rate", format="percent"),
     },
 )
-st.caption("Open, click and reply rates here are of the messages sent (people, not machines).")
+st.caption(
+    "Open, click and reply rates here are of the messages delivered (people, not machines), "
+    "as on every page."
+)
 ui.download(table, f"funnel-{name}", key="funnel")
 
 if (funnel["step_type"] == "condition").any():

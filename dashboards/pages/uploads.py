@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from dashboards import data
+from dashboards import data, ui
 from engine import inbox
 from engine.config import Settings
 from engine.ingest import FIELDS, IngestError, preview_file
@@ -252,12 +252,11 @@ def show_batches(waiting: list[inbox.InboxFile], frame: pl.DataFrame) -> None:
             "raw_row": "Line as uploaded",
         },
     )
-    st.download_button(
-        f"Download all {batch['rejected_count']:,} rejected rows (CSV)",
-        lambda: data.upload_rejects_csv(tenant, str(batch_id)),  # made when clicked
-        file_name=f"{Path(batch['file_name']).stem}-rejects.csv",
-        mime="text/csv",
-        help="Cells that a spreadsheet would run as a formula are prefixed with '",
+    ui.download(
+        lambda: data.upload_rejects(tenant, str(batch_id)),  # read when clicked
+        f"{Path(batch['file_name']).stem}-rejects",
+        label=f"Download all {batch['rejected_count']:,} rejected rows (CSV)",
+        tip="Cells that a spreadsheet would run as a formula are prefixed with '",
     )
 
 

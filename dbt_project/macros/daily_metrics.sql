@@ -1,10 +1,11 @@
 {#- The metrics of a set of messages, as aggregates over `fct_sends` rows (the definitions are
-    written out in marts.yml). -#}
+    written out in metrics.md): sent, failed, unknown and pending split the messages, a message
+    the recipient acted on being sent whatever its status. -#}
 {% macro message_metrics() -%}
         count(*) filter (where is_sent) as sent,
-        count(*) filter (where send_status = 'failed') as failed,
-        count(*) filter (where send_status = 'unknown') as unknown,
-        count(*) filter (where send_status in ('queued', 'sending')) as pending,
+        count(*) filter (where send_status = 'failed' and not is_sent) as failed,
+        count(*) filter (where send_status = 'unknown' and not is_sent) as unknown,
+        count(*) filter (where send_status in ('queued', 'sending') and not is_sent) as pending,
         count(*) filter (where is_bounced_hard) as bounced_hard,
         count(*) filter (where is_bounced_soft) as bounced_soft,
         count(*) filter (where is_delivered) as delivered,
@@ -16,21 +17,6 @@
         coalesce(sum(human_opens), 0) as total_opens,
         coalesce(sum(human_clicks), 0) as total_clicks,
         coalesce(sum(machine_opens), 0) as machine_opens
-{%- endmacro %}
-
-{#- The rates of the metrics above: null, not zero, when the denominator is 0. -#}
-{% macro metric_rates() -%}
-        {{ ratio('delivered', 'sent') }} as delivery_rate,
-        {{ ratio('bounced_hard + bounced_soft', 'sent') }} as bounce_rate,
-        {{ ratio('unique_opens', 'delivered') }} as open_rate,
-        {{ ratio('unique_clicks', 'delivered') }} as click_rate,
-        {{ ratio('replies', 'delivered') }} as reply_rate,
-        {{ ratio('unsubscribes', 'delivered') }} as unsubscribe_rate,
-        {{ ratio('complaints', 'delivered') }} as complaint_rate
-{%- endmacro %}
-
-{% macro ratio(numerator, denominator) -%}
-    ({{ numerator }})::float8 / nullif({{ denominator }}, 0)
 {%- endmacro %}
 
 {#- With vars `start_date` and `end_date` (a Dagster partition range, a backfill), the

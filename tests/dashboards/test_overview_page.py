@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
-from tests.dashboards.pages import open_page
+from tests.dashboards.pages import every_rate_is, open_page
 
 
 def _tiles(at: AppTest) -> dict[str, tuple[str, str]]:
@@ -90,3 +90,27 @@ def test_marts_not_built_yet_say_how_to_build_them(use_database, database):
     at = open_page("overview")
     assert not at.exception, at.exception
     assert "have not been built yet" in at.info[0].value
+
+
+def test_every_rate_the_pages_show_is_the_marts_one_definition(use_database, generated):
+    # The marts' rates function made to answer 12.5% for every rate: a page that divided
+    # counts itself (or read them anywhere else) would show its own figure instead.
+    use_database(generated)
+    with every_rate_is(generated, 0.125):
+        overview = open_page("overview")
+        campaigns = open_page("campaigns")
+        senders = open_page("senders")
+        deliverability = open_page("deliverability")
+    for at in (overview, campaigns, senders, deliverability):
+        assert not at.exception, at.exception
+    tiles = _tiles(overview)
+    assert {tiles[label][0] for label in tiles if label != "Sent"} == {"12.5%"}, tiles
+    assert {m.value for m in deliverability.metric if "rate" in m.label or "share" in m.label} == {
+        "12.5%"
+    }
+    for at in (campaigns, senders):
+        table = at.dataframe[0].value
+        rates = [c for c in table.columns if c.endswith("_rate")]
+        assert rates, table.columns
+        values = set(table[rates].stack().dropna())
+        assert values == {0.125}, (rates, values)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
 import sqlalchemy as sa
 
 from tests.dashboards.pages import open_page
@@ -56,6 +58,25 @@ def test_the_funnel_is_the_engines_step_history(use_database, generated):
         )
     }
     assert shown == _from_the_app(generated, campaign)
+    # the step's rates are the marts' (over delivered messages), not a share the page makes
+    with generated.analytics.connect() as conn:
+        rates = dict(
+            conn.execute(
+                sa.text(
+                    "select steps.step_key, count(*) filter (where sends.is_opened)::float8 "
+                    "  / nullif(count(*) filter (where sends.is_delivered), 0) "
+                    "from analytics_marts.dim_steps steps "
+                    "left join analytics_marts.fct_sends sends using (step_id) "
+                    "where steps.campaign_id = cast(:c as uuid) group by 1"
+                ),
+                {"c": campaign},
+            ).all()
+        )
+    opened = dict(zip(table["step_key"], table["open_rate"], strict=True))
+    assert opened.keys() == rates.keys()
+    for key, rate in rates.items():
+        assert pd.isna(opened[key]) if rate is None else opened[key] == pytest.approx(rate), key
+    assert any(rate for rate in rates.values())
     assert list(table["step_key"]) == [
         "intro",
         "pause",

@@ -1,12 +1,12 @@
 """Every metric of the daily marts, recomputed independently in Python from the raw tables.
 
 A generated dataset with planted edge cases (every status, hard and soft bounces, a bounce after
-an open, refusals at RCPT, duplicate events, machine opens only, events before their send,
-sends and events around midnight in a tenant with a non-UTC reporting time zone, several
-senders and recipient domains) is built with dbt; each metric x day x campaign / step / sender /
-recipient domain / tenant cell must equal what the definitions in marts.yml give. Then late
-events and new sends arrive and an incremental build must reach the same figures as the
-recomputation.
+an open, refusals at RCPT, opens and clicks of messages whose outcome is unknown, duplicate
+events, machine opens only, events before their send, sends and events around midnight in a
+tenant with a non-UTC reporting time zone, several senders and recipient domains) is built with
+dbt; each metric x day x campaign / step / sender / recipient domain / tenant cell must equal
+what the definitions in metrics.md give, and every rate is within [0, 1]. Then late events and
+new sends arrive and an incremental build must reach the same figures as the recomputation.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _events(database, tenant, rng, messages, *, late: bool = False):
     written = []
     with tenant_transaction(database.app, tenant.tenant_id) as conn:
         for m in messages:
-            if m["status"] not in ("sent", "bounced"):
+            if m["status"] not in ("sent", "bounced", "unknown"):  # unknown: it may have gone
                 continue
             base = m["sent_at"] + (timedelta(days=rng.uniform(14, 30)) if late else timedelta())
             plan = []
@@ -177,7 +177,7 @@ def _events(database, tenant, rng, messages, *, late: bool = False):
 
 
 def _expected(messages, events, zones):
-    """Every cell of every daily mart, from the definitions (marts.yml), in Python."""
+    """Every cell of every daily mart, from the definitions (metrics.md), in Python."""
     by_message = defaultdict(list)
     for e in events:
         by_message[e["message"]].append(e)
@@ -185,18 +185,22 @@ def _expected(messages, events, zones):
     for m in messages:
         mine = by_message[m["id"]]
         human = [e for e in mine if e["machine"] is None]
-        sent = m["status"] in ("sent", "bounced")
+        # the recipient's action proves the message went out and arrived, whatever else
+        acted = any(e["kind"] in ("open", "click") for e in human) or any(
+            e["kind"] in ("reply", "unsubscribe", "complaint") for e in mine
+        )
+        sent = m["status"] in ("sent", "bounced") or acted
         has_hard = any(e["kind"] == "bounce" and e["payload"].get("hard") for e in mine)
         has_soft = any(e["kind"] == "bounce" and not e["payload"].get("hard") for e in mine)
-        hard = sent and (m["status"] == "bounced" or has_hard)
-        soft = sent and has_soft and not hard
+        hard = not acted and (m["status"] == "bounced" or m["status"] == "sent" and has_hard)
+        soft = not acted and m["status"] == "sent" and has_soft and not has_hard
         at = m["sent_at"] or m["queued_at"]
         day = at.astimezone(ZoneInfo(zones[m["tenant"]])).date()
         flags = {
             "sent": sent,
-            "failed": m["status"] == "failed",
-            "unknown": m["status"] == "unknown",
-            "pending": m["status"] in ("queued", "sending"),
+            "failed": m["status"] == "failed" and not sent,
+            "unknown": m["status"] == "unknown" and not sent,
+            "pending": m["status"] in ("queued", "sending") and not sent,
             "bounced_hard": hard,
             "bounced_soft": soft,
             "delivered": sent and not hard and not soft,
@@ -228,6 +232,7 @@ def _expected(messages, events, zones):
             cell["bounced"] = cell["bounced_hard"] + cell["bounced_soft"]
             for rate, (numerator, denominator) in RATES.items():
                 cell[rate] = cell[numerator] / cell[denominator] if cell[denominator] else None
+                assert cell[rate] is None or 0 <= cell[rate] <= 1, (rate, cell)
             del cell["bounced"]
     return cells
 
@@ -282,8 +287,16 @@ def test_every_metric_of_every_mart_equals_its_definition_before_and_after_late_
             row["tenant"] = tenant.tenant_id
         messages += rows
         events += _events(database, tenant, rng, rows)
-    # Planted: a message refused at RCPT that later also gets a soft bounce event.
+    # Planted: a message refused at RCPT that later also gets a soft bounce event; messages
+    # opened or clicked, then bounced; messages of unknown outcome opened or clicked.
     assert sum(m["status"] == "bounced" for m in messages) > 5
+    by_message = defaultdict(set)
+    for e in events:
+        by_message[e["message"]].add(e["kind"] if e["machine"] is None else "machine")
+    acted = {"open", "click", "reply"}
+    assert any(kinds >= {"bounce"} and kinds & acted for kinds in by_message.values())
+    unknown = {m["id"] for m in messages if m["status"] == "unknown"}
+    assert any(by_message[m] & acted for m in unknown)
     dbt(database, "build")
     _compare(_expected(messages, events, zones), _marts(database))
 
@@ -299,3 +312,16 @@ def test_every_metric_of_every_mart_equals_its_definition_before_and_after_late_
     output = dbt(database, "build", "--select", "fct_sends+", "fct_email_events+")
     assert "PASS=" in output
     _compare(_expected(messages, events, zones), _marts(database))
+
+    # The rates' data test fails a daily model whose rate leaves [0, 1].
+    with database.owner.begin() as conn:
+        conn.execute(
+            sa.text(
+                "update analytics_marts.tenant_daily set open_rate = 2 where tenant_day_id = "
+                "(select min(tenant_day_id) from analytics_marts.tenant_daily)"
+            )
+        )
+    output = dbt(
+        database, "test", "--select", "tenant_daily,test_name:rates_between_0_and_1", check=False
+    )
+    assert "FAIL 1 rates_between_0_and_1_tenant_daily" in output, output[-3000:]

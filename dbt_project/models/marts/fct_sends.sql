@@ -177,7 +177,16 @@ messages as (
     select
         sent_emails.*,
         tenants.reporting_timezone,
-        sent_emails.send_status in ('sent', 'bounced') as is_sent,
+        -- a human open or click, a reply, an unsubscribe or a complaint: the recipient acted on
+        -- the message, which proves it went out and arrived (metrics.md, "Outcomes")
+        coalesce(
+            outcomes.human_opens > 0
+            or outcomes.human_clicks > 0
+            or outcomes.first_reply_at is not null
+            or outcomes.is_unsubscribed
+            or outcomes.is_complained,
+            false
+        ) as is_engaged,
         coalesce(outcomes.has_delivered_event, false) as has_delivered_event,
         coalesce(outcomes.has_hard_bounce, false) as has_hard_bounce,
         coalesce(outcomes.has_soft_bounce, false) as has_soft_bounce,
@@ -215,13 +224,18 @@ final as (
         queued_at,
         sent_at,
         (coalesce(sent_at, queued_at) at time zone reporting_timezone)::date as send_date,
-        is_sent,
+        -- the server's verdict ended the SMTP conversation, or the recipient acted on the
+        -- message, whatever its status says (`unknown` after a crash included)
+        send_status in ('sent', 'bounced') or is_engaged as is_sent,
         -- refused with a 5xx at RCPT (status bounced, with or without a bounce event since),
-        -- or a hard bounce event
-        is_sent and (send_status = 'bounced' or has_hard_bounce) as is_bounced_hard,
-        is_sent and has_soft_bounce and not (send_status = 'bounced' or has_hard_bounce)
+        -- or a hard bounce event; never a message the recipient acted on, whatever bounce
+        -- reports say (the engine still suppresses the address: its rule, not the metric's)
+        send_status in ('sent', 'bounced') and not is_engaged
+        and (send_status = 'bounced' or has_hard_bounce) as is_bounced_hard,
+        send_status = 'sent' and not is_engaged and has_soft_bounce and not has_hard_bounce
             as is_bounced_soft,
-        is_sent and send_status <> 'bounced' and not has_hard_bounce and not has_soft_bounce
+        is_engaged
+        or (send_status = 'sent' and not has_hard_bounce and not has_soft_bounce)
             as is_delivered,
         has_delivered_event,
         first_open_at,

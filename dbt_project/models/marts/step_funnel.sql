@@ -65,9 +65,10 @@ messages as (
     select
         step_id,
         count(*) filter (where is_sent) as sent,
-        count(*) filter (where is_opened) as opened,
-        count(*) filter (where is_clicked) as clicked,
-        count(*) filter (where is_replied) as replied
+        count(*) filter (where is_delivered) as delivered,
+        count(*) filter (where is_opened) as unique_opens,
+        count(*) filter (where is_clicked) as unique_clicks,
+        count(*) filter (where is_replied) as replies
     from sends
     group by step_id
 ),
@@ -109,10 +110,16 @@ final as (
             - coalesce(departures.exited, 0),
             0
         ) as standing,
+        -- the funnel's shares, null when their denominator is 0
+        {{ ratio('coalesce(reached.reached, 0)', 'enrolled.enrolled') }} as reached_share,
+        {{ ratio('coalesce(departures.moved_on, 0)', 'reached.reached') }} as moved_on_share,
         coalesce(messages.sent, 0) as sent,
-        coalesce(messages.opened, 0) as opened,
-        coalesce(messages.clicked, 0) as clicked,
-        coalesce(messages.replied, 0) as replied,
+        coalesce(messages.delivered, 0) as delivered,
+        coalesce(messages.unique_opens, 0) as opened,
+        coalesce(messages.unique_clicks, 0) as clicked,
+        coalesce(messages.replies, 0) as replied,
+        -- the step's messages' rates, as every daily model has them (metric_rates.sql)
+        {{ metric_rates(['open_rate', 'click_rate', 'reply_rate']) | indent(8) }},
         cast('{{ run_started_at }}' as timestamptz) as loaded_at
     from steps
     inner join campaigns on steps.campaign_id = campaigns.campaign_id
