@@ -541,8 +541,21 @@ def uploads_rejects(
     if output is None:
         sys.stdout.write(safe_csv(frame))
     else:
-        output.write_text(safe_csv(frame), encoding="utf-8")
-        console.print(f"wrote {frame.height:,} rejected line(s) to {output}")
+        _write_output(output, safe_csv(frame))
+        console.print(f"wrote {frame.height:,} rejected line(s) to {escape(shown(output))}")
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write a command's `-o` file, or exit 1 saying in one line why it cannot be written."""
+    from rich.markup import escape
+
+    from engine.userfiles import UserFileError, write_output
+
+    try:
+        write_output(path, text)
+    except UserFileError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 def _one_batch(find, given: str, none_found: str, list_command: str, describe, noun="batch id"):
@@ -737,8 +750,8 @@ def events_rejects(
     if output is None:
         sys.stdout.write(safe_csv(frame))
     else:
-        output.write_text(safe_csv(frame), encoding="utf-8")
-        console.print(f"wrote {frame.height:,} rejected record(s) to {output}")
+        _write_output(output, safe_csv(frame))
+        console.print(f"wrote {frame.height:,} rejected record(s) to {escape(shown(output))}")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from engine.provider_events import formats, records
 from engine.provider_events.formats import FORMATS, RecordError
 from engine.text import first_line, id_prefix, readable_name, shown
 from engine.tracking import machine
+from engine.userfiles import UserFileError, open_input
 
 SOURCES = ("cli", "inbox")
 #: Records staged in one statement.
@@ -440,12 +442,22 @@ def import_events(
 
 
 def _digest(path: Path, label: str) -> tuple[str, int]:
+    """The sha256 and size of `path`, once it is known to be a regular file within the cap of
+    its layout (`records.MAX_FILE_BYTES`): nothing is read past its first line before that."""
     try:
-        with path.open("rb") as handle:
+        with open_input(path, label=label) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            try:
+                problem = records.oversize(records.layout_of(handle), size, label)
+            except records.FileError:  # empty: the import records that as its failure
+                problem = None
+            if problem is not None:
+                raise EventImportError(problem)
+            handle.seek(0)
             digest = hashlib.file_digest(handle, "sha256")
             size = handle.tell()
-    except FileNotFoundError:
-        raise EventImportError(f"{label}: no such file") from None
+    except UserFileError as exc:
+        raise EventImportError(str(exc)) from None
     except OSError as exc:
         raise EventImportError(f"{label}: cannot be read ({exc.strerror or exc})") from None
     return digest.hexdigest(), size

@@ -451,7 +451,7 @@ def test_a_file_that_is_not_utf8_names_the_line(tmp_path):
 def test_a_missing_file_or_a_folder_is_named(tmp_path):
     for path, what in (
         (tmp_path / "nope.yaml", "no such file"),
-        (tmp_path, "is a folder, not a campaign file"),
+        (tmp_path, "is a folder, not a file; give the path of a regular file"),
     ):
         with pytest.raises(CampaignFileError) as caught:
             cf.load(path)
