@@ -459,6 +459,7 @@ def _print_result(result) -> None:
         console.print(
             f"see the rejects with: penguin uploads rejects {result.batch_id} -o rejects.csv"
         )
+    _not_kept(result.rejected, "rejected lines")
 
 
 @uploads_app.command("list")
@@ -543,6 +544,15 @@ def uploads_rejects(
     else:
         _write_output(output, safe_csv(frame))
         console.print(f"wrote {frame.height:,} rejected line(s) to {escape(shown(output))}")
+    _not_kept(row.rejected_count, "rejected lines")
+
+
+def _not_kept(rejected: int, noun: str) -> None:
+    """Tell (on stderr, so a CSV on stdout stays clean) how many rejects were not kept."""
+    from engine.ingest.rejects import not_kept_note
+
+    if note := not_kept_note(rejected or 0, noun):
+        err.print(f"note: {note}")
 
 
 def _write_output(path: Path, text: str) -> None:
@@ -664,6 +674,7 @@ def _print_import(result) -> None:
         console.print(
             f"see the rejects with: penguin events rejects {result.import_id} -o rejects.csv"
         )
+    _not_kept(result.rejected, "rejected records")
 
 
 @events_app.command("list")
@@ -752,6 +763,7 @@ def events_rejects(
     else:
         _write_output(output, safe_csv(frame))
         console.print(f"wrote {frame.height:,} rejected record(s) to {escape(shown(output))}")
+    _not_kept(row.rejected_count, "rejected records")
 
 
 def main() -> None:

@@ -251,7 +251,7 @@ def _load(
                     stage.add_rejects(chunk.rejects)
                     done += frame.height
                     report("reading", done + len(scan.rejects), scan.total_records)
-                stage.add_rejects(scan.rejects_frame())
+                stage.add_rejects(scan.rejects_frame(), stream="unreadable lines")
                 stage.finish()
             except BaseException:
                 stage.abort()
