@@ -565,6 +565,8 @@ class Renderer:
 
 # -- checking templates without rendering them ------------------------------------------------
 
+#: The limits of checking a template for callers that bring no renderer.
+ANALYSIS_LIMITS = RenderLimits()
 #: The renderer that checks templates for callers that bring none: one per process (a forked
 #: child starts its own), used by one thread at a time; its worker dies with the process.
 _analyzer: tuple[int, Renderer] | None = None
@@ -577,7 +579,10 @@ def _analyze(source: str, where: str, renderer: Renderer | None) -> set[str]:
         return renderer.analyze(source, where=where)
     with _analyzer_lock:
         if _analyzer is None or _analyzer[0] != os.getpid():
-            _analyzer = (os.getpid(), Renderer())
+            _analyzer = (os.getpid(), Renderer(ANALYSIS_LIMITS))
+        elif _analyzer[1].limits != ANALYSIS_LIMITS:  # changed (by a test): a new worker
+            _analyzer[1].close()
+            _analyzer = (os.getpid(), Renderer(ANALYSIS_LIMITS))
         return _analyzer[1].analyze(source, where=where)
 
 

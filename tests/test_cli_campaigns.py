@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -371,3 +372,22 @@ def test_a_campaign_launches_pauses_resumes_and_reports_from_the_cli(env, tmp_pa
     assert ok(["campaign", "resume", "launchy"], env).strip() == "campaign launchy is active"
     assert "no campaign named 'nope'" in refused(["campaign", "status", "nope"], env)
     assert "--days" in refused(["campaign", "forecast", "launchy", "--days", "0"], env)
+
+
+def test_apply_refuses_a_fifo_or_a_device_at_once_and_names_a_nul_byte(env, tmp_path):
+    """A FIFO would block the command until something writes to it, `/dev/zero` never ends:
+    neither is opened for reading. (The timeout fails the test, not hangs it, if they are.)"""
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a named pipe (FIFO)"), (Path("/dev/zero"), "a device")):
+        result = run(["campaign", "apply", str(path)], env, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (
+            f"error: {path}: is {what}, not a file; give the path of a regular file"
+        )
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(EXAMPLE.read_bytes().replace(b"name: ", b"name: \x00", 1))
+    assert refused(["campaign", "apply", str(nul)], env).strip() == (
+        f"error: {nul}: line 12, column 7: the control character U+0000 (NUL) cannot be in a "
+        "campaign file; remove it (save the file as plain UTF-8 text)"
+    )

@@ -27,7 +27,9 @@ from engine.templates import (
     Renderer,
     RenderLimits,
     TemplateRenderError,
+    check_syntax,
     contact_context,
+    template_variables,
 )
 from engine.tenants import create_tenant
 from tests.conftest import NOW
@@ -329,3 +331,28 @@ def test_an_error_quoting_a_huge_value_is_one_short_printable_line():
     message = str(raised.value)
     assert message.startswith("step 1 body_text: UndefinedError: ")
     assert len(message) < 400 and "\x1b" not in message
+
+
+def test_checking_a_template_runs_in_the_renderers_worker_under_its_time_limit():
+    with Renderer(RenderLimits(seconds=0.01)) as renderer:
+        with pytest.raises(TemplateRenderError) as caught:
+            check_syntax("{{ a }}" * 3_000, where="step 1 body_text", renderer=renderer)
+        assert str(caught.value) == "step 1 body_text: template took longer than 0.01 s"
+    with Renderer() as renderer:  # the next template gets a new worker
+        assert template_variables("{{ a }}{{ b | default('') }}", renderer=renderer) == {"a"}
+        assert renderer.started == 1
+
+
+def test_constant_folding_while_checking_builds_nothing_in_the_calling_process():
+    """Compiling folds constant expressions: `'x' * 2**40` would be built by whoever compiles."""
+    before = psutil.Process().memory_info().rss
+    source = "{{ 'x' * 2**40 }}{{ ('y' * 2**33) | length }}{{ 'z' | center(2**40) }}{{ name }}"
+    check_syntax(source)
+    assert template_variables(source) == {"name"}
+    assert psutil.Process().memory_info().rss - before < 100 * MIB
+
+
+def test_a_template_that_cannot_compile_is_refused_when_checked():
+    with pytest.raises(TemplateRenderError) as caught:
+        check_syntax("{{ name | shout }}", where="step 1 subject")
+    assert str(caught.value) == ("step 1 subject: TemplateAssertionError: No filter named 'shout'.")
