@@ -343,19 +343,19 @@ _SAVE_REJECTS = sa.text(
         (tenant_id, import_id, record, line_number, reason, raw_record)
     select app.current_tenant_id(), :id, record, line_number, reason, raw
     from (
-    select record, line_number, reason, raw
-    from pg_temp.unreadable
-    union all
-    select record, line_number,
-           case when message_id is not null
-                then 'no message of this tenant has Message-ID <' || left(message_id, 200) || '>'
-                     || coalesce(' (nor is ' || :provider || ' message ' || left(provider_id, 200)
-                                 || ' known)', '')
-                else 'no message of this tenant is known as ' || :provider || ' message '
-                     || left(provider_id, 200)
-                     || ' (no record of it carried its Message-ID)' end,
-           raw
-    from pg_temp.staged where sent_email_id is null
+        select record, line_number, reason, raw
+        from pg_temp.unreadable
+        union all
+        select record, line_number,
+               case when message_id is not null
+                    then 'no message of this tenant has Message-ID <' || left(message_id, 200)
+                         || '>' || coalesce(' (nor is ' || :provider || ' message '
+                                            || left(provider_id, 200) || ' known)', '')
+                    else 'no message of this tenant is known as ' || :provider || ' message '
+                         || left(provider_id, 200)
+                         || ' (no record of it carried its Message-ID)' end,
+               raw
+        from pg_temp.staged where sent_email_id is null
     ) r
     order by record limit :keep
     """
