@@ -194,6 +194,7 @@ def test_a_folder_name_that_is_not_utf8_fails_only_its_own_file(database, now, t
     assert "not valid UTF-8" in moved.with_name(moved.name + ".error.txt").read_text()
 
 
+@pytest.mark.timeout(60)  # a FIFO opened for reading would block: fail, not hang
 def test_only_regular_files_inside_the_inbox_are_taken(database, now, tmp_path):
     """A symbolic link is not followed (to a file outside or inside the inbox), a FIFO is not
     opened (it would block the run forever), a folder linked in is not entered: each entry

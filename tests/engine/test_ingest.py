@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import threading
 import time
 
@@ -462,9 +463,8 @@ def test_a_file_over_the_upload_cap_is_refused_before_it_is_read(
     assert batches(database, tenant) == []
 
 
+@pytest.mark.timeout(60)  # a FIFO opened for reading would block: fail, not hang
 def test_a_folder_or_a_fifo_is_refused_as_not_a_file(database, tenant, now, tmp_path):
-    import os
-
     os.mkfifo(tmp_path / "pipe.csv")
     for path, what in ((tmp_path, "a folder"), (tmp_path / "pipe.csv", "a named pipe (FIFO)")):
         with pytest.raises(IngestError) as caught:

@@ -478,6 +478,7 @@ def test_a_file_over_its_layouts_cap_is_refused_before_it_is_read(
         assert conn.execute(sa.text("select count(*) from app.event_imports")).scalar() == 0
 
 
+@pytest.mark.timeout(60)  # a FIFO opened for reading would block: fail, not hang
 def test_a_link_or_a_fifo_in_the_events_inbox_is_moved_aside_unread(database, now, tmp_path):
     _tenant(database)
     root = database.settings.event_files
