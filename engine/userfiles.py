@@ -9,16 +9,16 @@ everywhere:
   between a check and the open): a FIFO would block the command forever, `/dev/zero` never
   ends, a folder cannot be read, so each of them is refused, naming the path and what it is;
 * with `max_bytes`, a file over the cap is refused before anything of it is read, naming its
-  size and the cap;
-* with `follow_symlinks=False` (the inboxes), a symbolic link is refused instead of read: an
-  inbox takes only files inside it.
+  size and the cap.
+
+The inboxes take only regular files inside them: `engine.inbox` refuses an entry that is a
+symbolic link, a FIFO or a device before its import starts (`not_regular`).
 
 `write_output` writes a command's output file (`-o`), or says in one line why it cannot.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
@@ -71,7 +71,6 @@ def open_input(
     max_bytes: int | None = None,
     what: str = "a file",
     hint: str = "",
-    follow_symlinks: bool = True,
 ) -> BinaryIO:
     """`path` opened for reading in binary, once it is known to be a regular file of at most
     `max_bytes`; `UserFileError` naming `label` (default: the path) otherwise.
@@ -80,18 +79,13 @@ def open_input(
     what to do with a bigger one.
     """
     label = label if label is not None else shown(str(path), 200)
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
-    if not follow_symlinks:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX: opening a FIFO returns at once
+    flags = os.O_RDONLY | nonblocking | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise UserFileError(f"{label}: no such file") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP and not follow_symlinks:
-            raise UserFileError(
-                f"{label}: is a symbolic link; copy the file itself in, not a link to it"
-            ) from None
         raise UserFileError(f"{label}: cannot be opened ({exc.strerror or exc})") from None
     try:
         info = os.fstat(fd)
@@ -99,7 +93,8 @@ def open_input(
             raise UserFileError(not_a_file(label, info.st_mode))
         if max_bytes is not None and info.st_size > max_bytes:
             raise UserFileError(too_big(label, info.st_size, max_bytes, what, hint))
-        os.set_blocking(fd, True)
+        if nonblocking:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
