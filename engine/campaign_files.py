@@ -40,7 +40,6 @@ from zoneinfo import ZoneInfo, available_timezones
 import sqlalchemy as sa
 import yaml
 from email_validator import EmailNotValidError
-from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy.engine import Connection
 
@@ -48,9 +47,16 @@ from engine.ingest.store import MAX_LIST_NAME, ensure_list
 from engine.senders import our_address
 from engine.sending.store import campaign_sends_today
 from engine.sequence import conditions, rules
-from engine.templates import CONTACT_FIELDS, TemplateRenderError, check_syntax, variable_name
+from engine.templates import (
+    CONTACT_FIELDS,
+    TemplateRenderError,
+    check_syntax,
+    template_variables,
+    variable_name,
+)
 from engine.tenants import current_tenant_name, penguin_command
 from engine.text import shown
+from engine.userfiles import UserFileError, open_input, too_big
 
 #: A campaign file larger than this is refused before it is parsed.
 MAX_FILE_BYTES = 1024 * 1024
@@ -222,29 +228,17 @@ def load(path: str | Path) -> CampaignSpec:
     path = Path(path)
     source = shown(str(path), 200)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CampaignFileError(
-                [
-                    f"{source}: the file is {size / (1024 * 1024):.1f} MiB; a campaign file may be "
-                    f"at most {MAX_FILE_BYTES // (1024 * 1024)} MiB"
-                ],
-                source,
-            )
-        with path.open("rb") as handle:
+        with open_input(
+            path, label=source, max_bytes=MAX_FILE_BYTES, what="a campaign file"
+        ) as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
-    except CampaignFileError:
-        raise
-    except FileNotFoundError:
-        raise CampaignFileError([f"{source}: no such file"], source) from None
-    except IsADirectoryError:
-        raise CampaignFileError([f"{source}: is a folder, not a campaign file"], source) from None
+    except UserFileError as exc:
+        raise CampaignFileError([str(exc)], source) from None
     except OSError as exc:
         raise CampaignFileError([f"{source}: cannot be read: {exc.strerror}"], source) from None
-    if len(raw) > MAX_FILE_BYTES:  # it grew since stat
+    if len(raw) > MAX_FILE_BYTES:  # it grew since it was opened
         raise CampaignFileError(
-            [f"{source}: a campaign file may be at most {MAX_FILE_BYTES // (1024 * 1024)} MiB"],
-            source,
+            [too_big(source, len(raw), MAX_FILE_BYTES, "a campaign file")], source
         )
     try:
         text = raw.decode("utf-8-sig")
@@ -258,7 +252,10 @@ def load(path: str | Path) -> CampaignSpec:
 
 def loads(text: str, source: str = "<text>") -> CampaignSpec:
     """Parse and check a campaign file's text; `source` names it in every message."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        raise CampaignFileError([_unreadable_character(text, exc, source)], source) from None
     try:
         node = loader.get_single_node()
         if node is not None:
@@ -272,6 +269,8 @@ def loads(text: str, source: str = "<text>") -> CampaignSpec:
                     source,
                 )
         data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as exc:
+        raise CampaignFileError([_unreadable_character(text, exc, source)], source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -292,6 +291,20 @@ def loads(text: str, source: str = "<text>") -> CampaignSpec:
         loader.dispose()
     problems = [f"{source}: {line}" for line in loader.duplicates]
     return parse(data, source, problems)
+
+
+def _unreadable_character(text: str, exc: yaml.reader.ReaderError, source: str) -> str:
+    """YAML refuses control characters (a NUL byte, an escape) anywhere in a file: where the
+    first one is, and what to do."""
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or " ")
+    name = {0: " (NUL)", 0x1B: " (escape)", 0x7F: " (delete)"}.get(code, "")
+    return (
+        f"{source}: line {line}, column {column}: the control character U+{code:04X}{name} "
+        "cannot be in a campaign file; remove it (save the file as plain UTF-8 text)"
+    )
 
 
 # -- checking and normalizing -------------------------------------------------------------------
@@ -1007,8 +1020,6 @@ _ATTRIBUTE_KEYS = sa.text(
 #: Names every template sees whatever the contact: the attributes mapping and Jinja's globals.
 _ALWAYS_DEFINED = frozenset({"attributes", *SandboxedEnvironment().globals})
 #: Filters and tests under which a missing variable is not an error.
-_DEFAULT_FILTERS = frozenset({"default", "d"})
-_DEFINED_TESTS = frozenset({"defined", "undefined"})
 
 
 @dataclass(frozen=True)
@@ -1019,29 +1030,6 @@ class CheckResult:
     sender_ids: dict[str, uuid.UUID]
     list_id: uuid.UUID | None
     notes: tuple[str, ...] = ()
-
-
-def template_variables(source: str) -> set[str]:
-    """The variables a template needs from its context without a fallback: every name it reads
-    that it does not set itself, except where it is guarded by `| default(...)` or tested with
-    `is defined` (then a contact without it is fine)."""
-    ast = SandboxedEnvironment().parse(source)
-    undeclared = meta.find_undeclared_variables(ast)
-    unguarded: set[str] = set()
-    tested: set[str] = set()
-    todo: list[tuple[nodes.Node, bool]] = [(ast, False)]
-    while todo:
-        node, guarded = todo.pop()
-        if isinstance(node, nodes.Name) and node.ctx == "load" and not guarded:
-            unguarded.add(node.name)
-        protects = (isinstance(node, nodes.Filter) and node.name in _DEFAULT_FILTERS) or (
-            isinstance(node, nodes.Test) and node.name in _DEFINED_TESTS
-        )
-        if protects and isinstance(node, nodes.Test) and isinstance(node.node, nodes.Name):
-            tested.add(node.node.name)
-        for child in node.iter_child_nodes():
-            todo.append((child, protects and child is getattr(node, "node", None)))
-    return (unguarded & undeclared) - tested
 
 
 def check(conn: Connection, spec: CampaignSpec) -> CheckResult:
@@ -1100,7 +1088,12 @@ def check(conn: Connection, spec: CampaignSpec) -> CheckResult:
                 | _ALWAYS_DEFINED
             )
             for where, source in _templates(data):
-                for name in sorted(template_variables(source) - available):
+                try:
+                    needed = template_variables(source, where=where)
+                except TemplateRenderError as exc:  # checked at parse; a limit may still bite
+                    problems.lines.append(f"{problems.source}: {exc}")
+                    continue
+                for name in sorted(needed - available):
                     problems.add(
                         where,
                         f"no contact of list '{list_name}' has {shown(name, 60)!r}; fix the "

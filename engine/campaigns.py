@@ -295,6 +295,15 @@ def validate_campaign(
     steps = conn.execute(_STEPS, {"id": campaign_id}).all()
     if not steps:
         raise CampaignError("the campaign has no steps")
+    with Renderer(limits) as renderer:
+        return _validate_steps(conn, campaign, steps, renderer, sample_size)
+
+
+def _validate_steps(
+    conn: Connection, campaign: sa.Row, steps: list, renderer: Renderer, sample_size: int
+) -> LaunchCheck:
+    """`validate_campaign` once the campaign has steps: every template compiles, then renders
+    for the sampled contacts, all in `renderer`'s worker."""
     email_steps = []
     texts: list[tuple[str, dict[str, str | None]]] = []
     for step in steps:
@@ -308,7 +317,7 @@ def validate_campaign(
             for part, source in parts.items():
                 if source is not None:
                     try:
-                        check_syntax(source, where=f"{where} {part}")
+                        check_syntax(source, where=f"{where} {part}", renderer=renderer)
                     except TemplateRenderError as exc:
                         raise CampaignError(str(exc)) from None
 
@@ -324,15 +333,14 @@ def validate_campaign(
     )
     check = LaunchCheck(len(email_steps), len(contacts), max(on_list, len(contacts)))
     if contacts and email_steps:
-        with Renderer(limits) as renderer:
-            for contact in contacts:
-                context = contact_context(contact._mapping)
-                for where, parts in texts:
-                    try:
-                        renderer.render(parts, context, where=where)
-                    except TemplateRenderError as exc:
-                        sample = f"; {check.summary()}" if check.sampled else ""
-                        raise CampaignError(f"{exc} (contact {context['email']}{sample})") from None
+        for contact in contacts:
+            context = contact_context(contact._mapping)
+            for where, parts in texts:
+                try:
+                    renderer.render(parts, context, where=where)
+                except TemplateRenderError as exc:
+                    sample = f"; {check.summary()}" if check.sampled else ""
+                    raise CampaignError(f"{exc} (contact {context['email']}{sample})") from None
     return check
 
 

@@ -482,6 +482,7 @@ def _print_result(result, tenant: str) -> None:
             "see the rejects with: "
             + penguin_command(f"uploads rejects {result.batch_id} -o rejects.csv", tenant)
         )
+    _not_kept(result.rejected, "rejected lines")
 
 
 @uploads_app.command("list")
@@ -564,8 +565,30 @@ def uploads_rejects(
     if output is None:
         sys.stdout.write(safe_csv(frame))
     else:
-        output.write_text(safe_csv(frame), encoding="utf-8")
-        console.print(f"wrote {frame.height:,} rejected line(s) to {output}")
+        _write_output(output, safe_csv(frame))
+        console.print(f"wrote {frame.height:,} rejected line(s) to {escape(shown(output))}")
+    _not_kept(row.rejected_count, "rejected lines")
+
+
+def _not_kept(rejected: int, noun: str) -> None:
+    """Tell (on stderr, so a CSV on stdout stays clean) how many rejects were not kept."""
+    from engine.ingest.rejects import not_kept_note
+
+    if note := not_kept_note(rejected or 0, noun):
+        err.print(f"note: {note}")
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write a command's `-o` file, or exit 1 saying in one line why it cannot be written."""
+    from rich.markup import escape
+
+    from engine.userfiles import UserFileError, write_output
+
+    try:
+        write_output(path, text)
+    except UserFileError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 def _one_batch(find, given: str, none_found: str, list_command: str, describe, noun="batch id"):
@@ -675,6 +698,7 @@ def _print_import(result, tenant: str) -> None:
             "see the rejects with: "
             + penguin_command(f"events rejects {result.import_id} -o rejects.csv", tenant)
         )
+    _not_kept(result.rejected, "rejected records")
 
 
 @events_app.command("list")
@@ -761,8 +785,9 @@ def events_rejects(
     if output is None:
         sys.stdout.write(safe_csv(frame))
     else:
-        output.write_text(safe_csv(frame), encoding="utf-8")
-        console.print(f"wrote {frame.height:,} rejected record(s) to {output}")
+        _write_output(output, safe_csv(frame))
+        console.print(f"wrote {frame.height:,} rejected record(s) to {escape(shown(output))}")
+    _not_kept(row.rejected_count, "rejected records")
 
 
 def _unwrap_help(group: typer.Typer) -> None:

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import unicodedata
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from engine.ingest import SOURCES, IngestError, IngestResult, Progress, ingest_f
 from engine.ingest.store import check_list_name
 from engine.tenants import UnknownTenantError, tenant_id, validate_name
 from engine.text import readable_name, shown
+from engine.userfiles import kind_of
 
 SETTLE_SECONDS = 2.0
 #: A folder name's bytes (file systems allow 255; room is left for the moved files' stamps).
@@ -78,7 +80,9 @@ def inbox_file(inbox: Path, relative: str) -> Path:
     if len(parts) != 3 or any(p in ("", ".", "..") for p in parts) or Path(relative).is_absolute():
         raise ValueError(f"{shown(relative, 200)!r} is not <tenant>/<folder>/<file> in {inbox}")
     path = inbox / relative
-    if path.resolve().parent.parent.parent != inbox.resolve():
+    # The folders are resolved, not the file: an entry that is a link is refused by its run
+    # (`not_regular`), never followed.
+    if path.parent.resolve() != inbox.resolve() / parts[0] / parts[1]:
         raise ValueError(f"{shown(relative, 200)!r} leads out of {inbox}")
     return path
 
@@ -93,6 +97,8 @@ def read_file(path: Path) -> InboxFile:
     Never raises for bad instructions: they are the file's `problem`, for `process_file`.
     """
     tenant, list_name = path.parent.parent.name, path.parent.name
+    if (problem := not_regular(path)) is not None:
+        return InboxFile(path, tenant, list_name, problem=problem)
     if readable_name(tenant) != tenant or readable_name(list_name) != list_name:
         # Made on another system (Latin-1 bytes): not a tenant or list name anyone can type.
         problem = (
@@ -142,18 +148,58 @@ def _instructions(sidecar: Path) -> tuple[dict[str, str], str]:
 
 
 def waiting_paths(inbox: Path, *, now_timestamp: float | None = None) -> Iterator[Path]:
-    """The files of `inbox/<tenant>/<folder>/`, oldest name first, without hidden ones (a
-    sidecar, a copy in progress); with `now_timestamp`, only those that have not changed for
-    `SETTLE_SECONDS`. The uploads inbox and the events inbox list their files with it."""
-    for path in sorted(inbox.glob("*/*/*")):
-        if not path.is_file() or path.name.startswith("."):
-            continue
+    """The entries of `inbox/<tenant>/<folder>/`, oldest name first, without hidden ones (a
+    sidecar, a copy in progress) and folders; with `now_timestamp`, only those that have not
+    changed for `SETTLE_SECONDS`. The uploads inbox and the events inbox list their files
+    with it.
+
+    Nothing outside the inbox is listed: tenant and list folders that are symbolic links are
+    not entered. An entry that is not a regular file (a symbolic link, a FIFO, a device) is
+    listed, so that its run moves it to `failed/` saying why (`not_regular`), instead of
+    following it or blocking on it.
+    """
+    for path in sorted(_entries(inbox)):
         try:
-            if now_timestamp is not None and now_timestamp - path.stat().st_mtime < SETTLE_SECONDS:
-                continue
+            changed = path.lstat().st_mtime
         except FileNotFoundError:  # moved on (by its run) since the listing
             continue
+        if now_timestamp is not None and now_timestamp - changed < SETTLE_SECONDS:
+            continue
         yield path
+
+
+def _entries(inbox: Path) -> Iterator[Path]:
+    """`inbox/*/*/*` without entering symbolic links, hidden entries or folders."""
+    for tenant in _folders(inbox):
+        for folder in _folders(tenant):
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if not entry.name.startswith(".") and not entry.is_dir(follow_symlinks=False):
+                    yield Path(entry.path)
+
+
+def _folders(parent: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def not_regular(path: Path) -> str | None:
+    """Why the inbox entry `path` cannot be taken (a symbolic link, a FIFO, a device), or
+    None for a regular file: an inbox takes only files inside it."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None  # gone: its run says so
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "it is a symbolic link; the inbox takes only files: copy the file itself in"
+    return f"it is {kind_of(mode)}, not a file; the inbox takes only regular files"
 
 
 def pending_files(uploads: Path, *, now_timestamp: float | None = None) -> Iterator[InboxFile]:

@@ -15,6 +15,11 @@ at a time:
 * cheap guards in the sandbox (`*`, `**`, `%`, `+`, padding and `replace`) refuse the common
   abuses before they allocate anything, with a precise message.
 
+Compile-time work on a template is evaluation too (Jinja2 folds constant expressions while it
+compiles: `{{ 'x' * 2**31 }}` is computed then), so checking a template (`check_syntax`) and
+finding the variables it needs (`template_variables`) also happen in the worker, under the same
+limits, never in the calling process (a CLI, a Dagster run).
+
 Whatever goes wrong while rendering one item is a `TemplateRenderError` naming where (step and
 part); it ends only that item. Campaign launch renders every step against its contacts first,
 so a template that cannot render is normally rejected then, not halfway through a send.
@@ -26,6 +31,7 @@ import contextlib
 import multiprocessing
 import os
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +39,7 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError, Undefined
+from jinja2 import StrictUndefined, Template, Undefined, meta, nodes
 from jinja2.filters import do_center, do_indent
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -254,7 +260,10 @@ class _LimitedSandbox(SandboxedEnvironment):
 
 # -- the worker -------------------------------------------------------------------------------
 
-#: Answers from the worker: ("ok", texts) or ("error", part index, message, fatal).
+#: Requests to the worker: ("render", sources, context) or ("analyze", source); None ends it.
+_RENDER = "render"
+_ANALYZE = "analyze"
+#: Answers from the worker: ("ok", texts or names) or ("error", part index, message, fatal).
 _OK = "ok"
 _ERROR = "error"
 
@@ -318,12 +327,54 @@ def _render_item(
     return (_OK, texts)
 
 
+#: A variable guarded by one of these needs no value: `{{ x | default('') }}`,
+#: `{% if x is defined %}`.
+_DEFAULT_FILTERS = frozenset({"default", "d"})
+_DEFINED_TESTS = frozenset({"defined", "undefined"})
+
+
+def _needed_variables(ast: nodes.Template) -> set[str]:
+    """The variables a parsed template needs from its context without a fallback (see
+    `template_variables`). Finding the undeclared ones compiles the template."""
+    undeclared = meta.find_undeclared_variables(ast)
+    unguarded: set[str] = set()
+    tested: set[str] = set()
+    todo: list[tuple[nodes.Node, bool]] = [(ast, False)]
+    while todo:
+        node, guarded = todo.pop()
+        if isinstance(node, nodes.Name) and node.ctx == "load" and not guarded:
+            unguarded.add(node.name)
+        protects = (isinstance(node, nodes.Filter) and node.name in _DEFAULT_FILTERS) or (
+            isinstance(node, nodes.Test) and node.name in _DEFINED_TESTS
+        )
+        if protects and isinstance(node, nodes.Test) and isinstance(node.node, nodes.Name):
+            tested.add(node.node.name)
+        for child in node.iter_child_nodes():
+            todo.append((child, protects and child is getattr(node, "node", None)))
+    return (unguarded & undeclared) - tested
+
+
+def _analyze_item(env: _LimitedSandbox, limits: RenderLimits, source: str) -> tuple:
+    """Parse and compile `source` (constant folding included) and find the variables it
+    needs: ("ok", names) or an error answer, as for an item."""
+    try:
+        return (_OK, sorted(_needed_variables(env.parse(source))))
+    except MemoryError:
+        return (_ERROR, 0, _memory_message(limits), True)
+    except RecursionError:
+        return (_ERROR, 0, "template nests or recurses too deeply", False)
+    except Exception as exc:  # a syntax error, an unknown filter: ends this template only
+        text = next(iter(str(exc).splitlines()), "")  # not the "<introspection>" location
+        return (_ERROR, 0, shown(f"{exc.__class__.__name__}: {text}", 300), False)
+
+
 def _memory_message(limits: RenderLimits) -> str:
     return f"template needs too much memory (over {_size(limits.memory_bytes)})"
 
 
 def _worker_main(conn: Connection, limits: RenderLimits, progress: Any) -> None:
-    """The worker's loop: one request (sources of one item and a context) → one answer.
+    """The worker's loop: one request (an item to render or a template to analyze) → one
+    answer.
 
     It needs no secrets, so it drops the environment it inherited before running any template.
     """
@@ -339,9 +390,12 @@ def _worker_main(conn: Connection, limits: RenderLimits, progress: Any) -> None:
             return
         if request is None:
             return
-        sources, context = request
         try:
-            answer = _render_item(env, cache, limits, progress, sources, context)
+            if request[0] == _ANALYZE:
+                progress.value = 0
+                answer = _analyze_item(env, limits, request[1])
+            else:
+                answer = _render_item(env, cache, limits, progress, *request[1:])
         except MemoryError:  # while keeping the cache or building the answer
             answer = (_ERROR, progress.value, _memory_message(limits), True)
         try:
@@ -459,9 +513,25 @@ class Renderer:
         """
         names = list(parts)
         sources = [parts[name] for name in names]
+        texts = self._ask((_RENDER, sources, dict(context)), where, names)
+        return dict(zip(names, texts, strict=True))
+
+    def analyze(self, source: str, *, where: str = "template") -> set[str]:
+        """Parse and compile `source` in the worker, under the limits, and return the
+        variables it needs (`template_variables`); `TemplateRenderError` naming `where` for a
+        template that cannot compile or runs over a limit while compiling."""
+        return set(self._ask((_ANALYZE, source), where, None))
+
+    def _ask(self, request: tuple, where: str, names: list[str] | None) -> list:
+        """Send `request`, wait at most the time limit for the answer; its result, or
+        `TemplateRenderError` naming `where` (and the part among `names`)."""
+
+        def at(index: int) -> str:
+            return where if names is None else f"{where} {names[min(index, len(names) - 1)]}"
+
         conn = self._conn or self._start()
         try:
-            conn.send((sources, dict(context)))
+            conn.send(request)
         except (OSError, ValueError) as exc:  # the worker is gone; the next item gets another
             self._kill()
             raise RendererError(f"the template renderer stopped: {exc}") from exc
@@ -471,8 +541,7 @@ class Renderer:
             index = self._progress.value if self._progress is not None else 0
             self._kill()
             raise TemplateRenderError(
-                f"{where} {names[min(index, len(names) - 1)]}: template took longer than "
-                f"{_seconds(self.limits.seconds)}"
+                f"{at(index)}: template took longer than {_seconds(self.limits.seconds)}"
             )
         try:
             answer = conn.recv()
@@ -483,24 +552,52 @@ class Renderer:
             code = self._process.exitcode if self._process is not None else None
             self._kill()
             raise TemplateRenderError(
-                f"{where} {names[min(index, len(names) - 1)]}: the template stopped the renderer "
-                f"(exit code {code}); it may need too much memory"
+                f"{at(index)}: the template stopped the renderer (exit code {code}); it may "
+                "need too much memory"
             ) from None
         if answer[0] == _OK:
-            return dict(zip(names, answer[1], strict=True))
+            return answer[1]
         _, index, message, fatal = answer
         if fatal:
             self._kill()
-        raise TemplateRenderError(f"{where} {names[index]}: {message}")
+        raise TemplateRenderError(f"{at(index)}: {message}")
 
 
-def check_syntax(source: str, *, where: str = "template") -> None:
-    """Parse without rendering: for templates that have no contacts to render against yet."""
-    try:
-        _LimitedSandbox(max_length=RenderLimits().output_bytes).parse(source)
-    except TemplateError as exc:
-        raise TemplateRenderError(
-            f"{where}: {shown(f'{exc.__class__.__name__}: {exc}', 300)}"
-        ) from exc
-    except RecursionError:
-        raise TemplateRenderError(f"{where}: template nests too deeply") from None
+# -- checking templates without rendering them ------------------------------------------------
+
+#: The limits of checking a template for callers that bring no renderer.
+ANALYSIS_LIMITS = RenderLimits()
+#: The renderer that checks templates for callers that bring none: one per process (a forked
+#: child starts its own), used by one thread at a time; its worker dies with the process.
+_analyzer: tuple[int, Renderer] | None = None
+_analyzer_lock = threading.Lock()
+
+
+def _analyze(source: str, where: str, renderer: Renderer | None) -> set[str]:
+    global _analyzer
+    if renderer is not None:
+        return renderer.analyze(source, where=where)
+    with _analyzer_lock:
+        if _analyzer is None or _analyzer[0] != os.getpid():
+            _analyzer = (os.getpid(), Renderer(ANALYSIS_LIMITS))
+        elif _analyzer[1].limits != ANALYSIS_LIMITS:  # changed (by a test): a new worker
+            _analyzer[1].close()
+            _analyzer = (os.getpid(), Renderer(ANALYSIS_LIMITS))
+        return _analyzer[1].analyze(source, where=where)
+
+
+def check_syntax(source: str, *, where: str = "template", renderer: Renderer | None = None) -> None:
+    """Check that `source` parses and compiles, without rendering it: for templates that have
+    no contacts to render against yet. It runs in `renderer`'s worker (a shared one by
+    default), under its limits; `TemplateRenderError` names `where` and what is wrong."""
+    _analyze(source, where, renderer)
+
+
+def template_variables(
+    source: str, *, where: str = "template", renderer: Renderer | None = None
+) -> set[str]:
+    """The variables a template needs from its context without a fallback: every name it reads
+    that it does not set itself, except where it is guarded by `| default(...)` or tested with
+    `is defined` (then a contact without it is fine). Found in `renderer`'s worker (a shared
+    one by default), under its limits, like `check_syntax`."""
+    return _analyze(source, where, renderer)

@@ -19,6 +19,7 @@ gets a run of its own, which finds its content imported); the run imports it thr
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
 import json
+import os
 import time
 
 import dagster as dg
@@ -148,7 +149,7 @@ def provider_events(
             files = [event_inbox.read_file(inbox_file(root / "inbox", config.path))]
         except ValueError as exc:
             raise dg.Failure(f"config path: {exc}") from None
-        if not files[0].path.exists():  # a retried run whose first attempt moved it on
+        if not os.path.lexists(files[0].path):  # a retried run whose first attempt moved it on
             context.log.info(f"{config.path} is no longer in the events inbox; it was handled")
             files = []
     else:
@@ -201,7 +202,7 @@ def event_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresRe
     requests = []
     for item in event_inbox.pending_files(root, now_timestamp=time.time()):
         try:
-            stat = item.path.stat()
+            stat = item.path.lstat()  # an entry that is a link is the link's own
         except FileNotFoundError:  # its run moved it on since the listing
             continue
         relative = str(item.path.relative_to(root / "inbox"))

@@ -10,6 +10,7 @@ loaded ends in failure, naming the file and why.
 """
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
+import os
 import time
 
 import dagster as dg
@@ -97,7 +98,7 @@ def uploads(context: dg.AssetExecutionContext, config: UploadConfig, postgres: P
             files = [read_file(inbox_file(uploads_dir / "inbox", config.path))]
         except ValueError as exc:
             raise dg.Failure(f"config path: {exc}") from None
-        if not files[0].path.exists():
+        if not os.path.lexists(files[0].path):
             # A retried run whose first attempt moved the file on: nothing is left to do.
             context.log.info(f"{config.path} is no longer in the inbox; it was handled")
             files = []
@@ -254,7 +255,7 @@ def upload_inbox_sensor(context: dg.SensorEvaluationContext, postgres: PostgresR
     requests = []
     for item in pending_files(uploads_dir, now_timestamp=time.time()):
         try:
-            stat = item.path.stat()
+            stat = item.path.lstat()  # an entry that is a link is the link's own
         except FileNotFoundError:  # its run moved it on since the listing
             continue
         relative = str(item.path.relative_to(uploads_dir / "inbox"))

@@ -31,7 +31,7 @@ def run_penguin(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Co
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=kwargs.pop("timeout", 300),
         cwd=kwargs.pop("cwd", DBT_PROJECT_DIR.parent),
         **kwargs,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -447,3 +448,22 @@ def test_sender_accounts_and_campaign_files_take_addresses_by_one_rule(env, tmp_
     assert reason in refused(["sender", "add", "sales@acme.local"], env)
     campaign.write_text(campaign.read_text().replace("help@acme.test", "help@acme.local"))
     assert reason in refused(["campaign", "apply", str(campaign)], env)
+
+
+def test_apply_refuses_a_fifo_or_a_device_at_once_and_names_a_nul_byte(env, tmp_path):
+    """A FIFO would block the command until something writes to it, `/dev/zero` never ends:
+    neither is opened for reading. (The timeout fails the test, not hangs it, if they are.)"""
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a named pipe (FIFO)"), (Path("/dev/zero"), "a device")):
+        result = run(["campaign", "apply", str(path)], env, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (
+            f"error: {path}: is {what}, not a file; give the path of a regular file"
+        )
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(EXAMPLE.read_bytes().replace(b"name: ", b"name: \x00", 1))
+    assert refused(["campaign", "apply", str(nul)], env).strip() == (
+        f"error: {nul}: line 12, column 7: the control character U+0000 (NUL) cannot be in a "
+        "campaign file; remove it (save the file as plain UTF-8 text)"
+    )

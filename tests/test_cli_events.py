@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import timedelta
+from pathlib import Path
 
+from engine.ingest.rejects import KEPT_REJECTS
+from engine.tenants import create_tenant
 from tests.engine import provider_samples as samples
 from tests.engine.test_provider_events import _sent
 from tests.factories import run_penguin as run
@@ -71,3 +75,48 @@ def test_a_file_that_cannot_be_imported_is_one_line_and_exit_1(database, env, tm
     assert "unknown format 'sparkpost'; one of ses, sendgrid, mailgun, postmark" in unknown.stderr
     missing = run(["events", "rejects", "abcd"], env)
     assert missing.returncode == 2 and "tenant default has no event import 'abcd'" in missing.stderr
+
+
+def test_import_refuses_a_fifo_a_device_or_a_folder_at_once(env, tmp_path):
+    """A FIFO would block the command until something writes to it, `/dev/zero` never ends.
+    (The timeout fails the test, not hangs it, if they are opened.)"""
+    fifo = tmp_path / "events.jsonl"
+    os.mkfifo(fifo)
+    for path, what in (
+        (fifo, "a named pipe (FIFO)"),
+        (Path("/dev/zero"), "a device"),
+        (tmp_path, "a folder"),
+    ):
+        result = run(["events", "import", str(path), "--format", "ses"], env, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"error: {path.name}: is {what}, not a file; give the path of a regular file"
+        )
+
+
+def test_an_import_keeps_its_first_rejects_and_says_how_many_more_were_counted(
+    database, env, tmp_path
+):
+    create_tenant(database.owner, "acme")
+    export = tmp_path / "garbage.jsonl"
+    export.write_text("{}\n" * (KEPT_REJECTS + 5), encoding="utf-8")
+    done = run(["events", "import", str(export), "--format", "ses", "--tenant", "acme"], env)
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"^rejected +{KEPT_REJECTS + 5:,}$", done.stdout, re.M)
+    note = (
+        f"note: the first {KEPT_REJECTS:,} rejected records are kept with their reasons; 5 more "
+        "were counted but not kept (fix the file's first rejects and load it again to see them)"
+    )
+    assert note in done.stderr
+    import_id = done.stdout.splitlines()[0].split()[1].rstrip(":")
+
+    args = ["events", "rejects", import_id, "--tenant", "acme", "-o"]
+    missing = run([*args, str(tmp_path / "nope" / "r.csv")], env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f"error: cannot write {tmp_path / 'nope' / 'r.csv'}: its folder {tmp_path / 'nope'} "
+        "does not exist; create it first or choose another path"
+    )
+    written = run([*args, str(tmp_path / "r.csv")], env)
+    assert written.returncode == 0 and note in written.stderr
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == KEPT_REJECTS + 1

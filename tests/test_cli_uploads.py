@@ -3,6 +3,7 @@ one clear line, never a traceback; batches named by the start of their id, like 
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 
@@ -89,3 +90,25 @@ def test_user_text_that_looks_like_markup_or_escapes_is_shown_as_it_is(env, tmp_
     assert "leads[bold].csv → list '[bold]vip'" in loaded.stdout
     listed = run(["uploads", "list"], env)
     assert "leads[bold].csv" in listed.stdout and "[bold]vip" in listed.stdout
+
+
+def test_a_folder_or_a_fifo_is_refused_as_not_a_file_at_once(env, tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    for path, what in ((tmp_path, "a folder"), (fifo, "a named pipe (FIFO)")):
+        result = run(["upload", str(path), "--list", "leads"], env, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"error: {path.name}: is {what}, not a file; give the path of a regular file"
+        )
+
+
+def test_rejects_written_to_a_folder_fail_in_one_line(env, tmp_path):
+    path = write_csv(tmp_path / "leads.csv", [["ok@example.com"], ["broken"]], ["Email"])
+    batch = run(["upload", str(path), "--list", "leads"], env).stdout.split()[1].rstrip(":")
+    result = run(["uploads", "rejects", batch, "-o", str(tmp_path)], env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: cannot write {tmp_path}: it is a folder; give a file name, e.g. "
+        f"{tmp_path}/rejects.csv"
+    )

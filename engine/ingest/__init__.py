@@ -49,6 +49,7 @@ from engine.ingest.source import (
     to_utf8,
 )
 from engine.text import readable_name, shown, shown_list
+from engine.userfiles import UserFileError
 
 #: progress(stage, done, total): stage is "reading" (rows) or "merging" (no counts).
 Progress = Callable[[str, int, int | None], None]
@@ -170,10 +171,10 @@ def ingest_file(
 
 
 def _survey(path: Path, label: str) -> Survey:
-    if not path.is_file():
-        raise IngestError(f"{label}: no such file ({shown(path, 200)})")
     try:
-        return survey(path)
+        return survey(path, label)
+    except UserFileError as exc:
+        raise IngestError(str(exc)) from None
     except OSError as exc:
         raise IngestError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
 
@@ -256,7 +257,7 @@ def _load(
                     stage.add_rejects(chunk.rejects)
                     done += frame.height
                     report("reading", done + len(scan.rejects), scan.total_records)
-                stage.add_rejects(scan.rejects_frame())
+                stage.add_rejects(scan.rejects_frame(), stream="unreadable lines")
                 stage.finish()
             except BaseException:
                 stage.abort()

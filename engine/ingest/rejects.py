@@ -15,6 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 FORMULA_START = r"^[=+\-@\t\r]"
+#: Rejects kept with their reasons per batch (an upload or an events import): the first ones
+#: in the file. The rest are counted (a batch's counts stay exact) but not stored, so one file
+#: of garbage cannot fill the database.
+KEPT_REJECTS = 10_000
 
 _REJECTS = sa.text(
     """
@@ -44,6 +48,22 @@ def rejects_frame(conn: Connection, batch_id: uuid.UUID) -> pl.DataFrame:
         [tuple(row) for row in rows],
         schema={"line_number": pl.Int64, "reason": pl.String, "raw_row": pl.String},
         orient="row",
+    )
+
+
+def not_kept(rejected: int) -> int:
+    """How many of a batch's `rejected` were counted but not kept (`KEPT_REJECTS`)."""
+    return max(rejected - KEPT_REJECTS, 0)
+
+
+def not_kept_note(rejected: int, noun: str = "rejects") -> str | None:
+    """What a person is told about the rejects not kept, or None when all were."""
+    more = not_kept(rejected)
+    if not more:
+        return None
+    return (
+        f"the first {KEPT_REJECTS:,} {noun} are kept with their reasons; {more:,} more were "
+        "counted but not kept (fix the file's first rejects and load it again to see them)"
     )
 
 

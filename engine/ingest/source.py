@@ -53,8 +53,12 @@ import polars as pl
 
 from engine.ingest.errors import IngestError
 from engine.text import shown
+from engine.userfiles import open_input
 
 CHUNK_BYTES = 1 << 20
+#: An upload may be at most this big (checked before it is read). DuckDB streams it in bounded
+#: memory, but its rows are staged and merged in one transaction: a bigger list goes in parts.
+MAX_UPLOAD_BYTES = 1 << 30
 #: Records DuckDB hands over at a time, at most; bounds memory whatever the file's length.
 BATCH_ROWS = 100_000
 #: ... and cells: a wide file comes in batches of fewer rows (at least `MIN_BATCH_ROWS`).
@@ -213,12 +217,17 @@ class Survey:
         return len(self.newlines) > 1
 
 
-def survey(path: Path) -> Survey:
-    """Hash, size, UTF-8 validity, NUL bytes and longest line of `path`, in one read."""
+def survey(path: Path, label: str | None = None) -> Survey:
+    """Hash, size, UTF-8 validity, NUL bytes and longest line of `path`, in one read;
+    `UserFileError` naming `label` for what is not a regular file or is over
+    `MAX_UPLOAD_BYTES`."""
     digest, size, head = hashlib.sha256(), 0, b""
     decoder: codecs.IncrementalDecoder | None = codecs.getincrementaldecoder("utf-8")()
     meter, newlines, has_nul = _LineMeter(), _NewlineCounter(), False
-    with path.open("rb") as handle:
+    hint = "split it into smaller files and upload each"
+    with open_input(
+        path, label=label, max_bytes=MAX_UPLOAD_BYTES, what="an upload", hint=hint
+    ) as handle:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
             size += len(chunk)

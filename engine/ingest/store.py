@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from engine.ingest.clean import STAGED_COLUMNS
 from engine.ingest.columns import TEXT_FIELDS
 from engine.ingest.errors import IngestError
+from engine.ingest.rejects import KEPT_REJECTS
 from engine.text import id_prefix
 
 MAX_LIST_NAME = 200
@@ -104,7 +105,7 @@ _BY_ID = sa.text("select * from app.upload_batches where id = :batch_id")
 # `prefix` is hex digits only (see `batches_by_prefix`), so it holds no LIKE wildcard.
 _BY_PREFIX = sa.text(
     """
-    select id, created_at, file_name, list_name, status from app.upload_batches
+    select id, created_at, file_name, list_name, status, rejected_count from app.upload_batches
     where replace(id::text, '-', '') like :prefix || '%'
     order by created_at desc limit :limit
     """
@@ -247,7 +248,7 @@ _SAVE_REJECTS = sa.text(
     """
     insert into app.upload_rejects (tenant_id, batch_id, line_number, raw_row, reason)
     select (select app.current_tenant_id()), :batch_id, line_number, raw_row, reason
-    from staged_rejects order by line_number
+    from staged_rejects order by line_number limit :keep
     """
 )
 
@@ -381,17 +382,24 @@ class Stage:
             )
         )
         self._rejects = (workdir / "rejects.csv").open("w+b")
+        self._kept: dict[str, int] = {}
 
     def add(self, contacts: pl.DataFrame) -> None:
         if contacts.height:
             self._copy.write(contacts.write_csv(include_header=False))
             self.rows += contacts.height
 
-    def add_rejects(self, rejects: pl.DataFrame) -> None:
+    def add_rejects(self, rejects: pl.DataFrame, stream: str = "rows") -> None:
+        """Stage the first `KEPT_REJECTS` rejects of each `stream` (each arrives in line
+        order), so the batch can keep its first ones by line whichever stream they come from;
+        the others are only counted, by the caller."""
+        kept = self._kept.get(stream, 0)
+        rejects = rejects.sort("line_number").head(max(KEPT_REJECTS - kept, 0))
         if rejects.height:
             rejects.select("line_number", "raw_row", "reason").write_csv(
                 self._rejects, include_header=False
             )
+            self._kept[stream] = kept + rejects.height
 
     def finish(self) -> None:
         self._open.close()  # ends the COPY of contacts
@@ -422,7 +430,7 @@ def merge(stage: Stage, batch_id: uuid.UUID, list_id: uuid.UUID, now: datetime) 
     updated = conn.execute(_UPDATE, {"now": now}).rowcount
     added = conn.execute(_INSERT_AND_ADD, {"batch_id": batch_id, "list_id": list_id, "now": now})
     counts = added.one()
-    conn.execute(_SAVE_REJECTS, {"batch_id": batch_id})
+    conn.execute(_SAVE_REJECTS, {"batch_id": batch_id, "keep": KEPT_REJECTS})
     return MergeCounts(
         staged=stage.rows,
         distinct_addresses=distinct_addresses,

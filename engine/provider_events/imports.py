@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,11 +37,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from engine.db import tenant_transaction
+from engine.ingest.rejects import KEPT_REJECTS
 from engine.mailboxes.inbound import SOFT_BOUNCE_WINDOW, SoftBounces
 from engine.provider_events import formats, records
 from engine.provider_events.formats import FORMATS, RecordError
 from engine.text import first_line, id_prefix, readable_name, shown
 from engine.tracking import machine
+from engine.userfiles import UserFileError, open_input
 
 SOURCES = ("cli", "inbox")
 #: Records staged in one statement.
@@ -333,23 +336,28 @@ _EFFECTS = sa.text(
     select count(*) from suppressed
     """
 )
+# The first `KEPT_REJECTS` by their place in the file.
 _SAVE_REJECTS = sa.text(
     """
     insert into app.event_import_rejects
         (tenant_id, import_id, record, line_number, reason, raw_record)
     select app.current_tenant_id(), :id, record, line_number, reason, raw
-    from pg_temp.unreadable
-    union all
-    select app.current_tenant_id(), :id, record, line_number,
-           case when message_id is not null
-                then 'no message of this tenant has Message-ID <' || left(message_id, 200) || '>'
-                     || coalesce(' (nor is ' || :provider || ' message ' || left(provider_id, 200)
-                                 || ' known)', '')
-                else 'no message of this tenant is known as ' || :provider || ' message '
-                     || left(provider_id, 200)
-                     || ' (no record of it carried its Message-ID)' end,
-           raw
-    from pg_temp.staged where sent_email_id is null
+    from (
+        select record, line_number, reason, raw
+        from pg_temp.unreadable
+        union all
+        select record, line_number,
+               case when message_id is not null
+                    then 'no message of this tenant has Message-ID <' || left(message_id, 200)
+                         || '>' || coalesce(' (nor is ' || :provider || ' message '
+                                            || left(provider_id, 200) || ' known)', '')
+                    else 'no message of this tenant is known as ' || :provider || ' message '
+                         || left(provider_id, 200)
+                         || ' (no record of it carried its Message-ID)' end,
+               raw
+        from pg_temp.staged where sent_email_id is null
+    ) r
+    order by record limit :keep
     """
 )
 _TALLY = sa.text(
@@ -440,12 +448,22 @@ def import_events(
 
 
 def _digest(path: Path, label: str) -> tuple[str, int]:
+    """The sha256 and size of `path`, once it is known to be a regular file within the cap of
+    its layout (`records.MAX_FILE_BYTES`): nothing is read past its first line before that."""
     try:
-        with path.open("rb") as handle:
+        with open_input(path, label=label) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            try:
+                problem = records.oversize(records.layout_of(handle), size, label)
+            except records.FileError:  # empty: the import records that as its failure
+                problem = None
+            if problem is not None:
+                raise EventImportError(problem)
+            handle.seek(0)
             digest = hashlib.file_digest(handle, "sha256")
             size = handle.tell()
-    except FileNotFoundError:
-        raise EventImportError(f"{label}: no such file") from None
+    except UserFileError as exc:
+        raise EventImportError(str(exc)) from None
     except OSError as exc:
         raise EventImportError(f"{label}: cannot be read ({exc.strerror or exc})") from None
     return digest.hexdigest(), size
@@ -480,7 +498,9 @@ def _import(
                 conn.execute(_ROW, {"id": import_id}).one(), already_imported=True
             )
         conn.exec_driver_sql(_STAGE_TABLES)
-        total, skipped = _stage(conn, path, provider, lambda done: report("reading", done, size))
+        total, skipped, not_staged = _stage(
+            conn, path, provider, lambda done: report("reading", done, size)
+        )
         report("writing", 0, None)
         conn.exec_driver_sql("analyze pg_temp.staged")  # plan the joins on its real size
         for statement in _MATCH:
@@ -491,7 +511,7 @@ def _import(
             {"provider": provider, "import_id": str(import_id), "too_soon": machine.OPEN_TOO_SOON},
         )
         suppressed = conn.execute(_EFFECTS, {"provider": provider, "now": now}).scalar_one()
-        conn.execute(_SAVE_REJECTS, {"id": import_id, "provider": provider})
+        conn.execute(_SAVE_REJECTS, {"id": import_id, "provider": provider, "keep": KEPT_REJECTS})
         tally = conn.execute(_TALLY).one()
         kinds = {kind: n for kind, n in conn.execute(_KIND_COUNTS)}
         row = conn.execute(
@@ -503,7 +523,7 @@ def _import(
                 "imported": tally.imported,
                 "duplicates": tally.matched - tally.imported,
                 "skipped": skipped,
-                "rejected": tally.unreadable + tally.unmatched,
+                "rejected": tally.unreadable + not_staged + tally.unmatched,
                 "unmatched": tally.unmatched,
                 "suppressed": suppressed,
                 "event_counts": json.dumps(kinds),
@@ -514,11 +534,13 @@ def _import(
 
 def _stage(
     conn: Connection, path: Path, provider: str, progress: Callable[[int], None]
-) -> tuple[int, int]:
-    """Parse every record of `path` into the staging tables; (records, skipped)."""
+) -> tuple[int, int, int]:
+    """Parse every record of `path` into the staging tables; (records, skipped, unreadable
+    records not staged). Only the first `KEPT_REJECTS` unreadable records are staged (no more
+    can be kept); the others are counted."""
     events: list[dict] = []
     unreadable: list[dict] = []
-    total = skipped = 0
+    total = skipped = staged_unreadable = not_staged = 0
     for record in records.read(path, progress):
         total += 1
         problem = record.problem
@@ -533,6 +555,10 @@ def _stage(
                     skipped += 1
                     continue
         if problem is not None:
+            if staged_unreadable >= KEPT_REJECTS:
+                not_staged += 1
+                continue
+            staged_unreadable += 1
             unreadable.append(
                 {
                     "record": record.number,
@@ -555,7 +581,7 @@ def _stage(
         conn.execute(_STAGE_UNREADABLE, {"rows": json.dumps(unreadable)})
     if total == 0:
         raise records.FileError("the file holds no records")
-    return total, skipped
+    return total, skipped, not_staged
 
 
 def _row(record: records.Record, event: formats.ProviderEvent) -> dict:

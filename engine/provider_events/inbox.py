@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from engine.inbox import free_name, safe_name, waiting_paths
+from engine.inbox import free_name, not_regular, safe_name, waiting_paths
 from engine.provider_events.formats import FORMATS
 from engine.provider_events.imports import EventImportError, ImportResult, import_events
 from engine.tenants import UnknownTenantError, tenant_id, validate_name
@@ -51,10 +51,10 @@ def inbox_folder(root: Path, tenant: str, provider: str) -> Path:
 
 def read_file(path: Path) -> EventFile:
     tenant, provider = path.parent.parent.name, path.parent.name
-    problem = None
-    if readable_name(tenant) != tenant or readable_name(provider) != provider:
+    problem = not_regular(path)
+    if problem is None and (readable_name(tenant) != tenant or readable_name(provider) != provider):
         problem = f"its folder {shown(tenant)}/{shown(provider)} has a name that is not valid UTF-8"
-    elif provider not in FORMATS:
+    elif problem is None and provider not in FORMATS:
         problem = (
             f"its folder {shown(provider)!r} names no provider; put the file in a folder named "
             f"for its format: {', '.join(FORMATS)}"

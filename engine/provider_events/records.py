@@ -22,11 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.text import shown, storable
+from engine.userfiles import too_big
 
 #: Longest record read; a longer line is a reject of its own.
 MAX_RECORD_BYTES = 1 << 20
-#: A whole-file JSON array is parsed at once; past this size, export JSON lines instead.
-MAX_ARRAY_BYTES = 256 << 20
+#: A whole-file JSON array is parsed at once (its values take ~10 times its size in memory);
+#: past this size, export JSON lines instead.
+MAX_ARRAY_BYTES = 64 << 20
+#: JSON lines and CSV are read a record at a time, but every event is staged and written in
+#: one transaction: a bigger export goes in parts.
+MAX_STREAM_BYTES = 512 << 20
+#: The most a file of each layout may hold, checked before it is read (`check_size`).
+MAX_FILE_BYTES = {"array": MAX_ARRAY_BYTES, "lines": MAX_STREAM_BYTES, "csv": MAX_STREAM_BYTES}
+_LAYOUT_NAMES = {"array": "a JSON array", "lines": "a JSON-lines file", "csv": "a CSV file"}
 #: Characters of a rejected record kept in its reject.
 MAX_RAW_CHARS = 10_000
 CHUNK_BYTES = 1 << 20
@@ -51,21 +59,41 @@ def layout(path: Path) -> str:
     """`array`, `lines` or `csv`, from the file's first non-blank character; a file whose
     first line is a whole JSON array by itself is JSON lines of webhook bodies."""
     with path.open("rb") as handle:
+        return layout_of(handle)
+
+
+def layout_of(handle: io.BufferedReader) -> str:
+    """`layout` of an open file, read from its start (it is left anywhere)."""
+    handle.seek(0)
+    head = handle.read(4096)
+    while head and not head.lstrip(b" \t\r\n" + codecs.BOM_UTF8):
         head = handle.read(4096)
-        while head and not head.lstrip(b" \t\r\n" + codecs.BOM_UTF8):
-            head = handle.read(4096)
-        start = head.lstrip(codecs.BOM_UTF8).lstrip(b" \t\r\n")[:1]
-        if not start:
-            raise FileError("the file is empty")
-        if start != b"[":
-            return "lines" if start == b"{" else "csv"
-        handle.seek(0)
-        first = next((line for line in _bounded_lines(handle) if line and line.strip()), None)
+    start = head.lstrip(codecs.BOM_UTF8).lstrip(b" \t\r\n")[:1]
+    if not start:
+        raise FileError("the file is empty")
+    if start != b"[":
+        return "lines" if start == b"{" else "csv"
+    handle.seek(0)
+    first = next((line for line in _bounded_lines(handle) if line and line.strip()), None)
     try:
         _json((first or b"").decode("utf-8", errors="replace").lstrip("\ufeff"))
     except ValueError:
         return "array"  # an array over several lines: the whole file is one
     return "lines"
+
+
+def oversize(kind: str, size: int, label: str) -> str | None:
+    """Why a file of layout `kind` and `size` bytes is over its `MAX_FILE_BYTES` (naming its
+    size and the cap), or None."""
+    cap = MAX_FILE_BYTES[kind]
+    if size <= cap:
+        return None
+    hint = (
+        "export JSON lines (one event per line) instead"
+        if kind == "array"
+        else "split it into smaller files and import each"
+    )
+    return too_big(label, size, cap, _LAYOUT_NAMES[kind] + " of events", hint)
 
 
 def read(path: Path, progress=None) -> Iterator[Record]:

@@ -12,10 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from engine import campaign_files as cf
+from engine import templates
 from engine.campaign_files import CampaignFileError
 from engine.db import tenant_transaction
 from engine.ingest import ingest_file
 from engine.senders import create_sender
+from engine.templates import RenderLimits
 from engine.tenants import create_tenant
 from tests.conftest import NOW
 from tests.factories import write_csv
@@ -448,10 +450,33 @@ def test_a_file_that_is_not_utf8_names_the_line(tmp_path):
     assert caught.value.problems == [f"{path}: line 2: not UTF-8 text (byte 0xe9)"]
 
 
+def test_a_nul_byte_or_another_control_character_names_its_line_and_what_to_do(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"name: q4\nlist: le\x00ads\n")
+    with pytest.raises(CampaignFileError) as caught:
+        cf.load(path)
+    assert caught.value.problems == [
+        f"{path}: line 2, column 9: the control character U+0000 (NUL) cannot be in a campaign "
+        "file; remove it (save the file as plain UTF-8 text)"
+    ]
+    assert problems_of_text("name: q4\n\x1b[31m: x\n") == [
+        "c.yaml: line 2, column 1: the control character U+001B (escape) cannot be in a "
+        "campaign file; remove it (save the file as plain UTF-8 text)"
+    ]
+
+
+def test_a_device_is_refused_unread(tmp_path):
+    with pytest.raises(CampaignFileError) as caught:
+        cf.load(Path("/dev/zero"))
+    assert caught.value.problems == [
+        "/dev/zero: is a device, not a file; give the path of a regular file"
+    ]
+
+
 def test_a_missing_file_or_a_folder_is_named(tmp_path):
     for path, what in (
         (tmp_path / "nope.yaml", "no such file"),
-        (tmp_path, "is a folder, not a campaign file"),
+        (tmp_path, "is a folder, not a file; give the path of a regular file"),
     ):
         with pytest.raises(CampaignFileError) as caught:
             cf.load(path)
@@ -843,6 +868,30 @@ def test_a_template_variable_no_contact_of_the_list_has_is_refused(database, acm
     ]
     data["steps"][0]["email"]["text"] = "{{ favourite_penguin | default('') }}"
     assert apply(database, acme, data).outcome == "created"
+
+
+def test_a_template_that_would_build_a_huge_value_is_applied_without_building_it(
+    database, acme, tmp_path
+):
+    """Finding a template's variables compiles it, and compiling folds constants: that happens
+    in the renderer's worker, under its limits (`tests/engine/test_templates.py` measures it)."""
+    upload(database, acme, tmp_path, ROWS)
+    data = campaign()
+    data["steps"][0]["email"]["text"] = "{{ 'x' * 2**31 }} {{ first_name }} {{ plan }}"
+    assert apply(database, acme, data).outcome == "created"
+
+
+def test_a_template_whose_analysis_runs_over_the_time_limit_is_a_problem_of_its_step(
+    database, acme, tmp_path, monkeypatch
+):
+    upload(database, acme, tmp_path, ROWS)
+    spec = cf.parse(step(0, email={"subject": "Hi", "text": "{{ first_name }}" * 3_000}))
+    monkeypatch.setattr(templates, "ANALYSIS_LIMITS", RenderLimits(seconds=0.01))
+    with pytest.raises(CampaignFileError) as caught:
+        apply(database, acme, spec)
+    assert caught.value.problems == [
+        "<text>: steps[intro].email.text: template took longer than 0.01 s"
+    ]
 
 
 def test_an_empty_or_new_list_skips_the_variable_check_with_a_note(database, acme, tmp_path):

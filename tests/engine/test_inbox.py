@@ -192,3 +192,37 @@ def test_a_folder_name_that_is_not_utf8_fails_only_its_own_file(database, now, t
     assert "not valid UTF-8" in outcomes["a.csv"].error
     moved = outcomes["a.csv"].moved_to
     assert "not valid UTF-8" in moved.with_name(moved.name + ".error.txt").read_text()
+
+
+@pytest.mark.timeout(60)  # a FIFO opened for reading would block: fail, not hang
+def test_only_regular_files_inside_the_inbox_are_taken(database, now, tmp_path):
+    """A symbolic link is not followed (to a file outside or inside the inbox), a FIFO is not
+    opened (it would block the run forever), a folder linked in is not entered: each entry
+    that is not a regular file moves to failed/ saying why, and its target is untouched."""
+    uploads = database.settings.uploads
+    secret = write_csv(tmp_path / "secret.csv", [["secret@example.com"]], ["Email"])
+    folder = inbox_path(uploads) / "default" / "l"
+    good = drop(
+        uploads, write_csv(tmp_path / "a.csv", [["a@example.com"]], ["Email"]), "default", "l"
+    )
+    (folder / "link.csv").symlink_to(secret)
+    os.mkfifo(folder / "pipe.csv")
+    outside = tmp_path / "outside"
+    (outside / "l").mkdir(parents=True)
+    write_csv(outside / "l" / "b.csv", [["b@example.com"]], ["Email"])
+    (inbox_path(uploads) / "linked-tenant").symlink_to(outside)
+
+    outcomes = {o.file.path.name: o for o in process_inbox(database.app, uploads, now)}
+
+    assert set(outcomes) == {good.name, "link.csv", "pipe.csv"}
+    assert outcomes[good.name].result.inserted == 1
+    assert outcomes["link.csv"].error == (
+        "it is a symbolic link; the inbox takes only files: copy the file itself in"
+    )
+    assert outcomes["pipe.csv"].error == (
+        "it is a named pipe (FIFO), not a file; the inbox takes only regular files"
+    )
+    assert outcomes["link.csv"].moved_to.is_symlink() and secret.is_file()
+    assert (outside / "l" / "b.csv").is_file()  # the linked folder was not entered
+    with database.owner.connect() as conn:
+        assert conn.exec_driver_sql("select count(*) from app.upload_batches").scalar() == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import threading
 import time
 
@@ -12,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from engine.db import tenant_transaction
-from engine.ingest import IngestError, ingest_file, parse_mapping, preview_file
-from engine.ingest.rejects import rejects_csv, safe_csv
+from engine.ingest import IngestError, ingest_file, parse_mapping, preview_file, source
+from engine.ingest.rejects import KEPT_REJECTS, rejects_csv, safe_csv
 from engine.tenants import tenant_id
-from tests.factories import write_csv
+from tests.factories import people, write_csv
 
 
 @pytest.fixture
@@ -460,3 +461,39 @@ def test_an_internationalized_domain_is_stored_in_its_sendable_ascii_form(
         "a@xn--bcher-kva.example",  # the first line's spelling, its domain in ASCII
         "zoë@xn--exmple-cua.com",
     ]
+
+
+def test_only_a_batchs_first_rejects_are_kept_and_every_one_is_counted(
+    database, tenant, now, tmp_path
+):
+    bad = [[f"not-an-address-{i}", "x"] for i in range(KEPT_REJECTS + 50)]
+    path = write_csv(tmp_path / "leads.csv", [["good@example.com", "G"], *bad], ["Email", "Name"])
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('a,b,c,"never closed\n')  # a line the reader itself rejects, last
+    result = ingest_file(database.app, tenant, path, "leads", now)
+    assert (result.inserted, result.rejected) == (1, KEPT_REJECTS + 51)
+    lines = [row.line_number for row in rejects(database, tenant)]
+    assert lines == list(range(3, 3 + KEPT_REJECTS))
+
+
+def test_a_file_over_the_upload_cap_is_refused_before_it_is_read(
+    database, tenant, now, tmp_path, monkeypatch
+):
+    path = write_csv(tmp_path / "leads.csv", people("a", 40))
+    monkeypatch.setattr(source, "MAX_UPLOAD_BYTES", 1024)
+    with pytest.raises(IngestError) as caught:
+        ingest_file(database.app, tenant, path, "leads", now)
+    assert str(caught.value) == (
+        f"leads.csv: the file is {path.stat().st_size / 1024:.1f} KiB; an upload may be at most "
+        "1 KiB; split it into smaller files and upload each"
+    )
+    assert batches(database, tenant) == []
+
+
+@pytest.mark.timeout(60)  # a FIFO opened for reading would block: fail, not hang
+def test_a_folder_or_a_fifo_is_refused_as_not_a_file(database, tenant, now, tmp_path):
+    os.mkfifo(tmp_path / "pipe.csv")
+    for path, what in ((tmp_path, "a folder"), (tmp_path / "pipe.csv", "a named pipe (FIFO)")):
+        with pytest.raises(IngestError) as caught:
+            ingest_file(database.app, tenant, path, "leads", now, file_name="x.csv")
+        assert str(caught.value) == f"x.csv: is {what}, not a file; give the path of a regular file"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import sqlalchemy as sa
 
 from engine.campaigns import Step
 from engine.db import tenant_transaction
-from engine.provider_events import EventImportError, import_events
+from engine.ingest.rejects import KEPT_REJECTS
+from engine.provider_events import EventImportError, import_events, records
+from engine.provider_events import inbox as event_inbox
 from engine.provider_events.imports import rejects
 from engine.sending.scheduler import send_due
 from tests.engine import provider_samples as samples
@@ -430,3 +433,72 @@ def test_json_lines_of_webhook_bodies_may_start_with_an_array(database, smtp_ser
     )
     result = import_events(database.app, tenant.tenant_id, path, "sendgrid", now)
     assert (result.total, result.imported) == (2, 2)
+
+
+def _tenant(database, name="acme"):
+    from engine.tenants import create_tenant
+
+    tenant_id, _ = create_tenant(database.owner, name)
+    return tenant_id
+
+
+def test_only_an_imports_first_rejects_are_kept_and_every_one_is_counted(database, now, tmp_path):
+    tenant_id = _tenant(database)
+    export = tmp_path / "garbage.json"
+    export.write_text(json.dumps([{}] * (KEPT_REJECTS + 50), indent=1), encoding="utf-8")
+    result = import_events(database.app, tenant_id, export, "ses", now)
+    assert (result.total, result.rejected, result.imported) == (
+        KEPT_REJECTS + 50,
+        KEPT_REJECTS + 50,
+        0,
+    )
+    with tenant_transaction(database.app, tenant_id) as conn:
+        kept = rejects(conn, result.import_id)
+    assert len(kept) == KEPT_REJECTS
+    assert [r.line_number for r in kept[:2]] == [1, 2] and kept[-1].line_number == KEPT_REJECTS
+    assert kept[0].reason == "no eventType or notificationType: not an SES event"
+
+
+@pytest.mark.parametrize("layout", ["array", "lines", "csv"])
+def test_a_file_over_its_layouts_cap_is_refused_before_it_is_read(
+    database, now, tmp_path, monkeypatch, layout
+):
+    tenant_id = _tenant(database)
+    text = {"array": "[\n{}\n]", "lines": "{}\n", "csv": "event,timestamp\nopen,1\n"}[layout]
+    export = tmp_path / "big.export"
+    export.write_text(text + " " * 2000, encoding="utf-8")
+    monkeypatch.setitem(records.MAX_FILE_BYTES, layout, 1024)
+    with pytest.raises(EventImportError) as caught:
+        import_events(database.app, tenant_id, export, "sendgrid", now)
+    what = {"array": "a JSON array", "lines": "a JSON-lines file", "csv": "a CSV file"}[layout]
+    assert str(caught.value).startswith(
+        f"big.export: the file is 2.0 KiB; {what} of events may be at most 1 KiB; "
+    )
+    with tenant_transaction(database.app, tenant_id) as conn:
+        assert conn.execute(sa.text("select count(*) from app.event_imports")).scalar() == 0
+
+
+@pytest.mark.timeout(60)  # a FIFO opened for reading would block: fail, not hang
+def test_a_link_or_a_fifo_in_the_events_inbox_is_moved_aside_unread(database, now, tmp_path):
+    _tenant(database)
+    root = database.settings.event_files
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    folder = event_inbox.inbox_folder(root, "acme", "ses")
+    folder.mkdir(parents=True)
+    (folder / "events.json").symlink_to(outside)
+    os.mkfifo(folder / "pipe.json")
+    outcomes = {
+        item.path.name: event_inbox.process_file(database.app, root, item, now)
+        for item in event_inbox.pending_files(root)
+    }
+    assert outcomes["events.json"].error == (
+        "it is a symbolic link; the inbox takes only files: copy the file itself in"
+    )
+    assert outcomes["pipe.json"].error == (
+        "it is a named pipe (FIFO), not a file; the inbox takes only regular files"
+    )
+    assert outside.read_text().startswith("root:")
+    assert list(folder.iterdir()) == []
+    with database.owner.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from app.event_imports")).scalar() == 0

@@ -4,6 +4,8 @@ naming the step, the part and the contact; at send time only that contact's enro
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -27,7 +29,9 @@ from engine.templates import (
     Renderer,
     RenderLimits,
     TemplateRenderError,
+    check_syntax,
     contact_context,
+    template_variables,
 )
 from engine.tenants import create_tenant
 from tests.conftest import NOW
@@ -329,3 +333,36 @@ def test_an_error_quoting_a_huge_value_is_one_short_printable_line():
     message = str(raised.value)
     assert message.startswith("step 1 body_text: UndefinedError: ")
     assert len(message) < 400 and "\x1b" not in message
+
+
+def test_checking_a_template_runs_in_the_renderers_worker_under_its_time_limit():
+    with Renderer(RenderLimits(seconds=0.01)) as renderer:
+        with pytest.raises(TemplateRenderError) as caught:
+            check_syntax("{{ a }}" * 3_000, where="step 1 body_text", renderer=renderer)
+        assert str(caught.value) == "step 1 body_text: template took longer than 0.01 s"
+    with Renderer() as renderer:  # the next template gets a new worker
+        assert template_variables("{{ a }}{{ b | default('') }}", renderer=renderer) == {"a"}
+        assert renderer.started == 1
+
+
+def test_constant_folding_while_checking_builds_nothing_in_the_calling_process():
+    """Compiling folds constant expressions: `'x' * 2**29` would be built (512 MiB) by whoever
+    compiles the template. A process of its own measures its peak memory."""
+    script = (
+        "import resource\n"
+        "from engine.templates import check_syntax, template_variables\n"
+        "source = \"{{ 'x' * 2**29 }}{{ 'z' | center(2**29) }}{{ name }}\"\n"
+        "check_syntax(source)\n"
+        "assert template_variables(source) == {'name'}\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert int(done.stdout) * 1024 < 256 * MIB
+
+
+def test_a_template_that_cannot_compile_is_refused_when_checked():
+    with pytest.raises(TemplateRenderError) as caught:
+        check_syntax("{{ name | shout }}", where="step 1 subject")
+    assert str(caught.value) == ("step 1 subject: TemplateAssertionError: No filter named 'shout'.")
