@@ -30,8 +30,8 @@ an event, a move through a wait or a condition, a campaign or a sender paused or
 the marts (and the forecasts) one sensor interval plus one build after it is committed, whatever
 wrote it (a send run, the tracking server, a mailbox poll, an import, the generator, the CLI,
 the operators' corner) and whatever its clock said. An upload run refreshes the marts itself,
-in the same run. The sensor also asks, once, for a run when a
-forecast a run kept is `PENGUIN_FORECAST_INTERVAL` old.
+in the same run. The sensor also asks, once, for a run when a forecast a run kept is
+`PENGUIN_FORECAST_INTERVAL` old.
 
 All dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes) and the run
 tag `DBT_TAGS`, because two at once fail with "relation already exists".

@@ -13,6 +13,7 @@
             {'columns': ['tenant_id', 'event_date']},
             {'columns': ['loaded_at']},
             {'columns': ['build_xmin']},
+            {'columns': ['recorded_at']},
         ]
     )
 }}
@@ -23,7 +24,9 @@
     `recorded_at` says; merged, not appended, because an event's `machine_reason` may be set
     after it was recorded (migration 0009: a scanner's clicks are known once the last of them
     arrives). With vars `start_date` and `end_date`, every event of those event days is merged
-    instead (a backfill repairs what is there), and the watermark stays where it was. -#}
+    instead (a backfill repairs what is there), and the watermark stays where it was.
+    Indexed on `build_xmin` (the watermark's max()) and on `recorded_at` (the newest event
+    recorded, as the freshness benchmark reads it). -#}
 
 with events as (
     select events.* from {{ ref('stg_app__email_events') }} as events

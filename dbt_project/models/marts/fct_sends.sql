@@ -19,6 +19,8 @@
             {'columns': ['tenant_id', 'contact_id']},
             {'columns': ['loaded_at']},
             {'columns': ['build_xmin']},
+            {'columns': ['updated_at']},
+            {'columns': ['last_event_recorded_at']},
         ]
     )
 }}
@@ -36,7 +38,8 @@
     watermark's max() (`build_xmin`), `loaded_at` (the rows a build wrote: the daily models'
     days to rebuild, the data tests' rows), (tenant_id, send_date) (the rows of a day the daily
     models rebuild) and (tenant_id, contact_id) (a changed contact's messages, for
-    dim_contacts). -#}
+    dim_contacts); and on the newest `updated_at` and `last_event_recorded_at`, which the
+    dashboards show as "data as of". -#}
 
 {#- The import CTEs are inlined (`not materialized`): each is read twice on an incremental
     build, and a materialized CTE has no statistics, which once planned a nested loop over all
