@@ -18,17 +18,20 @@ priority): a run's new sends and events reach the marts without waiting for the 
 A forecast less than `PENGUIN_FORECAST_INTERVAL` (5 minutes) old, of a campaign unchanged
 since, is kept, not simulated again; the asset's config `every_campaign` forecasts them all.
 
-`analytics_freshness_sensor` watches `sent_emails.updated_at`, `email_events.recorded_at`,
-`step_transitions.recorded_at`, `campaigns.updated_at` and `sender_accounts.updated_at` (the
-first three indexed, so a tick reads only the newest rows). When one moved it asks for one run
-of `analytics_job` over the range of reporting days the new rows touch, tagged as a refresh:
-dbt then builds incrementally, merging only the messages and events that changed and
-rebuilding only the days they belong to. So a send, an event, a move through a wait or a
-condition, a campaign or a sender paused or edited reaches the marts (and the forecasts) one
-sensor interval plus one build after it is written, whatever wrote it (a send run, the
-tracking server, a mailbox poll, an import, the CLI, the operators' corner). An upload run
-refreshes the marts itself, in the same run. The sensor also asks, once, for a run when a
-forecast a run kept is `PENGUIN_FORECAST_INTERVAL` old.
+`analytics_freshness_sensor` watches `sent_emails`, `email_events`, `step_transitions`,
+`campaigns` and `sender_accounts` in commit order: their `change_xid`, the transaction that
+last wrote each row (migration 0020), against the snapshot its previous tick read them in, so
+a row counts whatever time its writer put on it (the large tables' `change_xid` is indexed: a
+tick reads only the new rows). When there are new rows it asks for one run of `analytics_job`
+over the range of reporting days they touch, tagged as a refresh: dbt then builds
+incrementally, in the same commit order (dbt_project/macros/change_order.sql), merging only
+the messages and events that changed and rebuilding only the days they belong to. So a send,
+an event, a move through a wait or a condition, a campaign or a sender paused or edited reaches
+the marts (and the forecasts) one sensor interval plus one build after it is committed, whatever
+wrote it (a send run, the tracking server, a mailbox poll, an import, the generator, the CLI,
+the operators' corner) and whatever its clock said. An upload run refreshes the marts itself,
+in the same run. The sensor also asks, once, for a run when a forecast a run kept is
+`PENGUIN_FORECAST_INTERVAL` old.
 
 All dbt builds share the pool `dbt` (limit 1 in the instance `penguin up` writes) and the run
 tag `DBT_TAGS`, because two at once fail with "relation already exists".
@@ -236,70 +239,62 @@ _ACTIVE = [
     dg.DagsterRunStatus.STARTED,
 ]
 
-#: How far before its watermark the sensor looks again: a transaction that started earlier
-#: (its timestamps are older than rows already seen) may commit after a tick.
-LOOKBACK = timedelta(minutes=10)
+#: Rows written by a transaction that the previous tick's snapshot (`:since`, a `pg_snapshot`)
+#: did not see: in commit order, by the `change_xid` the database sets (migration 0020), whatever
+#: time the writer put on them. The first comparison lets the index find them.
+_NEW = (
+    "change_xid >= pg_snapshot_xmin(cast(:since as pg_snapshot)) "
+    "and not pg_visible_in_snapshot(change_xid, cast(:since as pg_snapshot))"
+)
+#: The snapshot of a first tick: it sees no transaction, so every row written since migration
+#: 0020 is new (3 is the first normal transaction id).
+_NOTHING_SEEN = "3:3:"
 
-#: What the sensor watches: watermark name → (the rows written since `:since`, as
-#: `tenant_id, at` (the time whose reporting day they touch) and `stamp` (the column watched,
-#: indexed); the days they touch besides their own `at`, or None).
+#: What the sensor watches: each table's rows new since the last tick (`_NEW`), as
+#: `tenant_id, at` (the time whose reporting day they touch: a label, clamped to the partitions
+#: that exist), and the days they touch besides their own `at`, or None.
 _WATCHED: dict[str, tuple[str, str | None]] = {
     "sends": (
-        "select tenant_id, coalesce(sent_at, queued_at) as at, updated_at as stamp "
-        "from app.sent_emails where updated_at > :sends_since",
+        f"select tenant_id, coalesce(sent_at, queued_at) as at from app.sent_emails where {_NEW}",
         None,
     ),
     # An event touches its own day and its message's send day (the cohort).
     "events": (
-        "select tenant_id, occurred_at as at, recorded_at as stamp, sent_email_id "
-        "from app.email_events where recorded_at > :events_since",
+        f"select tenant_id, occurred_at as at, sent_email_id from app.email_events where {_NEW}",
         "select s.tenant_id, coalesce(s.sent_at, s.queued_at) "
         "from app.sent_emails s join new_events e on e.sent_email_id = s.id",
     ),
     # A move through a wait, a condition or an action sends nothing and changes the funnel.
     "moves": (
-        "select tenant_id, occurred_at as at, recorded_at as stamp "
-        "from app.step_transitions where recorded_at > :moves_since",
+        f"select tenant_id, occurred_at as at from app.step_transitions where {_NEW}",
         None,
     ),
     # A campaign paused, resumed or edited: its dimension and its forecast (campaigns are few:
     # no index needed).
     "campaigns": (
-        "select tenant_id, updated_at as at, updated_at as stamp "
-        "from app.campaigns where updated_at > :campaigns_since",
+        f"select tenant_id, updated_at as at from app.campaigns where {_NEW}",
         None,
     ),
     # A sender account paused, resumed or edited: its dimension and the forecasts of the
     # campaigns it sends for (accounts are few too).
     "senders": (
-        "select tenant_id, updated_at as at, updated_at as stamp "
-        "from app.sender_accounts where updated_at > :senders_since",
+        f"select tenant_id, updated_at as at from app.sender_accounts where {_NEW}",
         None,
     ),
 }
-_WATERMARKS = tuple(_WATCHED)
 
 
 def _changed_days_sql() -> sa.TextClause:
-    """The rows written since `LOOKBACK` before each watermark: the reporting days they touch,
-    their newest stamps, how many there are, and how many are within `LOOKBACK` of the newest
-    (the next tick's count). Run as the analytics role, across tenants; the stamps of the large
-    tables are indexed, so a tick reads only their newest rows."""
+    """The rows written since the snapshot `:since`: how many, the reporting days they touch,
+    and this statement's own snapshot (the next tick's `:since`: what it read is exactly what
+    that snapshot saw). Run as the analytics role, across tenants; the large tables'
+    `change_xid` is indexed, so a tick reads only the rows that are new."""
     new = [f"new_{k} as ({rows})" for k, (rows, _) in _WATCHED.items()]
-    marks = [f"{k}_mark as (select max(stamp) as mark from new_{k})" for k in _WATCHED]
     touched = [f"select tenant_id, at from new_{k}" for k in _WATCHED]
     touched += [also for _, also in _WATCHED.values() if also]
-    columns = []
-    for k in _WATCHED:
-        columns += [
-            f"(select mark from {k}_mark) as {k}_mark",
-            f"(select count(*) from new_{k}) as {k}_seen",
-            f"(select count(*) from new_{k}, {k}_mark where stamp > mark - :lookback) "
-            f"as {k}_recent",
-        ]
     return sa.text(
         "with "
-        + ",\n".join(new + marks)
+        + ",\n".join(new)
         + ",\ntouched as ("
         + "\nunion all\n".join(touched)
         + "),\n"
@@ -307,21 +302,22 @@ def _changed_days_sql() -> sa.TextClause:
         "    select (touched.at at time zone t.reporting_timezone)::date as day\n"
         "    from touched join app.tenants t on t.id = touched.tenant_id\n"
         ")\n"
-        "select (select min(day) from days) as first_day, "
-        "(select max(day) from days) as last_day,\n" + ",\n".join(columns)
+        "select (select count(*) from touched) as touched,\n"
+        "(select min(day) from days) as first_day, (select max(day) from days) as last_day,\n"
+        "pg_current_snapshot()::text as seen"
     )
 
 
 _CHANGED_DAYS = _changed_days_sql()
 #: The cursor's entry for the kept forecast a late run was asked for.
 _LATE = "late_forecast"
+#: The cursor's entry for the snapshot of the last tick.
+_SEEN = "seen"
 #: The oldest forecast a run kept instead of simulating again (migration 0018): once it is
 #: PENGUIN_FORECAST_INTERVAL old, the sensor asks for a run even if nothing else changed.
 _KEPT_FORECASTS = sa.text(
     "select min(forecast_at) from app.send_forecasts where kept_at is not null"
 )
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def changed_days(
@@ -330,29 +326,16 @@ def changed_days(
     """The range of reporting days that rows written since `cursor` touch (None: nothing new),
     and the cursor past them.
 
-    The cursor holds, per watched table, the newest stamp seen and how many rows were within
-    `LOOKBACK` of it. A row is new if it is newer, or if that count grew: a transaction that
-    began before the newest row seen, and committed after the tick that saw it."""
-    marks = {k: datetime.fromisoformat(cursor.get(k, _EPOCH.isoformat())) for k in _WATERMARKS}
-    counts = {k: int(cursor.get(f"{k}_recent", 0)) for k in _WATERMARKS}
-    row = (
-        conn.execute(
-            _CHANGED_DAYS,
-            {**{f"{k}_since": marks[k] - LOOKBACK for k in _WATERMARKS}, "lookback": LOOKBACK},
-        )
-        .one()
-        ._mapping
-    )
-    moved: dict[str, Any] = {}
-    changed = False
-    for kind in _WATERMARKS:
-        mark = row[f"{kind}_mark"]
-        changed |= (mark is not None and mark > marks[kind]) or row[f"{kind}_seen"] > counts[kind]
-        moved[kind] = (mark or marks[kind]).isoformat()
-        moved[f"{kind}_recent"] = row[f"{kind}_recent"] if mark is not None else counts[kind]
-    if not changed or row["first_day"] is None:
+    The cursor holds the snapshot of the last tick (`pg_current_snapshot()`): a row is new if
+    the transaction that last wrote it had not committed then, in commit order, whatever time
+    the row carries (a writer's future `now`, a back-dated generator, a slow clock), and however
+    long that transaction ran. A cursor without one (a first tick, a cursor of a release that
+    watched timestamps) has seen nothing."""
+    row = conn.execute(_CHANGED_DAYS, {"since": cursor.get(_SEEN) or _NOTHING_SEEN}).one()
+    moved: dict[str, Any] = {_SEEN: row.seen}
+    if not row.touched or row.first_day is None:
         return None, moved
-    return (row["first_day"], row["last_day"]), moved
+    return (row.first_day, row.last_day), moved
 
 
 def newest_day(now: datetime) -> date:
@@ -430,7 +413,8 @@ def analytics_freshness_sensor(context: dg.SensorEvaluationContext, postgres: Po
 def analytics_repair_schedule(context: dg.ScheduleEvaluationContext):
     """Yesterday and the day before, rebuilt whole from the raw tables (at 12:00 UTC yesterday
     has closed in every time zone, UTC-12 last): a repair of anything the refreshes missed,
-    such as a row committed so late that the incremental models' 24-hour lookback passed it."""
+    should a refresh have missed any (they follow commit order, so none should: a mart damaged
+    by hand, a model changed and deployed without a full refresh)."""
     today = context.scheduled_execution_time.astimezone(UTC).date()
     return dg.RunRequest(
         tags={

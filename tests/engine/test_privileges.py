@@ -482,3 +482,37 @@ def test_the_app_role_marks_its_own_forecasts_kept_and_changes_nothing_else_of_t
             conn.execute(sa.text("select tenant_id, kept_at from app.send_forecasts")).all()
         )
     assert kept[alpha.tenant_id] is not None and kept[bravo.tenant_id] is None
+
+
+def test_a_rows_change_xid_is_its_writers_transaction_whatever_the_writer_says(
+    database,
+    two_tenants,  # noqa: F811
+):
+    """`change_xid` (migration 0020), the commit order the marts and the freshness sensor
+    follow, is set by the database: a writer that names another value, inserting or updating,
+    gets its own transaction's id, and an update that leaves the column alone moves it too."""
+    alpha, _ = two_tenants
+    forge = sa.text(
+        "update app.contacts set change_xid = '3', updated_at = :at "
+        "where id = (select min(id::text)::uuid from app.contacts) returning change_xid::text"
+    )
+    stamp = sa.text("select pg_current_xact_id()::text")
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        inserted = conn.execute(
+            sa.text(
+                "insert into app.contacts (tenant_id, email, change_xid) values "
+                "(app.current_tenant_id(), 'forger@example.com', '3') returning change_xid::text"
+            )
+        ).scalar_one()
+        assert inserted == conn.execute(stamp).scalar_one()
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        forged = conn.execute(forge, {"at": "2000-01-01T00:00:00Z"}).scalar_one()
+        assert forged == conn.execute(stamp).scalar_one() != inserted
+    with tenant_transaction(database.app, alpha.tenant_id) as conn:
+        touched = conn.execute(
+            sa.text(
+                "update app.contacts set tags = '{x}' where email = 'forger@example.com' "
+                "returning change_xid::text"
+            )
+        ).scalar_one()
+        assert touched == conn.execute(stamp).scalar_one() != inserted

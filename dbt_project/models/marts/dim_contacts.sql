@@ -1,3 +1,5 @@
+{%- set xmin = last_build_xmin() %}
+{%- set by_changes = is_incremental() and xmin is not none %}
 {{
     config(
         materialized='incremental',
@@ -8,6 +10,7 @@
             {'columns': ['contact_id'], 'unique': True},
             {'columns': ['tenant_id', 'engagement_score']},
             {'columns': ['loaded_at']},
+            {'columns': ['build_xmin']},
         ]
     )
 }}
@@ -15,12 +18,13 @@
 {#- One row per contact: its lists, tags and status, what it did with the messages it got, and
     an engagement score (formula in marts.yml).
 
-    Incremental: each build merges the contacts that changed since the previous one: updated
-    (status, tags, fields: `updated_at`, reaching back `fct_sends_lookback_hours` as the facts
-    do), given a message or an outcome (their `fct_sends` rows merged since this model's last
-    build), or whose lists are not the ones stored here (a list joined, left or renamed leaves
-    no trace on the contact, so every contact's lists are compared: one pass over the
-    memberships, cheap beside the messages). Their activity is recomputed from all of their
+    Incremental: each build merges the contacts that changed since the previous one: written
+    (status, tags, fields) by a transaction that had not committed when the previous build read
+    them (`change_xid`, in commit order: macros/change_order.sql), given a message or an
+    outcome (their `fct_sends` rows merged since this model's last build), or whose lists are
+    not the ones stored here (a list joined, left or renamed leaves no trace on the contact, so
+    every contact's lists are compared: one pass over the memberships, cheap beside the
+    messages). Their activity is recomputed from all of their
     messages, looked up by `fct_sends`' (tenant_id, contact_id) index. -#}
 
 with contacts as not materialized (
@@ -44,14 +48,13 @@ lists as (
     group by tenant_id, contact_id
 ),
 
-{% if is_incremental() %}
+{% if by_changes %}
 changed as (
     select
         contacts.tenant_id,
         contacts.contact_id
     from contacts
-    where contacts.updated_at >= {{ newest(this, 'updated_at') }}
-        - interval '{{ var("fct_sends_lookback_hours") }} hours'
+    where {{ changed_since('contacts.change_xid', xmin) }}
     union
     select
         sends.tenant_id,
@@ -147,6 +150,7 @@ final as (
         end as engagement_score,
         in_scope.created_at,
         in_scope.updated_at,
+        {{ build_xmin() }} as build_xmin,
         cast('{{ run_started_at }}' as timestamptz) as loaded_at
     from in_scope
     left join lists on in_scope.contact_id = lists.contact_id

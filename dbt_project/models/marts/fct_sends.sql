@@ -1,3 +1,8 @@
+{%- set by_days = var('start_date', none) is not none %}
+{%- set xmin = last_build_xmin() %}
+{#- An incremental build of what changed since the last one (macros/change_order.sql); a first
+    build, a full refresh or a day range builds its rows from all of the sources. -#}
+{%- set by_changes = is_incremental() and not by_days and xmin is not none %}
 {{
     config(
         materialized='incremental',
@@ -6,12 +11,14 @@
         on_schema_change='sync_all_columns',
         tags=['partitioned'],
         pre_hook="set local enable_nestloop = {{
-            'on' if is_incremental() and var('start_date', none) is none else 'off' }}",
+            'on' if is_incremental() and var('start_date', none) is none
+                and last_build_xmin() is not none else 'off' }}",
         indexes=[
             {'columns': ['sent_email_id'], 'unique': True},
             {'columns': ['tenant_id', 'send_date']},
             {'columns': ['tenant_id', 'contact_id']},
             {'columns': ['loaded_at']},
+            {'columns': ['build_xmin']},
             {'columns': ['updated_at']},
             {'columns': ['last_event_recorded_at']},
         ]
@@ -19,21 +26,20 @@
 }}
 
 {#- One row per message, with what became of it. Incremental: each build merges the messages
-    updated, or given an event, since the previous build, recomputing their outcomes from all
-    of their events, so a late open (weeks after the send) reaches its message and its send
-    day: the window is not a number of days but "changed since", so an event of any age counts.
-    With vars `start_date` and `end_date` (a Dagster partition range: a backfill, the nightly
-    repair) it recomputes every message of those send days instead. Both watermarks reach back
-    `fct_sends_lookback_hours` (default 2): `updated_at` is the engine's clock for a whole
-    batch and commits land out of order, and an event's `recorded_at` is its transaction's
-    start, so a row can commit after a build that saw later ones; two hours is far longer than
-    any of the engine's transactions (a send batch, an import), the merge makes the overlap
-    harmless, and the nightly repair rebuilds the two days before whatever slipped past. -#}
+    written, or given an event, by a transaction that had not committed when the previous build
+    read them (`change_xid`, in commit order: macros/change_order.sql), recomputing their
+    outcomes from all of their events, so a late open (weeks after the send) reaches its message
+    and its send day, and a row stamped with any time (a writer's future `now`, a back-dated
+    generator, a host whose clock is behind) is found all the same. With vars `start_date` and
+    `end_date` (a Dagster partition range: a backfill, the nightly repair) it recomputes every
+    message of those send days instead, and leaves the watermark where it was. -#}
 
-{#- Indexed on what incremental builds look up: `sent_email_id` (the merge's key, unique), each
-    watermark's max(), `loaded_at` (the rows a build wrote: the daily models' days to rebuild,
-    the data tests' rows), (tenant_id, send_date) (the rows of a day the daily models
-    rebuild) and (tenant_id, contact_id) (a changed contact's messages, for dim_contacts). -#}
+{#- Indexed on what incremental builds look up: `sent_email_id` (the merge's key, unique), the
+    watermark's max() (`build_xmin`), `loaded_at` (the rows a build wrote: the daily models'
+    days to rebuild, the data tests' rows), (tenant_id, send_date) (the rows of a day the daily
+    models rebuild) and (tenant_id, contact_id) (a changed contact's messages, for
+    dim_contacts); and on the newest `updated_at` and `last_event_recorded_at`, which the
+    dashboards show as "data as of". -#}
 
 {#- The import CTEs are inlined (`not materialized`): each is read twice on an incremental
     build, and a materialized CTE has no statistics, which once planned a nested loop over all
@@ -54,7 +60,6 @@ tenants as not materialized (
     select * from {{ ref('stg_app__tenants') }}
 ),
 
-{%- set by_days = var('start_date', none) is not none %}
 {% if by_days %}
 changed as (
     select
@@ -67,14 +72,13 @@ changed as (
         ~ " at time zone tenants.reporting_timezone)::date"
     ) }}
 ),
-{% elif is_incremental() %}
+{% elif by_changes %}
 changed as (
     select
         sent_emails.tenant_id,
         sent_emails.sent_email_id
     from sent_emails
-    where sent_emails.updated_at >= {{ newest(this, 'updated_at') }}
-        - interval '{{ var("fct_sends_lookback_hours") }} hours'
+    where {{ changed_since('sent_emails.change_xid', xmin) }}
     union
     select
         events.tenant_id,
@@ -82,8 +86,7 @@ changed as (
     from events
     where
         events.sent_email_id is not null
-        and events.recorded_at >= {{ newest(this, 'last_event_recorded_at') }}
-        - interval '{{ var("fct_sends_lookback_hours") }} hours'
+        and {{ changed_since('events.change_xid', xmin) }}
 ),
 {% endif %}
 
@@ -114,7 +117,7 @@ bool_or(events.event_type = 'complaint') as is_complained,
 max(events.recorded_at) as last_event_recorded_at
 {%- endset %}
 outcomes as (
-    {% if is_incremental() and not by_days %}
+    {% if by_changes %}
     select
         changed.sent_email_id,
         per_message.*
@@ -143,7 +146,7 @@ outcomes as (
     lateral: PostgreSQL does not flatten a view written with CTEs (the staging views) into the
     query that reads it, so a join with it would scan every message to find a few thousand. -#}
 in_scope as (
-    {% if is_incremental() and not by_days %}
+    {% if by_changes %}
     select looked_up.*
     from changed
     cross join
@@ -253,6 +256,7 @@ final as (
         is_complained,
         updated_at,
         last_event_recorded_at,
+        {{ stored_build_xmin(xmin) }} as build_xmin,
         cast('{{ run_started_at }}' as timestamptz) as loaded_at
     from messages
 )

@@ -18,7 +18,8 @@ renamed as (
         status as contact_status,
         tags,
         created_at,
-        updated_at
+        updated_at,
+        change_xid
     from source
 )
 

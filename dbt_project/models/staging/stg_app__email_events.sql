@@ -19,7 +19,8 @@ renamed as (
         -- bounce of the address within 7 days)
         case when event_type = 'bounce' then coalesce((payload ->> 'hard')::boolean, false) end
             as is_hard_bounce,
-        payload ->> 'url' as clicked_url
+        payload ->> 'url' as clicked_url,
+        change_xid
     from source
 )
 

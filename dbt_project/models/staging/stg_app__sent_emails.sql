@@ -19,7 +19,8 @@ renamed as (
         attempts,
         queued_at,
         sent_at,
-        updated_at
+        updated_at,
+        change_xid
     from source
 )
 
