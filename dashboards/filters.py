@@ -1,10 +1,11 @@
 """The sidebar's filters, shared by the analytics pages and kept in the URL's query parameters
 (Streamlit's `bind="query-params"`): a view can be shared, bookmarked and reloaded.
 
-`?tenant=Acme&period=Last+90+days&campaign=Q4+outreach` opens the page on that view (a bound
-widget's option is named as it is shown: a campaign by its name); a parameter that
-names nothing (a campaign of another tenant, a period that does not exist) is dropped, and the
-default is used.
+`?tenant=Acme&period=90d&campaign=Q4+outreach` opens the page on that view (a bound widget's
+option is named as it is shown: a campaign by its name, a period as "Last 90 days" or by its
+short form in PERIOD_SHORT_FORMS); a parameter that names nothing (a campaign of another
+tenant, a period that does not exist) is dropped, and the default is used. docs/dashboards.md
+lists every parameter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from dashboards import data
 
 PERIODS = ("Last 7 days", "Last 30 days", "Last 90 days", "This month", "Custom")
 DEFAULT_PERIOD = "Last 30 days"
+#: The short forms `?period=` takes beside the periods' names (case does not matter).
+PERIOD_SHORT_FORMS = {
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "90d": "Last 90 days",
+    "month": "This month",
+    "custom": "Custom",
+}
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     tenant_id = tenants[name]
 
     today = datetime.now(UTC).date()
+    _expand_short_period()
     period = st.sidebar.selectbox(
         "Period", PERIODS, index=PERIODS.index(DEFAULT_PERIOD), key="period", bind="query-params"
     )
@@ -110,6 +120,17 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     )
     sender_ids = _pick("Senders", data.sender_choices(tenant_id), "sender") if senders else ()
     return Filters(tenant_id, name, start, end, campaign_ids, sender_ids)
+
+
+def _expand_short_period() -> None:
+    """`?period=7d` opens the page on "Last 7 days": the period widget binds to the URL by the
+    periods' names, so a short form in the URL becomes the widget's value before it is drawn
+    (once, on the page's first run: the widget then keeps what the user picks)."""
+    if "period" in st.session_state:
+        return
+    wanted = PERIOD_SHORT_FORMS.get(str(st.query_params.get("period", "")).strip().lower())
+    if wanted is not None:
+        st.session_state["period"] = wanted
 
 
 def _pick(label: str, options: dict[str, str], key: str) -> tuple[str, ...]:

@@ -1,22 +1,24 @@
-"""Sends: how many messages went out per day and campaign, and what came back."""
+"""Sends: how many messages went out per day and campaign, and what came back (the sidebar's
+tenant and period, as on every page)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import streamlit as st
 
-from dashboards import charts, data
+from dashboards import charts, data, filters, ui
 
 st.title("Sends")
 st.caption("Messages per campaign and day, from the `campaign_daily` mart.")
 
 # Filters
-tenant = data.pick_tenant(
-    data.tenants,
-    "Nothing has been sent yet. Launch a campaign; the marts rebuild after each send run.",
+view = filters.sidebar(
+    campaigns=False,
+    senders=False,
+    none_yet="No tenant yet. Create one (`penguin tenant create`), then launch a campaign; the "
+    "marts rebuild after each send run.",
 )
+tenant, start, end = view.tenant_name, view.start, view.end
 today = datetime.now(UTC).date()  # the marts' days are the tenant's reporting days
-picked = st.sidebar.date_input("Days", value=(today - timedelta(days=29), today), max_value=today)
-start, end = picked if isinstance(picked, tuple) and len(picked) == 2 else (picked, picked)
 
 st.caption(data.data_as_of_caption())
 frame = data.campaign_daily(tenant, start, end)
@@ -33,8 +35,8 @@ sent_today = int(frame.filter(frame["day"] == today)["sent"].sum())
 left, middle, right, last = st.columns(4)
 left.metric("Sent today", f"{sent_today:,}")
 middle.metric("Sent in range", f"{sent:,}")
-right.metric("Bounce rate", f"{bounced / sent:.1%}" if sent else "–")
-last.metric("Open rate", f"{opened / delivered:.1%}" if delivered else "–")
+right.metric("Bounce rate", ui.percent(bounced / sent if sent else None))
+last.metric("Open rate", ui.percent(opened / delivered if delivered else None))
 
 # Chart
 st.altair_chart(charts.daily_sends(frame, start, end), width="stretch")
@@ -44,6 +46,7 @@ st.subheader("Per campaign and day")
 st.dataframe(
     frame,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={
         "day": st.column_config.DateColumn("Send day", format="YYYY-MM-DD"),
@@ -60,9 +63,9 @@ st.dataframe(
         "unique_opens": st.column_config.NumberColumn("Opened"),
         "unique_clicks": st.column_config.NumberColumn("Clicked"),
         "replies": st.column_config.NumberColumn("Replied"),
-        "bounce_rate": st.column_config.NumberColumn("Bounce rate", format="percent"),
-        "open_rate": st.column_config.NumberColumn("Open rate", format="percent"),
-        "click_rate": st.column_config.NumberColumn("Click rate", format="percent"),
+        "bounce_rate": ui.rate_column("Bounce rate"),
+        "open_rate": ui.rate_column("Open rate"),
+        "click_rate": ui.rate_column("Click rate"),
     },
 )
 st.download_button(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import UTC, datetime, time
 
 import polars as pl
 
-from dashboards.ui import csv_text
+from dashboards.ui import METRIC_COLUMNS, MISSING, change, csv_text, percent, settings_table
 
 
 def test_every_download_is_formula_safe_with_its_lists_joined():
@@ -20,3 +21,56 @@ def test_every_download_is_formula_safe_with_its_lists_joined():
         ["'=HYPERLINK(1)", "a; b", "3"],
         ["intro", "", "-4"],
     ]
+
+
+def test_a_rate_has_the_same_two_decimals_in_a_tile_as_in_a_table():
+    # Streamlit's "percent" column format shows 0.03456 as 3.46%
+    assert percent(0.03456) == "3.46%"
+    assert percent(None) == MISSING == "—"
+    assert change("open_rate", {"open_rate": 0.05}, {"open_rate": 0.0345}) == "+1.55 pp"
+    assert all(
+        column["type_config"]["format"] == "percent"
+        for name, column in METRIC_COLUMNS.items()
+        if name.endswith(("_rate", "_share"))
+    )
+
+
+def test_campaign_settings_read_as_labels_and_full_times_in_the_campaigns_zone():
+    settings = {
+        "campaign_name": "Q4 outreach",
+        "campaign_status": "completed",
+        "campaign_timezone": "Europe/Berlin",
+        "created_at": datetime(2026, 12, 1, 8, 5, 9, tzinfo=UTC),
+        "launched_at": datetime(2026, 12, 1, 23, 30, 0, tzinfo=UTC),  # the 2nd in Berlin
+        "completed_at": None,
+        "send_window_start": time(9, 0),
+        "send_window_end": time(17, 30),
+        "send_days": [1, 2, 3, 4, 5],
+        "daily_limit": 1500,
+        "stop_on_reply": "company",
+        "track_opens": True,
+        "track_clicks": False,
+        "steps": 3,
+        "email_steps": 2,
+    }
+    rows = dict(settings_table(settings).iter_rows())
+    assert rows == {
+        "Name": "Q4 outreach",
+        "Status": "completed",
+        "Time zone": "Europe/Berlin",
+        "Created": "2026-12-01 09:05:09 Europe/Berlin",
+        "Launched": "2026-12-02 00:30:00 Europe/Berlin",
+        "Completed": "—",
+        "Send window opens": "09:00 Europe/Berlin",
+        "Send window closes": "17:30 Europe/Berlin",
+        "Send days": "Mon, Tue, Wed, Thu, Fri",
+        "Daily limit": "1,500",
+        "Stop on reply": "every enrollment of the contact's company stops",
+        "Track opens": "yes",
+        "Track clicks": "no",
+        "Steps": "3",
+        "Email steps": "2",
+    }
+    # a zone that names none: UTC, and said so
+    unnamed = dict(settings_table({**settings, "campaign_timezone": "Mars/Olympus"}).iter_rows())
+    assert unnamed["Created"] == "2026-12-01 08:05:09 UTC"
