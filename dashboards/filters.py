@@ -80,6 +80,7 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     marts are missing or hold no tenant."""
     try:
         tenants = data.tenant_choices()
+        active = data.last_active_tenant() if len(tenants) > 1 else None
     except data.MartsMissingError as exc:
         st.info(str(exc))
         st.stop()
@@ -89,7 +90,6 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     names = list(tenants)
     name = names[0]
     if len(names) > 1:
-        active = data.last_active_tenant()
         name = st.sidebar.selectbox(
             "Tenant",
             names,
@@ -100,9 +100,8 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     tenant_id = tenants[name]
 
     today = datetime.now(UTC).date()
-    _expand_short_period()
     period = st.sidebar.selectbox(
-        "Period", PERIODS, index=PERIODS.index(DEFAULT_PERIOD), key="period", bind="query-params"
+        "Period", PERIODS, index=PERIODS.index(_period_asked()), key="period", bind="query-params"
     )
     custom = None
     if period == "Custom":
@@ -122,15 +121,13 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     return Filters(tenant_id, name, start, end, campaign_ids, sender_ids)
 
 
-def _expand_short_period() -> None:
-    """`?period=7d` opens the page on "Last 7 days": the period widget binds to the URL by the
-    periods' names, so a short form in the URL becomes the widget's value before it is drawn
-    (once, on the page's first run: the widget then keeps what the user picks)."""
-    if "period" in st.session_state:
-        return
-    wanted = PERIOD_SHORT_FORMS.get(str(st.query_params.get("period", "")).strip().lower())
-    if wanted is not None:
-        st.session_state["period"] = wanted
+def _period_asked() -> str:
+    """The period `?period=` names by a short form (`7d`), else DEFAULT_PERIOD: the period
+    widget's default. Its URL binding knows the periods by their names only; a short form it
+    drops, and the widget opens on its default, this one. (The widget's identity is its key, so
+    a default that changes on a later run leaves the period picked as it is.)"""
+    asked = str(st.query_params.get("period", "")).strip().lower()
+    return PERIOD_SHORT_FORMS.get(asked, DEFAULT_PERIOD)
 
 
 def _pick(label: str, options: dict[str, str], key: str) -> tuple[str, ...]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
 import pytest
+import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
 from engine.config import PROJECT_ROOT
+from tests.dashboards.pages import open_page
 
 #: With pytest-xdist, the tests of the session's `built_pipeline` share one worker, which
 #: builds it once.
@@ -43,3 +49,40 @@ def test_sends_page_explains_missing_marts(use_database, database):
     at = _sends_page()
     assert not at.exception, at.exception
     assert "analytics marts have not been built yet" in at.info[0].value
+
+
+def test_the_sends_page_follows_the_sidebars_tenant_and_period(use_database, generated):
+    use_database(generated)
+    opened = open_page("sends")
+    assert not opened.exception, opened.exception
+    picker = opened.sidebar.selectbox(key="tenant")
+    other = next(n for n in picker.options if n.startswith("gen-") and n != picker.value)
+    at = open_page("sends", tenant=other, period="7d")
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="tenant").value == other
+    assert at.sidebar.selectbox(key="period").value == "Last 7 days"
+    assert not at.sidebar.date_input  # no picker of its own beside the period
+    with generated.analytics.connect() as conn:
+        campaigns, sent = conn.execute(
+            sa.text(
+                "select array_agg(distinct campaign_name), sum(sent) "
+                "from analytics_marts.campaign_daily "
+                "where tenant_name = :t and send_date > current_date - 7"
+            ),
+            {"t": other},
+        ).one()
+    table = at.dataframe[0].value
+    assert set(table["campaign_name"]) <= set(campaigns)
+    assert min(table["day"]).date() >= datetime.now(UTC).date() - timedelta(days=6)
+    assert {m.label: m.value for m in at.metric}["Sent in range"] == f"{sent:,}"
+
+
+def test_the_sends_page_shows_rates_as_every_page_does(use_database, generated):
+    use_database(generated)
+    at = open_page("sends")
+    tiles = {m.label: m.value for m in at.metric}
+    assert re.fullmatch(r"\d+\.\d\d%", tiles["Open rate"]), tiles
+    table = at.dataframe[0]
+    assert table.proto.placeholder == "—"
+    columns = json.loads(table.proto.columns)
+    assert columns["open_rate"]["type_config"]["format"] == "percent"

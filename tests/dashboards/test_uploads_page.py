@@ -218,3 +218,40 @@ def test_a_waiting_file_with_broken_instructions_does_not_break_the_page(page_en
     at = open_page()
     assert not at.exception, at.exception
     assert any("a.csv" in md.value and "will fail" in md.value for md in at.markdown)
+
+
+def test_the_batches_follow_the_sidebars_tenant_and_period(use_database, database, tmp_path):
+    from datetime import timedelta
+
+    from engine.tenants import create_tenant
+
+    use_database(database)
+    create_tenant(database.owner, "beta")
+    uploads = database.settings.uploads
+    now = datetime.now(UTC)
+    for tenant, name, when in [
+        ("beta", "beta-old.csv", now - timedelta(days=10)),
+        ("beta", "beta-new.csv", now),
+        ("default", "default-new.csv", now),
+    ]:
+        path = tmp_path / name
+        path.write_text(f"email\n{path.stem}@example.com\n")  # not a repeat of a file
+        inbox.drop(uploads, path, tenant, "leads")
+        process_inbox(database.app, uploads, when)
+    # tenant_daily too: with two tenants, the picker opens on the one that sent last
+    dbt(database, "run", "--select", "+dim_tenants", "+fct_upload_rejects", "+tenant_daily")
+
+    def files(**query: str) -> list[str]:
+        at = AppTest.from_file(str(PROJECT_ROOT / "dashboards" / "pages" / "uploads.py"))
+        for key, value in query.items():
+            at.query_params[key] = value
+        at.run(timeout=60)
+        assert not at.exception, at.exception
+        assert at.sidebar.selectbox(key="tenant").value == query.get("tenant", "default")
+        batches = at.dataframe[0]
+        assert batches.proto.placeholder == "—"  # no error: a dash, not "None"
+        return sorted(batches.value["file_name"])
+
+    assert files(tenant="beta") == ["beta-new.csv", "beta-old.csv"]
+    assert files(tenant="beta", period="7d") == ["beta-new.csv"]
+    assert files(tenant="default") == ["default-new.csv"]
