@@ -1,9 +1,12 @@
 """Presentation helpers shared by the pages: number formats, KPI tiles, CSV downloads.
 
-Every rate is shown with RATE_DECIMALS decimals, wherever it is: a KPI tile (`percent`), a
-table column (`rate_column`, Streamlit's "percent" format, which has two) and a chart's axis or
-tooltip (`RATE_FORMAT`, a d3 format), so one rate never reads 3.45% in a table and 3.4% beside
-it. A missing value (no denominator, no date yet, no error) shows as MISSING, never "None".
+Every rate reads the same wherever it is: in percent with at most RATE_DECIMALS decimals,
+trailing zeros dropped ("3.45%", "0.9%", "100%"), as Streamlit's "percent" column format writes
+it. A KPI tile uses `percent`, a table column `rate_column`, a chart's tooltip or label
+`RATE_FORMAT` (d3's `~` drops the zeros), so one rate never reads 3.45% in a table and 3.4%
+beside it. A change of a rate is in percentage points with RATE_DECIMALS decimals, in a tile's
+delta (`change`) as in a table (`points_column`). A missing value (no denominator, no date yet,
+no error) shows as MISSING, never "None".
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ KPIS = (
 #: What a table cell or a tile shows for a missing value (st.dataframe's `placeholder`).
 MISSING = "—"
 
-#: Decimals of a rate in percent; Streamlit's "percent" column format has exactly two.
+#: Decimals of a rate in percent, at most: those of Streamlit's "percent" column format.
 RATE_DECIMALS = 2
-#: A rate's d3 format, for charts' tooltips.
-RATE_FORMAT = f".{RATE_DECIMALS}%"
+#: A rate's d3 format, for charts' tooltips and labels.
+RATE_FORMAT = f".{RATE_DECIMALS}~%"
 
 
 def count(value: int | None) -> str:
@@ -43,8 +46,11 @@ def count(value: int | None) -> str:
 
 
 def percent(value: float | None) -> str:
-    """A rate (a fraction) as the tables and charts show it: "3.45%"."""
-    return MISSING if value is None else f"{value:.{RATE_DECIMALS}%}"
+    """A rate (a fraction) as the tables and charts show it: "3.45%", "0.9%", "100%"."""
+    if value is None:
+        return MISSING
+    digits = f"{value * 100:.{RATE_DECIMALS}f}".rstrip("0").rstrip(".")
+    return f"{'0' if digits == '-0' else digits}%"
 
 
 def rate_column(label: str, **kwargs: object) -> st.column_config.NumberColumn:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
+from dashboards.ui import percent
 from tests.dashboards.pages import open_page
 
 
@@ -79,7 +81,8 @@ def test_a_rate_reads_the_same_in_tiles_tables_and_charts(use_database, generate
             ),
             {"t": tenant},
         ).one()
-    assert _tiles(at)["Open rate"][0] == f"{opened / delivered:.2%}"  # as "percent" shows it
+    assert _tiles(at)["Open rate"][0] == percent(opened / delivered)  # as "percent" shows it
+    assert re.fullmatch(r"\d+(\.\d\d?)?%", _tiles(at)["Open rate"][0])
     columns = json.loads(at.dataframe[0].proto.columns)
     assert columns["open_rate"]["type_config"]["format"] == "percent"
     assert columns["open_rate_change_pp"]["type_config"]["format"] == "%+.2f pp"
@@ -87,7 +90,7 @@ def test_a_rate_reads_the_same_in_tiles_tables_and_charts(use_database, generate
     spec = json.loads(chart.proto.spec)
     [lines] = [layer for layer in spec["layer"] if layer["mark"]["type"] == "line"]
     [rate] = [t for t in lines["encoding"]["tooltip"] if t["field"] == "rate"]
-    assert rate["format"] == ".2%"
+    assert rate["format"] == ".2~%"
 
 
 def test_a_campaign_filter_narrows_the_figures(use_database, generated):

@@ -23,9 +23,9 @@ def test_every_download_is_formula_safe_with_its_lists_joined():
     ]
 
 
-def test_a_rate_has_the_same_two_decimals_in_a_tile_as_in_a_table():
-    # Streamlit's "percent" column format shows 0.03456 as 3.46%
-    assert percent(0.03456) == "3.46%"
+def test_a_rate_reads_in_a_tile_as_in_a_table():
+    # as Streamlit's "percent" column format writes them: two decimals, trailing zeros dropped
+    assert [percent(r) for r in (0.03456, 0.009, 1.0, 0.0)] == ["3.46%", "0.9%", "100%", "0%"]
     assert percent(None) == MISSING == "—"
     assert change("open_rate", {"open_rate": 0.05}, {"open_rate": 0.0345}) == "+1.55 pp"
     assert all(
