@@ -1,29 +1,68 @@
-"""Charts for the dashboards (Altair)."""
+"""Charts for the dashboards (Altair).
+
+What must hold on every chart: a day axis has one tick per day or per few days, at midnight,
+never two labels for one day (`day_axis`), however short the period; a count axis has
+integer ticks only (`count_axis`); a rate reads as the tables and tiles write it
+(`ui.RATE_FORMAT`); a label of a step or list has room (`LABEL_LIMIT`).
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+import math
+from datetime import UTC, date, datetime
 
 import altair as alt
 import polars as pl
 
+from dashboards.ui import RATE_FORMAT
+
+#: The width, in pixels, a category axis gives its labels before it cuts them ("…").
+LABEL_LIMIT = 360
+#: About this many labels on a day axis at most; longer periods label every few days.
+DAY_TICKS = 12
+
+
+def day_axis(start: date, end: date, title: str) -> alt.X:
+    """An x axis over the days `start`..`end`: ticks at midnights only (every day, or every few
+    when the period is long), each labelling the day whose bar begins there, and none for the
+    day after `end`; so a single day reads as one labelled day, not as hours labelled with its
+    date twice. The domain is in the viewer's local time, as Vega-Lite reads the data's dates
+    (ISO strings without a zone) and the `yearmonthdate` unit."""
+    days = (end - start).days + 1
+    step = max(1, math.ceil(days / DAY_TICKS))
+    first = alt.DateTime(year=start.year, month=start.month, date=start.day)
+    last = alt.DateTime(  # the last day's final moment: its bar's end, without a tick of its own
+        year=end.year, month=end.month, date=end.day, hours=23, minutes=59, seconds=59
+    )
+    return alt.X(
+        "yearmonthdate(day):T",
+        title=title,
+        scale=alt.Scale(domain=[first, last]),
+        axis=alt.Axis(format="%b %d", labelAngle=0, tickCount={"interval": "day", "step": step}),
+    )
+
+
+def count_axis(**kwargs: object) -> alt.Axis:
+    """An axis of counts: whole numbers only (no "0 0 0 1 1 1" on a small scale)."""
+    return alt.Axis(format=",d", tickMinStep=1, **kwargs)
+
 
 def daily_sends(frame: pl.DataFrame, start: date, end: date) -> alt.Chart:
     """Messages sent per day over the whole chosen range, stacked by campaign."""
-    domain = [start.isoformat(), (end + timedelta(days=1)).isoformat()]
     return (
         alt.Chart(frame.to_pandas())
         .mark_bar()
         .encode(
-            x=alt.X(
-                "yearmonthdate(day):T",
-                title="Send day",
-                scale=alt.Scale(domain=domain),
-                axis=alt.Axis(format="%b %d", labelAngle=0),
-            ),
-            y=alt.Y("sum(sent):Q", title="Sent"),
+            x=day_axis(start, end, "Send day"),
+            y=alt.Y("sum(sent):Q", title="Sent", axis=count_axis()),
             color=alt.Color("campaign_name:N", title="Campaign"),
-            tooltip=["day:T", "campaign_name:N", "sent:Q", "delivered:Q", "unique_opens:Q"],
+            tooltip=[
+                alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
+                alt.Tooltip("campaign_name:N", title="Campaign"),
+                alt.Tooltip("sent:Q", title="Sent", format=","),
+                alt.Tooltip("delivered:Q", title="Delivered", format=","),
+                alt.Tooltip("unique_opens:Q", title="Opened", format=","),
+            ],
         )
         .properties(height=320)
     )
@@ -44,20 +83,14 @@ RATES = {
 
 def daily_trend(frame: pl.DataFrame, start: date, end: date, rates: list[str]) -> alt.Chart:
     """Messages sent per day (bars, left axis) under the chosen rates per day (lines, right)."""
-    domain = [start.isoformat(), (end + timedelta(days=1)).isoformat()]
-    x = alt.X(
-        "yearmonthdate(day):T",
-        title="Send day",
-        scale=alt.Scale(domain=domain),
-        axis=alt.Axis(format="%b %d", labelAngle=0),
-    )
+    x = day_axis(start, end, "Send day")
     source = frame.to_pandas()
     bars = (
         alt.Chart(source)
         .mark_bar(opacity=0.35)
         .encode(
             x=x,
-            y=alt.Y("sent:Q", title="Sent", axis=alt.Axis(format=",d")),
+            y=alt.Y("sent:Q", title="Sent", axis=count_axis()),
             tooltip=[
                 alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
                 alt.Tooltip("sent:Q", title="Sent", format=","),
@@ -80,7 +113,7 @@ def daily_trend(frame: pl.DataFrame, start: date, end: date, rates: list[str]) -
             tooltip=[
                 alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
                 alt.Tooltip("label:N", title="Metric"),
-                alt.Tooltip("rate:Q", title="Rate", format=".1%"),
+                alt.Tooltip("rate:Q", title="Rate", format=RATE_FORMAT),
             ],
         )
     )
@@ -115,18 +148,12 @@ def list_growth(frame: pl.DataFrame, start: date, end: date) -> alt.Chart:
         ],
         how="vertical_relaxed",
     ).unique(["list_name", "day"], keep="first", maintain_order=True)
-    domain = [start.isoformat(), (end + timedelta(days=1)).isoformat()]
     return (
         alt.Chart(shown.sort("list_name", "day").to_pandas())
         .mark_line(point=True, interpolate="step-after")
         .encode(
-            x=alt.X(
-                "yearmonthdate(day):T",
-                title="Day",
-                scale=alt.Scale(domain=domain),
-                axis=alt.Axis(format="%b %d", labelAngle=0),
-            ),
-            y=alt.Y("members:Q", title="Members", axis=alt.Axis(format=",d")),
+            x=day_axis(start, end, "Day"),
+            y=alt.Y("members:Q", title="Members", axis=count_axis()),
             color=alt.Color("list_name:N", title="List"),
             tooltip=[
                 alt.Tooltip("day:T", title="Day", format="%Y-%m-%d"),
@@ -152,7 +179,7 @@ def score_bands(frame: pl.DataFrame) -> alt.Chart:
         .mark_bar()
         .encode(
             x=alt.X("score:N", title="Engagement score", sort=None),
-            y=alt.Y("contacts:Q", title="Active contacts", axis=alt.Axis(format=",d")),
+            y=alt.Y("contacts:Q", title="Active contacts", axis=count_axis()),
             tooltip=[
                 alt.Tooltip("score:N", title="Score"),
                 alt.Tooltip("contacts:Q", title="Contacts", format=","),
@@ -178,13 +205,15 @@ def sent_and_forecast(sent: pl.DataFrame, forecast: pl.DataFrame) -> alt.Chart:
             ),
         ]
     ).filter(pl.col("messages") > 0)
-    x = alt.X("yearmonthdate(day):T", title="Day", axis=alt.Axis(format="%b %d", labelAngle=0))
+    today = datetime.now(UTC).date()
+    days = [today, *series["day"].to_list()]
+    x = day_axis(min(days), max(days), "Day")
     bars = (
         alt.Chart(series.to_pandas())
         .mark_bar()
         .encode(
             x=x,
-            y=alt.Y("sum(messages):Q", title="Messages", axis=alt.Axis(format=",d")),
+            y=alt.Y("sum(messages):Q", title="Messages", axis=count_axis()),
             color=alt.Color("step:N", title="Sent / forecast by step"),
             opacity=alt.Opacity(
                 "kind:N",
@@ -199,8 +228,8 @@ def sent_and_forecast(sent: pl.DataFrame, forecast: pl.DataFrame) -> alt.Chart:
             ],
         )
     )
-    today = pl.DataFrame({"day": [datetime.now(UTC).date()]}).to_pandas()
-    rule = alt.Chart(today).mark_rule(strokeDash=[4, 4]).encode(x=x)
+    marker = pl.DataFrame({"day": [today]}).to_pandas()
+    rule = alt.Chart(marker).mark_rule(strokeDash=[4, 4]).encode(x=x)
     return (bars + rule).properties(height=300)
 
 
@@ -220,22 +249,24 @@ def step_funnel(funnel: pl.DataFrame) -> alt.Chart:
     frame = _step_label(funnel)
     order = frame["label"].to_list()
     base = alt.Chart(frame.to_pandas()).encode(
-        y=alt.Y("label:N", title=None, sort=order),
-        x=alt.X("reached:Q", title="Enrollments that reached the step", axis=alt.Axis(format=",d")),
+        y=alt.Y("label:N", title=None, sort=order, axis=alt.Axis(labelLimit=LABEL_LIMIT)),
+        x=alt.X("reached:Q", title="Enrollments that reached the step", axis=count_axis()),
     )
     bars = base.mark_bar().encode(
         color=alt.Color("step_type:N", title="Step type"),
         tooltip=[
             alt.Tooltip("label:N", title="Step"),
             alt.Tooltip("reached:Q", title="Reached", format=","),
-            alt.Tooltip("of_enrolled:Q", title="Of the enrolled", format=".1%"),
-            alt.Tooltip("went_on:Q", title="Went on", format=".1%"),
+            alt.Tooltip("of_enrolled:Q", title="Of the enrolled", format=RATE_FORMAT),
+            alt.Tooltip("went_on:Q", title="Went on", format=RATE_FORMAT),
             alt.Tooltip("exited:Q", title="Exited here", format=","),
             alt.Tooltip("standing:Q", title="Still here", format=","),
             alt.Tooltip("sent:Q", title="Sent", format=","),
         ],
     )
-    text = base.mark_text(align="left", dx=4).encode(text=alt.Text("of_enrolled:Q", format=".0%"))
+    text = base.mark_text(align="left", dx=4).encode(
+        text=alt.Text("of_enrolled:Q", format=RATE_FORMAT)
+    )
     return (bars + text).properties(height=max(160, 36 * frame.height))
 
 
@@ -266,14 +297,14 @@ def condition_split(funnel: pl.DataFrame) -> alt.Chart:
         alt.Chart(long.to_pandas())
         .mark_bar()
         .encode(
-            y=alt.Y("label:N", title=None),
+            y=alt.Y("label:N", title=None, axis=alt.Axis(labelLimit=LABEL_LIMIT)),
             x=alt.X("enrollments:Q", stack="normalize", title="Share", axis=alt.Axis(format="%")),
             color=alt.Color("answer:N", title="Answer", sort=["yes", "no"]),
             tooltip=[
                 alt.Tooltip("label:N", title="Condition"),
                 alt.Tooltip("branch:N", title="Branch"),
                 alt.Tooltip("enrollments:Q", title="Enrollments", format=","),
-                alt.Tooltip("share:Q", title="Share", format=".1%"),
+                alt.Tooltip("share:Q", title="Share", format=RATE_FORMAT),
             ],
         )
         .properties(height=max(80, 48 * conditions.height))
@@ -290,9 +321,12 @@ def step_exits(exits: pl.DataFrame) -> alt.Chart:
         .mark_bar()
         .encode(
             y=alt.Y(
-                "label:N", title=None, sort=frame["label"].unique(maintain_order=True).to_list()
+                "label:N",
+                title=None,
+                sort=frame["label"].unique(maintain_order=True).to_list(),
+                axis=alt.Axis(labelLimit=LABEL_LIMIT),
             ),
-            x=alt.X("exited:Q", title="Enrollments that left", axis=alt.Axis(format=",d")),
+            x=alt.X("exited:Q", title="Enrollments that left", axis=count_axis()),
             color=alt.Color("exit_reason:N", title="Reason"),
             tooltip=[
                 alt.Tooltip("label:N", title="Step"),
@@ -323,7 +357,7 @@ def variant_rates(variants: pl.DataFrame, rates: list[str]) -> alt.Chart:
             tooltip=[
                 alt.Tooltip("label:N", title="Variant"),
                 alt.Tooltip("rate_name:N", title="Metric"),
-                alt.Tooltip("rate:Q", title="Rate", format=".1%"),
+                alt.Tooltip("rate:Q", title="Rate", format=RATE_FORMAT),
                 alt.Tooltip("sent:Q", title="Sent", format=","),
             ],
         )

@@ -7,7 +7,6 @@ pasted into SQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 
 import polars as pl
@@ -20,8 +19,6 @@ from engine.config import Settings
 from engine.db import Database
 
 MARTS = "analytics_marts"
-
-TENANTS = sa.text(f"select distinct tenant_name from {MARTS}.campaign_daily order by tenant_name")
 
 CAMPAIGN_DAILY = sa.text(
     f"""
@@ -45,8 +42,6 @@ DATA_AS_OF = sa.text(
     """
 )
 
-ALL_TENANTS = sa.text(f"select tenant_name from {MARTS}.dim_tenants order by tenant_name")
-
 UPLOAD_BATCHES = sa.text(
     f"""
     select upload_batch_id::text as upload_batch_id, file_name, list_name, upload_source,
@@ -57,6 +52,7 @@ UPLOAD_BATCHES = sa.text(
            duration_seconds::float8 as duration_seconds
     from {MARTS}.fct_upload_batches
     where tenant_name = :tenant
+      and (created_at at time zone 'UTC')::date between :start and :end
     order by created_at desc
     limit :limit
     """
@@ -256,7 +252,7 @@ CAMPAIGN_FORECAST = sa.text(
 )
 CAMPAIGN_FORECAST_DAILY = sa.text(
     f"""
-    select forecast_day as day, step_key as step, messages
+    select forecast_day as day, step_key, step_order, messages
     from {MARTS}.campaign_forecast_daily
     where tenant_id = cast(:tenant_id as uuid) and campaign_id = cast(:campaign_id as uuid)
     order by forecast_day, step_order nulls last, step_key
@@ -473,7 +469,8 @@ def campaign_settings(tenant_id: str, campaign_id: str) -> dict | None:
 @st.cache_data(ttl=60, show_spinner=False)
 def campaign_forecast(tenant_id: str, campaign_id: str) -> tuple[dict | None, pl.DataFrame]:
     """The campaign's stored send forecast (None before the first analytics run that made one)
-    and its messages per local day and email step (`day`, `step`, `messages`)."""
+    and its messages per local day and email step (`day`, `step_key`, `step_order`,
+    `messages`)."""
     params = {"tenant_id": tenant_id, "campaign_id": campaign_id}
     head = _read(CAMPAIGN_FORECAST, **params)
     days = _read(CAMPAIGN_FORECAST_DAILY, **params)
@@ -538,11 +535,6 @@ def suppressions(tenant_id: str, start: date, end: date) -> pl.DataFrame:
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def tenants() -> list[str]:
-    return _read(TENANTS)["tenant_name"].to_list()
-
-
-@st.cache_data(ttl=60, show_spinner=False)
 def campaign_daily(tenant: str, start: date, end: date) -> pl.DataFrame:
     return _read(CAMPAIGN_DAILY, tenant=tenant, start=start, end=end)
 
@@ -561,12 +553,25 @@ def data_as_of() -> tuple[datetime | None, datetime | None]:
 
 
 def data_as_of_caption() -> str:
-    until, built = data_as_of()
+    return as_of_caption(*data_as_of(), now=datetime.now(UTC))
+
+
+def as_of_caption(until: datetime | None, built: datetime | None, now: datetime) -> str:
+    """ "Data as of": the newest change the marts include, never later than `now`. A writer may
+    stamp its rows ahead of the clock (`penguin send --now <tomorrow>`, a host whose clock is
+    fast); the marts then hold everything committed up to the moment they were built, which
+    is what the caption means, so a stamp in the future reads as the build's time (or now)."""
     if until is None:
         return "No messages in the marts yet."
+
+    def utc(moment: datetime) -> datetime:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+    built_at = min(utc(built or now), utc(now))
     return (
-        f"Data as of {until:%Y-%m-%d %H:%M} UTC (the marts were built at {built:%H:%M} UTC; "
-        "they refresh within a minute or so of new sends and events)."
+        f"Data as of {min(utc(until), built_at):%Y-%m-%d %H:%M} UTC: the newest send or event "
+        f"the marts include (built at {built_at:%H:%M} UTC; they refresh within a minute or so "
+        "of new sends and events)."
     )
 
 
@@ -578,15 +583,10 @@ def live_caption() -> str:
     )
 
 
-@st.cache_data(ttl=60, show_spinner=False)
-def all_tenants() -> list[str]:
-    """Every tenant, whether or not it has sent anything."""
-    return _read(ALL_TENANTS)["tenant_name"].to_list()
-
-
-def upload_batches(tenant: str, limit: int = 50) -> pl.DataFrame:
-    """The tenant's latest upload batches, newest first; not cached, the page follows them."""
-    return _read(UPLOAD_BATCHES, tenant=tenant, limit=limit)
+def upload_batches(tenant: str, start: date, end: date, limit: int = 50) -> pl.DataFrame:
+    """The tenant's latest upload batches made on the (UTC) days `start`..`end`, newest first;
+    not cached, the page follows them."""
+    return _read(UPLOAD_BATCHES, tenant=tenant, start=start, end=end, limit=limit)
 
 
 def upload_lists(tenant: str) -> list[str]:
@@ -601,17 +601,3 @@ def upload_rejects(tenant: str, batch_id: str, limit: int | None = None) -> pl.D
 def upload_rejects_csv(tenant: str, batch_id: str) -> str:
     """The batch's rejects as the page's download has them (`ui.csv_text`)."""
     return csv_text(upload_rejects(tenant, batch_id))
-
-
-def pick_tenant(names: Callable[[], list[str]], none_yet: str) -> str:
-    """The sidebar's tenant picker over `names()`; the page stops with a note when the marts
-    are missing or there is no tenant to pick (`none_yet`)."""
-    try:
-        tenants = names()
-    except MartsMissingError as exc:
-        st.info(str(exc))
-        st.stop()
-    if not tenants:
-        st.info(none_yet)
-        st.stop()
-    return st.sidebar.selectbox("Tenant", tenants)

@@ -1,10 +1,11 @@
 """The sidebar's filters, shared by the analytics pages and kept in the URL's query parameters
 (Streamlit's `bind="query-params"`): a view can be shared, bookmarked and reloaded.
 
-`?tenant=Acme&period=Last+90+days&campaign=Q4+outreach` opens the page on that view (a bound
-widget's option is named as it is shown: a campaign by its name); a parameter that
-names nothing (a campaign of another tenant, a period that does not exist) is dropped, and the
-default is used.
+`?tenant=Acme&period=90d&campaign=Q4+outreach` opens the page on that view (a bound widget's
+option is named as it is shown: a campaign by its name, a period as "Last 90 days" or by its
+short form in PERIOD_SHORT_FORMS); a parameter that names nothing (a campaign of another
+tenant, a period that does not exist) is dropped, and the default is used. docs/dashboards.md
+lists every parameter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from dashboards import data
 
 PERIODS = ("Last 7 days", "Last 30 days", "Last 90 days", "This month", "Custom")
 DEFAULT_PERIOD = "Last 30 days"
+#: The short forms `?period=` takes beside the periods' names (case does not matter).
+PERIOD_SHORT_FORMS = {
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "90d": "Last 90 days",
+    "month": "This month",
+    "custom": "Custom",
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     marts are missing or hold no tenant."""
     try:
         tenants = data.tenant_choices()
+        active = data.last_active_tenant() if len(tenants) > 1 else None
     except data.MartsMissingError as exc:
         st.info(str(exc))
         st.stop()
@@ -80,7 +90,6 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     names = list(tenants)
     name = names[0]
     if len(names) > 1:
-        active = data.last_active_tenant()
         name = st.sidebar.selectbox(
             "Tenant",
             names,
@@ -92,7 +101,7 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
 
     today = datetime.now(UTC).date()
     period = st.sidebar.selectbox(
-        "Period", PERIODS, index=PERIODS.index(DEFAULT_PERIOD), key="period", bind="query-params"
+        "Period", PERIODS, index=PERIODS.index(_period_asked()), key="period", bind="query-params"
     )
     custom = None
     if period == "Custom":
@@ -110,6 +119,15 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     )
     sender_ids = _pick("Senders", data.sender_choices(tenant_id), "sender") if senders else ()
     return Filters(tenant_id, name, start, end, campaign_ids, sender_ids)
+
+
+def _period_asked() -> str:
+    """The period `?period=` names by a short form (`7d`), else DEFAULT_PERIOD: the period
+    widget's default. Its URL binding knows the periods by their names only; a short form it
+    drops, and the widget opens on its default, this one. (The widget's identity is its key, so
+    a default that changes on a later run leaves the period picked as it is.)"""
+    asked = str(st.query_params.get("period", "")).strip().lower()
+    return PERIOD_SHORT_FORMS.get(asked, DEFAULT_PERIOD)
 
 
 def _pick(label: str, options: dict[str, str], key: str) -> tuple[str, ...]:

@@ -58,6 +58,18 @@ def operators_corner(tenant_id: str, campaign_id: str, name: str) -> None:
         st.rerun()
 
 
+def step_label(order: pl.Expr, key: pl.Expr) -> pl.Expr:
+    """An email step as a column heading: "Step 2", or "Step 2: follow-up" when its key is a
+    name rather than its number ("Step follow-up" for a step removed since the forecast)."""
+    return (
+        pl.when(order.is_null())
+        .then(pl.format("Step {}", key))
+        .when(key == order.cast(pl.String))
+        .then(pl.format("Step {}", order))
+        .otherwise(pl.format("Step {}: {}", order, key))
+    )
+
+
 def send_forecast(tenant_id: str, campaign_id: str, name: str, sent: pl.DataFrame) -> None:
     """The days sent in the period beside the stored forecast of the days to come (the last
     analytics run's simulation, `campaign_forecasts`), as a table too."""
@@ -82,13 +94,20 @@ def send_forecast(tenant_id: str, campaign_id: str, name: str, sent: pl.DataFram
     if ahead.is_empty():
         st.info("The campaign has no email step: it sends nothing.")
         return
+    ahead = ahead.with_columns(step_label(pl.col("step_order"), pl.col("step_key")).alias("step"))
     st.altair_chart(charts.sent_and_forecast(sent.select("day", "sent"), ahead))
-    table = ahead.pivot("step", index="day", values="messages", aggregate_function="sum")
+    table = ahead.pivot(
+        "step", index="day", values="messages", aggregate_function="sum", sort_columns=False
+    )
     table = table.with_columns(pl.sum_horizontal(pl.exclude("day")).alias("total"))
     st.dataframe(
         table,
         hide_index=True,
-        column_config={"day": st.column_config.DateColumn("Day", format="ddd YYYY-MM-DD")},
+        placeholder=ui.MISSING,
+        column_config={
+            "day": st.column_config.DateColumn("Day", format="ddd YYYY-MM-DD"),
+            "total": st.column_config.NumberColumn("Total", format="localized"),
+        },
     )
     ui.download(table, f"forecast-{name}", key="forecast")
     for note in head["forecast_notes"] or ():
@@ -129,6 +148,7 @@ shown = table.select(
 st.dataframe(
     shown,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={
         "campaign_name": "Campaign",
@@ -172,6 +192,5 @@ else:
 send_forecast(view.tenant_id, picked, names[picked], trend)
 if settings is not None:
     st.subheader("Settings")
-    rows = pl.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]})
-    st.dataframe(rows, hide_index=True, width="content")
+    st.dataframe(ui.settings_table(settings), hide_index=True, width="content")
 operators_corner(view.tenant_id, picked, names[picked])

@@ -51,6 +51,7 @@ else:
     st.dataframe(
         leads,
         hide_index=True,
+        placeholder=ui.MISSING,
         width="stretch",
         column_config={
             "email": "Email",
@@ -82,6 +83,7 @@ else:
     st.dataframe(
         suppressed,
         hide_index=True,
+        placeholder=ui.MISSING,
         column_config={
             "reason": "Reason",
             "suppressions": st.column_config.NumberColumn("Addresses", format="localized"),

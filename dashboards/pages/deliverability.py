@@ -62,6 +62,7 @@ by_sender = senders.select(
 st.dataframe(
     by_sender,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={
         "sender_email": "Sender",
@@ -89,6 +90,7 @@ domains = data.domains(view.tenant_id, view.start, view.end).select(
 st.dataframe(
     domains,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={"recipient_domain": "Domain", **ui.METRIC_COLUMNS},
 )

@@ -68,8 +68,9 @@ moved = (
     )
     .with_columns(
         (pl.col("sent") - pl.col("sent_before")).alias("sent_change"),
-        (pl.col("open_rate") - pl.col("open_rate_before")).alias("open_rate_change"),
-        (pl.col("reply_rate") - pl.col("reply_rate_before")).alias("reply_rate_change"),
+        # in percentage points, as the KPI tiles' changes
+        ((pl.col("open_rate") - pl.col("open_rate_before")) * 100).alias("open_rate_change_pp"),
+        ((pl.col("reply_rate") - pl.col("reply_rate_before")) * 100).alias("reply_rate_change_pp"),
     )
     .sort(pl.col("sent_change").abs(), descending=True)
     .select(
@@ -78,25 +79,26 @@ moved = (
         "sent_before",
         "sent_change",
         "open_rate",
-        "open_rate_change",
+        "open_rate_change_pp",
         "reply_rate",
-        "reply_rate_change",
+        "reply_rate_change_pp",
     )
     .head(10)
 )
 st.dataframe(
     moved,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={
         "campaign_name": "Campaign",
         "sent": st.column_config.NumberColumn("Sent", format="localized"),
         "sent_before": st.column_config.NumberColumn("Sent before", format="localized"),
         "sent_change": st.column_config.NumberColumn("Change", format="%+d"),
-        "open_rate": st.column_config.NumberColumn("Open rate", format="percent"),
-        "open_rate_change": st.column_config.NumberColumn("Open rate change", format="percent"),
-        "reply_rate": st.column_config.NumberColumn("Reply rate", format="percent"),
-        "reply_rate_change": st.column_config.NumberColumn("Reply rate change", format="percent"),
+        "open_rate": ui.rate_column("Open rate"),
+        "open_rate_change_pp": ui.points_column("Open rate change"),
+        "reply_rate": ui.rate_column("Reply rate"),
+        "reply_rate_change_pp": ui.points_column("Reply rate change"),
     },
 )
 ui.download(moved, f"campaigns-moved-{view.tenant_name}-{view.start}-{view.end}", key="moved")

@@ -39,6 +39,7 @@ shown = table.select(
 st.dataframe(
     shown,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={
         "sender_email": "Sender",

@@ -1,22 +1,24 @@
-"""Sends: how many messages went out per day and campaign, and what came back."""
+"""Sends: how many messages went out per day and campaign, and what came back (the sidebar's
+tenant and period, as on every page)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import streamlit as st
 
-from dashboards import charts, data, ui
+from dashboards import charts, data, filters, ui
 
 st.title("Sends")
 st.caption("Messages per campaign and day, from the `campaign_daily` mart.")
 
 # Filters
-tenant = data.pick_tenant(
-    data.tenants,
-    "Nothing has been sent yet. Launch a campaign; the marts rebuild after each send run.",
+view = filters.sidebar(
+    campaigns=False,
+    senders=False,
+    none_yet="No tenant yet. Create one (`penguin tenant create`), then launch a campaign; the "
+    "marts rebuild after each send run.",
 )
+tenant, start, end = view.tenant_name, view.start, view.end
 today = datetime.now(UTC).date()  # the marts' days are the tenant's reporting days
-picked = st.sidebar.date_input("Days", value=(today - timedelta(days=29), today), max_value=today)
-start, end = picked if isinstance(picked, tuple) and len(picked) == 2 else (picked, picked)
 
 st.caption(data.data_as_of_caption())
 frame = data.campaign_daily(tenant, start, end)
@@ -41,6 +43,7 @@ st.subheader("Per campaign and day")
 st.dataframe(
     frame,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={
         "day": st.column_config.DateColumn("Send day", format="YYYY-MM-DD"),
@@ -57,9 +60,9 @@ st.dataframe(
         "unique_opens": st.column_config.NumberColumn("Opened"),
         "unique_clicks": st.column_config.NumberColumn("Clicked"),
         "replies": st.column_config.NumberColumn("Replied"),
-        "bounce_rate": st.column_config.NumberColumn("Bounce rate", format="percent"),
-        "open_rate": st.column_config.NumberColumn("Open rate", format="percent"),
-        "click_rate": st.column_config.NumberColumn("Click rate", format="percent"),
+        "bounce_rate": ui.rate_column("Bounce rate"),
+        "open_rate": ui.rate_column("Open rate"),
+        "click_rate": ui.rate_column("Click rate"),
     },
 )
 ui.download(frame, f"sends-{tenant}-{start}-{end}")

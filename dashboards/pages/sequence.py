@@ -72,25 +72,26 @@ count = {"format": "localized"}
 st.dataframe(
     table,
     hide_index=True,
+    placeholder=ui.MISSING,
     width="stretch",
     column_config={
-        "step_order": st.column_config.NumberColumn("#"),
+        "step_order": st.column_config.NumberColumn("#", format="%d"),
         "step_key": "Step",
         "step_type": "Type",
         "reached": st.column_config.NumberColumn("Reached", **count),
-        "of_enrolled": st.column_config.NumberColumn("Of enrolled", format="percent"),
+        "of_enrolled": ui.rate_column("Of enrolled"),
         "moved_on": st.column_config.NumberColumn("Went on", **count),
-        "went_on": st.column_config.NumberColumn("Conversion", format="percent"),
+        "went_on": ui.rate_column("Conversion"),
         "exited": st.column_config.NumberColumn("Exited", **count),
         "standing": st.column_config.NumberColumn("Still here", **count),
         "sent": st.column_config.NumberColumn("Sent", **count),
         "delivered": st.column_config.NumberColumn("Delivered", **count),
         "opened": st.column_config.NumberColumn("Opened", **count),
-        "open_rate": st.column_config.NumberColumn("Open rate", format="percent"),
+        "open_rate": ui.rate_column("Open rate"),
         "clicked": st.column_config.NumberColumn("Clicked", **count),
-        "click_rate": st.column_config.NumberColumn("Click rate", format="percent"),
+        "click_rate": ui.rate_column("Click rate"),
         "replied": st.column_config.NumberColumn("Replied", **count),
-        "reply_rate": st.column_config.NumberColumn("Reply rate", format="percent"),
+        "reply_rate": ui.rate_column("Reply rate"),
     },
 )
 st.caption(
@@ -113,6 +114,7 @@ else:
     st.dataframe(
         shown,
         hide_index=True,
+        placeholder=ui.MISSING,
         column_config={
             "step_key": "Step",
             "exit_reason": "Reason",
@@ -138,6 +140,7 @@ else:
     st.dataframe(
         shown,
         hide_index=True,
+        placeholder=ui.MISSING,
         column_config={"step_key": "Step", "variant": "Variant", **ui.METRIC_COLUMNS},
     )
     ui.download(shown, f"variants-{name}-{view.start}-{view.end}", key="variants")

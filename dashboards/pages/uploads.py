@@ -3,7 +3,7 @@
 The page writes nothing to the database: a file it accepts goes into the uploads inbox (with
 the mapping chosen here beside it), where Dagster's `upload_inbox_sensor` picks it up. The
 batches and rejects shown come from the `fct_upload_batches` and `fct_upload_rejects` marts,
-views that show each batch as it is now.
+views that show each batch as it is now: those of the sidebar's tenant made in its period.
 """
 
 import tempfile
@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from dashboards import data, ui
+from dashboards import data, filters, ui
 from engine import inbox
 from engine.config import Settings
 from engine.ingest import FIELDS, IngestError, preview_file
@@ -44,9 +44,12 @@ st.caption(
     "delimiter and header are detected, and known column names are mapped for you."
 )
 
-tenant = data.pick_tenant(
-    data.all_tenants, "There is no tenant yet: create one with `penguin tenant create NAME`."
+view = filters.sidebar(
+    campaigns=False,
+    senders=False,
+    none_yet="There is no tenant yet: create one with `penguin tenant create NAME`.",
 )
+tenant = view.tenant_name
 uploads = Settings.from_env().uploads
 
 
@@ -122,7 +125,7 @@ def upload_form() -> None:
         + (f", {fmt['skipped_lines']} title line(s) skipped" if fmt["skipped_lines"] else "")
         + f". First {found.rows.height} rows:"
     )
-    st.dataframe(found.rows, hide_index=True, width="stretch")
+    st.dataframe(found.rows, hide_index=True, placeholder=ui.MISSING, width="stretch")
 
     st.subheader("Column mapping")
     st.caption(
@@ -173,7 +176,7 @@ def upload_form() -> None:
 def uploads_now() -> tuple[list[inbox.InboxFile], pl.DataFrame, bool]:
     """Files waiting in the inbox, the latest batches, and whether any of them is in flight."""
     waiting = [f for f in inbox.pending_files(uploads) if f.tenant == tenant]
-    frame = data.upload_batches(tenant)
+    frame = data.upload_batches(tenant, view.start, view.end)
     busy = bool(waiting) or frame["upload_status"].is_in(["pending", "processing"]).any()
     return waiting, frame, busy
 
@@ -196,13 +199,17 @@ def show_batches(waiting: list[inbox.InboxFile], frame: pl.DataFrame) -> None:
         )
     if frame.is_empty():
         if not waiting:
-            st.info(f"Tenant {tenant} has no uploads yet.")
+            st.info(
+                f"Tenant {tenant} has no uploads between {view.start} and {view.end}: pick a "
+                "longer period in the sidebar, or upload a file above."
+            )
         return
     st.caption(data.live_caption())
     shown = frame.with_columns(frame["upload_status"].replace_strict(STATUS, default="?"))
     st.dataframe(
         shown.drop("upload_batch_id", "column_mapping", "file_encoding", "file_delimiter"),
         hide_index=True,
+        placeholder=ui.MISSING,
         width="stretch",
         column_config={
             "file_name": "File",
@@ -245,6 +252,7 @@ def show_batches(waiting: list[inbox.InboxFile], frame: pl.DataFrame) -> None:
     st.dataframe(
         data.upload_rejects(tenant, str(batch_id), limit=100),
         hide_index=True,
+        placeholder=ui.MISSING,
         width="stretch",
         column_config={
             "line_number": st.column_config.NumberColumn("Line", format="%d"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -44,6 +46,9 @@ def test_every_campaign_is_listed_with_its_period_figures(use_database, generate
         )
     table = at.dataframe[0].value
     assert dict(zip(table["campaign_name"], table["sent"], strict=True)) == expected
+    # a campaign not completed has no completion date: a dash, not "None"
+    assert table["completed_at"].isna().any()
+    assert at.dataframe[0].proto.placeholder == "—"
     week = open_page("campaigns", period="Last 7 days").dataframe[0].value
     assert week["sent"].sum() < table["sent"].sum()
 
@@ -70,8 +75,12 @@ def test_a_campaign_in_the_url_opens_its_trend_and_settings(use_database, genera
     ]
     assert at.metric[0].label == "Sent"
     rows = at.dataframe[2].value
-    settings = dict(zip(rows["setting"], rows["value"], strict=True))
-    assert settings["campaign_name"] == name
+    settings = dict(zip(rows["Setting"], rows["Value"], strict=True))
+    assert settings["Name"] == name
+    zone = settings["Time zone"]
+    # full timestamps, to the second, in the campaign's zone, named
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {re.escape(zone)}", settings["Created"])
+    assert "None" not in settings.values()
     # another tenant's campaign in the URL opens nothing
     other = open_page("campaigns", tenant="default", campaign_page=name)
     assert not other.exception, other.exception
@@ -114,10 +123,16 @@ def test_a_campaigns_forecast_is_the_engines_beside_what_it_sent(database, launc
         expected = forecast(conn, alpha.campaign_id, forecast_at, FORECAST_DAYS)
     assert table["total"].sum() == expected.total == 3  # its three enrolled contacts, today
     assert table["total"].iloc[0] == 3
+    assert list(table.columns) == ["day", "Step 1", "total"]  # the step, not its key "1"
     assert any(expected.summary() in c.value for c in at.caption)
     assert any(forecast_at.strftime("from %Y-%m-%d %H:%M UTC") in c.value for c in at.caption)
     charts = at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
     assert len(charts) == 1  # nothing sent yet: no trend, the forecast's chart
+    # one day forecast: a day axis ticking at midnights, the day's own the only one in range
+    x = json.loads(charts[0].proto.spec)["layer"][0]["encoding"]["x"]
+    assert x["axis"]["tickCount"] == {"interval": "day", "step": 1}
+    first, last = x["scale"]["domain"]
+    assert (first["date"], last["date"], last["hours"]) == (forecast_at.day, forecast_at.day, 23)
     assert "Download CSV" in [b.label for b in at.get("download_button")]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
@@ -47,6 +49,48 @@ def test_the_kpis_follow_the_period_and_the_tenant_in_the_url(use_database, gene
     assert [b.label for b in month.get("download_button")] == ["Download CSV"]
 
 
+def test_the_period_in_the_url_may_be_a_short_form(use_database, generated):
+    use_database(generated)
+    week = _tiles(open_page("overview", period="Last 7 days"))["Sent"]
+    for short, name in [("7d", "Last 7 days"), ("90D", "Last 90 days"), ("month", "This month")]:
+        at = open_page("overview", period=short)
+        assert not at.exception, at.exception
+        assert at.sidebar.selectbox(key="period").value == name
+    at = open_page("overview", period="7d")
+    assert _tiles(at)["Sent"] == week
+    at.run()  # the page's next run keeps the period
+    assert at.sidebar.selectbox(key="period").value == "Last 7 days"
+    assert _tiles(at)["Sent"] == week
+    # a period that is none still falls back to the default
+    assert open_page("overview", period="7w").sidebar.selectbox(key="period").value == (
+        "Last 30 days"
+    )
+
+
+def test_a_rate_reads_the_same_in_tiles_tables_and_charts(use_database, generated):
+    use_database(generated)
+    at = open_page("overview")
+    tenant = at.sidebar.selectbox(key="tenant").value
+    with generated.analytics.connect() as conn:
+        opened, delivered = conn.execute(
+            sa.text(
+                "select sum(unique_opens), sum(delivered) from analytics_marts.campaign_daily "
+                "where tenant_name = :t and send_date > current_date - 30"
+            ),
+            {"t": tenant},
+        ).one()
+    # as the table's "percent" column writes it: two decimals at most, trailing zeros dropped
+    assert _tiles(at)["Open rate"][0] == f"{round(opened / delivered * 100, 2):g}%"
+    columns = json.loads(at.dataframe[0].proto.columns)
+    assert columns["open_rate"]["type_config"]["format"] == "percent"
+    assert columns["open_rate_change_pp"]["type_config"]["format"] == "%+.2f pp"
+    [chart] = at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    [lines] = [layer for layer in spec["layer"] if layer["mark"]["type"] == "line"]
+    [rate] = [t for t in lines["encoding"]["tooltip"] if t["field"] == "rate"]
+    assert rate["format"] == ".2~%"
+
+
 def test_a_campaign_filter_narrows_the_figures(use_database, generated):
     use_database(generated)
     at = open_page("overview")
@@ -76,6 +120,9 @@ def test_a_period_with_nothing_before_it_still_compares(use_database, generated)
     moved = at.dataframe[0].value
     assert len(moved) > 0
     assert (moved["sent_change"] == moved["sent"]).all()
+    # no rate before, so no change of it: a dash in the table, not "None"
+    assert moved["open_rate_change_pp"].isna().all()
+    assert at.dataframe[0].proto.placeholder == "—"
 
 
 def test_an_empty_database_says_what_to_do_first(empty_marts):

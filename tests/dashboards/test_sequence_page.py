@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -110,6 +112,13 @@ def test_the_funnel_is_the_engines_step_history(use_database, generated):
     assert len(charts) == 4  # funnel, condition split, exits, variants
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Download CSV"] * 3
+    # the exits chart counts enrollments in whole numbers, its step labels uncut
+    exits_chart = json.loads(charts[2].proto.spec)["encoding"]
+    assert exits_chart["x"]["title"] == "Enrollments that left"
+    assert exits_chart["x"]["axis"]["tickMinStep"] == 1
+    assert exits_chart["x"]["axis"]["format"] == ",d"
+    assert exits_chart["y"]["axis"]["labelLimit"] >= 300
+    assert all(frame.proto.placeholder == "—" for frame in at.dataframe)
 
 
 def test_the_ab_comparison_follows_the_period_and_the_campaign(use_database, generated):

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import random
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -58,11 +59,12 @@ def upload_button(at: AppTest):
     return next(b for b in at.button if b.label == "Upload")
 
 
-def test_a_file_is_previewed_queued_with_its_mapping_and_followed_to_completion(page_env, now):
+def test_a_file_is_previewed_queued_with_its_mapping_and_followed_to_completion(page_env):
     database = page_env
     uploads = database.settings.uploads
+    now = datetime.now(UTC)  # the page shows the batches of the sidebar's period, up to today
     at = open_page()
-    assert "no uploads yet" in at.info[0].value
+    assert "no uploads between" in at.info[0].value
     at.text_input[0].set_value("Messe 2026").run()
     pick_file(at, "messe.csv", GERMAN)
 
@@ -118,7 +120,7 @@ def test_a_file_is_previewed_queued_with_its_mapping_and_followed_to_completion(
     assert download.label == "Download all 1 rejected rows (CSV)"
 
 
-def test_the_reject_download_neutralizes_formulas(page_env, now):
+def test_the_reject_download_neutralizes_formulas(page_env):
     from dashboards import data
 
     database = page_env
@@ -126,8 +128,9 @@ def test_the_reject_download_neutralizes_formulas(page_env, now):
     at.text_input[0].set_value("l").run()
     pick_file(at, "messe.csv", GERMAN)
     upload_button(at).click().run()
+    now = datetime.now(UTC)
     process_inbox(database.app, database.settings.uploads, now)
-    [batch_id] = data.upload_batches("default")["upload_batch_id"].to_list()
+    [batch_id] = data.upload_batches("default", now.date(), now.date())["upload_batch_id"].to_list()
     rows = list(csv.reader(io.StringIO(data.upload_rejects_csv("default", batch_id))))
     assert rows[0] == ["line_number", "reason", "raw_row"]
     line, reason, raw = rows[1]
@@ -215,3 +218,40 @@ def test_a_waiting_file_with_broken_instructions_does_not_break_the_page(page_en
     at = open_page()
     assert not at.exception, at.exception
     assert any("a.csv" in md.value and "will fail" in md.value for md in at.markdown)
+
+
+def test_the_batches_follow_the_sidebars_tenant_and_period(use_database, database, tmp_path):
+    from datetime import timedelta
+
+    from engine.tenants import create_tenant
+
+    use_database(database)
+    create_tenant(database.owner, "beta")
+    uploads = database.settings.uploads
+    now = datetime.now(UTC)
+    for tenant, name, when in [
+        ("beta", "beta-old.csv", now - timedelta(days=10)),
+        ("beta", "beta-new.csv", now),
+        ("default", "default-new.csv", now),
+    ]:
+        path = tmp_path / name
+        path.write_text(f"email\n{path.stem}@example.com\n")  # not a repeat of a file
+        inbox.drop(uploads, path, tenant, "leads")
+        process_inbox(database.app, uploads, when)
+    # tenant_daily too: with two tenants, the picker opens on the one that sent last
+    dbt(database, "run", "--select", "+dim_tenants", "+fct_upload_rejects", "+tenant_daily")
+
+    def files(**query: str) -> list[str]:
+        at = AppTest.from_file(str(PROJECT_ROOT / "dashboards" / "pages" / "uploads.py"))
+        for key, value in query.items():
+            at.query_params[key] = value
+        at.run(timeout=60)
+        assert not at.exception, at.exception
+        assert at.sidebar.selectbox(key="tenant").value == query.get("tenant", "default")
+        batches = at.dataframe[0]
+        assert batches.proto.placeholder == "—"  # no error: a dash, not "None"
+        return sorted(batches.value["file_name"])
+
+    assert files(tenant="beta") == ["beta-new.csv", "beta-old.csv"]
+    assert files(tenant="beta", period="7d") == ["beta-new.csv"]
+    assert files(tenant="default") == ["default-new.csv"]
