@@ -719,8 +719,14 @@ class CsvScan:
             for line, kind, message, raw, cut, _ in found
             if (raw or "").strip()  # a blank line is no record, not a reject
         ]
-        lines = np.array([int(row[0]) for row in found], dtype=np.int64)
-        # How many good records precede each rejected one: the offsets for numbering rows.
+        # DuckDB skips an empty line without a word, yet counts it in its line numbers (as a
+        # spreadsheet shows it as a row): the rows after it are numbered past it too.
+        blank = _blank_records(self.path, self.format.newline, self.format.delimiter)
+        if blank:
+            self._first_line = _first_data_line(blank, self.format)
+        skipped = {int(row[0]) for row in found} | {n for n in blank if n >= self._first_line}
+        lines = np.array(sorted(skipped), dtype=np.int64)
+        # How many good records precede each line that is no row: the offsets for numbering.
         self._valid_before_reject = lines - self._first_line - np.arange(len(lines))
         return self.rows
 
@@ -790,6 +796,50 @@ class CsvScan:
             done += frame.height
             yield frame
         self.connection.execute(f"drop table if exists {table}; drop table if exists {table}_scans")
+
+
+def _has_blank_line(path: Path, newline: str) -> bool:
+    """Whether a line of `path` is empty with more text after it (empty lines at the end
+    number nothing). One `bytes.find` per chunk: what a file without such lines costs."""
+    pattern, tail = newline.encode() * 2, b""
+    with path.open("rb") as handle:
+        chunk = handle.read(CHUNK_BYTES)
+        if chunk.startswith(newline.encode()):
+            return True
+        while chunk:
+            following = handle.read(CHUNK_BYTES)
+            chunk = chunk if following else chunk.rstrip(b"\r\n")
+            if pattern in chunk or pattern in tail + chunk[: len(pattern)]:
+                return True
+            tail, chunk = chunk[-len(pattern) :], following
+    return False
+
+
+def _blank_records(path: Path, newline: str, delimiter: str) -> set[int]:
+    """The line numbers (DuckDB's: records counted from 1, an empty line one of them) of the
+    empty lines of `path` outside quoted values. Only a file that has empty lines is parsed
+    (by the csv module, whose quoting is DuckDB's: a quote opens a value only at its start)."""
+    if not _has_blank_line(path, newline):
+        return set()
+    csv.field_size_limit(max(csv.field_size_limit(), 2 * MAX_LINE_BYTES))
+    blank: set[int] = set()
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        try:
+            for number, record in enumerate(csv.reader(handle, delimiter=delimiter), 1):
+                if not record:
+                    blank.add(number)
+        except csv.Error:  # not read as DuckDB read it: the numbers found so far stand
+            pass
+    return blank
+
+
+def _first_data_line(blank: set[int], fmt: FileFormat) -> int:
+    """The line of the first row: DuckDB passes over empty lines to the header, or (without
+    one) to the first row, after the lines it was told to skip."""
+    line = fmt.skipped_lines + 1
+    while line in blank:
+        line += 1
+    return line + 1 if fmt.has_header else line
 
 
 #: Passes over a file cutting out lines whose quote never closes (each pass reads the file
