@@ -291,14 +291,20 @@ def test_penguin_mail_poll_applies_the_sinks_mail_once_and_says_what_it_did(
 
 
 def test_forged_bounces_and_complaints_suppress_nobody(database, sink, now, tmp_path):
+    """Nor do they count against a message: a report naming a's message but b as the failed
+    recipient or the complainer is about no message of ours (it recorded a hard bounce and
+    a complaint on a's message, which the marts counted)."""
     tenant, ids = _sent(database, sink, now, tmp_path)
     a, b = "acme0@example.com", "acme1@example.com"
-    # From anyone, naming b as failed but no message of ours; and a report about a's message
-    # that names b as the complainer.
+    # From anyone, naming b as failed but no message of ours; and a DSN and a report about
+    # a's message that name b as the failed recipient and as the complainer.
     _deliver(sink, samples.postfix_dsn(SENDER, b, "forged@evil.example"))
+    _deliver(sink, samples.postfix_dsn(SENDER, b, ids[a]))
     _deliver(sink, samples.arf_complaint(SENDER, b, ids[a]))
     report = poll_maildir(database.app, sink.maildir)
-    assert (dict(report.applied), report.suppressed) == ({"bounce": 1, "complaint": 1}, 0)
+    assert (dict(report.applied), report.suppressed) == ({"bounce": 2, "complaint": 1}, 0)
+    assert report.unmatched == 3
+    assert _events(database, tenant) == []
     assert _query(database, tenant, "select email from app.suppressions") == []
     statuses = {r.status for r in _query(database, tenant, "select status from app.contacts")}
     assert statuses == {"active"}
