@@ -24,11 +24,12 @@ are text its sender chose. The rules, applied by `engine.mailboxes.inbound`:
   that domain or a parent of it (relaxed alignment), the `From:` address is trusted as if the mail
   were matched by reference, so an address-matched reply may stop its company. Only the
   topmost `Authentication-Results` counts, and only when its authserv-id is one the operator
-  configured (`PENGUIN_AUTHSERV_ID`, comma-separated) or the account's own IMAP host: a
-  sender can write such a header too, but only below the ones the receiving servers add
-  above it. So an authserv-id is to be trusted only where that server stamps every message it
-  takes (and, as RFC 8601 section 5 asks, removes any header claiming its id): the local sink
-  stamps none, so by default nothing read from its Maildir is authenticated.
+  configured (`PENGUIN_AUTHSERV_ID`, comma-separated; never implied, not even the account's
+  own IMAP host): a sender can write such a header too, but only below the ones the
+  receiving servers add above it, and a server that adds none leaves the sender's on top.
+  So an authserv-id is to be trusted only where that server stamps every message it takes
+  (and, as RFC 8601 section 5 asks, removes any header claiming its id): the local sink
+  stamps none, so by default nothing read from its Maildir or IMAP is authenticated.
 * An IMAP account gets only the mail of its own address, so a mailbox reached by an alias
   that is in neither the stamped envelope recipient nor `To`/`Cc` is not read for it.
 """
