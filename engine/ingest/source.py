@@ -548,6 +548,7 @@ def _first_record(text: str, delimiter: str, skip: int) -> list[str]:
         return []
 
 
+_DELIMITER_NAMES = {"\t": "tab"}
 _NEWLINE_NAMES = {"\r\n": "CRLF", "\r": "CR", "\n": "LF"}
 
 
@@ -566,13 +567,24 @@ def sniff_format(
     lines = _physical_lines(text)
     if not lines:
         raise IngestError(f"{name}: the file has no text in it, only blank lines")
-    hint = _separator_hint(lines)
+    hint = stated = _separator_hint(lines)
     counted = _delimiter_by_counting(lines[1:] if hint else lines, (hint,) if hint else DELIMITERS)
+    if hint and counted is None:
+        # No line below a `sep=` line holds its delimiter (a file saved again with another
+        # one, the line kept): the lines' own delimiter is read instead, or every row would
+        # be one field, rejected as an address with commas in it.
+        counted = _delimiter_by_counting(lines[1:])
+        hint = counted[0] if counted else hint
     if counted is not None:
         _check_width(counted[2] + 1, name)  # before DuckDB reserves memory for every column
     dialect = _sniff(connection, path, readable.newline, hint)
     notes = _newline_notes(readable.found_newlines)
-    if hint:
+    if hint != stated:
+        notes.append(
+            f"the first line (sep={stated}) names a delimiter no line below it holds; the "
+            f"file was read with {_DELIMITER_NAMES.get(hint, hint)!r} and the line is not data"
+        )
+    elif hint:
         notes.append(f"the first line (sep={hint}) names the delimiter; it is not read as data")
     if dialect is None or (
         counted is not None and (len(dialect["columns"]) == 1 or _misreads(dialect, lines, counted))

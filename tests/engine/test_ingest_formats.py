@@ -580,6 +580,22 @@ def test_an_excel_sep_line_names_the_delimiter_and_is_no_row(
     )
 
 
+def test_a_sep_line_naming_a_delimiter_no_line_holds_gives_way_to_the_lines_own(
+    database, tenant, now, tmp_path
+):
+    """A file saved again with commas that kept its `sep=;` line: read as one column, every
+    row was rejected as an address with commas in it."""
+    path = tmp_path / "resaved.csv"
+    path.write_text("sep=;\nEmail,Name\nada@example.com,Ada\nzoe@example.com,Zoë\n")
+    result = load(database, tenant, path, now)
+    assert (result.inserted, result.rejected) == (2, 0)
+    assert result.file_format["columns"] == ["Email", "Name"]
+    assert result.file_format["notes"] == [
+        "the first line (sep=;) names a delimiter no line below it holds; the file was read "
+        "with ',' and the line is not data"
+    ]
+
+
 def test_a_title_line_holding_a_delimiter_is_not_taken_for_the_header(
     database, tenant, now, tmp_path
 ):
