@@ -42,6 +42,7 @@ from email.message import Message
 from email.utils import getaddresses
 
 import authres
+import idna
 
 #: Headers a receiving server writes with the envelope recipient (the topmost is the last hop's).
 ENVELOPE_RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To")
@@ -55,15 +56,28 @@ def _topmost(message: Message, name: str) -> str | None:
     return None
 
 
+def address_key(address: str) -> str:
+    """`address` as mailboxes compare it: lowercased, its domain in ASCII (IDNA). A sender
+    account stores an internationalized domain in Unicode (`sales@bücher.example`), while a
+    server without SMTPUTF8 delivers to, and stamps, its ASCII form (`xn--bcher-kva`)."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or domain.isascii():
+        return address.strip().lower()
+    with contextlib.suppress(idna.IDNAError, UnicodeError):  # no ASCII form: compared as is
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    return f"{local}@{domain}".lower()
+
+
 def _addresses(values: Iterable[str | None]) -> set[str]:
-    return {a.lower() for _, a in getaddresses([" ".join(v.split()) for v in values if v]) if a}
+    found = getaddresses([" ".join(v.split()) for v in values if v])
+    return {address_key(a) for _, a in found if a}
 
 
 def addressed_to(message: Message, address: str) -> bool:
     """Whether `message` (from an IMAP mailbox) is addressed to `address`: its envelope
     recipient as the receiving server recorded it, else its `To`/`Cc`. Headers are read as
     written (no policy's parser, which a malformed header could make raise)."""
-    address = address.lower()
+    address = address_key(address)
     stamped = [_topmost(message, name) for name in ENVELOPE_RECIPIENT_HEADERS]
     if any(stamped):
         return address in _addresses(stamped)

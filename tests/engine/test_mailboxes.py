@@ -271,6 +271,25 @@ def test_mail_for_another_tenants_sender_is_applied_in_that_tenant_only(
     ]
 
 
+def test_mail_to_the_ascii_form_of_an_internationalized_sender_address_is_its_own(
+    database, sink, now
+):
+    """A sender account stored as `sales@bücher.example` gets its mail at
+    `sales@xn--bcher-kva.example` from every server without SMTPUTF8: it was read as mail for
+    nobody, and the tenant never saw its replies."""
+    from engine.tenants import create_tenant
+
+    tenant, _ = create_tenant(database.owner, "buecher")
+    with tenant_transaction(database.app, tenant) as conn:
+        create_sender(conn, "sales@bücher.example", now=now)
+    idna_form = "Sales@xn--bcher-kva.example"
+    _deliver(sink, samples.reply(idna_form, "ann@example.com", None, subject="Hi"), to=idna_form)
+    assert poll_maildir(database.app, sink.maildir).inbound == 1
+    with tenant_transaction(database.app, tenant) as conn:
+        read = conn.execute(sa.text("select from_address from app.inbound_messages")).all()
+    assert read == [("ann@example.com",)]
+
+
 def test_penguin_mail_poll_applies_the_sinks_mail_once_and_says_what_it_did(
     database, now, tmp_path, env
 ):
