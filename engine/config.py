@@ -131,8 +131,8 @@ class Settings:
     #: five minutes, the engine's pass interval (`engine.forecasts`).
     forecast_interval: int = 300
     #: The authserv-ids of the receiving mail servers whose `Authentication-Results` header
-    #: (the topmost) inbound mail is trusted by (`engine.mailboxes.trust`); an IMAP account's
-    #: own host is trusted besides. From PENGUIN_AUTHSERV_ID, comma-separated.
+    #: (the topmost) inbound mail is trusted by (`engine.mailboxes.trust`); none is implied.
+    #: From PENGUIN_AUTHSERV_ID, comma-separated.
     authserv_ids: tuple[str, ...] = ()
 
     @classmethod

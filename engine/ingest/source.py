@@ -557,6 +557,7 @@ def _first_record(text: str, delimiter: str, skip: int) -> list[str]:
         return []
 
 
+_DELIMITER_NAMES = {"\t": "tab"}
 _NEWLINE_NAMES = {"\r\n": "CRLF", "\r": "CR", "\n": "LF"}
 
 
@@ -575,13 +576,24 @@ def sniff_format(
     lines = _physical_lines(text)
     if not lines:
         raise IngestError(f"{name}: the file has no text in it, only blank lines")
-    hint = _separator_hint(lines)
+    hint = stated = _separator_hint(lines)
     counted = _delimiter_by_counting(lines[1:] if hint else lines, (hint,) if hint else DELIMITERS)
+    if hint and counted is None:
+        # No line below a `sep=` line holds its delimiter (a file saved again with another
+        # one, the line kept): the lines' own delimiter is read instead, or every row would
+        # be one field, rejected as an address with commas in it.
+        counted = _delimiter_by_counting(lines[1:])
+        hint = counted[0] if counted else hint
     if counted is not None:
         _check_width(counted[2] + 1, name)  # before DuckDB reserves memory for every column
     dialect = _sniff(connection, path, readable.newline, hint)
     notes = _newline_notes(readable.found_newlines)
-    if hint:
+    if hint != stated:
+        notes.append(
+            f"the first line (sep={stated}) names a delimiter no line below it holds; the "
+            f"file was read with {_DELIMITER_NAMES.get(hint, hint)!r} and the line is not data"
+        )
+    elif hint:
         notes.append(f"the first line (sep={hint}) names the delimiter; it is not read as data")
     if dialect is None or (
         counted is not None and (len(dialect["columns"]) == 1 or _misreads(dialect, lines, counted))
@@ -728,8 +740,14 @@ class CsvScan:
             for line, kind, message, raw, cut, _ in found
             if (raw or "").strip()  # a blank line is no record, not a reject
         ]
-        lines = np.array([int(row[0]) for row in found], dtype=np.int64)
-        # How many good records precede each rejected one: the offsets for numbering rows.
+        # DuckDB skips an empty line without a word, yet counts it in its line numbers (as a
+        # spreadsheet shows it as a row): the rows after it are numbered past it too.
+        blank = _blank_records(self.path, self.format.newline, self.format.delimiter)
+        if blank:
+            self._first_line = _first_data_line(blank, self.format)
+        skipped = {int(row[0]) for row in found} | {n for n in blank if n >= self._first_line}
+        lines = np.array(sorted(skipped), dtype=np.int64)
+        # How many good records precede each line that is no row: the offsets for numbering.
         self._valid_before_reject = lines - self._first_line - np.arange(len(lines))
         return self.rows
 
@@ -799,6 +817,50 @@ class CsvScan:
             done += frame.height
             yield frame
         self.connection.execute(f"drop table if exists {table}; drop table if exists {table}_scans")
+
+
+def _has_blank_line(path: Path, newline: str) -> bool:
+    """Whether a line of `path` is empty with more text after it (empty lines at the end
+    number nothing). One `bytes.find` per chunk: what a file without such lines costs."""
+    pattern, tail = newline.encode() * 2, b""
+    with path.open("rb") as handle:
+        chunk = handle.read(CHUNK_BYTES)
+        if chunk.startswith(newline.encode()):
+            return True
+        while chunk:
+            following = handle.read(CHUNK_BYTES)
+            chunk = chunk if following else chunk.rstrip(b"\r\n")
+            if pattern in chunk or pattern in tail + chunk[: len(pattern)]:
+                return True
+            tail, chunk = chunk[-len(pattern) :], following
+    return False
+
+
+def _blank_records(path: Path, newline: str, delimiter: str) -> set[int]:
+    """The line numbers (DuckDB's: records counted from 1, an empty line one of them) of the
+    empty lines of `path` outside quoted values. Only a file that has empty lines is parsed
+    (by the csv module, whose quoting is DuckDB's: a quote opens a value only at its start)."""
+    if not _has_blank_line(path, newline):
+        return set()
+    csv.field_size_limit(max(csv.field_size_limit(), 2 * MAX_LINE_BYTES))
+    blank: set[int] = set()
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        try:
+            for number, record in enumerate(csv.reader(handle, delimiter=delimiter), 1):
+                if not record:
+                    blank.add(number)
+        except csv.Error:  # not read as DuckDB read it: the numbers found so far stand
+            pass
+    return blank
+
+
+def _first_data_line(blank: set[int], fmt: FileFormat) -> int:
+    """The line of the first row: DuckDB passes over empty lines to the header, or (without
+    one) to the first row, after the lines it was told to skip."""
+    line = fmt.skipped_lines + 1
+    while line in blank:
+        line += 1
+    return line + 1 if fmt.has_header else line
 
 
 #: Passes over a file cutting out lines whose quote never closes (each pass reads the file

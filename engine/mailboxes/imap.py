@@ -10,8 +10,9 @@ folder whose UIDVALIDITY changed (recreated) is read again from its first messag
 
 Only mail addressed to the account is applied (`trust.addressed_to`: the envelope recipient
 the server stamped, else `To`/`Cc`), so a mailbox that several accounts share gives each only
-its own; the rest is passed over. An `Authentication-Results` whose authserv-id is the
-account's IMAP host (or one configured) is trusted (`engine.mailboxes.trust`).
+its own; the rest is passed over. An `Authentication-Results` is trusted only when its
+authserv-id is one the operator configured (`engine.mailboxes.trust`): not merely the account's
+IMAP host, since a server that stamps none leaves a sender's own header on top.
 
 One account's trouble (an unreachable server, a refused login, a password variable not set)
 is reported and ends only that account's poll; a message no rule can read ends only itself.
@@ -110,14 +111,14 @@ def poll_imap(
     authserv_ids: Iterable[str] = (),
 ) -> PollReport:
     """Apply what arrived in every IMAP mailbox of every tenant (module docstring);
-    `authserv_ids` besides each account's IMAP host: whose `Authentication-Results` count."""
+    `authserv_ids`: whose `Authentication-Results` count."""
     report = report or PollReport()
     for tenant_id, tenant in all_tenants(app):
         with tenant_transaction(app, tenant_id) as conn:
             accounts = conn.execute(_ACCOUNTS).all()
         for account in accounts:
             try:
-                trusted = frozenset([*authserv_ids, account.imap_host])
+                trusted = frozenset(authserv_ids)
                 _poll_account(app, tenant_id, tenant, account, env, now, report, trusted)
             except SenderConfigError as exc:
                 report.errors.append(str(exc))

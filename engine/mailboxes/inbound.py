@@ -9,7 +9,8 @@ messages would have one after the other.
 * **Matched** by the Message-IDs it refers to (In-Reply-To, References, a bounce's or report's
   original), else, for a reply, an auto-reply or an unsubscribe email, by address: the latest
   message to its author (of the receiving sender account; of any of the tenant's for an
-  unsubscribe email). A bounce or complaint is matched by reference only.
+  unsubscribe email). A bounce or complaint is matched by reference only, and only when it
+  names that message's recipient as failed (if it names any).
 * **Trusted** as `engine.mailboxes.trust` says: a message that matches nothing records no
   event and makes no effect (only its `inbound_messages` row, so it is read once); a reply
   matched by address alone, unless its author is authenticated, stops no company (its event's
@@ -305,15 +306,19 @@ def _plan(m: Incoming, sent: sa.Row, history: SoftBounces) -> _Plan:
     """What applying `m` writes, given the message it matched (`sent`; module docstring)."""
     c = m.classified
     matched = sent.id is not None
+    if c.kind in (Kind.BOUNCE, Kind.COMPLAINT) and c.addresses:
+        # A report naming our message but another recipient as failed (or complaining) is
+        # not about that message: it records nothing, as one naming no message of ours.
+        matched = matched and sent.recipient_key in c.addresses
     soft = c.kind is Kind.BOUNCE and not c.hard
     hard = c.hard
     if soft and matched:
         hard = history.is_hard(sent.recipient_key, sent.id, m.received_at, upto=False)
-    # Who is suppressed: a bounce's or complaint's recipient of ours (only if it names that
-    # recipient as failed, when it names any); an unsubscribe email's author, if mailed.
+    # Who is suppressed: a bounce's or complaint's recipient of ours; an unsubscribe email's
+    # author, if mailed.
     address = target_contact = None
     if c.kind in (Kind.BOUNCE, Kind.COMPLAINT):
-        if matched and (not c.addresses or sent.recipient_key in c.addresses):
+        if matched:
             address, target_contact = sent.recipient_email, sent.contact_id
     elif c.kind is Kind.UNSUBSCRIBE and matched and sent.recipient_key == c.sender:
         address, target_contact = c.sender, sent.contact_id
@@ -342,9 +347,9 @@ def _plan(m: Incoming, sent: sa.Row, history: SoftBounces) -> _Plan:
         "at": m.received_at.isoformat(),
         # What matches none of our messages says nothing about any of them: no event.
         "with_event": matched,
-        "contact": _text(sent.contact_id),
-        "campaign": _text(sent.campaign_id),
-        "step": _text(sent.step_id),
+        "contact": _text(sent.contact_id) if matched else None,
+        "campaign": _text(sent.campaign_id) if matched else None,
+        "step": _text(sent.step_id) if matched else None,
         "payload": payload,
         "dedup": f"inbound:{m.mailbox}:{m.source_key}",
     }

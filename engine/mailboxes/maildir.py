@@ -147,7 +147,7 @@ def _accounts(app: Engine) -> dict[str, list[tuple[uuid.UUID, uuid.UUID]]]:
     for tenant_id, _ in all_tenants(app):
         with tenant_transaction(app, tenant_id) as conn:
             for row in conn.execute(_SENDERS):
-                accounts[row.email].append((tenant_id, row.id))
+                accounts[trust.address_key(row.email)].append((tenant_id, row.id))
     return accounts
 
 
@@ -181,7 +181,7 @@ def poll_maildir(
         envelope = headers.parsebytes(raw)
         # The sink appends its X-RcptTo last; one the sender wrote into the message comes first.
         sink_rcpt = (envelope.get_all("X-RcptTo") or [""])[-1]
-        recipients = [a.lower() for _, a in getaddresses([sink_rcpt])]
+        recipients = [trust.address_key(a) for _, a in getaddresses([sink_rcpt])]
         owners = [owner for r in recipients for owner in accounts.get(r, [])]
         if not owners:
             continue  # the engine's own outgoing copy, or mail for nobody we know

@@ -24,11 +24,12 @@ are text its sender chose. The rules, applied by `engine.mailboxes.inbound`:
   that domain or a parent of it (relaxed alignment), the `From:` address is trusted as if the mail
   were matched by reference, so an address-matched reply may stop its company. Only the
   topmost `Authentication-Results` counts, and only when its authserv-id is one the operator
-  configured (`PENGUIN_AUTHSERV_ID`, comma-separated) or the account's own IMAP host: a
-  sender can write such a header too, but only below the ones the receiving servers add
-  above it. So an authserv-id is to be trusted only where that server stamps every message it
-  takes (and, as RFC 8601 section 5 asks, removes any header claiming its id): the local sink
-  stamps none, so by default nothing read from its Maildir is authenticated.
+  configured (`PENGUIN_AUTHSERV_ID`, comma-separated; never implied, not even the account's
+  own IMAP host): a sender can write such a header too, but only below the ones the
+  receiving servers add above it, and a server that adds none leaves the sender's on top.
+  So an authserv-id is to be trusted only where that server stamps every message it takes
+  (and, as RFC 8601 section 5 asks, removes any header claiming its id): the local sink
+  stamps none, so by default nothing read from its Maildir or IMAP is authenticated.
 * An IMAP account gets only the mail of its own address, so a mailbox reached by an alias
   that is in neither the stamped envelope recipient nor `To`/`Cc` is not read for it.
 """
@@ -41,6 +42,7 @@ from email.message import Message
 from email.utils import getaddresses
 
 import authres
+import idna
 
 #: Headers a receiving server writes with the envelope recipient (the topmost is the last hop's).
 ENVELOPE_RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To")
@@ -54,15 +56,28 @@ def _topmost(message: Message, name: str) -> str | None:
     return None
 
 
+def address_key(address: str) -> str:
+    """`address` as mailboxes compare it: lowercased, its domain in ASCII (IDNA). A sender
+    account stores an internationalized domain in Unicode (`sales@bücher.example`), while a
+    server without SMTPUTF8 delivers to, and stamps, its ASCII form (`xn--bcher-kva`)."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or domain.isascii():
+        return address.strip().lower()
+    with contextlib.suppress(idna.IDNAError, UnicodeError):  # no ASCII form: compared as is
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    return f"{local}@{domain}".lower()
+
+
 def _addresses(values: Iterable[str | None]) -> set[str]:
-    return {a.lower() for _, a in getaddresses([" ".join(v.split()) for v in values if v]) if a}
+    found = getaddresses([" ".join(v.split()) for v in values if v])
+    return {address_key(a) for _, a in found if a}
 
 
 def addressed_to(message: Message, address: str) -> bool:
     """Whether `message` (from an IMAP mailbox) is addressed to `address`: its envelope
     recipient as the receiving server recorded it, else its `To`/`Cc`. Headers are read as
     written (no policy's parser, which a malformed header could make raise)."""
-    address = address.lower()
+    address = address_key(address)
     stamped = [_topmost(message, name) for name in ENVELOPE_RECIPIENT_HEADERS]
     if any(stamped):
         return address in _addresses(stamped)

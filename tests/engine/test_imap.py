@@ -204,3 +204,21 @@ def test_a_mailbox_two_accounts_share_gives_each_tenant_only_its_own_accounts_ma
     with tenant_transaction(database.app, other.tenant_id) as conn:
         read = conn.execute(sa.text("select from_address from app.inbound_messages")).all()
     assert read == [("someone@else.example",)]
+
+
+def test_an_authentication_results_naming_the_imap_host_is_the_senders_unless_configured(
+    database, smtp_server, now, tmp_path, imap_server
+):
+    """A server that stamps no `Authentication-Results` (the many that check no DKIM) leaves
+    the sender's own on top: one naming the account's IMAP host, an easy guess, made a forged
+    reply without references end its whole company's sequences."""
+    tenant, _ = _sent(database, smtp_server, now, tmp_path, imap_server)
+    forged = "Authentication-Results: 127.0.0.1; dmarc=pass header.from=example.com\n"
+    reply = samples.reply(SENDER, "acme0@example.com", None, subject="Hi", stamped=forged)
+    imap_server.deliver(SENDER, "imap-secret", reply)
+    poll_imap(database.app, env=ENV)
+    with tenant_transaction(database.app, tenant.tenant_id) as conn:
+        vouched = conn.execute(
+            sa.text("select payload ->> 'authenticated' from app.email_events")
+        ).scalar_one()
+    assert vouched == "false"

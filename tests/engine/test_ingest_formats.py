@@ -198,6 +198,47 @@ def test_ragged_rows_are_rejected_and_the_rest_keep_their_line_numbers(
     assert "1 fields but the header has 3" in found[1].reason
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_rows_after_blank_lines_keep_their_spreadsheet_line_numbers(
+    database, tenant, now, tmp_path, newline
+):
+    """DuckDB skips an empty line but counts it: a row below one was reported lines too
+    high up (line 4 for the invalid address on line 8). An empty line inside a quoted value
+    is part of the value, not a row."""
+    lines = [
+        "Email,Name",
+        'a@example.com,"Ann',  # line 2: a value over three lines, one with nothing on it
+        "",
+        'Lee"',
+        "",  # line 3
+        "b@example.com,Bob",
+        "bad@example.com,Bad,extra",  # line 5
+        "",
+        "",
+        "not an address,Cy",  # line 8
+        'd@example.com,5" screen',
+        "",
+        "also not one,Di",  # line 11
+        "",
+    ]
+    path = tmp_path / "blank.csv"
+    path.write_bytes(newline.join(lines).encode())
+    result = load(database, tenant, path, now)
+    assert [(r.line_number, r.raw_row) for r in rejects(database, tenant)] == [
+        (5, "bad@example.com,Bad,extra"),
+        (8, "not an address,Cy"),
+        (11, "also not one,Di"),
+    ]
+    assert (result.inserted, result.rejected) == (3, 3)
+
+
+def test_empty_lines_above_the_header_are_counted_too(database, tenant, now, tmp_path):
+    path = tmp_path / "leading.csv"
+    path.write_text("\n\nEmail,Name\na@example.com,Ann\n\nnot an address,Bo\n")
+    load(database, tenant, path, now)
+    assert [r.line_number for r in rejects(database, tenant)] == [6]
+
+
 def test_an_unbalanced_quote_rejects_only_its_own_line(database, tenant, now, tmp_path):
     rows = [f"p{i}@example.com,P{i},Co" for i in range(1, 11)]
     rows[3] = 'q@example.com,"Unclosed,Co'  # line 5 opens a quote ...
@@ -537,6 +578,22 @@ def test_an_excel_sep_line_names_the_delimiter_and_is_no_row(
         f"the first line (sep={delimiter}) names the delimiter; it is not read as data"
         in result.file_format["notes"]
     )
+
+
+def test_a_sep_line_naming_a_delimiter_no_line_holds_gives_way_to_the_lines_own(
+    database, tenant, now, tmp_path
+):
+    """A file saved again with commas that kept its `sep=;` line: read as one column, every
+    row was rejected as an address with commas in it."""
+    path = tmp_path / "resaved.csv"
+    path.write_text("sep=;\nEmail,Name\nada@example.com,Ada\nzoe@example.com,Zoë\n")
+    result = load(database, tenant, path, now)
+    assert (result.inserted, result.rejected) == (2, 0)
+    assert result.file_format["columns"] == ["Email", "Name"]
+    assert result.file_format["notes"] == [
+        "the first line (sep=;) names a delimiter no line below it holds; the file was read "
+        "with ',' and the line is not data"
+    ]
 
 
 def test_a_title_line_holding_a_delimiter_is_not_taken_for_the_header(

@@ -77,6 +77,14 @@ def test_the_envelope_recipient_the_server_stamped_decides_over_to():
     assert not addressed_to(_message(), "sales@other.example")
 
 
+def test_an_internationalized_domain_is_the_same_account_in_its_ascii_form():
+    """Stored as `sales@bücher.example`, the account's mail comes stamped to its IDNA form
+    by any server without SMTPUTF8: such mail was passed over as another account's."""
+    stamped = _message("Delivered-To: Sales@xn--bcher-kva.example")
+    assert addressed_to(stamped, "sales@bücher.example")
+    assert not addressed_to(stamped, "sales@bucher.example")
+
+
 def test_the_trusted_servers_come_from_penguin_authserv_id(tmp_path):
     from engine.config import Settings
 

@@ -271,6 +271,25 @@ def test_mail_for_another_tenants_sender_is_applied_in_that_tenant_only(
     ]
 
 
+def test_mail_to_the_ascii_form_of_an_internationalized_sender_address_is_its_own(
+    database, sink, now
+):
+    """A sender account stored as `sales@bücher.example` gets its mail at
+    `sales@xn--bcher-kva.example` from every server without SMTPUTF8: it was read as mail for
+    nobody, and the tenant never saw its replies."""
+    from engine.tenants import create_tenant
+
+    tenant, _ = create_tenant(database.owner, "buecher")
+    with tenant_transaction(database.app, tenant) as conn:
+        create_sender(conn, "sales@bücher.example", now=now)
+    idna_form = "Sales@xn--bcher-kva.example"
+    _deliver(sink, samples.reply(idna_form, "ann@example.com", None, subject="Hi"), to=idna_form)
+    assert poll_maildir(database.app, sink.maildir).inbound == 1
+    with tenant_transaction(database.app, tenant) as conn:
+        read = conn.execute(sa.text("select from_address from app.inbound_messages")).all()
+    assert read == [("ann@example.com",)]
+
+
 def test_penguin_mail_poll_applies_the_sinks_mail_once_and_says_what_it_did(
     database, now, tmp_path, env
 ):
@@ -291,14 +310,20 @@ def test_penguin_mail_poll_applies_the_sinks_mail_once_and_says_what_it_did(
 
 
 def test_forged_bounces_and_complaints_suppress_nobody(database, sink, now, tmp_path):
+    """Nor do they count against a message: a report naming a's message but b as the failed
+    recipient or the complainer is about no message of ours (it recorded a hard bounce and
+    a complaint on a's message, which the marts counted)."""
     tenant, ids = _sent(database, sink, now, tmp_path)
     a, b = "acme0@example.com", "acme1@example.com"
-    # From anyone, naming b as failed but no message of ours; and a report about a's message
-    # that names b as the complainer.
+    # From anyone, naming b as failed but no message of ours; and a DSN and a report about
+    # a's message that name b as the failed recipient and as the complainer.
     _deliver(sink, samples.postfix_dsn(SENDER, b, "forged@evil.example"))
+    _deliver(sink, samples.postfix_dsn(SENDER, b, ids[a]))
     _deliver(sink, samples.arf_complaint(SENDER, b, ids[a]))
     report = poll_maildir(database.app, sink.maildir)
-    assert (dict(report.applied), report.suppressed) == ({"bounce": 1, "complaint": 1}, 0)
+    assert (dict(report.applied), report.suppressed) == ({"bounce": 2, "complaint": 1}, 0)
+    assert report.unmatched == 3
+    assert _events(database, tenant) == []
     assert _query(database, tenant, "select email from app.suppressions") == []
     statuses = {r.status for r in _query(database, tenant, "select status from app.contacts")}
     assert statuses == {"active"}
