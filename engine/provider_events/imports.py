@@ -413,7 +413,8 @@ def import_events(
             f"{label}: unknown format {shown(provider)!r}; one of {', '.join(FORMATS)}"
         )
     try:
-        handle = open_input(path, label=label)
+        # An inbox's entry was checked to be no link; one put in its place since is refused.
+        handle = open_input(path, label=label, follow_links=source != "inbox")
     except UserFileError as exc:
         raise EventImportError(str(exc)) from None
     with handle:  # the file checked is the file read, whatever the path names meanwhile
