@@ -837,9 +837,9 @@ def test_a_sender_of_another_tenant_does_not_exist(database, acme):
 def test_two_tenants_can_each_have_a_campaign_of_the_same_name(database, acme):
     other, _ = create_tenant(database.owner, "globex")
     with tx(database, other) as conn:
-        create_sender(conn, SENDER)
+        create_sender(conn, "sales@globex.example")  # an address belongs to one tenant
     a = apply(database, acme, campaign())
-    b = apply(database, other, campaign())
+    b = apply(database, other, campaign(senders=["sales@globex.example"]))
     assert a.campaign_id != b.campaign_id and b.outcome == "created"
 
 
