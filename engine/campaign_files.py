@@ -54,7 +54,7 @@ from engine.templates import (
     template_variables,
     variable_name,
 )
-from engine.tenants import current_tenant_name, penguin_command
+from engine.tenants import current_tenant_name, penguin_command, shell_word
 from engine.text import shown
 from engine.userfiles import UserFileError, open_input, too_big
 
@@ -1058,13 +1058,16 @@ def check(conn: Connection, spec: CampaignSpec) -> CheckResult:
         row = rows.get(address)
         if row is None:
             # Row-level security hides other tenants' accounts: to this tenant they do not exist.
+            add = penguin_command(f"sender add {shell_word(address)}", current_tenant_name(conn))
             problems.add(
                 where,
                 f"sender account {shown(address)} does not exist in this tenant; add it with "
-                f"`{penguin_command(f'sender add {shown(address)}', current_tenant_name(conn))}`",
+                f"`{add}`",
             )
         elif not row.is_active:
-            resume = penguin_command(f"sender resume {shown(address)}", current_tenant_name(conn))
+            resume = penguin_command(
+                f"sender resume {shell_word(address)}", current_tenant_name(conn)
+            )
             notes.append(f"sender account {shown(address)} is paused ({resume})")
     list_id = conn.execute(_LIST_ID, {"name": data["list"]}).scalar()
     list_name = shown(data["list"])
@@ -1335,14 +1338,17 @@ def apply(conn: Connection, spec: CampaignSpec, now: datetime) -> ApplyResult:
     name = shown(spec.name)
     steps_changed = old is None or old.get("steps") != data["steps"]
     if status == "completed":
+        clone = f"campaign clone {shell_word(spec.name)} NEW_NAME"
         problems.add(
             "",
             f"campaign {name} is completed and takes no changes; copy it with "
-            f"`{penguin_command(f'campaign clone {name} NEW_NAME', current_tenant_name(conn))}` "
+            f"`{penguin_command(clone, current_tenant_name(conn))}` "
             "and apply to the copy",
         )
     elif status in ("active", "scheduled"):
-        pause = penguin_command(f"campaign pause {name}", current_tenant_name(conn))
+        pause = penguin_command(
+            f"campaign pause {shell_word(spec.name)}", current_tenant_name(conn)
+        )
         if steps_changed:
             problems.add(
                 "steps",
@@ -1730,8 +1736,9 @@ def approval_state(conn: Connection, campaign_id: uuid.UUID) -> tuple[bool, str]
         raise LookupError(f"no campaign with id {campaign_id}")
     if not row.approval_required:
         return True, "approval is not required"
-    name = shown(row.name)
-    how = penguin_command(f"campaign approve {name} --by WHO", current_tenant_name(conn))
+    how = penguin_command(
+        f"campaign approve {shell_word(row.name)} --by WHO", current_tenant_name(conn)
+    )
     if row.spec_sha256 is None:
         return (
             False,

@@ -24,7 +24,7 @@ from engine.templates import (
     check_syntax,
     contact_context,
 )
-from engine.tenants import current_tenant_name, penguin_command
+from engine.tenants import current_tenant_name, penguin_command, shell_word
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,9 @@ def launch_campaign(
     if campaign is None:
         raise CampaignError(f"no campaign with id {campaign_id}")
     if campaign.status != "draft":
-        resume = penguin_command(f"campaign resume {campaign.name}", current_tenant_name(conn))
+        resume = penguin_command(
+            f"campaign resume {shell_word(campaign.name)}", current_tenant_name(conn)
+        )
         hint = f" ({resume})" if campaign.status == "paused" else ""
         raise CampaignError(
             f"the campaign is {campaign.status}; only a draft can be launched{hint}"

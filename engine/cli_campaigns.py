@@ -539,7 +539,7 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
     from engine.cli import _database, _tenant, console
     from engine.db import tenant_transaction
     from engine.senders import SenderConfigError, set_sender_active
-    from engine.tenants import penguin_command
+    from engine.tenants import penguin_command, shell_word
     from engine.text import shown
 
     db = _database()
@@ -561,7 +561,7 @@ def _set_active(email: str, active: bool, tenant: str) -> None:
         console.print(
             Text(
                 f"paused sender {shown(email)}: nothing goes out from it until "
-                f"`{penguin_command(f'sender resume {shown(email)}', tenant)}`"
+                f"`{penguin_command(f'sender resume {shell_word(email)}', tenant)}`"
             )
         )
 

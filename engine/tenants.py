@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import shlex
 import uuid
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from engine.text import shown
 
 DEFAULT_TENANT = "default"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -73,6 +76,13 @@ def penguin_command(args: str, tenant: str) -> str:
     if tenant == DEFAULT_TENANT:
         return f"penguin {args}"
     return f"penguin {args} --tenant {tenant}"
+
+
+def shell_word(value: object) -> str:
+    """`value` (a campaign's name, an address) as one word of a `penguin_command` hint, quoted
+    for the shell where it needs it: a hint copied into a shell must pass the whole name as
+    one argument (`'Spring launch'`) and run nothing a name holds (`;`, `$(...)`)."""
+    return shlex.quote(shown(value))
 
 
 _CURRENT_NAME = sa.text("select name from app.tenants where id = app.current_tenant_id()")

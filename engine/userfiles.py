@@ -19,6 +19,7 @@ symbolic link, a FIFO or a device before its import starts (`not_regular`).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -71,21 +72,28 @@ def open_input(
     max_bytes: int | None = None,
     what: str = "a file",
     hint: str = "",
+    follow_links: bool = True,
 ) -> BinaryIO:
     """`path` opened for reading in binary, once it is known to be a regular file of at most
     `max_bytes`; `UserFileError` naming `label` (default: the path) otherwise.
 
     `what` names the kind of file in the size message ("an upload", "a campaign file"), `hint`
-    what to do with a bigger one.
+    what to do with a bigger one. An inbox passes `follow_links=False`: its entry was checked
+    to be no link, but may have been replaced by one since, so a link is refused again here,
+    where the file is opened.
     """
     label = label if label is not None else shown(str(path), 200)
     nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX: opening a FIFO returns at once
     flags = os.O_RDONLY | nonblocking | getattr(os, "O_NOCTTY", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise UserFileError(f"{label}: no such file") from None
     except OSError as exc:
+        if not follow_links and exc.errno == errno.ELOOP:
+            raise UserFileError(not_a_file(label, stat.S_IFLNK)) from None
         raise UserFileError(f"{label}: cannot be opened ({exc.strerror or exc})") from None
     try:
         info = os.fstat(fd)

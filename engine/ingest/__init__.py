@@ -135,7 +135,9 @@ def ingest_file(
     list_name = store.check_list_name(list_name)
     explicit = dict(mapping or {})
     check_fields(explicit)
-    surveyed = _survey(path, shown(file_name))  # one read: hash, size, encoding, longest line
+    # One read: hash, size, encoding, longest line. An inbox's entry was checked to be no
+    # link; one put in its place since is refused.
+    surveyed = _survey(path, shown(file_name), follow_links=source != "inbox")
     sha, size = surveyed.sha256, surveyed.size
     with tenant_transaction(app, tenant_id) as conn:
         # Concurrent uploads of this content into this list take turns from here to commit,
@@ -170,9 +172,9 @@ def ingest_file(
         raise error from exc
 
 
-def _survey(path: Path, label: str) -> Survey:
+def _survey(path: Path, label: str, *, follow_links: bool = True) -> Survey:
     try:
-        return survey(path, label)
+        return survey(path, label, follow_links=follow_links)
     except UserFileError as exc:
         raise IngestError(str(exc)) from None
     except OSError as exc:

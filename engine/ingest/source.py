@@ -38,6 +38,7 @@ import codecs
 import csv
 import hashlib
 import io
+import os
 import re
 import shutil
 import uuid
@@ -53,7 +54,7 @@ import polars as pl
 
 from engine.ingest.errors import IngestError
 from engine.text import shown
-from engine.userfiles import open_input
+from engine.userfiles import UserFileError, open_input
 
 CHUNK_BYTES = 1 << 20
 #: An upload may be at most this big (checked before it is read). DuckDB streams it in bounded
@@ -211,23 +212,31 @@ class Survey:
     longest_line: int  # in bytes, as stored
     #: {line ending: how many lines end so}: one key for a file written by one program.
     newlines: dict[str, int] = field(default_factory=dict)
+    #: (device, inode) of the file read: every later read checks it reads the same file.
+    identity: tuple[int, int] = (0, 0)
 
     @property
     def mixed_newlines(self) -> bool:
         return len(self.newlines) > 1
 
 
-def survey(path: Path, label: str | None = None) -> Survey:
+def survey(path: Path, label: str | None = None, *, follow_links: bool = True) -> Survey:
     """Hash, size, UTF-8 validity, NUL bytes and longest line of `path`, in one read;
     `UserFileError` naming `label` for what is not a regular file or is over
-    `MAX_UPLOAD_BYTES`."""
+    `MAX_UPLOAD_BYTES` (or is a link, unless `follow_links`: an inbox's entry)."""
     digest, size, head = hashlib.sha256(), 0, b""
     decoder: codecs.IncrementalDecoder | None = codecs.getincrementaldecoder("utf-8")()
     meter, newlines, has_nul = _LineMeter(), _NewlineCounter(), False
     hint = "split it into smaller files and upload each"
     with open_input(
-        path, label=label, max_bytes=MAX_UPLOAD_BYTES, what="an upload", hint=hint
+        path,
+        label=label,
+        max_bytes=MAX_UPLOAD_BYTES,
+        what="an upload",
+        hint=hint,
+        follow_links=follow_links,
     ) as handle:
+        info = os.fstat(handle.fileno())
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
             size += len(chunk)
@@ -253,7 +262,18 @@ def survey(path: Path, label: str | None = None) -> Survey:
         has_nul,
         meter.result(),
         newlines.conventions(),
+        (info.st_dev, info.st_ino),
     )
+
+
+def _check_same(info: os.stat_result, surveyed: Survey, name: str) -> None:
+    """Refuse to read on when the path now names another file than the one surveyed (one put
+    in its place since: a link to a file elsewhere, a FIFO, other contents)."""
+    if (info.st_dev, info.st_ino) != surveyed.identity or info.st_size != surveyed.size:
+        raise IngestError(
+            f"{name}: the file was replaced or changed while it was read; upload it again "
+            "once it is complete"
+        )
 
 
 @dataclass(frozen=True)
@@ -352,13 +372,15 @@ class _NewlineNormalizer:
         return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _rewrite(path: Path, encoding: str, target: Path) -> tuple[int, tuple[Overlong, ...]]:
-    """Write `path` as UTF-8 to `target`, with LF line endings, without NUL characters
-    (PostgreSQL text has none) and without lines over `MAX_LINE_BYTES`; return the longest
-    line written, in bytes, and the lines cut out. Streams: memory stays at a few chunks."""
+def _rewrite(source: BinaryIO, encoding: str, target: Path) -> tuple[int, tuple[Overlong, ...]]:
+    """Write the open file `source` (from its start) as UTF-8 to `target`, with LF line
+    endings, without NUL characters (PostgreSQL text has none) and without lines over
+    `MAX_LINE_BYTES`; return the longest line written, in bytes, and the lines cut out.
+    Streams: memory stays at a few chunks."""
     decoder = codecs.getincrementaldecoder(encoding)()
     meter, cutter, newlines = _LineMeter(), _LineCutter(), _NewlineNormalizer()
-    with path.open("rb") as source, target.open("wb") as out:
+    source.seek(0)
+    with target.open("wb") as out:
         while True:
             chunk = source.read(CHUNK_BYTES)
             text = decoder.decode(chunk, final=not chunk).replace("\x00", "")
@@ -422,19 +444,19 @@ def to_utf8(path: Path, surveyed: Survey, workdir: Path, name: str | None = None
         encoding = encoding or "utf-8"
         clean = not surveyed.has_nul and not surveyed.mixed_newlines
         if clean and surveyed.longest_line <= MAX_LINE_BYTES:  # the common case: read as is
-            _link(path, target)
+            _link(path, target, surveyed, name)
             newline = next(iter(found), "\n")
             return Readable(target, encoding, False, surveyed.longest_line, (), newline, found)
-        longest, cut = _rewrite(path, encoding, target)
+        longest, cut = _rewrite_same(path, surveyed, name, encoding, target)
         return Readable(target, encoding, surveyed.has_nul, longest, cut, "\n", found)
     if encoding is None:
         try:
-            longest, cut = _rewrite(path, "cp1252", target)
+            longest, cut = _rewrite_same(path, surveyed, name, "cp1252", target)
             return Readable(target, "windows-1252", True, longest, cut, "\n", found)
         except UnicodeDecodeError:
             encoding = "latin-1"  # the bytes Windows-1252 leaves undefined: Latin-1 has them
     try:
-        longest, cut = _rewrite(path, encoding, target)
+        longest, cut = _rewrite_same(path, surveyed, name, encoding, target)
     except UnicodeDecodeError as exc:
         raise IngestError(
             f"{name}: starts like {encoding} but byte {exc.start} of a chunk cannot be "
@@ -445,12 +467,31 @@ def to_utf8(path: Path, surveyed: Survey, workdir: Path, name: str | None = None
     return Readable(target, encoding.removesuffix("-sig"), True, longest, cut, "\n", found)
 
 
-def _link(path: Path, target: Path) -> None:
-    """`target` as another name of `path`: a symbolic link, or a copy where there are none."""
+def _rewrite_same(
+    path: Path, surveyed: Survey, name: str, encoding: str, target: Path
+) -> tuple[int, tuple[Overlong, ...]]:
+    """`_rewrite` of `path`, once it is known to be the file surveyed."""
     try:
-        target.symlink_to(path.resolve())
+        source = open_input(path, label=name)
+    except UserFileError as exc:
+        raise IngestError(str(exc)) from None
+    with source:
+        _check_same(os.fstat(source.fileno()), surveyed, name)
+        return _rewrite(source, encoding, target)
+
+
+def _link(path: Path, target: Path, surveyed: Survey, name: str) -> None:
+    """`target` as another name of `path`, the file surveyed: a hard link to that very file
+    (our own name for it, which no one can point elsewhere), else a symbolic link or a copy,
+    checked to be that file."""
+    try:
+        os.link(path, target)
     except OSError:
-        shutil.copyfile(path, target)
+        try:
+            target.symlink_to(path.resolve())
+        except OSError:
+            shutil.copyfile(path, target)
+    _check_same(os.stat(target), surveyed, name)
 
 
 # --- dialect ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -411,7 +412,31 @@ def import_events(
         raise EventImportError(
             f"{label}: unknown format {shown(provider)!r}; one of {', '.join(FORMATS)}"
         )
-    sha, size = _digest(path, label)
+    try:
+        # An inbox's entry was checked to be no link; one put in its place since is refused.
+        handle = open_input(path, label=label, follow_links=source != "inbox")
+    except UserFileError as exc:
+        raise EventImportError(str(exc)) from None
+    with handle:  # the file checked is the file read, whatever the path names meanwhile
+        return _register_and_import(
+            app, tenant_id, handle, label, file_name, provider, now, source, force, progress
+        )
+
+
+def _register_and_import(
+    app: Engine,
+    tenant_id: uuid.UUID,
+    handle: BinaryIO,
+    label: str,
+    file_name: str,
+    provider: str,
+    now: datetime,
+    source: str,
+    force: bool,
+    progress: Progress | None,
+) -> ImportResult:
+    """`import_events` of the open file `handle`."""
+    sha, size = _digest(handle, label)
     params = {"provider": provider, "sha": sha}
     with tenant_transaction(app, tenant_id) as conn:
         conn.execute(_LOCK, params)  # concurrent imports of this content take turns
@@ -437,7 +462,7 @@ def import_events(
     with tenant_transaction(app, tenant_id) as conn:
         conn.execute(_START, {"id": import_id, "now": now})
     try:
-        return _import(app, tenant_id, import_id, path, provider, size, now, progress)
+        return _import(app, tenant_id, import_id, handle, provider, size, now, progress)
     except Exception as exc:
         error = exc if isinstance(exc, EventImportError) else _as_error(exc, label)
         with tenant_transaction(app, tenant_id) as conn:
@@ -447,23 +472,21 @@ def import_events(
         raise error from exc
 
 
-def _digest(path: Path, label: str) -> tuple[str, int]:
-    """The sha256 and size of `path`, once it is known to be a regular file within the cap of
-    its layout (`records.MAX_FILE_BYTES`): nothing is read past its first line before that."""
+def _digest(handle: BinaryIO, label: str) -> tuple[str, int]:
+    """The sha256 and size of the open regular file `handle`, once it is known to be within
+    the cap of its layout (`records.MAX_FILE_BYTES`): nothing is read past its first line
+    before that."""
     try:
-        with open_input(path, label=label) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            try:
-                problem = records.oversize(records.layout_of(handle), size, label)
-            except records.FileError:  # empty: the import records that as its failure
-                problem = None
-            if problem is not None:
-                raise EventImportError(problem)
-            handle.seek(0)
-            digest = hashlib.file_digest(handle, "sha256")
-            size = handle.tell()
-    except UserFileError as exc:
-        raise EventImportError(str(exc)) from None
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            problem = records.oversize(records.layout_of(handle), size, label)
+        except records.FileError:  # empty: the import records that as its failure
+            problem = None
+        if problem is not None:
+            raise EventImportError(problem)
+        handle.seek(0)
+        digest = hashlib.file_digest(handle, "sha256")
+        size = handle.tell()
     except OSError as exc:
         raise EventImportError(f"{label}: cannot be read ({exc.strerror or exc})") from None
     return digest.hexdigest(), size
@@ -485,7 +508,7 @@ def _import(
     app: Engine,
     tenant_id: uuid.UUID,
     import_id: uuid.UUID,
-    path: Path,
+    handle: BinaryIO,
     provider: str,
     size: int,
     now: datetime,
@@ -499,7 +522,7 @@ def _import(
             )
         conn.exec_driver_sql(_STAGE_TABLES)
         total, skipped, not_staged = _stage(
-            conn, path, provider, lambda done: report("reading", done, size)
+            conn, handle, provider, lambda done: report("reading", done, size)
         )
         report("writing", 0, None)
         conn.exec_driver_sql("analyze pg_temp.staged")  # plan the joins on its real size
@@ -533,15 +556,15 @@ def _import(
 
 
 def _stage(
-    conn: Connection, path: Path, provider: str, progress: Callable[[int], None]
+    conn: Connection, handle: BinaryIO, provider: str, progress: Callable[[int], None]
 ) -> tuple[int, int, int]:
-    """Parse every record of `path` into the staging tables; (records, skipped, unreadable
-    records not staged). Only the first `KEPT_REJECTS` unreadable records are staged (no more
-    can be kept); the others are counted."""
+    """Parse every record of the open file `handle` into the staging tables; (records, skipped,
+    unreadable records not staged). Only the first `KEPT_REJECTS` unreadable records are staged
+    (no more can be kept); the others are counted."""
     events: list[dict] = []
     unreadable: list[dict] = []
     total = skipped = staged_unreadable = not_staged = 0
-    for record in records.read(path, progress):
+    for record in records.read(handle, progress):
         total += 1
         problem = record.problem
         event = None

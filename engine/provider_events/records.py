@@ -19,7 +19,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 from engine.text import shown, storable
 from engine.userfiles import too_big
@@ -55,15 +55,10 @@ class Record:
     problem: str | None = None
 
 
-def layout(path: Path) -> str:
-    """`array`, `lines` or `csv`, from the file's first non-blank character; a file whose
-    first line is a whole JSON array by itself is JSON lines of webhook bodies."""
-    with path.open("rb") as handle:
-        return layout_of(handle)
-
-
-def layout_of(handle: io.BufferedReader) -> str:
-    """`layout` of an open file, read from its start (it is left anywhere)."""
+def layout_of(handle: BinaryIO) -> str:
+    """`array`, `lines` or `csv`, from the first non-blank character of the open file (read
+    from its start; it is left anywhere); a file whose first line is a whole JSON array by
+    itself is JSON lines of webhook bodies."""
     handle.seek(0)
     head = handle.read(4096)
     while head and not head.lstrip(b" \t\r\n" + codecs.BOM_UTF8):
@@ -96,15 +91,21 @@ def oversize(kind: str, size: int, label: str) -> str | None:
     return too_big(label, size, cap, _LAYOUT_NAMES[kind] + " of events", hint)
 
 
-def read(path: Path, progress=None) -> Iterator[Record]:
-    """Every record of `path` (module docstring); `progress(bytes_read)` as it goes."""
-    kind = layout(path)
+def read(handle: BinaryIO, progress=None) -> Iterator[Record]:
+    """Every record of the open file `handle` (module docstring), read from its start;
+    `progress(bytes_read)` as it goes.
+
+    It takes the file its caller opened and checked (a regular file within its cap), never a
+    path to open again: a path may name another file by then (a FIFO that blocks, a bigger
+    file)."""
+    kind = layout_of(handle)
+    handle.seek(0)
     if kind == "array":
-        yield from _array(path)
+        yield from _array(handle)
     elif kind == "lines":
-        yield from _lines(path, progress)
+        yield from _lines(handle, progress)
     else:
-        yield from _csv(path, progress)
+        yield from _csv(handle, progress)
 
 
 def _raw(text: str) -> str:
@@ -123,37 +124,36 @@ def _json(text: str) -> object:
         raise ValueError("nested too deeply") from None
 
 
-def _lines(path: Path, progress) -> Iterator[Record]:
+def _lines(handle: BinaryIO, progress) -> Iterator[Record]:
     number = 0
-    with path.open("rb") as handle:
-        for line_number, line in enumerate(_bounded_lines(handle), start=1):
-            if progress is not None and line_number % 10_000 == 0:
-                progress(handle.tell())
-            if line is None:
-                number += 1
-                yield Record(number, line_number, "", problem=_too_long())
-                continue
-            text = line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
-            if not text:
-                continue
-            try:
-                value = _json(text)
-            except ValueError as exc:
-                number += 1
-                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                yield Record(number, line_number, _raw(text), problem=f"not JSON ({reason})")
-                continue
-            for item in value if isinstance(value, list) else [value]:  # a webhook body
-                number += 1
-                raw = text if not isinstance(value, list) else json.dumps(item, default=str)
-                yield Record(number, line_number, _raw(raw), item)
+    for line_number, line in enumerate(_bounded_lines(handle), start=1):
+        if progress is not None and line_number % 10_000 == 0:
+            progress(handle.tell())
+        if line is None:
+            number += 1
+            yield Record(number, line_number, "", problem=_too_long())
+            continue
+        text = line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+        if not text:
+            continue
+        try:
+            value = _json(text)
+        except ValueError as exc:
+            number += 1
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            yield Record(number, line_number, _raw(text), problem=f"not JSON ({reason})")
+            continue
+        for item in value if isinstance(value, list) else [value]:  # a webhook body
+            number += 1
+            raw = text if not isinstance(value, list) else json.dumps(item, default=str)
+            yield Record(number, line_number, _raw(raw), item)
 
 
 def _too_long() -> str:
     return f"the line is over {MAX_RECORD_BYTES // 1024:,} KiB: no event is that long"
 
 
-def _bounded_lines(handle: io.BufferedReader) -> Iterator[bytes | None]:
+def _bounded_lines(handle: BinaryIO) -> Iterator[bytes | None]:
     """The file's lines; None for one over `MAX_RECORD_BYTES` (read past, never held)."""
     while True:
         line = handle.readline(MAX_RECORD_BYTES + 1)
@@ -167,14 +167,16 @@ def _bounded_lines(handle: io.BufferedReader) -> Iterator[bytes | None]:
         yield line
 
 
-def _array(path: Path) -> Iterator[Record]:
-    size = path.stat().st_size
+def _array(handle: BinaryIO) -> Iterator[Record]:
+    data = handle.read(MAX_ARRAY_BYTES + 1)
+    size = len(data)
     if size > MAX_ARRAY_BYTES:
         raise FileError(
             f"a JSON array of {size / 2**20:,.0f} MiB is more than can be read at once "
             f"({MAX_ARRAY_BYTES // 2**20} MiB); export JSON lines (one event per line) instead"
         )
-    text = path.read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff")
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+    del data
     try:
         value = json.loads(text)  # NaN and Infinity pass here, and are no value when stored
     except json.JSONDecodeError as exc:
@@ -190,9 +192,10 @@ def _array(path: Path) -> Iterator[Record]:
         yield Record(number, number, _raw(json.dumps(item, default=str)), item)
 
 
-def _csv(path: Path, progress) -> Iterator[Record]:
+def _csv(binary: BinaryIO, progress) -> Iterator[Record]:
     csv.field_size_limit(MAX_RECORD_BYTES)
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+    handle = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
+    try:
         reader = csv.reader(handle)
         try:
             header = next(reader)
@@ -229,6 +232,8 @@ def _csv(path: Path, progress) -> Iterator[Record]:
                 )
                 continue
             yield Record(number, start, raw, _nested(header, row))
+    finally:
+        handle.detach()  # the caller closes the file it opened
 
 
 def _nested(header: list[str], row: list[str]) -> dict:

@@ -741,6 +741,21 @@ def test_changed_steps_of_a_running_campaign_are_refused_with_the_command_to_pau
     ]
 
 
+def test_a_hint_passes_a_campaign_name_with_spaces_or_shell_characters_as_one_quoted_word(
+    database, acme
+):
+    """A hint is a command to copy into a shell: the name stays one argument and runs
+    nothing it holds."""
+    for name, word in [("Spring launch", "'Spring launch'"), ("q4;rm -r x", "'q4;rm -r x'")]:
+        apply(database, acme, campaign(name=name))
+        set_status(database, acme, name, "active")
+        data = campaign(name=name)
+        data["steps"][0]["email"]["subject"] = "Changed"
+        assert refusal(database, acme, data)[0].endswith(
+            f"pause it first: penguin campaign pause {word} --tenant acme"
+        )
+
+
 def test_settings_of_a_running_campaign_can_change(database, acme):
     first = apply(database, acme, campaign())
     set_status(database, acme, "q4", "active")
@@ -822,9 +837,9 @@ def test_a_sender_of_another_tenant_does_not_exist(database, acme):
 def test_two_tenants_can_each_have_a_campaign_of_the_same_name(database, acme):
     other, _ = create_tenant(database.owner, "globex")
     with tx(database, other) as conn:
-        create_sender(conn, SENDER)
+        create_sender(conn, "sales@globex.example")  # an address belongs to one tenant
     a = apply(database, acme, campaign())
-    b = apply(database, other, campaign())
+    b = apply(database, other, campaign(senders=["sales@globex.example"]))
     assert a.campaign_id != b.campaign_id and b.outcome == "created"
 
 

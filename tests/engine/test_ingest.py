@@ -497,3 +497,27 @@ def test_a_folder_or_a_fifo_is_refused_as_not_a_file(database, tenant, now, tmp_
         with pytest.raises(IngestError) as caught:
             ingest_file(database.app, tenant, path, "leads", now, file_name="x.csv")
         assert str(caught.value) == f"x.csv: is {what}, not a file; give the path of a regular file"
+
+
+@pytest.mark.parametrize("rows", [people("plain", 2), [["cut@example.com", "x" * 200_000]]])
+def test_a_file_replaced_after_its_survey_is_not_read_in_its_place(
+    database, tenant, now, tmp_path, monkeypatch, rows
+):
+    """Whatever the path names after the survey (here another file with other contacts),
+    only the file surveyed is read, or none: the upload fails, saying so."""
+    import engine.ingest as ingest
+
+    monkeypatch.setattr(source, "MAX_LINE_BYTES", 100_000)  # the second file is rewritten
+    path = write_csv(tmp_path / "crm.csv", rows)
+    other = write_csv(tmp_path / "other.csv", people("swapped", 3))
+    surveyed = ingest.survey
+
+    def survey_then_replace(*args, **kwargs):
+        answer = surveyed(*args, **kwargs)
+        other.replace(path)
+        return answer
+
+    monkeypatch.setattr(ingest, "survey", survey_then_replace)
+    with pytest.raises(IngestError, match="crm.csv: the file was replaced or changed while it"):
+        ingest_file(database.app, tenant, path, "vip", now)
+    assert contacts(database, tenant) == []

@@ -502,3 +502,48 @@ def test_a_link_or_a_fifo_in_the_events_inbox_is_moved_aside_unread(database, no
     assert list(folder.iterdir()) == []
     with database.owner.connect() as conn:
         assert conn.execute(sa.text("select count(*) from app.event_imports")).scalar() == 0
+
+
+@pytest.mark.timeout(60)  # reading a FIFO put in the file's place would block: fail, not hang
+def test_the_file_checked_is_the_file_read_whatever_its_path_names_meanwhile(
+    database, now, tmp_path, monkeypatch
+):
+    """A file replaced after its checks (by a FIFO, a bigger or another file) is not read:
+    the import reads the file it opened, checked and hashed."""
+    from engine.provider_events import imports
+
+    tenant_id = _tenant(database)
+    export = tmp_path / "events.json"
+    export.write_text("{not json\n", encoding="utf-8")
+    checked = imports._digest
+
+    def digest_then_replace(*args):
+        answer = checked(*args)
+        export.unlink()
+        os.mkfifo(export)
+        return answer
+
+    monkeypatch.setattr(imports, "_digest", digest_then_replace)
+    result = import_events(database.app, tenant_id, export, "ses", now)
+    assert (result.total, result.rejected) == (1, 1)
+    with tenant_transaction(database.app, tenant_id) as conn:
+        assert [r.raw_row for r in rejects(conn, result.import_id)] == ["{not json"]
+
+
+def test_an_inbox_file_replaced_by_a_link_after_its_check_is_not_followed(database, now, tmp_path):
+    _tenant(database)
+    root = database.settings.event_files
+    outside = tmp_path / "passwd"
+    outside.write_text("{root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    folder = event_inbox.inbox_folder(root, "acme", "ses")
+    folder.mkdir(parents=True)
+    (folder / "events.json").write_text("{}\n", encoding="utf-8")
+    (item,) = event_inbox.pending_files(root)  # checked: a regular file
+    (folder / "events.json").unlink()
+    (folder / "events.json").symlink_to(outside)
+    outcome = event_inbox.process_file(database.app, root, item, now)
+    assert outcome.error == (
+        "events.json: is a symbolic link, not a file; give the path of a regular file"
+    )
+    with database.owner.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from app.event_import_rejects")).scalar() == 0
