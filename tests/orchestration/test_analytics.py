@@ -113,27 +113,6 @@ def test_the_sensor_refreshes_what_changed_and_a_partition_range_rebuilds_whole_
         assert first.tags[analytics.REFRESH_TAG] == "refresh"
         # Nothing new since: no run.
         assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
-        # A message back-dated (a generator, a host whose clock is behind): older than every
-        # row seen, and still new, in commit order.
-        backdate = sa.text(
-            "update app.sent_emails set updated_at = :at where id = "
-            "(select id from app.sent_emails where tenant_id = :t order by id limit 1)"
-        )
-        with database.owner.begin() as conn:
-            conn.execute(backdate, {"at": sent_at - timedelta(days=30), "t": acme.tenant_id})
-        back_dated, cursor = _tick(database, instance, cursor)
-        assert isinstance(back_dated, dg.RunRequest), back_dated
-        assert _days(back_dated)[0] == send_day.isoformat()
-        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
-        # A transaction under way during a tick, committed after it: new at the next tick.
-        with database.owner.connect() as slow:
-            with slow.begin():
-                slow.execute(backdate, {"at": sent_at - timedelta(days=31), "t": acme.tenant_id})
-                during, cursor = _tick(database, instance, cursor)
-                assert isinstance(during, dg.SkipReason)
-            late_commit, cursor = _tick(database, instance, cursor)
-        assert isinstance(late_commit, dg.RunRequest), late_commit
-        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
 
         result = _run(database, instance, first.tags)
         assert _campaign_days(database) == {send_day: (3, 0), other_day: (3, 0)}
@@ -204,6 +183,41 @@ def test_the_sensor_refreshes_what_changed_and_a_partition_range_rebuilds_whole_
         conn.execute(sa.text("update analytics_marts.campaign_daily set sent = 1"))
     output = dbt(database, "test", "--select", "campaign_daily", check=False)
     assert re.search(r"FAIL 2 metrics_add_up_campaign_daily", output), output
+
+
+def test_a_back_dated_row_or_a_late_commit_still_wakes_the_sensor(
+    database, smtp_server, now, tmp_path
+):
+    """New is in commit order, not by the writer's clock: a row stamped a month back, or written
+    by a transaction under way during a tick and committed after it, asks for a run of its day
+    at the next tick (and only once). Ticks only, no build."""
+    sent_at = now - timedelta(days=3)
+    acme = seed_tenant(database, "acme", sent_at, tmp_path)
+    send_due(database.app, smtp_server.server(), sent_at)
+    backdate = sa.text(
+        "update app.sent_emails set updated_at = :at where id = "
+        "(select id from app.sent_emails where tenant_id = :t order by id limit 1)"
+    )
+    with dg.instance_for_test() as instance:
+        first, cursor = _tick(database, instance, None)
+        assert isinstance(first, dg.RunRequest), first
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+
+        with database.owner.begin() as conn:
+            conn.execute(backdate, {"at": sent_at - timedelta(days=30), "t": acme.tenant_id})
+        back_dated, cursor = _tick(database, instance, cursor)
+        assert isinstance(back_dated, dg.RunRequest), back_dated
+        assert _days(back_dated)[0] == sent_at.date().isoformat()
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
+
+        with database.owner.connect() as slow:
+            with slow.begin():
+                slow.execute(backdate, {"at": sent_at - timedelta(days=31), "t": acme.tenant_id})
+                during, cursor = _tick(database, instance, cursor)
+                assert isinstance(during, dg.SkipReason)
+            late_commit, cursor = _tick(database, instance, cursor)
+        assert isinstance(late_commit, dg.RunRequest), late_commit
+        assert isinstance(_tick(database, instance, cursor)[0], dg.SkipReason)
 
 
 def _range(first: date, last: date) -> dict[str, str]:
