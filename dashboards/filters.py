@@ -100,8 +100,9 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     tenant_id = tenants[name]
 
     today = datetime.now(UTC).date()
+    _name_a_short_period()
     period = st.sidebar.selectbox(
-        "Period", PERIODS, index=PERIODS.index(_period_asked()), key="period", bind="query-params"
+        "Period", PERIODS, index=PERIODS.index(DEFAULT_PERIOD), key="period", bind="query-params"
     )
     custom = None
     if period == "Custom":
@@ -121,13 +122,19 @@ def sidebar(*, campaigns: bool = True, senders: bool = True, none_yet: str) -> F
     return Filters(tenant_id, name, start, end, campaign_ids, sender_ids)
 
 
-def _period_asked() -> str:
-    """The period `?period=` names by a short form (`7d`), else DEFAULT_PERIOD: the period
-    widget's default. Its URL binding knows the periods by their names only; a short form it
-    drops, and the widget opens on its default, this one. (The widget's identity is its key, so
-    a default that changes on a later run leaves the period picked as it is.)"""
-    asked = str(st.query_params.get("period", "")).strip().lower()
-    return PERIOD_SHORT_FORMS.get(asked, DEFAULT_PERIOD)
+def _name_a_short_period() -> None:
+    """`?period=` given by a short form (`7d`, PERIOD_SHORT_FORMS) written in the URL as the
+    period's name, and the page run again: the period widget's URL binding knows the periods by
+    their names only, and reads the URL as the run began. (Taking the short form as the
+    widget's default instead opened the page on it, but a bound widget leaves its default out
+    of the URL: the address bar lost the period at once, and a bookmark or a reload of it
+    opened on the last 30 days. Streamlit refuses to write a bound parameter once its widget
+    is made.)"""
+    asked = str(st.query_params.get("period", ""))
+    name = PERIOD_SHORT_FORMS.get(asked.strip().lower())
+    if name is not None and asked != name:  # "Custom" is its own short form, in another case
+        st.query_params["period"] = name
+        st.rerun()
 
 
 def _pick(label: str, options: dict[str, str], key: str) -> tuple[str, ...]:

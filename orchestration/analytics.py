@@ -241,14 +241,25 @@ _ACTIVE = [
 
 #: Rows written by a transaction that the previous tick's snapshot (`:since`, a `pg_snapshot`)
 #: did not see: in commit order, by the `change_xid` the database sets (migration 0020), whatever
-#: time the writer put on them. The first comparison lets the index find them.
+#: time the writer put on them. The first comparison lets the index find them. A `change_xid`
+#: beyond this statement's snapshot can only be another server's, kept by a dump restored here:
+#: left out (the tick after the restore takes every row, see `_FROM_ELSEWHERE`), or it would be
+#: new at every tick until this server's count passed it.
 _NEW = (
     "change_xid >= pg_snapshot_xmin(cast(:since as pg_snapshot)) "
+    "and change_xid < pg_snapshot_xmax(pg_current_snapshot()) "
     "and not pg_visible_in_snapshot(change_xid, cast(:since as pg_snapshot))"
 )
 #: The snapshot of a first tick: it sees no transaction, so every row written since migration
 #: 0020 is new (3 is the first normal transaction id).
 _NOTHING_SEEN = "3:3:"
+#: Whether the cursor's snapshot is ahead of this server's transactions: taken on another server
+#: whose dump was restored here (pg_dump keeps `change_xid`, a new server counts from its own
+#: start). Every change here would be below it and never found: such a cursor has seen nothing.
+_FROM_ELSEWHERE = sa.text(
+    "select pg_snapshot_xmin(cast(:since as pg_snapshot)) "
+    "> pg_snapshot_xmax(pg_current_snapshot())"
+)
 
 #: What the sensor watches: each table's rows new since the last tick (`_NEW`), as
 #: `tenant_id, at` (the time whose reporting day they touch: a label, clamped to the partitions
@@ -330,8 +341,12 @@ def changed_days(
     the transaction that last wrote it had not committed then, in commit order, whatever time
     the row carries (a writer's future `now`, a back-dated generator, a slow clock), and however
     long that transaction ran. A cursor without one (a first tick, a cursor of a release that
-    watched timestamps) has seen nothing."""
-    row = conn.execute(_CHANGED_DAYS, {"since": cursor.get(_SEEN) or _NOTHING_SEEN}).one()
+    watched timestamps) or with one of another server (a dump restored here) has seen
+    nothing."""
+    since = cursor.get(_SEEN) or _NOTHING_SEEN
+    if conn.execute(_FROM_ELSEWHERE, {"since": since}).scalar():
+        since = _NOTHING_SEEN
+    row = conn.execute(_CHANGED_DAYS, {"since": since}).one()
     moved: dict[str, Any] = {_SEEN: row.seen}
     if not row.touched or row.first_day is None:
         return None, moved

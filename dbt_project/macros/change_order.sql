@@ -17,8 +17,11 @@
 
 {#- The newest `build_xmin` of the model being built, as text, read when the model runs; none
     when it has none: no table yet, a table from before migration 0020 (no such column), or
-    only day-range builds so far. None means "everything changed": the model then builds
-    every row, as a full build would, and merges them. -#}
+    only day-range builds so far; none too when it is a transaction this server has not reached
+    yet: the database was restored from another server's dump (pg_dump keeps the values, a new
+    server counts its transactions from its own start), and every change since would be below
+    it and never found. None means "everything changed": the model then builds every row, as a
+    full build would, and merges them. -#}
 {% macro last_build_xmin() -%}
     {%- if not execute or not is_incremental() -%}
         {{ return(none) }}
@@ -27,13 +30,24 @@
     {%- if 'build_xmin' not in columns -%}
         {{ return(none) }}
     {%- endif -%}
-    {%- set found = run_query("select max(build_xmin)::text from " ~ this) -%}
+    {%- set found = run_query(
+        "select max(build_xmin)::text, max(build_xmin) > pg_snapshot_xmax(pg_current_snapshot())"
+        ~ " from " ~ this
+    ) -%}
+    {%- if found.columns[1].values()[0] -%}
+        {{ return(none) }}
+    {%- endif -%}
     {{ return(found.columns[0].values()[0]) }}
 {%- endmacro %}
 
-{#- The predicate "`column` (a source's `change_xid`) changed at or after `xmin`". -#}
+{#- The predicate "`column` (a source's `change_xid`) changed at or after `xmin`". A row this
+    statement sees was written by a transaction below its snapshot's xmax; one above it can
+    only come from another server's dump (see `last_build_xmin`), and the full build after the
+    restore has it: left out, or every build until this server's count passes it would take
+    it again. -#}
 {% macro changed_since(column, xmin) -%}
     {{ column }} >= cast('{{ xmin }}' as xid8)
+    and {{ column }} < pg_snapshot_xmax(pg_current_snapshot())
 {%- endmacro %}
 
 {#- What a build stores as `build_xmin`: its own statement's (`build_xmin()`), or, for a

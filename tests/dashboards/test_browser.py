@@ -8,6 +8,7 @@ each page leaves a screenshot in tests/artifacts/ (ignored by git) for a person 
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -137,6 +138,8 @@ def test_a_filter_in_the_url_chooses_what_is_shown(browser, app_url, generated):
             assert sidebar.get_by_role("combobox", name="Tenant").input_value() == tenant
             assert sidebar.get_by_role("combobox", name="Period").input_value() == "Last 7 days"
             assert page.locator(ERRORS).count() == 0
+            # the address bar keeps the period, by its name: a bookmark opens the same view
+            assert re.search(r"period=Last(\+|%20)7(\+|%20)days", page.url), page.url
             shown[tenant] = page.locator('[data-testid="stMetric"]').first.inner_text()
         finally:
             page.close()

@@ -52,7 +52,8 @@ def test_the_kpis_follow_the_period_and_the_tenant_in_the_url(use_database, gene
 def test_the_period_in_the_url_may_be_a_short_form(use_database, generated):
     use_database(generated)
     week = _tiles(open_page("overview", period="Last 7 days"))["Sent"]
-    for short, name in [("7d", "Last 7 days"), ("90D", "Last 90 days"), ("month", "This month")]:
+    short_forms = [("7d", "Last 7 days"), ("90D", "Last 90 days"), ("month", "This month")]
+    for short, name in [*short_forms, ("custom", "Custom"), ("Custom", "Custom")]:
         at = open_page("overview", period=short)
         assert not at.exception, at.exception
         assert at.sidebar.selectbox(key="period").value == name
@@ -61,6 +62,11 @@ def test_the_period_in_the_url_may_be_a_short_form(use_database, generated):
     at.run()  # the page's next run keeps the period
     assert at.sidebar.selectbox(key="period").value == "Last 7 days"
     assert _tiles(at)["Sent"] == week
+    # and so does the URL the page leaves in the address bar: bookmarked or reloaded, it opens
+    # on the same period
+    assert at.query_params.get("period") in ("7d", "Last 7 days"), dict(at.query_params)
+    reloaded = open_page("overview", **at.query_params)
+    assert reloaded.sidebar.selectbox(key="period").value == "Last 7 days"
     # a period that is none still falls back to the default
     assert open_page("overview", period="7w").sidebar.selectbox(key="period").value == (
         "Last 30 days"

@@ -88,6 +88,47 @@ def test_incremental_builds_take_every_committed_change_whatever_time_it_carries
     assert _marts(database) == incremental
 
 
+#: A restore from another server's dump, as the marts see it: pg_dump keeps every `change_xid`
+#: and `build_xmin`, while the new server counts its transactions from its own start, here a
+#: million behind the server dumped.
+_RESTORED_FROM_AHEAD = [
+    "alter table app.sent_emails disable trigger sent_emails_change_xid",
+    "update app.sent_emails set change_xid = cast(:ahead as xid8)",
+    "alter table app.sent_emails enable always trigger sent_emails_change_xid",
+    "update analytics_marts.fct_sends set build_xmin = cast(:ahead as xid8)",
+]
+
+
+def test_after_a_restore_from_a_server_further_on_every_change_still_reaches_the_marts(
+    database, smtp_server, now, tmp_path
+):
+    """A database restored from a dump of a server whose transaction count was further on: the
+    first build rebuilds the marts whole (their watermark is beyond anything this server has
+    reached) and takes the sends made since; the rows that kept the other server's ids are not
+    taken again by every build after it."""
+    first = seed_tenant(database, "first", now, tmp_path)
+    second = seed_tenant(database, "second", now, tmp_path)
+    send_due(database.app, smtp_server.server(), now, tenants=[first.tenant_id])
+    build = ("build", "--select", "+fct_sends", "--exclude-resource-type", "unit_test")
+    dbt(database, *build)
+    with database.owner.begin() as conn:
+        ahead = conn.execute(sa.text("select pg_current_xact_id()::text::bigint + 1000000"))
+        ahead = str(ahead.scalar_one())
+        for statement in _RESTORED_FROM_AHEAD:
+            conn.execute(sa.text(statement), {"ahead": ahead})
+
+    send_due(database.app, smtp_server.server(), now, tenants=[second.tenant_id])
+    dbt(database, *build)
+    newest = sa.text("select max(loaded_at) from analytics_marts.fct_sends")
+    with database.analytics.connect() as conn:
+        loaded = conn.execute(newest).scalar_one()
+    assert _fct_count(database) == 6
+
+    dbt(database, *build)
+    with database.analytics.connect() as conn:
+        assert conn.execute(newest).scalar_one() == loaded
+
+
 def test_status_changes_after_the_first_load_are_merged(database, smtp_server, now, tmp_path):
     tenant = seed_tenant(database, "acme", now, tmp_path)
     smtp_server.handler.refuse["acme1@example.com"] = "451 4.3.0 Try later"

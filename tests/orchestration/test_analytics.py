@@ -313,6 +313,31 @@ def test_a_step_move_or_a_campaign_change_alone_refreshes_and_the_run_forecasts_
     assert "The campaign is paused: forecast as if resumed now." in row.forecast_notes
 
 
+def test_after_a_restore_from_a_server_further_on_the_sensor_sees_each_change_once(
+    database, now, tmp_path
+):
+    """pg_dump keeps every `change_xid`, and the sensor's cursor keeps its snapshot, of a server
+    whose transaction count was further on than this one's: a change made here is still new,
+    and the rows that kept the other server's ids are not new at every tick."""
+    seed_tenant(database, "acme", now, tmp_path)
+    with database.owner.begin() as conn:
+        ahead = conn.execute(sa.text("select pg_current_xact_id()::text::bigint + 1000000"))
+        ahead = str(ahead.scalar_one())
+        for statement in (
+            "alter table app.campaigns disable trigger campaigns_change_xid",
+            "update app.campaigns set change_xid = cast(:ahead as xid8), "
+            "updated_at = updated_at - interval '10 days'",
+            "alter table app.campaigns enable always trigger campaigns_change_xid",
+        ):
+            conn.execute(sa.text(statement), {"ahead": ahead})
+    with database.owner.begin() as conn:
+        conn.execute(sa.text("update app.sender_accounts set updated_at = updated_at"))
+    with database.analytics.connect() as conn:
+        days, cursor = analytics.changed_days(conn, {"seen": f"{ahead}:{ahead}:"})
+        assert days == (now.date(), now.date())
+        assert analytics.changed_days(conn, cursor)[0] is None
+
+
 def test_the_repair_schedule_rebuilds_the_two_closed_days():
     context = dg.build_schedule_context(
         scheduled_execution_time=datetime(2026, 11, 20, 12, 15, tzinfo=UTC)
