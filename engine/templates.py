@@ -27,10 +27,12 @@ so a template that cannot render is normally rejected then, not halfway through 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import os
 import re
+import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -377,7 +379,11 @@ def _worker_main(conn: Connection, limits: RenderLimits, progress: Any) -> None:
     answer.
 
     It needs no secrets, so it drops the environment it inherited before running any template.
+    SIGTERM is made fatal again: a parent that ignores it (a test runner's worker does) passes
+    that on, and multiprocessing's exit handler would then wait forever for a worker it
+    terminated.
     """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.clear()
     _limit_memory(limits.memory_bytes)
     env = _LimitedSandbox(max_length=limits.output_bytes)
@@ -573,12 +579,21 @@ _analyzer: tuple[int, Renderer] | None = None
 _analyzer_lock = threading.Lock()
 
 
+def _close_analyzer() -> None:
+    """At exit, before multiprocessing's own handler joins its children (atexit runs the
+    later registration first): the worker ends on its closed connection."""
+    if _analyzer is not None and _analyzer[0] == os.getpid():
+        _analyzer[1].close()
+
+
 def _analyze(source: str, where: str, renderer: Renderer | None) -> set[str]:
     global _analyzer
     if renderer is not None:
         return renderer.analyze(source, where=where)
     with _analyzer_lock:
         if _analyzer is None or _analyzer[0] != os.getpid():
+            if _analyzer is None:
+                atexit.register(_close_analyzer)
             _analyzer = (os.getpid(), Renderer(ANALYSIS_LIMITS))
         elif _analyzer[1].limits != ANALYSIS_LIMITS:  # changed (by a test): a new worker
             _analyzer[1].close()

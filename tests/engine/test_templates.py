@@ -345,6 +345,20 @@ def test_checking_a_template_runs_in_the_renderers_worker_under_its_time_limit()
         assert renderer.started == 1
 
 
+def test_a_process_that_checked_a_template_exits_even_when_it_ignores_sigterm():
+    """The shared checking worker ends with its process: a command run by a parent that ignores
+    SIGTERM (a test runner's worker does, and the children inherit it) once hung at exit,
+    multiprocessing's handler waiting for a worker its SIGTERM could not end."""
+    script = (
+        "import signal\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "from engine.templates import check_syntax\n"
+        "check_syntax('{{ name }}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def test_constant_folding_while_checking_builds_nothing_in_the_calling_process():
     """Compiling folds constant expressions: `'x' * 2**29` would be built (512 MiB) by whoever
     compiles the template. A process of its own measures its peak memory."""
