@@ -158,7 +158,8 @@ def test_a_launch_that_needs_an_approval_fails_its_run_saying_how_to_approve(dat
     description = _failure(_control(database, "launch"))
     assert description == (
         "launch acme/q4 refused: the campaign needs an approval before it launches: approval "
-        "is required and nobody has approved it yet; penguin campaign approve q4 --by WHO --tenant acme"
+        "is required and nobody has approved it yet; "
+        "penguin campaign approve q4 --by WHO --tenant acme"
     )
     assert _state(database, acme) == ("draft", 0)
 
